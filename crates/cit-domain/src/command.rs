@@ -1,0 +1,126 @@
+//! Commands: what a caller asks the domain to do. Validated shapes (positions, parameters) come
+//! in already checked by the boundary; the rules in `world` decide.
+
+use crate::model::{CheckInCode, Checkpoint, DetectionParams, IncidentKind, LatLon, PlannedStop, Role};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    RegisterVehicle {
+        vehicle_id: String,
+        plate: String,
+        armoured: bool,
+    },
+    RegisterPerson {
+        person_id: String,
+        name: String,
+        role: Role,
+    },
+    RegisterWeapon {
+        serial: String,
+        kind: String,
+    },
+    RegisterAmmoLot {
+        lot: String,
+        rounds: u32,
+    },
+    RegisterCheckpoint(Checkpoint),
+    PlanRun {
+        run_id: String,
+        vehicle_id: String,
+        driver_id: String,
+        escort_ids: Vec<String>,
+        route: Vec<LatLon>,
+        stops: Vec<PlannedStop>,
+        params: DetectionParams,
+    },
+    EscortReady {
+        run_id: String,
+        person_id: String,
+        weapon: Option<String>,
+        vest: bool,
+        helmet: bool,
+    },
+    Depart {
+        run_id: String,
+    },
+    CheckIn {
+        run_id: String,
+        person_id: String,
+        code: CheckInCode,
+    },
+    ReportIncident {
+        run_id: String,
+        person_id: String,
+        kind: IncidentKind,
+        note: String,
+    },
+    HandOverCashBoxes {
+        run_id: String,
+        stop_id: String,
+        boxes: Vec<String>,
+        seals: Vec<u64>,
+        handed_by: Vec<String>,
+        received_by: Vec<String>,
+    },
+    IssueWeapon {
+        run_id: String,
+        serial: String,
+        lot: String,
+        rounds: u32,
+        to: String,
+        gun_custodian: String,
+        ammo_custodian: String,
+        approver: String,
+    },
+    HandOverWeapon {
+        serial: String,
+        from: String,
+        to: String,
+        witness: String,
+    },
+    ReturnWeapon {
+        serial: String,
+        by: String,
+        gun_custodian: String,
+        ammo_custodian: String,
+        rounds_returned: u32,
+    },
+    CloseRun {
+        run_id: String,
+    },
+    AcknowledgeAnomaly {
+        anomaly_id: String,
+        by: String,
+    },
+    ResolveAnomaly {
+        anomaly_id: String,
+        by: String,
+        outcome: String,
+        note: String,
+    },
+}
+
+impl Command {
+    /// Short name used in refusal records and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterVehicle { .. } => "register_vehicle",
+            Command::RegisterPerson { .. } => "register_person",
+            Command::RegisterWeapon { .. } => "register_weapon",
+            Command::RegisterAmmoLot { .. } => "register_ammo_lot",
+            Command::RegisterCheckpoint(_) => "register_checkpoint",
+            Command::PlanRun { .. } => "plan_run",
+            Command::EscortReady { .. } => "escort_ready",
+            Command::Depart { .. } => "depart",
+            Command::CheckIn { .. } => "checkin",
+            Command::ReportIncident { .. } => "report",
+            Command::HandOverCashBoxes { .. } => "handover",
+            Command::IssueWeapon { .. } => "issue_weapon",
+            Command::HandOverWeapon { .. } => "hand_over_weapon",
+            Command::ReturnWeapon { .. } => "return_weapon",
+            Command::CloseRun { .. } => "close_run",
+            Command::AcknowledgeAnomaly { .. } => "acknowledge_anomaly",
+            Command::ResolveAnomaly { .. } => "resolve_anomaly",
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The events of the log: past tense, versioned (`event_type()` is `Name.v1`), never edited.
+//! Corrections are new events. Each event belongs to exactly one stream ([`Event::stream`]), so
+//! every command appends to one stream and optimistic concurrency is per aggregate.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    CheckInCode, Checkpoint, DetectionParams, Fix, IncidentKind, LatLon, PlannedStop, Role,
+};
+use crate::time::Millis;
+
+/// Name of a stream in the store, e.g. `run-R-1`, `weapon-G-7731`.
+pub type StreamName = String;
+
+/// Prefixes of the streams, one per aggregate kind.
+pub mod streams {
+    pub const RUN: &str = "run-";
+    pub const VEHICLE: &str = "vehicle-";
+    pub const PERSON: &str = "person-";
+    pub const WEAPON: &str = "weapon-";
+    pub const AMMO: &str = "ammo-";
+    pub const CHECKPOINT: &str = "checkpoint-";
+    /// Scenario clock ticks (only in `--clock scenario`).
+    pub const CLOCK: &str = "clock";
+    /// Refusals of commands that name no run.
+    pub const REFUSALS: &str = "refusals";
+}
+
+/// How severe an anomaly is for dispatch. Ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// The anomaly kinds of SCENARIOS.md with their DOMAIN.md watch names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    UnplannedStop,
+    RouteDeviation,
+    SuspectedFakeCheckpoint,
+    Roadblock,
+    SignalLoss,
+    MissedCheckin,
+    Duress,
+    LateArrival,
+    StopSkipped,
+    HandoverOutOfPlace,
+    WeaponNotReturned,
+    AmmoMismatch,
+    Overspeed,
+}
+
+impl AnomalyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::UnplannedStop => "unplanned_stop",
+            AnomalyKind::RouteDeviation => "route_deviation",
+            AnomalyKind::SuspectedFakeCheckpoint => "suspected_fake_checkpoint",
+            AnomalyKind::Roadblock => "roadblock",
+            AnomalyKind::SignalLoss => "signal_loss",
+            AnomalyKind::MissedCheckin => "missed_checkin",
+            AnomalyKind::Duress => "duress",
+            AnomalyKind::LateArrival => "late_arrival",
+            AnomalyKind::StopSkipped => "stop_skipped",
+            AnomalyKind::HandoverOutOfPlace => "handover_out_of_place",
+            AnomalyKind::WeaponNotReturned => "weapon_not_returned",
+            AnomalyKind::AmmoMismatch => "ammo_mismatch",
+            AnomalyKind::Overspeed => "overspeed",
+        }
+    }
+
+    /// The DOMAIN.md watch this kind belongs to.
+    pub fn watch(self) -> &'static str {
+        match self {
+            AnomalyKind::UnplannedStop => "A1",
+            AnomalyKind::RouteDeviation => "A2",
+            AnomalyKind::SuspectedFakeCheckpoint => "A3",
+            AnomalyKind::Roadblock => "A4",
+            AnomalyKind::SignalLoss => "A5",
+            AnomalyKind::MissedCheckin | AnomalyKind::Duress => "A6",
+            AnomalyKind::LateArrival | AnomalyKind::StopSkipped => "A7",
+            AnomalyKind::HandoverOutOfPlace => "A8",
+            AnomalyKind::WeaponNotReturned | AnomalyKind::AmmoMismatch => "A9",
+            AnomalyKind::Overspeed => "A10",
+        }
+    }
+}
+
+/// An anomaly raised by the detection engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Deterministic: kind + run + log position of the triggering input (+ a discriminator),
+    /// so a replay or a restart raises the same id and never a second copy.
+    pub id: String,
+    pub kind: AnomalyKind,
+    pub run_id: String,
+    pub vehicle_id: String,
+    /// When the condition was met (a deadline, a fix time, a report time).
+    pub at: Millis,
+    pub severity: Severity,
+    pub summary: String,
+    pub position: Option<LatLon>,
+    /// Why: distances, fixes, the report, the parameters used.
+    pub evidence: serde_json::Value,
+}
+
+/// Every event of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    VehicleRegistered {
+        vehicle_id: String,
+        plate: String,
+        armoured: bool,
+        at: Millis,
+    },
+    PersonRegistered {
+        person_id: String,
+        name: String,
+        role: Role,
+        at: Millis,
+    },
+    WeaponRegistered {
+        serial: String,
+        kind: String,
+        at: Millis,
+    },
+    AmmoLotRegistered {
+        lot: String,
+        rounds: u32,
+        at: Millis,
+    },
+    CheckpointRegistered {
+        checkpoint: Checkpoint,
+        at: Millis,
+    },
+    RunPlanned {
+        run_id: String,
+        vehicle_id: String,
+        driver_id: String,
+        escort_ids: Vec<String>,
+        route: Vec<LatLon>,
+        stops: Vec<PlannedStop>,
+        params: DetectionParams,
+        at: Millis,
+    },
+    EscortReadied {
+        run_id: String,
+        person_id: String,
+        weapon: Option<String>,
+        vest: bool,
+        helmet: bool,
+        at: Millis,
+    },
+    RunDeparted {
+        run_id: String,
+        vehicle_id: String,
+        at: Millis,
+    },
+    /// A batch of fixes of one vehicle; `run_id` is the run active when they were ingested.
+    FixesRecorded {
+        vehicle_id: String,
+        run_id: Option<String>,
+        fixes: Vec<Fix>,
+    },
+    CheckedIn {
+        run_id: String,
+        person_id: String,
+        code: CheckInCode,
+        at: Millis,
+    },
+    IncidentReported {
+        run_id: String,
+        person_id: String,
+        kind: IncidentKind,
+        note: String,
+        at: Millis,
+    },
+    CashBoxesHandedOver {
+        run_id: String,
+        stop_id: String,
+        boxes: Vec<String>,
+        seals: Vec<u64>,
+        handed_by: Vec<String>,
+        received_by: Vec<String>,
+        at: Millis,
+    },
+    WeaponIssued {
+        run_id: String,
+        serial: String,
+        lot: String,
+        rounds: u32,
+        to: String,
+        gun_custodian: String,
+        ammo_custodian: String,
+        approver: String,
+        at: Millis,
+    },
+    WeaponHandedOver {
+        run_id: String,
+        serial: String,
+        from: String,
+        to: String,
+        witness: String,
+        at: Millis,
+    },
+    WeaponReturned {
+        run_id: String,
+        serial: String,
+        lot: String,
+        by: String,
+        gun_custodian: String,
+        ammo_custodian: String,
+        rounds_issued: u32,
+        rounds_returned: u32,
+        at: Millis,
+    },
+    /// A command the rules refused: recorded, changes nothing else.
+    CommandRefused {
+        rule: String,
+        command: String,
+        run_id: Option<String>,
+        subject: String,
+        message: String,
+        /// For R7: the weapons still out, as (serial, holder).
+        weapons_out: Vec<(String, String)>,
+        at: Millis,
+    },
+    RunClosed {
+        run_id: String,
+        at: Millis,
+    },
+    /// Scenario time passed with no input.
+    ClockTicked {
+        at: Millis,
+    },
+    AnomalyRaised {
+        anomaly: Anomaly,
+    },
+    AnomalyAcknowledged {
+        anomaly_id: String,
+        run_id: String,
+        by: String,
+        at: Millis,
+    },
+    AnomalyResolved {
+        anomaly_id: String,
+        run_id: String,
+        by: String,
+        outcome: String,
+        note: String,
+        at: Millis,
+    },
+}
+
+impl Event {
+    /// `Name.v1`: the stored event type. A changed shape gets a new version, never an edit.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::VehicleRegistered { .. } => "VehicleRegistered.v1",
+            Event::PersonRegistered { .. } => "PersonRegistered.v1",
+            Event::WeaponRegistered { .. } => "WeaponRegistered.v1",
+            Event::AmmoLotRegistered { .. } => "AmmoLotRegistered.v1",
+            Event::CheckpointRegistered { .. } => "CheckpointRegistered.v1",
+            Event::RunPlanned { .. } => "RunPlanned.v1",
+            Event::EscortReadied { .. } => "EscortReadied.v1",
+            Event::RunDeparted { .. } => "RunDeparted.v1",
+            Event::FixesRecorded { .. } => "FixesRecorded.v1",
+            Event::CheckedIn { .. } => "CheckedIn.v1",
+            Event::IncidentReported { .. } => "IncidentReported.v1",
+            Event::CashBoxesHandedOver { .. } => "CashBoxesHandedOver.v1",
+            Event::WeaponIssued { .. } => "WeaponIssued.v1",
+            Event::WeaponHandedOver { .. } => "WeaponHandedOver.v1",
+            Event::WeaponReturned { .. } => "WeaponReturned.v1",
+            Event::CommandRefused { .. } => "CommandRefused.v1",
+            Event::RunClosed { .. } => "RunClosed.v1",
+            Event::ClockTicked { .. } => "ClockTicked.v1",
+            Event::AnomalyRaised { .. } => "AnomalyRaised.v1",
+            Event::AnomalyAcknowledged { .. } => "AnomalyAcknowledged.v1",
+            Event::AnomalyResolved { .. } => "AnomalyResolved.v1",
+        }
+    }
+
+    /// The stream this event is appended to.
+    pub fn stream(&self) -> StreamName {
+        use streams::*;
+        match self {
+            Event::VehicleRegistered { vehicle_id, .. } => format!("{VEHICLE}{vehicle_id}"),
+            Event::FixesRecorded {
+                vehicle_id, run_id, ..
+            } => match run_id {
+                Some(r) => format!("{RUN}{r}"),
+                None => format!("{VEHICLE}{vehicle_id}"),
+            },
+            Event::PersonRegistered { person_id, .. } => format!("{PERSON}{person_id}"),
+            Event::WeaponRegistered { serial, .. }
+            | Event::WeaponIssued { serial, .. }
+            | Event::WeaponHandedOver { serial, .. }
+            | Event::WeaponReturned { serial, .. } => format!("{WEAPON}{serial}"),
+            Event::AmmoLotRegistered { lot, .. } => format!("{AMMO}{lot}"),
+            Event::CheckpointRegistered { checkpoint, .. } => {
+                format!("{CHECKPOINT}{}", checkpoint.checkpoint_id)
+            }
+            Event::RunPlanned { run_id, .. }
+            | Event::EscortReadied { run_id, .. }
+            | Event::RunDeparted { run_id, .. }
+            | Event::CheckedIn { run_id, .. }
+            | Event::IncidentReported { run_id, .. }
+            | Event::CashBoxesHandedOver { run_id, .. }
+            | Event::RunClosed { run_id, .. }
+            | Event::AnomalyAcknowledged { run_id, .. }
+            | Event::AnomalyResolved { run_id, .. } => format!("{RUN}{run_id}"),
+            Event::AnomalyRaised { anomaly } => format!("{RUN}{}", anomaly.run_id),
+            Event::CommandRefused { run_id, .. } => match run_id {
+                Some(r) => format!("{RUN}{r}"),
+                None => REFUSALS.to_string(),
+            },
+            Event::ClockTicked { .. } => CLOCK.to_string(),
+        }
+    }
+
+    /// The time the event speaks for: the last fix of a batch, the anomaly's `at`, otherwise
+    /// the (server or scenario) time it was recorded.
+    pub fn time(&self) -> Millis {
+        match self {
+            Event::FixesRecorded { fixes, .. } => fixes.last().map(|f| f.t).unwrap_or_default(),
+            Event::AnomalyRaised { anomaly } => anomaly.at,
+            Event::VehicleRegistered { at, .. }
+            | Event::PersonRegistered { at, .. }
+            | Event::WeaponRegistered { at, .. }
+            | Event::AmmoLotRegistered { at, .. }
+            | Event::CheckpointRegistered { at, .. }
+            | Event::RunPlanned { at, .. }
+            | Event::EscortReadied { at, .. }
+            | Event::RunDeparted { at, .. }
+            | Event::CheckedIn { at, .. }
+            | Event::IncidentReported { at, .. }
+            | Event::CashBoxesHandedOver { at, .. }
+            | Event::WeaponIssued { at, .. }
+            | Event::WeaponHandedOver { at, .. }
+            | Event::WeaponReturned { at, .. }
+            | Event::CommandRefused { at, .. }
+            | Event::RunClosed { at, .. }
+            | Event::ClockTicked { at }
+            | Event::AnomalyAcknowledged { at, .. }
+            | Event::AnomalyResolved { at, .. } => *at,
+        }
+    }
+
+    /// JSON encoding as stored.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Event, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}

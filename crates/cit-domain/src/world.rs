@@ -1,0 +1,1060 @@
+//! The aggregate state of the domain and its rules. `handle` decides (R1–R7) and returns the
+//! events to append, or a refusal that is itself an event; `apply` folds an appended event in.
+//! `handle` never mutates: the caller applies the events once they are durable.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::command::Command;
+use crate::event::{Event, StreamName};
+use crate::model::{
+    Checkpoint, DetectionParams, LatLon, MAX_ROUTE_POINTS, PlannedStop, Role,
+};
+use crate::time::Millis;
+
+/// The rules of DOMAIN.md that refuse commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Rule {
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::R1 => "R1",
+            Rule::R2 => "R2",
+            Rule::R3 => "R3",
+            Rule::R4 => "R4",
+            Rule::R5 => "R5",
+            Rule::R6 => "R6",
+            Rule::R7 => "R7",
+        }
+    }
+}
+
+/// A command refused by a rule, with a message a person can act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub rule: Rule,
+    pub message: String,
+}
+
+/// Input that is wrong regardless of the rules: malformed, unknown, or a duplicate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InputError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists with different data")]
+    AlreadyExists { what: String },
+    /// The command is well-formed but the subject is in the wrong state (e.g. depart twice).
+    #[error("{0}")]
+    WrongState(String),
+}
+
+impl InputError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        InputError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+    fn not_found(what: impl Into<String>) -> Self {
+        InputError::NotFound { what: what.into() }
+    }
+}
+
+/// What `handle` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Append these events (all to `stream`), then apply them.
+    Accepted {
+        stream: StreamName,
+        events: Vec<Event>,
+    },
+    /// Refused by a rule. `record` is the `CommandRefused` event to append (refusals are part of
+    /// the record); nothing else changes.
+    Refused { refusal: Refusal, record: Event },
+    /// Already done exactly so (an idempotent retry): nothing to append.
+    NoChange,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vehicle {
+    pub plate: String,
+    pub armoured: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Where a weapon is: in the armory, or out with a named person for a named run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeaponLocation {
+    InArmory,
+    Out {
+        holder: String,
+        run_id: String,
+        lot: String,
+        rounds: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Weapon {
+    pub kind: String,
+    pub location: WeaponLocation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Planned,
+    Active,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub weapon: Option<String>,
+    pub vest: bool,
+    pub helmet: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub run_id: String,
+    pub vehicle_id: String,
+    pub driver_id: String,
+    pub escort_ids: Vec<String>,
+    pub route: Vec<LatLon>,
+    pub stops: Vec<PlannedStop>,
+    pub params: DetectionParams,
+    pub status: RunStatus,
+    pub planned_at: Millis,
+    pub departed_at: Option<Millis>,
+    pub closed_at: Option<Millis>,
+    /// Latest `escort_ready` per escort.
+    pub readiness: HashMap<String, Readiness>,
+}
+
+/// Workflow state of an anomaly (for acknowledge / resolve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+/// The whole domain state, rebuilt by applying the log in order.
+#[derive(Debug, Default, Clone)]
+pub struct World {
+    pub vehicles: HashMap<String, Vehicle>,
+    pub people: HashMap<String, Person>,
+    pub weapons: BTreeMap<String, Weapon>,
+    pub ammo_lots: HashMap<String, u32>,
+    pub checkpoints: HashMap<String, Checkpoint>,
+    pub runs: HashMap<String, Run>,
+    /// The run each vehicle is currently on (active runs only).
+    pub active_run_of_vehicle: HashMap<String, String>,
+    pub anomalies: HashMap<String, (String, AnomalyState)>,
+}
+
+fn refused(
+    rule: Rule,
+    command: &Command,
+    run_id: Option<&str>,
+    subject: &str,
+    message: String,
+    weapons_out: Vec<(String, String)>,
+    now: Millis,
+) -> Outcome {
+    Outcome::Refused {
+        record: Event::CommandRefused {
+            rule: rule.as_str().to_string(),
+            command: command.name().to_string(),
+            run_id: run_id.map(str::to_string),
+            subject: subject.to_string(),
+            message: message.clone(),
+            weapons_out,
+            at: now,
+        },
+        refusal: Refusal { rule, message },
+    }
+}
+
+fn accepted(event: Event) -> Outcome {
+    Outcome::Accepted {
+        stream: event.stream(),
+        events: vec![event],
+    }
+}
+
+fn require_id(field: &str, value: &str) -> Result<(), InputError> {
+    if value.trim().is_empty() {
+        return Err(InputError::invalid(field, "must not be empty"));
+    }
+    if value.len() > 128 {
+        return Err(InputError::invalid(field, "must be at most 128 bytes"));
+    }
+    Ok(())
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Weapons out for a run, as (serial, holder).
+    pub fn weapons_out_for(&self, run_id: &str) -> Vec<(String, String)> {
+        self.weapons
+            .iter()
+            .filter_map(|(serial, w)| match &w.location {
+                WeaponLocation::Out {
+                    holder, run_id: r, ..
+                } if r == run_id => Some((serial.clone(), holder.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn run(&self, run_id: &str) -> Result<&Run, InputError> {
+        self.runs
+            .get(run_id)
+            .ok_or_else(|| InputError::not_found(format!("run {run_id:?}")))
+    }
+
+    fn person(&self, field: &str, id: &str) -> Result<&Person, InputError> {
+        require_id(field, id)?;
+        self.people
+            .get(id)
+            .ok_or_else(|| InputError::not_found(format!("{field} {id:?} (person)")))
+    }
+
+    /// Decides a command at time `now`. Never mutates.
+    pub fn handle(&self, cmd: &Command, now: Millis) -> Result<Outcome, InputError> {
+        match cmd {
+            Command::RegisterVehicle {
+                vehicle_id,
+                plate,
+                armoured,
+            } => {
+                require_id("vehicle_id", vehicle_id)?;
+                if let Some(v) = self.vehicles.get(vehicle_id) {
+                    return if v.plate == *plate && v.armoured == *armoured {
+                        Ok(Outcome::NoChange)
+                    } else {
+                        Err(InputError::AlreadyExists {
+                            what: format!("vehicle {vehicle_id:?}"),
+                        })
+                    };
+                }
+                Ok(accepted(Event::VehicleRegistered {
+                    vehicle_id: vehicle_id.clone(),
+                    plate: plate.clone(),
+                    armoured: *armoured,
+                    at: now,
+                }))
+            }
+            Command::RegisterPerson {
+                person_id,
+                name,
+                role,
+            } => {
+                require_id("person_id", person_id)?;
+                if let Some(p) = self.people.get(person_id) {
+                    return if p.name == *name && p.role == *role {
+                        Ok(Outcome::NoChange)
+                    } else {
+                        Err(InputError::AlreadyExists {
+                            what: format!("person {person_id:?}"),
+                        })
+                    };
+                }
+                Ok(accepted(Event::PersonRegistered {
+                    person_id: person_id.clone(),
+                    name: name.clone(),
+                    role: *role,
+                    at: now,
+                }))
+            }
+            Command::RegisterWeapon { serial, kind } => {
+                require_id("serial", serial)?;
+                if let Some(w) = self.weapons.get(serial) {
+                    return if w.kind == *kind {
+                        Ok(Outcome::NoChange)
+                    } else {
+                        Err(InputError::AlreadyExists {
+                            what: format!("weapon {serial:?}"),
+                        })
+                    };
+                }
+                Ok(accepted(Event::WeaponRegistered {
+                    serial: serial.clone(),
+                    kind: kind.clone(),
+                    at: now,
+                }))
+            }
+            Command::RegisterAmmoLot { lot, rounds } => {
+                require_id("lot", lot)?;
+                if self.ammo_lots.contains_key(lot) {
+                    return Ok(Outcome::NoChange);
+                }
+                Ok(accepted(Event::AmmoLotRegistered {
+                    lot: lot.clone(),
+                    rounds: *rounds,
+                    at: now,
+                }))
+            }
+            Command::RegisterCheckpoint(cp) => {
+                require_id("checkpoint.checkpoint_id", &cp.checkpoint_id)?;
+                LatLon::new(cp.position.lat, cp.position.lon, "checkpoint.position")?;
+                if !cp.radius_m.is_finite() || cp.radius_m <= 0.0 {
+                    return Err(InputError::invalid("checkpoint.radius_m", "must be > 0"));
+                }
+                if cp.valid_from >= cp.valid_to {
+                    return Err(InputError::invalid(
+                        "checkpoint.valid_to",
+                        "must be after valid_from",
+                    ));
+                }
+                if let Some(existing) = self.checkpoints.get(&cp.checkpoint_id) {
+                    return if existing == cp {
+                        Ok(Outcome::NoChange)
+                    } else {
+                        Err(InputError::AlreadyExists {
+                            what: format!("checkpoint {:?}", cp.checkpoint_id),
+                        })
+                    };
+                }
+                Ok(accepted(Event::CheckpointRegistered {
+                    checkpoint: cp.clone(),
+                    at: now,
+                }))
+            }
+            Command::PlanRun {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+            } => {
+                require_id("run_id", run_id)?;
+                validate_plan(route, stops, params)?;
+                if self.runs.contains_key(run_id) {
+                    return Err(InputError::AlreadyExists {
+                        what: format!("run {run_id:?}"),
+                    });
+                }
+                // R1 Armoured vehicle only.
+                if let Some(refusal) = self.check_r1(cmd, run_id, vehicle_id, now) {
+                    return Ok(refusal);
+                }
+                self.person("driver_id", driver_id)?;
+                if escort_ids.is_empty() {
+                    return Err(InputError::invalid("escort_ids", "a run needs escorts"));
+                }
+                for (i, e) in escort_ids.iter().enumerate() {
+                    self.person(&format!("escort_ids[{i}]"), e)?;
+                }
+                Ok(accepted(Event::RunPlanned {
+                    run_id: run_id.clone(),
+                    vehicle_id: vehicle_id.clone(),
+                    driver_id: driver_id.clone(),
+                    escort_ids: escort_ids.clone(),
+                    route: route.clone(),
+                    stops: stops.clone(),
+                    params: params.clone(),
+                    at: now,
+                }))
+            }
+            Command::EscortReady {
+                run_id,
+                person_id,
+                weapon,
+                vest,
+                helmet,
+            } => {
+                let run = self.run(run_id)?;
+                self.person("person_id", person_id)?;
+                if run.status == RunStatus::Closed {
+                    return Err(InputError::WrongState(format!("run {run_id:?} is closed")));
+                }
+                Ok(accepted(Event::EscortReadied {
+                    run_id: run_id.clone(),
+                    person_id: person_id.clone(),
+                    weapon: weapon.clone().filter(|w| !w.is_empty()),
+                    vest: *vest,
+                    helmet: *helmet,
+                    at: now,
+                }))
+            }
+            Command::Depart { run_id } => {
+                let run = self.run(run_id)?;
+                if run.status != RunStatus::Planned {
+                    return Err(InputError::WrongState(format!(
+                        "run {run_id:?} has already departed"
+                    )));
+                }
+                if let Some(refusal) = self.check_r1(cmd, run_id, &run.vehicle_id, now) {
+                    return Ok(refusal);
+                }
+                if let Some(busy) = self.active_run_of_vehicle.get(&run.vehicle_id) {
+                    return Err(InputError::WrongState(format!(
+                        "vehicle {:?} is on active run {busy:?}",
+                        run.vehicle_id
+                    )));
+                }
+                // R2 Escorts equipped: latest readiness, vest, helmet, a weapon issued to them.
+                for escort in &run.escort_ids {
+                    let problem = match run.readiness.get(escort) {
+                        None => Some("has not declared readiness".to_string()),
+                        Some(r) if !r.vest => Some("has no bulletproof vest".to_string()),
+                        Some(r) if !r.helmet => Some("has no helmet".to_string()),
+                        Some(Readiness { weapon: None, .. }) => Some("carries no weapon".into()),
+                        Some(Readiness {
+                            weapon: Some(serial),
+                            ..
+                        }) => match self.weapons.get(serial).map(|w| &w.location) {
+                            Some(WeaponLocation::Out {
+                                holder, run_id: r, ..
+                            }) if holder == escort && r == run_id => None,
+                            _ => Some(format!(
+                                "declares weapon {serial:?}, which is not issued to them for this run"
+                            )),
+                        },
+                    };
+                    if let Some(problem) = problem {
+                        return Ok(refused(
+                            Rule::R2,
+                            cmd,
+                            Some(run_id),
+                            escort,
+                            format!(
+                                "R2: escort {escort:?} {problem}; every escort needs an issued weapon, vest and helmet before departure"
+                            ),
+                            vec![],
+                            now,
+                        ));
+                    }
+                }
+                Ok(accepted(Event::RunDeparted {
+                    run_id: run_id.clone(),
+                    vehicle_id: run.vehicle_id.clone(),
+                    at: now,
+                }))
+            }
+            Command::CheckIn {
+                run_id,
+                person_id,
+                code,
+            } => {
+                self.run(run_id)?;
+                self.person("person_id", person_id)?;
+                Ok(accepted(Event::CheckedIn {
+                    run_id: run_id.clone(),
+                    person_id: person_id.clone(),
+                    code: *code,
+                    at: now,
+                }))
+            }
+            Command::ReportIncident {
+                run_id,
+                person_id,
+                kind,
+                note,
+            } => {
+                self.run(run_id)?;
+                self.person("person_id", person_id)?;
+                Ok(accepted(Event::IncidentReported {
+                    run_id: run_id.clone(),
+                    person_id: person_id.clone(),
+                    kind: *kind,
+                    note: note.clone(),
+                    at: now,
+                }))
+            }
+            Command::HandOverCashBoxes {
+                run_id,
+                stop_id,
+                boxes,
+                seals,
+                handed_by,
+                received_by,
+            } => {
+                let run = self.run(run_id)?;
+                if !run.stops.iter().any(|s| s.stop_id == *stop_id) {
+                    return Err(InputError::not_found(format!(
+                        "stop {stop_id:?} of run {run_id:?}"
+                    )));
+                }
+                if boxes.is_empty() {
+                    return Err(InputError::invalid("box_ids", "at least one box"));
+                }
+                // R6 Two-person integrity: two distinct people hand over, someone receives,
+                // nobody on both sides.
+                let mut givers: Vec<&String> = handed_by.iter().collect();
+                givers.sort();
+                givers.dedup();
+                let problem = if givers.len() < 2 {
+                    Some(format!(
+                        "only {} distinct person(s) handing over; two are required",
+                        givers.len()
+                    ))
+                } else if received_by.is_empty() {
+                    Some("nobody confirms receipt".to_string())
+                } else {
+                    received_by
+                        .iter()
+                        .find(|r| handed_by.contains(r))
+                        .map(|p| format!("{p:?} is on both sides of the handover"))
+                };
+                if let Some(problem) = problem {
+                    return Ok(refused(
+                        Rule::R6,
+                        cmd,
+                        Some(run_id),
+                        stop_id,
+                        format!("R6: handover at {stop_id:?} refused: {problem}"),
+                        vec![],
+                        now,
+                    ));
+                }
+                Ok(accepted(Event::CashBoxesHandedOver {
+                    run_id: run_id.clone(),
+                    stop_id: stop_id.clone(),
+                    boxes: boxes.clone(),
+                    seals: seals.clone(),
+                    handed_by: handed_by.clone(),
+                    received_by: received_by.clone(),
+                    at: now,
+                }))
+            }
+            Command::IssueWeapon {
+                run_id,
+                serial,
+                lot,
+                rounds,
+                to,
+                gun_custodian,
+                ammo_custodian,
+                approver,
+            } => {
+                require_id("serial", serial)?;
+                require_id("to", to)?;
+                let weapon = self
+                    .weapons
+                    .get(serial)
+                    .ok_or_else(|| InputError::not_found(format!("weapon {serial:?}")))?;
+                require_id("lot", lot)?;
+                if !self.ammo_lots.contains_key(lot) {
+                    return Err(InputError::not_found(format!("ammunition lot {lot:?}")));
+                }
+                let run_ref = self.runs.get(run_id).map(|r| r.run_id.as_str());
+                let refuse = |rule: Rule, message: String| {
+                    refused(rule, cmd, run_ref, serial, message, vec![], now)
+                };
+                // R3 Guns and ammunition apart: two different custodians and an approver, none of
+                // them the recipient. A missing one is R3 too.
+                let r3 = if gun_custodian.is_empty() || ammo_custodian.is_empty() || approver.is_empty()
+                {
+                    Some("the gun custodian, the ammunition custodian and the approver must all be named".to_string())
+                } else if gun_custodian == ammo_custodian {
+                    Some(format!(
+                        "{gun_custodian:?} cannot be both gun and ammunition custodian"
+                    ))
+                } else if gun_custodian == to || ammo_custodian == to {
+                    Some(format!("the recipient {to:?} cannot be a custodian of the issue"))
+                } else if approver == to {
+                    Some(format!("the recipient {to:?} cannot approve their own issue"))
+                } else {
+                    None
+                };
+                if let Some(problem) = r3 {
+                    return Ok(refuse(Rule::R3, format!("R3: issue of {serial:?} refused: {problem}")));
+                }
+                // R4 Issue only for a task.
+                let r4 = match self.runs.get(run_id) {
+                    None => Some(format!("run {run_id:?} is not planned")),
+                    Some(r) if r.status == RunStatus::Closed => {
+                        Some(format!("run {run_id:?} is already closed"))
+                    }
+                    Some(r) if !r.escort_ids.contains(to) => {
+                        Some(format!("{to:?} is not rostered as an escort on run {run_id:?}"))
+                    }
+                    Some(_) => match &weapon.location {
+                        WeaponLocation::Out { holder, run_id, .. } => Some(format!(
+                            "weapon {serial:?} is already out with {holder:?} for run {run_id:?}"
+                        )),
+                        WeaponLocation::InArmory => None,
+                    },
+                };
+                if let Some(problem) = r4 {
+                    return Ok(refuse(Rule::R4, format!("R4: issue of {serial:?} refused: {problem}")));
+                }
+                Ok(accepted(Event::WeaponIssued {
+                    run_id: run_id.clone(),
+                    serial: serial.clone(),
+                    lot: lot.clone(),
+                    rounds: *rounds,
+                    to: to.clone(),
+                    gun_custodian: gun_custodian.clone(),
+                    ammo_custodian: ammo_custodian.clone(),
+                    approver: approver.clone(),
+                    at: now,
+                }))
+            }
+            Command::HandOverWeapon {
+                serial,
+                from,
+                to,
+                witness,
+            } => {
+                let weapon = self
+                    .weapons
+                    .get(serial)
+                    .ok_or_else(|| InputError::not_found(format!("weapon {serial:?}")))?;
+                self.person("to", to)?;
+                let WeaponLocation::Out { holder, run_id, .. } = &weapon.location else {
+                    return Ok(refused(
+                        Rule::R5,
+                        cmd,
+                        None,
+                        serial,
+                        format!("R5: weapon {serial:?} is in the armory; it can only be issued"),
+                        vec![],
+                        now,
+                    ));
+                };
+                let run = self.run(run_id)?;
+                let problem = if holder != from {
+                    Some(format!("{from:?} does not hold it ({holder:?} does)"))
+                } else if !run.escort_ids.contains(to) {
+                    Some(format!("{to:?} is not an escort of run {run_id:?}"))
+                } else if run.status == RunStatus::Closed {
+                    Some(format!("run {run_id:?} is closed"))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Ok(refused(
+                        Rule::R4,
+                        cmd,
+                        Some(run_id),
+                        serial,
+                        format!("R4: handover of weapon {serial:?} refused: {problem}"),
+                        vec![],
+                        now,
+                    ));
+                }
+                Ok(accepted(Event::WeaponHandedOver {
+                    run_id: run_id.clone(),
+                    serial: serial.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    witness: witness.clone(),
+                    at: now,
+                }))
+            }
+            Command::ReturnWeapon {
+                serial,
+                by,
+                gun_custodian,
+                ammo_custodian,
+                rounds_returned,
+            } => {
+                let weapon = self
+                    .weapons
+                    .get(serial)
+                    .ok_or_else(|| InputError::not_found(format!("weapon {serial:?}")))?;
+                let WeaponLocation::Out {
+                    holder,
+                    run_id,
+                    lot,
+                    rounds,
+                } = &weapon.location
+                else {
+                    return Ok(refused(
+                        Rule::R5,
+                        cmd,
+                        None,
+                        serial,
+                        format!("R5: weapon {serial:?} is already in the armory; nothing to return"),
+                        vec![],
+                        now,
+                    ));
+                };
+                if holder != by {
+                    return Ok(refused(
+                        Rule::R4,
+                        cmd,
+                        Some(run_id),
+                        serial,
+                        format!(
+                            "R4: weapon {serial:?} is held by {holder:?}; only the holder returns it (or hand it over first)"
+                        ),
+                        vec![],
+                        now,
+                    ));
+                }
+                if gun_custodian.is_empty() || ammo_custodian.is_empty() || gun_custodian == ammo_custodian {
+                    return Ok(refused(
+                        Rule::R3,
+                        cmd,
+                        Some(run_id),
+                        serial,
+                        "R3: a return is taken by the gun custodian and a different ammunition custodian".to_string(),
+                        vec![],
+                        now,
+                    ));
+                }
+                Ok(accepted(Event::WeaponReturned {
+                    run_id: run_id.clone(),
+                    serial: serial.clone(),
+                    lot: lot.clone(),
+                    by: by.clone(),
+                    gun_custodian: gun_custodian.clone(),
+                    ammo_custodian: ammo_custodian.clone(),
+                    rounds_issued: *rounds,
+                    rounds_returned: *rounds_returned,
+                    at: now,
+                }))
+            }
+            Command::CloseRun { run_id } => {
+                let run = self.run(run_id)?;
+                if run.status == RunStatus::Closed {
+                    return Err(InputError::WrongState(format!("run {run_id:?} is already closed")));
+                }
+                // R7 Close-out: every weapon and round back.
+                let out = self.weapons_out_for(run_id);
+                if !out.is_empty() {
+                    let list = out
+                        .iter()
+                        .map(|(s, h)| format!("{s} held by {h}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Ok(refused(
+                        Rule::R7,
+                        cmd,
+                        Some(run_id),
+                        run_id,
+                        format!("R7: run {run_id:?} cannot close while weapons are out: {list}"),
+                        out,
+                        now,
+                    ));
+                }
+                Ok(accepted(Event::RunClosed {
+                    run_id: run_id.clone(),
+                    at: now,
+                }))
+            }
+            Command::AcknowledgeAnomaly { anomaly_id, by } => {
+                require_id("by", by)?;
+                let (run_id, state) = self
+                    .anomalies
+                    .get(anomaly_id)
+                    .ok_or_else(|| InputError::not_found(format!("anomaly {anomaly_id:?}")))?;
+                if *state != AnomalyState::Open {
+                    return Ok(Outcome::NoChange);
+                }
+                Ok(accepted(Event::AnomalyAcknowledged {
+                    anomaly_id: anomaly_id.clone(),
+                    run_id: run_id.clone(),
+                    by: by.clone(),
+                    at: now,
+                }))
+            }
+            Command::ResolveAnomaly {
+                anomaly_id,
+                by,
+                outcome,
+                note,
+            } => {
+                require_id("by", by)?;
+                require_id("outcome", outcome)?;
+                let (run_id, state) = self
+                    .anomalies
+                    .get(anomaly_id)
+                    .ok_or_else(|| InputError::not_found(format!("anomaly {anomaly_id:?}")))?;
+                if *state == AnomalyState::Resolved {
+                    return Err(InputError::WrongState(format!(
+                        "anomaly {anomaly_id:?} is already resolved"
+                    )));
+                }
+                Ok(accepted(Event::AnomalyResolved {
+                    anomaly_id: anomaly_id.clone(),
+                    run_id: run_id.clone(),
+                    by: by.clone(),
+                    outcome: outcome.clone(),
+                    note: note.clone(),
+                    at: now,
+                }))
+            }
+        }
+    }
+
+    fn check_r1(&self, cmd: &Command, run_id: &str, vehicle_id: &str, now: Millis) -> Option<Outcome> {
+        let problem = match self.vehicles.get(vehicle_id) {
+            None => format!("vehicle {vehicle_id:?} is not registered"),
+            Some(v) if !v.armoured => format!(
+                "vehicle {vehicle_id:?} ({}) is not an armoured cash vehicle",
+                v.plate
+            ),
+            Some(_) => return None,
+        };
+        let known_run = self.runs.contains_key(run_id).then_some(run_id);
+        Some(refused(
+            Rule::R1,
+            cmd,
+            known_run,
+            vehicle_id,
+            format!("R1: {problem}; cash moves only in a registered armoured vehicle"),
+            vec![],
+            now,
+        ))
+    }
+
+    /// Folds an appended event into the state.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::VehicleRegistered {
+                vehicle_id,
+                plate,
+                armoured,
+                ..
+            } => {
+                self.vehicles.insert(
+                    vehicle_id.clone(),
+                    Vehicle {
+                        plate: plate.clone(),
+                        armoured: *armoured,
+                    },
+                );
+            }
+            Event::PersonRegistered {
+                person_id,
+                name,
+                role,
+                ..
+            } => {
+                self.people.insert(
+                    person_id.clone(),
+                    Person {
+                        name: name.clone(),
+                        role: *role,
+                    },
+                );
+            }
+            Event::WeaponRegistered { serial, kind, .. } => {
+                self.weapons.insert(
+                    serial.clone(),
+                    Weapon {
+                        kind: kind.clone(),
+                        location: WeaponLocation::InArmory,
+                    },
+                );
+            }
+            Event::AmmoLotRegistered { lot, rounds, .. } => {
+                self.ammo_lots.insert(lot.clone(), *rounds);
+            }
+            Event::CheckpointRegistered { checkpoint, .. } => {
+                self.checkpoints
+                    .insert(checkpoint.checkpoint_id.clone(), checkpoint.clone());
+            }
+            Event::RunPlanned {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                at,
+            } => {
+                self.runs.insert(
+                    run_id.clone(),
+                    Run {
+                        run_id: run_id.clone(),
+                        vehicle_id: vehicle_id.clone(),
+                        driver_id: driver_id.clone(),
+                        escort_ids: escort_ids.clone(),
+                        route: route.clone(),
+                        stops: stops.clone(),
+                        params: params.clone(),
+                        status: RunStatus::Planned,
+                        planned_at: *at,
+                        departed_at: None,
+                        closed_at: None,
+                        readiness: HashMap::new(),
+                    },
+                );
+            }
+            Event::EscortReadied {
+                run_id,
+                person_id,
+                weapon,
+                vest,
+                helmet,
+                ..
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.readiness.insert(
+                        person_id.clone(),
+                        Readiness {
+                            weapon: weapon.clone(),
+                            vest: *vest,
+                            helmet: *helmet,
+                        },
+                    );
+                }
+            }
+            Event::RunDeparted {
+                run_id,
+                vehicle_id,
+                at,
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.status = RunStatus::Active;
+                    run.departed_at = Some(*at);
+                }
+                self.active_run_of_vehicle
+                    .insert(vehicle_id.clone(), run_id.clone());
+            }
+            Event::RunClosed { run_id, at } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.status = RunStatus::Closed;
+                    run.closed_at = Some(*at);
+                    if self.active_run_of_vehicle.get(&run.vehicle_id) == Some(run_id) {
+                        self.active_run_of_vehicle.remove(&run.vehicle_id);
+                    }
+                }
+            }
+            Event::WeaponIssued {
+                run_id,
+                serial,
+                lot,
+                rounds,
+                to,
+                ..
+            } => {
+                if let Some(w) = self.weapons.get_mut(serial) {
+                    w.location = WeaponLocation::Out {
+                        holder: to.clone(),
+                        run_id: run_id.clone(),
+                        lot: lot.clone(),
+                        rounds: *rounds,
+                    };
+                }
+                if let Some(left) = self.ammo_lots.get_mut(lot) {
+                    *left = left.saturating_sub(*rounds);
+                }
+            }
+            Event::WeaponHandedOver { serial, to, .. } => {
+                if let Some(Weapon {
+                    location: WeaponLocation::Out { holder, .. },
+                    ..
+                }) = self.weapons.get_mut(serial)
+                {
+                    *holder = to.clone();
+                }
+            }
+            Event::WeaponReturned {
+                serial,
+                lot,
+                rounds_returned,
+                ..
+            } => {
+                if let Some(w) = self.weapons.get_mut(serial) {
+                    w.location = WeaponLocation::InArmory;
+                }
+                if let Some(left) = self.ammo_lots.get_mut(lot) {
+                    *left = left.saturating_add(*rounds_returned);
+                }
+            }
+            Event::AnomalyRaised { anomaly } => {
+                self.anomalies
+                    .entry(anomaly.id.clone())
+                    .or_insert((anomaly.run_id.clone(), AnomalyState::Open));
+            }
+            Event::AnomalyAcknowledged { anomaly_id, .. } => {
+                if let Some((_, s)) = self.anomalies.get_mut(anomaly_id) {
+                    if *s == AnomalyState::Open {
+                        *s = AnomalyState::Acknowledged;
+                    }
+                }
+            }
+            Event::AnomalyResolved { anomaly_id, .. } => {
+                if let Some((_, s)) = self.anomalies.get_mut(anomaly_id) {
+                    *s = AnomalyState::Resolved;
+                }
+            }
+            Event::FixesRecorded { .. }
+            | Event::CheckedIn { .. }
+            | Event::IncidentReported { .. }
+            | Event::CashBoxesHandedOver { .. }
+            | Event::CommandRefused { .. }
+            | Event::ClockTicked { .. } => {}
+        }
+    }
+}
+
+/// Checks a plan's shape: route, stops, windows and parameters (issue: bad input is refused with
+/// INVALID_ARGUMENT naming the field).
+pub fn validate_plan(
+    route: &[LatLon],
+    stops: &[PlannedStop],
+    params: &DetectionParams,
+) -> Result<(), InputError> {
+    if route.len() < 2 {
+        return Err(InputError::invalid("route", "needs at least 2 points"));
+    }
+    if route.len() > MAX_ROUTE_POINTS {
+        return Err(InputError::invalid(
+            "route",
+            format!("at most {MAX_ROUTE_POINTS} points, got {}", route.len()),
+        ));
+    }
+    for (i, p) in route.iter().enumerate() {
+        LatLon::new(p.lat, p.lon, &format!("route[{i}]"))?;
+    }
+    params.validate()?;
+    let mut last_deadline: Option<Millis> = None;
+    for (i, s) in stops.iter().enumerate() {
+        require_id(&format!("stops[{i}].stop_id"), &s.stop_id)?;
+        LatLon::new(s.position.lat, s.position.lon, &format!("stops[{i}].position"))?;
+        if !s.radius_m.is_finite() || s.radius_m <= 0.0 {
+            return Err(InputError::invalid(
+                format!("stops[{i}].radius_m"),
+                "every stop needs a geofence radius > 0",
+            ));
+        }
+        if let (Some(prev), Some(this)) = (last_deadline, s.arrive_by) {
+            if this < prev {
+                return Err(InputError::invalid(
+                    format!("stops[{i}].arrive_by"),
+                    "stop windows are out of order (earlier than the previous stop's)",
+                ));
+            }
+        }
+        last_deadline = s.arrive_by.or(last_deadline);
+        if stops[..i].iter().any(|o| o.stop_id == s.stop_id) {
+            return Err(InputError::invalid(
+                format!("stops[{i}].stop_id"),
+                format!("duplicate stop id {:?}", s.stop_id),
+            ));
+        }
+    }
+    Ok(())
+}

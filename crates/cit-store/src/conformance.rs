@@ -1,0 +1,282 @@
+//! The conformance suite every [`EventStore`] backend must pass: optimistic concurrency,
+//! idempotent retries, ordering, reading both ways, and catch-up subscriptions that resume from a
+//! checkpoint and say when they are caught up.
+//!
+//! It uses fresh, unique stream names, so it can run against a shared server (KurrentDB) that
+//! already holds other data; it never assumes the log starts empty.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::{
+    Direction, Error, EventStore, ExpectedVersion, NewEvent, SubscriptionFilter,
+    SubscriptionMessage,
+};
+
+/// How long a subscription may take to deliver what is already stored.
+const SUBSCRIPTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn event(n: u32) -> NewEvent {
+    NewEvent {
+        id: Uuid::new_v4(),
+        event_type: "ConformanceHappened.v1".into(),
+        data: format!("{{\"n\":{n}}}").into_bytes(),
+        metadata: b"{}".to_vec(),
+    }
+}
+
+fn unique_prefix() -> String {
+    format!("conf{}-", Uuid::new_v4().simple())
+}
+
+/// Runs every check; panics with the name of the first that fails.
+pub async fn run_all<S: EventStore + ?Sized>(store: &S) {
+    append_then_read_both_ways(store).await;
+    expected_versions_conflict(store).await;
+    retries_with_the_same_ids_are_idempotent(store).await;
+    global_log_keeps_append_order(store).await;
+    concurrent_writers_of_one_version_conflict(store).await;
+    subscription_resumes_from_checkpoint_and_goes_live(store).await;
+}
+
+pub async fn append_then_read_both_ways<S: EventStore + ?Sized>(store: &S) {
+    let stream = format!("{}a", unique_prefix());
+    let events: Vec<NewEvent> = (0..5).map(event).collect();
+    let r = store
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append to a new stream");
+    assert_eq!(r.last_version, 4, "versions count from 0");
+    let fwd = store
+        .read_stream(&stream, 0, Direction::Forwards, 100)
+        .await
+        .expect("read forwards");
+    assert_eq!(fwd.len(), 5);
+    for (i, e) in fwd.iter().enumerate() {
+        assert_eq!(e.version, i as u64);
+        assert_eq!(e.id, events[i].id);
+        assert_eq!(e.data, events[i].data);
+        assert_eq!(e.event_type, events[i].event_type);
+        assert_eq!(e.stream, stream);
+    }
+    assert!(fwd.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(fwd[4].position, r.position);
+    let from2 = store
+        .read_stream(&stream, 2, Direction::Forwards, 2)
+        .await
+        .expect("read forwards from 2");
+    assert_eq!(from2.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    let back = store
+        .read_stream(&stream, u64::MAX, Direction::Backwards, 3)
+        .await
+        .expect("read backwards");
+    assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 3, 2]);
+    let back1 = store
+        .read_stream(&stream, 1, Direction::Backwards, 10)
+        .await
+        .expect("read backwards from 1");
+    assert_eq!(back1.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 0]);
+    let missing = store
+        .read_stream(&format!("{}missing", unique_prefix()), 0, Direction::Forwards, 10)
+        .await
+        .expect("a missing stream reads as empty");
+    assert!(missing.is_empty());
+}
+
+pub async fn expected_versions_conflict<S: EventStore + ?Sized>(store: &S) {
+    let stream = format!("{}b", unique_prefix());
+    let err = store
+        .append(&stream, ExpectedVersion::StreamExists, vec![event(0)])
+        .await
+        .expect_err("StreamExists on a missing stream");
+    assert!(matches!(err, Error::WrongExpectedVersion { actual: None, .. }), "{err:?}");
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(0), vec![event(0)])
+        .await
+        .expect_err("Exact(0) on a missing stream");
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }), "{err:?}");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event(0), event(1)])
+        .await
+        .expect("first append");
+    let err = store
+        .append(&stream, ExpectedVersion::NoStream, vec![event(2)])
+        .await
+        .expect_err("NoStream on an existing stream");
+    assert!(matches!(err, Error::WrongExpectedVersion { actual: Some(1), .. }), "{err:?}");
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(0), vec![event(2)])
+        .await
+        .expect_err("stale Exact");
+    assert!(matches!(err, Error::WrongExpectedVersion { actual: Some(1), .. }), "{err:?}");
+    store
+        .append(&stream, ExpectedVersion::Exact(1), vec![event(2)])
+        .await
+        .expect("Exact(current)");
+    store
+        .append(&stream, ExpectedVersion::StreamExists, vec![event(3)])
+        .await
+        .expect("StreamExists");
+    let r = store
+        .append(&stream, ExpectedVersion::Any, vec![event(4)])
+        .await
+        .expect("Any");
+    assert_eq!(r.last_version, 4);
+    let all = store
+        .read_stream(&stream, 0, Direction::Forwards, 100)
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 5, "refused appends left nothing behind");
+}
+
+pub async fn retries_with_the_same_ids_are_idempotent<S: EventStore + ?Sized>(store: &S) {
+    let stream = format!("{}c", unique_prefix());
+    let batch = vec![event(0), event(1), event(2)];
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .expect("append");
+    let retry = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .expect("a retry of the same append succeeds");
+    assert_eq!(retry.last_version, first.last_version);
+    let again = store
+        .append(&stream, ExpectedVersion::Any, batch)
+        .await
+        .expect("a retry with Any succeeds");
+    assert_eq!(again.last_version, first.last_version);
+    let all = store
+        .read_stream(&stream, 0, Direction::Forwards, 100)
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 3, "retries stored nothing twice");
+}
+
+pub async fn global_log_keeps_append_order<S: EventStore + ?Sized>(store: &S) {
+    let prefix = unique_prefix();
+    let before = store.head_position().await.expect("head");
+    let mut ids = Vec::new();
+    for i in 0..6u32 {
+        let e = event(i);
+        ids.push(e.id);
+        store
+            .append(&format!("{prefix}{}", i % 2), ExpectedVersion::Any, vec![e])
+            .await
+            .expect("append");
+    }
+    let mut seen = Vec::new();
+    let mut after = before;
+    loop {
+        let batch = store.read_all(after, 500).await.expect("read all");
+        if batch.is_empty() {
+            break;
+        }
+        for e in &batch {
+            assert!(e.position > after, "positions increase");
+            after = e.position;
+            if e.stream.starts_with(&prefix) {
+                seen.push(e.id);
+            }
+        }
+    }
+    assert_eq!(seen, ids, "the global log holds our events once each, in append order");
+    assert!(store.head_position().await.expect("head") >= after);
+}
+
+pub async fn concurrent_writers_of_one_version_conflict<S: EventStore + ?Sized>(store: &S) {
+    let stream = format!("{}d", unique_prefix());
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .expect("append");
+    let (a, b) = futures::join!(
+        store.append(&stream, ExpectedVersion::Exact(0), vec![event(1)]),
+        store.append(&stream, ExpectedVersion::Exact(0), vec![event(2)]),
+    );
+    let wins = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
+    assert_eq!(wins, 1, "exactly one of two writers at the same version wins: {a:?} {b:?}");
+    let loser = if a.is_ok() { b } else { a };
+    assert!(matches!(loser, Err(Error::WrongExpectedVersion { .. })), "{loser:?}");
+}
+
+pub async fn subscription_resumes_from_checkpoint_and_goes_live<S: EventStore + ?Sized>(
+    store: &S,
+) {
+    let prefix = unique_prefix();
+    let filter = SubscriptionFilter::StreamPrefix(prefix.clone());
+    let mut first_ids = Vec::new();
+    let mut checkpoint = 0;
+    for i in 0..4u32 {
+        let e = event(i);
+        first_ids.push(e.id);
+        let r = store
+            .append(&format!("{prefix}x"), ExpectedVersion::Any, vec![e])
+            .await
+            .expect("append");
+        if i == 1 {
+            checkpoint = r.position;
+        }
+    }
+    // From the checkpoint after the second event: the third and fourth, then caught up.
+    let mut sub = store.subscribe(filter.clone(), Some(checkpoint));
+    let mut got = Vec::new();
+    let mut caught_up = false;
+    while !caught_up {
+        let msg = tokio::time::timeout(SUBSCRIPTION_TIMEOUT, sub.next())
+            .await
+            .expect("subscription delivers in time")
+            .expect("subscription stays open")
+            .expect("no subscription error");
+        match msg {
+            SubscriptionMessage::Event(e) => {
+                assert!(e.position > checkpoint);
+                assert!(e.stream.starts_with(&prefix), "filter holds");
+                got.push(e.id);
+            }
+            SubscriptionMessage::CaughtUp { .. } => caught_up = true,
+        }
+    }
+    assert_eq!(got, first_ids[2..], "resumed right after the checkpoint");
+    // Live: appended after caught-up, to our prefix and elsewhere.
+    store
+        .append(&format!("{}other", unique_prefix()), ExpectedVersion::Any, vec![event(9)])
+        .await
+        .expect("append elsewhere");
+    let live = event(10);
+    let live_id = live.id;
+    store
+        .append(&format!("{prefix}y"), ExpectedVersion::Any, vec![live])
+        .await
+        .expect("append live");
+    loop {
+        let msg = tokio::time::timeout(SUBSCRIPTION_TIMEOUT, sub.next())
+            .await
+            .expect("live event in time")
+            .expect("open")
+            .expect("no error");
+        if let SubscriptionMessage::Event(e) = msg {
+            assert!(e.stream.starts_with(&prefix), "filter holds for live events");
+            assert_eq!(e.id, live_id);
+            break;
+        }
+    }
+    // From the start (None), the subscription sees all four first events before caught-up.
+    let mut sub = store.subscribe(filter, None);
+    let mut got = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(SUBSCRIPTION_TIMEOUT, sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("no error");
+        match msg {
+            SubscriptionMessage::Event(e) => got.push(e.id),
+            SubscriptionMessage::CaughtUp { .. } => break,
+        }
+    }
+    assert_eq!(&got[..4], &first_ids[..]);
+    assert_eq!(got.get(4), Some(&live_id));
+}
