@@ -1,1 +1,353 @@
-//! placeholder
+//! The detection engine, pure: events and explicit time in, anomalies out (A1–A10 of DOMAIN.md,
+//! with the rules and defaults of SCENARIOS.md). No I/O, no clock, no async: replaying the same
+//! log through a fresh engine yields the same anomalies, byte for byte.
+//!
+//! - [`Engine::handle`] takes one logged event with its log position;
+//! - [`Engine::advance_to`] moves time with no input (a scenario tick, or the wall clock in
+//!   production), firing deadlines;
+//! - time rules (signal loss, missed check-in, unplanned-stop judging, late arrival) are
+//!   deadlines: a deadline strictly before an input's time fires before the input is applied; one
+//!   equal to it fires after (an input exactly at its deadline is in time);
+//! - anomaly ids are deterministic (kind, run, and the triggering input: log position, fix seq,
+//!   or deadline), so a restart or replay never raises the same anomaly twice.
+//!
+//! Code map: [`frame`] local metric frame; [`route`] route R-tree; [`progress`] continuous
+//! progress along the route; [`zones`] h3o-indexed checkpoints; [`run`] per-run rule state.
+
+pub mod frame;
+pub mod progress;
+pub mod route;
+mod run;
+pub mod zones;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use cit_domain::event::{Anomaly, Event};
+use cit_domain::{CheckInCode, IncidentKind, LatLon, Millis};
+
+use crate::run::{Deadline, RunState};
+use crate::zones::ZoneIndex;
+
+/// Where a vehicle was last seen (any fix, on a run or not).
+#[derive(Debug, Clone, Copy)]
+pub struct LastFix {
+    pub t: Millis,
+    pub position: LatLon,
+    pub door_open: bool,
+    pub ignition: bool,
+    pub speed_mps: f64,
+}
+
+/// The detection engine. See the module docs.
+#[derive(Debug, Default)]
+pub struct Engine {
+    now: Millis,
+    zones: ZoneIndex,
+    runs: HashMap<String, RunState>,
+    last_fix: HashMap<String, LastFix>,
+    /// Pending deadlines in firing order; stale ones are skipped when they fire.
+    deadlines: BTreeMap<(Millis, u64), Deadline>,
+    next_deadline: u64,
+    /// Ids already raised (ours, or seen in the log), so nothing is raised twice.
+    raised: HashSet<String>,
+}
+
+/// Collects what one step raised, deduplicated by id.
+pub(crate) struct Out<'a> {
+    raised: &'a mut HashSet<String>,
+    pub list: Vec<Anomaly>,
+}
+
+impl Out<'_> {
+    pub(crate) fn push(&mut self, a: Anomaly) {
+        if self.raised.insert(a.id.clone()) {
+            self.list.push(a);
+        }
+    }
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The engine's clock: the latest time it has been given.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// Number of runs the engine holds state for.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Registered zones (checkpoints).
+    pub fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+
+    /// Progress along the route and route length of a run, metres, when known.
+    pub fn progress(&self, run_id: &str) -> Option<(f64, f64)> {
+        let r = self.runs.get(run_id)?;
+        Some((r.progress_m()?, r.route_length_m()))
+    }
+
+    /// Time passes with no input. `inclusive`: deadlines equal to `to` fire too (a tick is itself
+    /// a timeline entry); otherwise only those strictly before it (an input at `to` follows).
+    pub fn advance_to(&mut self, to: Millis, inclusive: bool) -> Vec<Anomaly> {
+        let mut out = Out {
+            raised: &mut self.raised,
+            list: Vec::new(),
+        };
+        fire_deadlines(
+            &mut self.deadlines,
+            &mut self.runs,
+            &self.last_fix,
+            &self.zones,
+            to,
+            inclusive,
+            &mut out,
+        );
+        self.now = self.now.max(to);
+        out.list
+    }
+
+    /// Applies one logged event at log `position`; returns the anomalies it raised (including
+    /// deadlines that its time passed).
+    pub fn handle(&mut self, position: u64, event: &Event) -> Vec<Anomaly> {
+        let mut out = Out {
+            raised: &mut self.raised,
+            list: Vec::new(),
+        };
+        match event {
+            Event::FixesRecorded {
+                vehicle_id,
+                run_id,
+                fixes,
+            } => {
+                for fix in fixes {
+                    fire_deadlines(
+                        &mut self.deadlines,
+                        &mut self.runs,
+                        &self.last_fix,
+                        &self.zones,
+                        fix.t,
+                        false,
+                        &mut out,
+                    );
+                    self.now = self.now.max(fix.t);
+                    self.last_fix.insert(
+                        vehicle_id.clone(),
+                        LastFix {
+                            t: fix.t,
+                            position: LatLon {
+                                lat: fix.lat,
+                                lon: fix.lon,
+                            },
+                            door_open: fix.door_open,
+                            ignition: fix.ignition,
+                            speed_mps: fix.speed_mps,
+                        },
+                    );
+                    if let Some(run) = run_id.as_ref().and_then(|r| self.runs.get_mut(r)) {
+                        run.on_fix(fix, &mut out, &mut |d, at| {
+                            schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
+                        });
+                    }
+                    fire_deadlines(
+                        &mut self.deadlines,
+                        &mut self.runs,
+                        &self.last_fix,
+                        &self.zones,
+                        fix.t,
+                        true,
+                        &mut out,
+                    );
+                }
+                return out.list;
+            }
+            Event::AnomalyRaised { anomaly } => {
+                out.raised.insert(anomaly.id.clone());
+                return out.list;
+            }
+            Event::ClockTicked { at } => {
+                fire_deadlines(
+                    &mut self.deadlines,
+                    &mut self.runs,
+                    &self.last_fix,
+                    &self.zones,
+                    *at,
+                    true,
+                    &mut out,
+                );
+                self.now = self.now.max(*at);
+                return out.list;
+            }
+            _ => {}
+        }
+        let t = event.time();
+        fire_deadlines(
+            &mut self.deadlines,
+            &mut self.runs,
+            &self.last_fix,
+            &self.zones,
+            t,
+            false,
+            &mut out,
+        );
+        self.now = self.now.max(t);
+        let mut sched = |d: Deadline, at: Millis| {
+            schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
+        };
+        match event {
+            Event::CheckpointRegistered { checkpoint, .. } => self.zones.insert(checkpoint.clone()),
+            Event::RunPlanned {
+                run_id,
+                vehicle_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                ..
+            } => {
+                self.runs.insert(
+                    run_id.clone(),
+                    RunState::new(run_id, vehicle_id, escort_ids, route, stops, params),
+                );
+            }
+            Event::RunDeparted { run_id, at, .. } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.on_departed(*at, &mut sched);
+                }
+            }
+            Event::RunClosed { run_id, at } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.on_closed(*at);
+                }
+            }
+            Event::CheckedIn {
+                run_id,
+                person_id,
+                code,
+                at,
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.on_checkin(person_id, *at, &mut sched);
+                    if *code == CheckInCode::Duress {
+                        let last = self.last_fix.get(&run.vehicle_id).copied();
+                        run.raise_duress(position, person_id, *at, last, &mut out);
+                    }
+                }
+            }
+            Event::IncidentReported {
+                run_id,
+                person_id,
+                kind,
+                note,
+                at,
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    let last = self.last_fix.get(&run.vehicle_id).copied();
+                    match kind {
+                        IncidentKind::PoliceCheck => run.on_police_check(
+                            position, person_id, note, *at, last, &self.zones, &mut out,
+                        ),
+                        IncidentKind::Roadblock => {
+                            run.on_roadblock_report(position, person_id, note, *at, last, &mut out)
+                        }
+                        other => run.on_report(*other, *at),
+                    }
+                }
+            }
+            Event::CashBoxesHandedOver {
+                run_id,
+                stop_id,
+                at,
+                ..
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    let last = self.last_fix.get(&run.vehicle_id).copied();
+                    run.on_handover(position, stop_id, *at, last, &mut out);
+                }
+            }
+            Event::WeaponReturned {
+                run_id,
+                serial,
+                by,
+                rounds_issued,
+                rounds_returned,
+                at,
+                ..
+            } => {
+                if rounds_issued != rounds_returned {
+                    if let Some(run) = self.runs.get(run_id) {
+                        run.raise_ammo_mismatch(
+                            position,
+                            serial,
+                            by,
+                            *rounds_issued,
+                            *rounds_returned,
+                            *at,
+                            &mut out,
+                        );
+                    }
+                }
+            }
+            Event::CommandRefused {
+                rule,
+                command,
+                run_id: Some(run_id),
+                weapons_out,
+                at,
+                ..
+            } if rule == "R7" && command == "close_run" => {
+                if let Some(run) = self.runs.get(run_id) {
+                    run.raise_weapon_not_returned(position, weapons_out, *at, &mut out);
+                }
+            }
+            _ => {}
+        }
+        fire_deadlines(
+            &mut self.deadlines,
+            &mut self.runs,
+            &self.last_fix,
+            &self.zones,
+            t,
+            true,
+            &mut out,
+        );
+        out.list
+    }
+}
+
+fn schedule(
+    deadlines: &mut BTreeMap<(Millis, u64), Deadline>,
+    next: &mut u64,
+    d: Deadline,
+    at: Millis,
+) {
+    *next += 1;
+    deadlines.insert((at, *next), d);
+}
+
+fn fire_deadlines(
+    deadlines: &mut BTreeMap<(Millis, u64), Deadline>,
+    runs: &mut HashMap<String, RunState>,
+    last_fix: &HashMap<String, LastFix>,
+    zones: &ZoneIndex,
+    to: Millis,
+    inclusive: bool,
+    out: &mut Out<'_>,
+) {
+    while let Some(entry) = deadlines.first_entry() {
+        let (at, _) = *entry.key();
+        if at > to || (at == to && !inclusive) {
+            break;
+        }
+        let d = entry.remove();
+        if let Some(run) = runs.get_mut(d.run_id()) {
+            let last = last_fix.get(&run.vehicle_id).copied();
+            run.on_deadline(&d, at, last, zones, out);
+        }
+    }
+}

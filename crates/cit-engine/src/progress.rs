@@ -1,0 +1,204 @@
+//! Progress along the planned route, kept continuous: each fix moves it only to a route position
+//! reachable from the previous one (so it never jumps where the route passes close to itself),
+//! preferring positions whose direction matches the vehicle's heading (so it follows the route
+//! back out of a stop it turns around at). Standing fixes do not move it. When the vehicle is
+//! somewhere else on the route for good (a shortcut, the end of a detour), progress is
+//! re-acquired: a jump, which is not a fall and restarts the U-turn window.
+
+use std::collections::VecDeque;
+
+use cit_domain::Millis;
+
+use crate::frame::angle_between;
+use crate::route::{Candidate, RouteIndex};
+
+/// Below this speed the heading is noise.
+const HEADING_MIN_SPEED_MPS: f64 = 2.0;
+/// Cost, in metres, of a candidate against the vehicle's heading.
+const AGAINST_HEADING_PENALTY_M: f64 = 25.0;
+/// Consecutive fixes on the route but out of reach before progress is re-acquired.
+const LOST_FIXES_BEFORE_REACQUIRE: u32 = 2;
+/// The vehicle has left the tracked part of the route for another when, for this many fixes in a
+/// row, the other part is at least `SWITCH_MARGIN_M` nearer and the tracked one at least that far.
+/// One multipath fix cannot do it; a vehicle that really drove onto an earlier part of the route
+/// (driving back along it) does, and that is a fall.
+const SWITCH_FIXES: u32 = 2;
+const SWITCH_MARGIN_M: f64 = 20.0;
+/// The U-turn window of SCENARIOS.md.
+pub const UTURN_WINDOW_S: f64 = 60.0;
+
+#[derive(Debug, Default)]
+pub struct ProgressTracker {
+    /// Current progress, metres along the route, once acquired.
+    pub s: Option<f64>,
+    last_t: Millis,
+    lost: u32,
+    switching: u32,
+    /// (time, progress) of the fixes of the last 60 s.
+    window: VecDeque<(Millis, f64)>,
+    /// Fixes in a row that showed a fall of at least the threshold.
+    falling: u32,
+    scratch: Vec<Candidate>,
+}
+
+/// What one fix did to progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProgressUpdate {
+    /// How far progress is below its maximum of the last 60 s.
+    pub fall_m: f64,
+    /// Fixes in a row with `fall_m` at or above the caller's threshold.
+    pub falling_fixes: u32,
+}
+
+impl ProgressTracker {
+    /// Feeds one fix. `search_m` is how far from the route a fix may be and still count as on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &mut self,
+        route: &RouteIndex,
+        p: [f64; 2],
+        t: Millis,
+        speed_mps: f64,
+        heading_deg: f64,
+        standing: bool,
+        search_m: f64,
+        fall_threshold_m: f64,
+    ) -> ProgressUpdate {
+        let mut cands = std::mem::take(&mut self.scratch);
+        // Whether this fix placed the vehicle on the route (only such fixes confirm a fall).
+        let mut updated = false;
+        if !standing {
+            route.candidates(p, search_m, &mut cands);
+        } else {
+            cands.clear();
+        }
+        let use_heading = speed_mps >= HEADING_MIN_SPEED_MPS;
+        let heading_cost = |c: &Candidate| {
+            if use_heading && angle_between(c.bearing, heading_deg) > 90.0 {
+                AGAINST_HEADING_PENALTY_M
+            } else {
+                0.0
+            }
+        };
+        if !cands.is_empty() {
+            match self.s {
+                None => {
+                    // First acquisition: best match, ties to the earliest part of the route (a
+                    // depot is both the start and the end of a round trip).
+                    let min_cost = cands
+                        .iter()
+                        .map(|c| c.lateral + heading_cost(c))
+                        .fold(f64::INFINITY, f64::min);
+                    let s = cands
+                        .iter()
+                        .filter(|c| c.lateral + heading_cost(c) <= min_cost + 5.0)
+                        .map(|c| c.s)
+                        .fold(f64::INFINITY, f64::min);
+                    if s.is_finite() {
+                        self.jump_to(s);
+                    }
+                }
+                Some(prev) => {
+                    let dt = t.secs_since(self.last_t).clamp(0.0, 600.0);
+                    let reach = (speed_mps.max(3.0) + 5.0) * dt + 30.0;
+                    // Positions a little beyond reach stay possible at a cost, so a vehicle that
+                    // stopped short of a turnaround can still follow the route back out.
+                    let best = cands
+                        .iter()
+                        .filter(|c| (c.s - prev).abs() <= 3.0 * reach + 60.0)
+                        .map(|c| {
+                            let excess = ((c.s - prev).abs() - reach).max(0.0);
+                            (c.lateral + heading_cost(c) + 0.3 * excess, *c)
+                        })
+                        .min_by(|a, b| a.0.total_cmp(&b.0));
+                    let global = cands.iter().min_by(|a, b| {
+                        (a.lateral + heading_cost(a)).total_cmp(&(b.lateral + heading_cost(b)))
+                    });
+                    match best {
+                        Some((_, here)) => {
+                            self.lost = 0;
+                            let elsewhere = global.filter(|g| {
+                                here.lateral >= SWITCH_MARGIN_M
+                                    && g.lateral + SWITCH_MARGIN_M <= here.lateral
+                                    && (g.s - here.s).abs() > reach
+                            });
+                            match elsewhere {
+                                Some(g) => {
+                                    self.switching += 1;
+                                    if self.switching >= SWITCH_FIXES {
+                                        self.switching = 0;
+                                        self.s = Some(g.s);
+                                    } else {
+                                        self.s = Some(here.s);
+                                    }
+                                }
+                                None => {
+                                    self.switching = 0;
+                                    self.s = Some(here.s);
+                                }
+                            }
+                            updated = true;
+                        }
+                        None => {
+                            self.lost += 1;
+                            if self.lost >= LOST_FIXES_BEFORE_REACQUIRE {
+                                let s = cands
+                                    .iter()
+                                    .min_by(|a, b| {
+                                        (a.lateral + heading_cost(a))
+                                            .total_cmp(&(b.lateral + heading_cost(b)))
+                                    })
+                                    .map(|c| c.s)
+                                    .unwrap_or(prev);
+                                self.jump_to(s);
+                            }
+                        }
+                    }
+                }
+            }
+            self.last_t = t;
+        } else if standing {
+            self.last_t = t;
+        }
+        self.scratch = cands;
+        let Some(s) = self.s else {
+            return ProgressUpdate {
+                fall_m: 0.0,
+                falling_fixes: 0,
+            };
+        };
+        while self
+            .window
+            .front()
+            .is_some_and(|(wt, _)| t.secs_since(*wt) > UTURN_WINDOW_S)
+        {
+            self.window.pop_front();
+        }
+        self.window.push_back((t, s));
+        let max = self.window.iter().map(|(_, v)| *v).fold(s, f64::max);
+        let fall_m = max - s;
+        if fall_m < fall_threshold_m {
+            self.falling = 0;
+        } else if updated {
+            self.falling += 1;
+        }
+        ProgressUpdate {
+            fall_m,
+            falling_fixes: self.falling,
+        }
+    }
+
+    fn jump_to(&mut self, s: f64) {
+        self.s = Some(s);
+        self.lost = 0;
+        self.switching = 0;
+        self.window.clear();
+        self.falling = 0;
+    }
+
+    /// Forget the fall history (after a U-turn was raised: the same occurrence).
+    pub fn reset_window(&mut self) {
+        self.window.clear();
+        self.falling = 0;
+    }
+}

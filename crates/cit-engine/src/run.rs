@@ -1,0 +1,804 @@
+//! Per-run rule state: each rule of SCENARIOS.md as a small state machine fed by the run's fixes,
+//! check-ins, reports and handovers, raising anomalies into [`Out`] and scheduling deadlines.
+
+use cit_domain::event::{Anomaly, AnomalyKind, Severity};
+use cit_domain::{DetectionParams, Fix, IncidentKind, LatLon, Millis, PlannedStop};
+use serde_json::json;
+
+use crate::frame::{dist, haversine_m};
+use crate::progress::ProgressTracker;
+use crate::route::RouteIndex;
+use crate::zones::ZoneIndex;
+use crate::{LastFix, Out};
+
+/// A time rule waiting for its moment. `generation` invalidates deadlines that were re-armed.
+#[derive(Debug, Clone)]
+pub enum Deadline {
+    SignalLoss { run: String, generation: u64 },
+    Checkin { run: String, escort: usize, generation: u64 },
+    StopJudge { run: String, generation: u64 },
+    LateArrival { run: String, stop: usize },
+}
+
+impl Deadline {
+    pub fn run_id(&self) -> &str {
+        match self {
+            Deadline::SignalLoss { run, .. }
+            | Deadline::Checkin { run, .. }
+            | Deadline::StopJudge { run, .. }
+            | Deadline::LateArrival { run, .. } => run,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Planned,
+    Active,
+    Closed,
+}
+
+/// A1: the vehicle standing still (speed below `stop_speed_mps`, within `stop_radius_m` of the
+/// episode's mean position). A single fix far off (multipath) is set aside; two in a row end it.
+#[derive(Debug, Clone)]
+struct StopEpisode {
+    start: Millis,
+    sum: [f64; 2],
+    n: u32,
+    outlier_pending: bool,
+    door_opened: bool,
+    engine_off: bool,
+    generation: u64,
+}
+
+impl StopEpisode {
+    fn mean(&self) -> [f64; 2] {
+        [self.sum[0] / self.n as f64, self.sum[1] / self.n as f64]
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct StopVisit {
+    /// Inside the radius since this fix (not yet confirmed as an arrival).
+    inside_since: Option<Millis>,
+    arrived: Option<Millis>,
+    /// A stop the vehicle starts inside counts only after it has been farther than 2 x radius.
+    armed: bool,
+    skip_reported: bool,
+}
+
+#[derive(Debug)]
+pub struct RunState {
+    pub run_id: String,
+    pub vehicle_id: String,
+    params: DetectionParams,
+    stops: Vec<PlannedStop>,
+    stops_local: Vec<[f64; 2]>,
+    escorts: Vec<String>,
+    route: RouteIndex,
+    status: Status,
+    departed_at: Option<Millis>,
+    // A5 signal loss
+    last_fix_t: Option<Millis>,
+    signal_gen: u64,
+    last_route_distance: f64,
+    // A6 check-ins: latest check-in and generation per escort
+    checkin_last: Vec<Option<Millis>>,
+    checkin_gen: Vec<u64>,
+    // A1 stops
+    episode: Option<StopEpisode>,
+    episode_gen: u64,
+    reports: Vec<(Millis, IncidentKind)>,
+    // A2 route deviation
+    streak: u32,
+    streak_start: Millis,
+    streak_max_m: f64,
+    deviated: bool,
+    // A4 roadblock
+    progress: ProgressTracker,
+    last_roadblock: Option<Millis>,
+    // A7 stops
+    visits: Vec<StopVisit>,
+    // A10 overspeed
+    over_since: Option<Millis>,
+    over_raised: bool,
+    over_max_mps: f64,
+}
+
+/// Severity rises one step, capped at critical.
+fn escalate(s: Severity) -> Severity {
+    match s {
+        Severity::Low => Severity::Medium,
+        Severity::Medium => Severity::High,
+        Severity::High | Severity::Critical => Severity::Critical,
+    }
+}
+
+impl RunState {
+    pub fn new(
+        run_id: &str,
+        vehicle_id: &str,
+        escorts: &[String],
+        route: &[LatLon],
+        stops: &[PlannedStop],
+        params: &DetectionParams,
+    ) -> Self {
+        let route = RouteIndex::new(route);
+        RunState {
+            run_id: run_id.to_string(),
+            vehicle_id: vehicle_id.to_string(),
+            params: params.clone(),
+            stops_local: stops.iter().map(|s| route.to_local(s.position)).collect(),
+            stops: stops.to_vec(),
+            escorts: escorts.to_vec(),
+            route,
+            status: Status::Planned,
+            departed_at: None,
+            last_fix_t: None,
+            signal_gen: 0,
+            last_route_distance: 0.0,
+            checkin_last: vec![None; escorts.len()],
+            checkin_gen: vec![0; escorts.len()],
+            episode: None,
+            episode_gen: 0,
+            reports: Vec::new(),
+            streak: 0,
+            streak_start: Millis(0),
+            streak_max_m: 0.0,
+            deviated: false,
+            progress: ProgressTracker::default(),
+            last_roadblock: None,
+            visits: stops
+                .iter()
+                .enumerate()
+                .map(|(i, _)| StopVisit {
+                    armed: i == 0,
+                    ..StopVisit::default()
+                })
+                .collect(),
+            over_since: None,
+            over_raised: false,
+            over_max_mps: 0.0,
+        }
+    }
+
+    pub fn progress_m(&self) -> Option<f64> {
+        self.progress.s
+    }
+
+    pub fn route_length_m(&self) -> f64 {
+        self.route.length_m
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn anomaly(
+        &self,
+        kind: AnomalyKind,
+        discriminator: String,
+        at: Millis,
+        severity: Severity,
+        summary: String,
+        position: Option<LatLon>,
+        evidence: serde_json::Value,
+    ) -> Anomaly {
+        Anomaly {
+            id: format!("{}:{}:{}", kind.as_str(), self.run_id, discriminator),
+            kind,
+            run_id: self.run_id.clone(),
+            vehicle_id: self.vehicle_id.clone(),
+            at,
+            severity,
+            summary,
+            position,
+            evidence,
+        }
+    }
+
+    pub fn on_departed(&mut self, at: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+        if self.status != Status::Planned {
+            return;
+        }
+        self.status = Status::Active;
+        self.departed_at = Some(at);
+        self.signal_gen += 1;
+        sched(
+            Deadline::SignalLoss {
+                run: self.run_id.clone(),
+                generation: self.signal_gen,
+            },
+            at.plus_secs(self.params.max_gap_s),
+        );
+        for i in 0..self.escorts.len() {
+            self.arm_checkin(i, at, sched);
+        }
+        for (i, s) in self.stops.iter().enumerate() {
+            if let Some(by) = s.arrive_by {
+                sched(
+                    Deadline::LateArrival {
+                        run: self.run_id.clone(),
+                        stop: i,
+                    },
+                    by.plus_secs(self.params.late_grace_s),
+                );
+            }
+        }
+    }
+
+    fn arm_checkin(&mut self, i: usize, now: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+        let Some(departed) = self.departed_at else {
+            return;
+        };
+        let from = self.checkin_last[i].map_or(departed, |c| c.max(departed)).max(now.min(departed));
+        self.checkin_gen[i] += 1;
+        sched(
+            Deadline::Checkin {
+                run: self.run_id.clone(),
+                escort: i,
+                generation: self.checkin_gen[i],
+            },
+            from.plus_secs(self.params.checkin_interval_s + self.params.checkin_grace_s),
+        );
+    }
+
+    pub fn on_closed(&mut self, _at: Millis) {
+        // Pending deadlines see the status and do nothing.
+        self.status = Status::Closed;
+        self.episode = None;
+    }
+
+    pub fn on_checkin(&mut self, person: &str, at: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+        if let Some(i) = self.escorts.iter().position(|e| e == person) {
+            self.checkin_last[i] = Some(self.checkin_last[i].map_or(at, |c| c.max(at)));
+            if self.status == Status::Active {
+                self.arm_checkin(i, at, sched);
+            }
+        }
+    }
+
+    pub fn on_report(&mut self, kind: IncidentKind, at: Millis) {
+        self.reports.push((at, kind));
+    }
+
+    /// A6: duress raises a silent critical alarm, for a run in any state.
+    pub fn raise_duress(
+        &self,
+        position: u64,
+        person: &str,
+        at: Millis,
+        last: Option<LastFix>,
+        out: &mut Out<'_>,
+    ) {
+        out.push(self.anomaly(
+            AnomalyKind::Duress,
+            format!("p{position}"),
+            at,
+            Severity::Critical,
+            format!("DURESS code from {person}; silent alarm, not shown to the crew"),
+            last.map(|l| l.position),
+            json!({"person": person, "last_fix_at": last.map(|l| l.t.0)}),
+        ));
+    }
+
+    /// A3: a police check where no checkpoint is registered (radius + 50 m, valid now), located
+    /// at the vehicle's last fix.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_police_check(
+        &mut self,
+        position: u64,
+        person: &str,
+        note: &str,
+        at: Millis,
+        last: Option<LastFix>,
+        zones: &ZoneIndex,
+        out: &mut Out<'_>,
+    ) {
+        let genuine = last.and_then(|l| zones.containing(l.position, 50.0, at, at).next());
+        if genuine.is_some() {
+            // A registered checkpoint: the crew follows procedure; nothing to raise.
+            return;
+        }
+        let door = last.is_some_and(|l| l.door_open);
+        let mut severity = Severity::High;
+        if door || last.is_none() {
+            severity = escalate(severity);
+        }
+        out.push(self.anomaly(
+            AnomalyKind::SuspectedFakeCheckpoint,
+            format!("p{position}"),
+            at,
+            severity,
+            match last {
+                Some(_) if door => format!(
+                    "police check reported by {person} where no checkpoint is registered, with a door open"
+                ),
+                Some(_) => format!(
+                    "police check reported by {person} where no checkpoint is registered"
+                ),
+                None => format!("police check reported by {person}; vehicle position unknown"),
+            },
+            last.map(|l| l.position),
+            json!({"person": person, "note": note, "door_open": door,
+                   "margin_m": 50.0, "last_fix_at": last.map(|l| l.t.0)}),
+        ));
+    }
+
+    /// A4: a reported roadblock, for a run in any state.
+    pub fn on_roadblock_report(
+        &mut self,
+        position: u64,
+        person: &str,
+        note: &str,
+        at: Millis,
+        last: Option<LastFix>,
+        out: &mut Out<'_>,
+    ) {
+        self.reports.push((at, IncidentKind::Roadblock));
+        self.last_roadblock = Some(at);
+        out.push(self.anomaly(
+            AnomalyKind::Roadblock,
+            format!("p{position}"),
+            at,
+            Severity::High,
+            format!("roadblock reported by {person}"),
+            last.map(|l| l.position),
+            json!({"person": person, "note": note, "source": "report"}),
+        ));
+    }
+
+    /// A8: a handover while the vehicle's last fix is outside the stop's radius.
+    pub fn on_handover(
+        &mut self,
+        position: u64,
+        stop_id: &str,
+        at: Millis,
+        last: Option<LastFix>,
+        out: &mut Out<'_>,
+    ) {
+        let Some(stop) = self.stops.iter().find(|s| s.stop_id == stop_id) else {
+            return;
+        };
+        let distance = last.map(|l| haversine_m(l.position, stop.position));
+        if distance.is_some_and(|d| d <= stop.radius_m) {
+            return;
+        }
+        out.push(self.anomaly(
+            AnomalyKind::HandoverOutOfPlace,
+            format!("p{position}"),
+            at,
+            Severity::High,
+            match distance {
+                Some(d) => format!(
+                    "cash-box handover for {stop_id} recorded {d:.0} m from the stop (radius {:.0} m)",
+                    stop.radius_m
+                ),
+                None => format!("cash-box handover for {stop_id} with no known vehicle position"),
+            },
+            last.map(|l| l.position),
+            json!({"stop": stop_id, "distance_m": distance, "radius_m": stop.radius_m}),
+        ));
+    }
+
+    /// A9: rounds returned differ from rounds issued.
+    #[allow(clippy::too_many_arguments)]
+    pub fn raise_ammo_mismatch(
+        &self,
+        position: u64,
+        serial: &str,
+        by: &str,
+        issued: u32,
+        returned: u32,
+        at: Millis,
+        out: &mut Out<'_>,
+    ) {
+        out.push(self.anomaly(
+            AnomalyKind::AmmoMismatch,
+            format!("p{position}"),
+            at,
+            Severity::High,
+            format!("{by} returned {serial} with {returned} rounds; {issued} were issued"),
+            None,
+            json!({"serial": serial, "by": by, "rounds_issued": issued, "rounds_returned": returned}),
+        ));
+    }
+
+    /// A9: a close-out refused (R7) while weapons are out.
+    pub fn raise_weapon_not_returned(
+        &self,
+        position: u64,
+        weapons_out: &[(String, String)],
+        at: Millis,
+        out: &mut Out<'_>,
+    ) {
+        let list = weapons_out
+            .iter()
+            .map(|(s, h)| format!("{s} ({h})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(self.anomaly(
+            AnomalyKind::WeaponNotReturned,
+            format!("p{position}"),
+            at,
+            Severity::High,
+            format!("close-out refused: weapons not returned: {list}"),
+            None,
+            json!({"weapons_out": weapons_out}),
+        ));
+    }
+
+    /// Every rule that looks at fixes of the active run.
+    pub fn on_fix(
+        &mut self,
+        fix: &Fix,
+        out: &mut Out<'_>,
+        sched: &mut impl FnMut(Deadline, Millis),
+    ) {
+        if self.status != Status::Active {
+            return;
+        }
+        let p = self.route.frame.to_local(fix.lat, fix.lon);
+        let latlon = LatLon {
+            lat: fix.lat,
+            lon: fix.lon,
+        };
+        // A5: re-arm the gap deadline from this fix.
+        let newest = self.last_fix_t.map_or(fix.t, |t| t.max(fix.t));
+        self.last_fix_t = Some(newest);
+        self.signal_gen += 1;
+        let departed = self.departed_at.unwrap_or(newest);
+        sched(
+            Deadline::SignalLoss {
+                run: self.run_id.clone(),
+                generation: self.signal_gen,
+            },
+            newest.max(departed).plus_secs(self.params.max_gap_s),
+        );
+        let route_distance = self.route.distance(p);
+        self.last_route_distance = route_distance;
+        let standing = fix.speed_mps < self.params.stop_speed_mps;
+        self.stop_rule(fix, p, standing, sched);
+        self.deviation_rule(fix, latlon, route_distance, out);
+        self.uturn_rule(fix, p, latlon, standing, out);
+        self.visit_rule(fix, p, out);
+        self.overspeed_rule(fix, latlon, out);
+    }
+
+    /// A1 bookkeeping; the judgement happens at the deadline.
+    fn stop_rule(
+        &mut self,
+        fix: &Fix,
+        p: [f64; 2],
+        standing: bool,
+        sched: &mut impl FnMut(Deadline, Millis),
+    ) {
+        if !standing {
+            self.episode = None;
+            return;
+        }
+        if let Some(ep) = &mut self.episode {
+            if dist(p, ep.mean()) <= self.params.stop_radius_m {
+                ep.sum[0] += p[0];
+                ep.sum[1] += p[1];
+                ep.n += 1;
+                ep.outlier_pending = false;
+                ep.door_opened |= fix.door_open;
+                ep.engine_off |= !fix.ignition;
+                return;
+            }
+            if !ep.outlier_pending {
+                // One far fix may be multipath; wait for the next one.
+                ep.outlier_pending = true;
+                return;
+            }
+        }
+        self.episode_gen += 1;
+        self.episode = Some(StopEpisode {
+            start: fix.t,
+            sum: p,
+            n: 1,
+            outlier_pending: false,
+            door_opened: fix.door_open,
+            engine_off: !fix.ignition,
+            generation: self.episode_gen,
+        });
+        let wait = self.params.unplanned_stop_s.max(self.params.stop_min_s);
+        sched(
+            Deadline::StopJudge {
+                run: self.run_id.clone(),
+                generation: self.episode_gen,
+            },
+            fix.t.plus_secs(wait),
+        );
+    }
+
+    /// A2: a streak of fixes beyond the corridor; hysteresis clears it below 0.7 x corridor.
+    fn deviation_rule(&mut self, fix: &Fix, latlon: LatLon, d: f64, out: &mut Out<'_>) {
+        let corridor = self.params.corridor_m;
+        if d > corridor {
+            if self.streak == 0 {
+                self.streak_start = fix.t;
+                self.streak_max_m = 0.0;
+            }
+            self.streak += 1;
+            self.streak_max_m = self.streak_max_m.max(d);
+            if !self.deviated
+                && self.streak >= self.params.deviation_fixes
+                && fix.t.secs_since(self.streak_start) >= self.params.deviation_s
+            {
+                self.deviated = true;
+                let detour = self.recent_roadblock(fix.t);
+                let mut severity = if detour { Severity::Low } else { Severity::Medium };
+                if d > 3.0 * corridor {
+                    severity = escalate(severity);
+                }
+                out.push(self.anomaly(
+                    AnomalyKind::RouteDeviation,
+                    format!("v{}", fix.seq),
+                    fix.t,
+                    severity,
+                    if detour {
+                        format!("detour {d:.0} m off the planned route after a roadblock")
+                    } else {
+                        format!("{d:.0} m off the planned route (corridor {corridor:.0} m)")
+                    },
+                    Some(latlon),
+                    json!({"distance_m": d, "corridor_m": corridor, "fixes": self.streak,
+                           "since": self.streak_start.0, "after_roadblock": detour}),
+                ));
+            }
+        } else {
+            self.streak = 0;
+            if d < 0.7 * corridor {
+                self.deviated = false;
+            }
+        }
+    }
+
+    fn recent_roadblock(&self, t: Millis) -> bool {
+        self.last_roadblock
+            .is_some_and(|rb| t.secs_since(rb) <= self.params.report_cover_s && rb <= t)
+    }
+
+    /// A4 without a report: progress along the route falls by `uturn_m` within 60 s.
+    fn uturn_rule(
+        &mut self,
+        fix: &Fix,
+        p: [f64; 2],
+        latlon: LatLon,
+        standing: bool,
+        out: &mut Out<'_>,
+    ) {
+        let update = self.progress.update(
+            &self.route,
+            p,
+            fix.t,
+            fix.speed_mps,
+            fix.heading_deg,
+            standing,
+            self.params.corridor_m,
+            self.params.uturn_m,
+        );
+        // Two fixes in a row, so one multipath fix cannot fake a U-turn.
+        if update.falling_fixes < 2 {
+            return;
+        }
+        self.progress.reset_window();
+        if self.recent_roadblock(fix.t) {
+            return;
+        }
+        self.last_roadblock = Some(fix.t);
+        out.push(self.anomaly(
+            AnomalyKind::Roadblock,
+            format!("v{}", fix.seq),
+            fix.t,
+            Severity::High,
+            format!(
+                "vehicle turned back {:.0} m along the route within a minute (forced stop / U-turn?)",
+                update.fall_m
+            ),
+            Some(latlon),
+            json!({"source": "u_turn", "fall_m": update.fall_m, "progress_m": self.progress.s}),
+        ));
+    }
+
+    /// A7: arrivals derived from fixes; skipped stops at the arrival at a later one.
+    fn visit_rule(&mut self, fix: &Fix, p: [f64; 2], out: &mut Out<'_>) {
+        let mut arrived_now = None;
+        for (i, stop) in self.stops.iter().enumerate() {
+            let v = &mut self.visits[i];
+            let d = dist(p, self.stops_local[i]);
+            if !v.armed {
+                if d > 2.0 * stop.radius_m {
+                    v.armed = true;
+                }
+                continue;
+            }
+            if v.arrived.is_some() {
+                continue;
+            }
+            if d <= stop.radius_m {
+                let since = *v.inside_since.get_or_insert(fix.t);
+                // Confirmed by a second fix inside, or one well inside (beyond multipath reach).
+                let confirmed = since != fix.t || d <= 0.5 * stop.radius_m;
+                if confirmed {
+                    v.arrived = Some(since);
+                    arrived_now.get_or_insert((i, since));
+                }
+            } else {
+                v.inside_since = None;
+            }
+        }
+        let Some((j, at)) = arrived_now else {
+            return;
+        };
+        for i in 0..j {
+            if self.visits[i].arrived.is_some() || self.visits[i].skip_reported {
+                continue;
+            }
+            self.visits[i].skip_reported = true;
+            let a = self.anomaly(
+                AnomalyKind::StopSkipped,
+                format!("{}@{}", self.stops[i].stop_id, self.stops[j].stop_id),
+                at,
+                Severity::Medium,
+                format!(
+                    "arrived at {} before visiting {}",
+                    self.stops[j].stop_id, self.stops[i].stop_id
+                ),
+                Some(self.stops[j].position),
+                json!({"skipped": self.stops[i].stop_id, "arrived_at": self.stops[j].stop_id}),
+            );
+            out.push(a);
+        }
+    }
+
+    /// A10: over the run's limit for `overspeed_s`, once per episode.
+    fn overspeed_rule(&mut self, fix: &Fix, latlon: LatLon, out: &mut Out<'_>) {
+        let limit_mps = self.params.speed_limit_kmh / 3.6;
+        if fix.speed_mps <= limit_mps {
+            self.over_since = None;
+            self.over_raised = false;
+            return;
+        }
+        let since = *self.over_since.get_or_insert(fix.t);
+        if since == fix.t {
+            self.over_max_mps = 0.0;
+        }
+        self.over_max_mps = self.over_max_mps.max(fix.speed_mps);
+        if !self.over_raised && fix.t.secs_since(since) >= self.params.overspeed_s {
+            self.over_raised = true;
+            out.push(self.anomaly(
+                AnomalyKind::Overspeed,
+                format!("v{}", fix.seq),
+                fix.t,
+                Severity::Medium,
+                format!(
+                    "{:.0} km/h over {:.0} s (limit {:.0} km/h)",
+                    self.over_max_mps * 3.6,
+                    fix.t.secs_since(since),
+                    self.params.speed_limit_kmh
+                ),
+                Some(latlon),
+                json!({"max_kmh": self.over_max_mps * 3.6, "limit_kmh": self.params.speed_limit_kmh,
+                       "since": since.0}),
+            ));
+        }
+    }
+
+    /// A deadline came due at `at`.
+    pub fn on_deadline(
+        &mut self,
+        d: &Deadline,
+        at: Millis,
+        last: Option<LastFix>,
+        zones: &ZoneIndex,
+        out: &mut Out<'_>,
+    ) {
+        if self.status != Status::Active {
+            return;
+        }
+        match d {
+            Deadline::SignalLoss { generation, .. } if *generation == self.signal_gen => {
+                let off_route = self.last_fix_t.is_some()
+                    && self.last_route_distance > self.params.corridor_m;
+                let moving = last.is_some_and(|l| l.speed_mps >= self.params.stop_speed_mps || l.ignition);
+                let mut severity = if moving { Severity::High } else { Severity::Medium };
+                if off_route {
+                    severity = escalate(severity);
+                }
+                out.push(self.anomaly(
+                    AnomalyKind::SignalLoss,
+                    format!("t{}", at.0),
+                    at,
+                    severity,
+                    format!(
+                        "no GPS fix for {:.0} s{}",
+                        self.params.max_gap_s,
+                        if off_route { " (last seen off-route)" } else { "" }
+                    ),
+                    last.map(|l| l.position),
+                    json!({"max_gap_s": self.params.max_gap_s, "last_fix_at": self.last_fix_t.map(|t| t.0),
+                           "off_route": off_route, "last_moving_or_engine_on": moving}),
+                ));
+            }
+            Deadline::Checkin { escort, generation, .. } if self.checkin_gen[*escort] == *generation => {
+                let person = &self.escorts[*escort];
+                out.push(self.anomaly(
+                    AnomalyKind::MissedCheckin,
+                    format!("{person}@t{}", at.0),
+                    at,
+                    Severity::Medium,
+                    format!("escort {person} missed the check-in"),
+                    last.map(|l| l.position),
+                    json!({"person": person, "last_checkin": self.checkin_last[*escort].map(|t| t.0),
+                           "interval_s": self.params.checkin_interval_s,
+                           "grace_s": self.params.checkin_grace_s}),
+                ));
+            }
+            Deadline::StopJudge { generation, .. } => {
+                let Some(ep) = self.episode.clone().filter(|e| e.generation == *generation) else {
+                    return;
+                };
+                self.judge_stop(&ep, at, zones, out);
+            }
+            Deadline::LateArrival { stop, .. } => {
+                let v = &self.visits[*stop];
+                let departed = self.departed_at.unwrap_or(at);
+                if v.arrived.is_some_and(|a| a <= at) || at < departed {
+                    return;
+                }
+                let s = &self.stops[*stop];
+                out.push(self.anomaly(
+                    AnomalyKind::LateArrival,
+                    format!("{}", s.stop_id),
+                    at,
+                    Severity::Low,
+                    format!("not at {} by its window (+{:.0} s grace)", s.stop_id, self.params.late_grace_s),
+                    Some(s.position),
+                    json!({"stop": s.stop_id, "arrive_by": s.arrive_by.map(|t| t.0),
+                           "grace_s": self.params.late_grace_s}),
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn judge_stop(&self, ep: &StopEpisode, at: Millis, zones: &ZoneIndex, out: &mut Out<'_>) {
+        let mean = self.route.frame.to_latlon(ep.mean());
+        let at_stop = self
+            .stops
+            .iter()
+            .any(|s| haversine_m(mean, s.position) <= s.radius_m);
+        if at_stop {
+            return;
+        }
+        if zones.containing(mean, 0.0, ep.start, at).next().is_some() {
+            return;
+        }
+        let cover_from = ep.start.plus_secs(-self.params.report_cover_s);
+        let covered = self
+            .reports
+            .iter()
+            .any(|(t, k)| k.covers_stop() && *t >= cover_from && *t <= at);
+        if covered {
+            return;
+        }
+        let mut severity = Severity::High;
+        if ep.door_opened {
+            severity = escalate(severity);
+        }
+        out.push(self.anomaly(
+            AnomalyKind::UnplannedStop,
+            format!("t{}", ep.start.0),
+            at,
+            severity,
+            format!(
+                "stopped {:.0} s away from any planned stop with no crew report{}",
+                at.secs_since(ep.start),
+                if ep.door_opened { ", door opened" } else { "" }
+            ),
+            Some(mean),
+            json!({"stop_started": ep.start.0, "fixes": ep.n, "door_opened": ep.door_opened,
+                   "engine_off": ep.engine_off, "distance_to_route_m": self.route.distance(ep.mean())}),
+        ));
+    }
+}
