@@ -1,7 +1,9 @@
 //! Commands: what a caller asks the domain to do. Validated shapes (positions, parameters) come
 //! in already checked by the boundary; the rules in `world` decide.
 
-use crate::model::{CheckInCode, Checkpoint, DetectionParams, IncidentKind, LatLon, PlannedStop, Role};
+use crate::model::{
+    CheckInCode, Checkpoint, DetectionParams, IncidentKind, LatLon, PlannedStop, Role,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

@@ -155,7 +155,10 @@ impl DetectionParams {
             }
         }
         if self.deviation_fixes == 0 {
-            return Err(InputError::invalid("params.deviation_fixes", "must be >= 1"));
+            return Err(InputError::invalid(
+                "params.deviation_fixes",
+                "must be >= 1",
+            ));
         }
         Ok(())
     }
@@ -201,7 +204,10 @@ impl IncidentKind {
     pub fn covers_stop(self) -> bool {
         matches!(
             self,
-            IncidentKind::Jam | IncidentKind::Breakdown | IncidentKind::Accident | IncidentKind::Fire
+            IncidentKind::Jam
+                | IncidentKind::Breakdown
+                | IncidentKind::Accident
+                | IncidentKind::Fire
         )
     }
 }

@@ -8,9 +8,7 @@ use serde::Serialize;
 
 use crate::command::Command;
 use crate::event::{Event, StreamName};
-use crate::model::{
-    Checkpoint, DetectionParams, LatLon, MAX_ROUTE_POINTS, PlannedStop, Role,
-};
+use crate::model::{Checkpoint, DetectionParams, LatLon, MAX_ROUTE_POINTS, PlannedStop, Role};
 use crate::time::Millis;
 
 /// The rules of DOMAIN.md that refuse commands.
@@ -568,7 +566,9 @@ impl World {
                 };
                 // R3 Guns and ammunition apart: two different custodians and an approver, none of
                 // them the recipient. A missing one is R3 too.
-                let r3 = if gun_custodian.is_empty() || ammo_custodian.is_empty() || approver.is_empty()
+                let r3 = if gun_custodian.is_empty()
+                    || ammo_custodian.is_empty()
+                    || approver.is_empty()
                 {
                     Some("the gun custodian, the ammunition custodian and the approver must all be named".to_string())
                 } else if gun_custodian == ammo_custodian {
@@ -576,14 +576,21 @@ impl World {
                         "{gun_custodian:?} cannot be both gun and ammunition custodian"
                     ))
                 } else if gun_custodian == to || ammo_custodian == to {
-                    Some(format!("the recipient {to:?} cannot be a custodian of the issue"))
+                    Some(format!(
+                        "the recipient {to:?} cannot be a custodian of the issue"
+                    ))
                 } else if approver == to {
-                    Some(format!("the recipient {to:?} cannot approve their own issue"))
+                    Some(format!(
+                        "the recipient {to:?} cannot approve their own issue"
+                    ))
                 } else {
                     None
                 };
                 if let Some(problem) = r3 {
-                    return Ok(refuse(Rule::R3, format!("R3: issue of {serial:?} refused: {problem}")));
+                    return Ok(refuse(
+                        Rule::R3,
+                        format!("R3: issue of {serial:?} refused: {problem}"),
+                    ));
                 }
                 // R4 Issue only for a task.
                 let r4 = match self.runs.get(run_id) {
@@ -591,9 +598,9 @@ impl World {
                     Some(r) if r.status == RunStatus::Closed => {
                         Some(format!("run {run_id:?} is already closed"))
                     }
-                    Some(r) if !r.escort_ids.contains(to) => {
-                        Some(format!("{to:?} is not rostered as an escort on run {run_id:?}"))
-                    }
+                    Some(r) if !r.escort_ids.contains(to) => Some(format!(
+                        "{to:?} is not rostered as an escort on run {run_id:?}"
+                    )),
                     Some(_) => match &weapon.location {
                         WeaponLocation::Out { holder, run_id, .. } => Some(format!(
                             "weapon {serial:?} is already out with {holder:?} for run {run_id:?}"
@@ -602,7 +609,10 @@ impl World {
                     },
                 };
                 if let Some(problem) = r4 {
-                    return Ok(refuse(Rule::R4, format!("R4: issue of {serial:?} refused: {problem}")));
+                    return Ok(refuse(
+                        Rule::R4,
+                        format!("R4: issue of {serial:?} refused: {problem}"),
+                    ));
                 }
                 Ok(accepted(Event::WeaponIssued {
                     run_id: run_id.clone(),
@@ -691,7 +701,9 @@ impl World {
                         cmd,
                         None,
                         serial,
-                        format!("R5: weapon {serial:?} is already in the armory; nothing to return"),
+                        format!(
+                            "R5: weapon {serial:?} is already in the armory; nothing to return"
+                        ),
                         vec![],
                         now,
                     ));
@@ -709,7 +721,10 @@ impl World {
                         now,
                     ));
                 }
-                if gun_custodian.is_empty() || ammo_custodian.is_empty() || gun_custodian == ammo_custodian {
+                if gun_custodian.is_empty()
+                    || ammo_custodian.is_empty()
+                    || gun_custodian == ammo_custodian
+                {
                     return Ok(refused(
                         Rule::R3,
                         cmd,
@@ -735,7 +750,9 @@ impl World {
             Command::CloseRun { run_id } => {
                 let run = self.run(run_id)?;
                 if run.status == RunStatus::Closed {
-                    return Err(InputError::WrongState(format!("run {run_id:?} is already closed")));
+                    return Err(InputError::WrongState(format!(
+                        "run {run_id:?} is already closed"
+                    )));
                 }
                 // R7 Close-out: every weapon and round back.
                 let out = self.weapons_out_for(run_id);
@@ -805,7 +822,13 @@ impl World {
         }
     }
 
-    fn check_r1(&self, cmd: &Command, run_id: &str, vehicle_id: &str, now: Millis) -> Option<Outcome> {
+    fn check_r1(
+        &self,
+        cmd: &Command,
+        run_id: &str,
+        vehicle_id: &str,
+        now: Millis,
+    ) -> Option<Outcome> {
         let problem = match self.vehicles.get(vehicle_id) {
             None => format!("vehicle {vehicle_id:?} is not registered"),
             Some(v) if !v.armoured => format!(
@@ -1033,7 +1056,11 @@ pub fn validate_plan(
     let mut last_deadline: Option<Millis> = None;
     for (i, s) in stops.iter().enumerate() {
         require_id(&format!("stops[{i}].stop_id"), &s.stop_id)?;
-        LatLon::new(s.position.lat, s.position.lon, &format!("stops[{i}].position"))?;
+        LatLon::new(
+            s.position.lat,
+            s.position.lon,
+            &format!("stops[{i}].position"),
+        )?;
         if !s.radius_m.is_finite() || s.radius_m <= 0.0 {
             return Err(InputError::invalid(
                 format!("stops[{i}].radius_m"),

@@ -196,9 +196,8 @@ impl Engine {
             &mut out,
         );
         self.now = self.now.max(t);
-        let mut sched = |d: Deadline, at: Millis| {
-            schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
-        };
+        let mut sched =
+            |d: Deadline, at: Millis| schedule(&mut self.deadlines, &mut self.next_deadline, d, at);
         match event {
             Event::CheckpointRegistered { checkpoint, .. } => self.zones.insert(checkpoint.clone()),
             Event::RunPlanned {
@@ -250,7 +249,13 @@ impl Engine {
                     let last = self.last_fix.get(&run.vehicle_id).copied();
                     match kind {
                         IncidentKind::PoliceCheck => run.on_police_check(
-                            position, person_id, note, *at, last, &self.zones, &mut out,
+                            position,
+                            person_id,
+                            note,
+                            *at,
+                            last,
+                            &self.zones,
+                            &mut out,
                         ),
                         IncidentKind::Roadblock => {
                             run.on_roadblock_report(position, person_id, note, *at, last, &mut out)

@@ -55,7 +55,11 @@ impl RouteIndex {
                 Line::new(w[0], w[1]),
                 segments.len() as u32,
             ));
-            segments.push(Segment { s0: s, len, bearing });
+            segments.push(Segment {
+                s0: s,
+                len,
+                bearing,
+            });
             s += len;
         }
         RouteIndex {
@@ -111,7 +115,9 @@ impl RouteIndex {
         let d = self.distance(p);
         for g in self.tree.locate_within_distance(p, (d + 1.0).powi(2)) {
             let c = self.project(g, p);
-            if best.is_none_or(|b| c.lateral < b.lateral - 0.5 || (c.lateral <= b.lateral + 0.5 && c.s < b.s)) {
+            if best.is_none_or(|b| {
+                c.lateral < b.lateral - 0.5 || (c.lateral <= b.lateral + 0.5 && c.s < b.s)
+            }) {
                 best = Some(c);
             }
         }

@@ -14,10 +14,23 @@ use crate::{LastFix, Out};
 /// A time rule waiting for its moment. `generation` invalidates deadlines that were re-armed.
 #[derive(Debug, Clone)]
 pub enum Deadline {
-    SignalLoss { run: String, generation: u64 },
-    Checkin { run: String, escort: usize, generation: u64 },
-    StopJudge { run: String, generation: u64 },
-    LateArrival { run: String, stop: usize },
+    SignalLoss {
+        run: String,
+        generation: u64,
+    },
+    Checkin {
+        run: String,
+        escort: usize,
+        generation: u64,
+    },
+    StopJudge {
+        run: String,
+        generation: u64,
+    },
+    LateArrival {
+        run: String,
+        stop: usize,
+    },
 }
 
 impl Deadline {
@@ -228,7 +241,9 @@ impl RunState {
         let Some(departed) = self.departed_at else {
             return;
         };
-        let from = self.checkin_last[i].map_or(departed, |c| c.max(departed)).max(now.min(departed));
+        let from = self.checkin_last[i]
+            .map_or(departed, |c| c.max(departed))
+            .max(now.min(departed));
         self.checkin_gen[i] += 1;
         sched(
             Deadline::Checkin {
@@ -246,7 +261,12 @@ impl RunState {
         self.episode = None;
     }
 
-    pub fn on_checkin(&mut self, person: &str, at: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+    pub fn on_checkin(
+        &mut self,
+        person: &str,
+        at: Millis,
+        sched: &mut impl FnMut(Deadline, Millis),
+    ) {
         if let Some(i) = self.escorts.iter().position(|e| e == person) {
             self.checkin_last[i] = Some(self.checkin_last[i].map_or(at, |c| c.max(at)));
             if self.status == Status::Active {
@@ -526,7 +546,11 @@ impl RunState {
             {
                 self.deviated = true;
                 let detour = self.recent_roadblock(fix.t);
-                let mut severity = if detour { Severity::Low } else { Severity::Medium };
+                let mut severity = if detour {
+                    Severity::Low
+                } else {
+                    Severity::Medium
+                };
                 if d > 3.0 * corridor {
                     severity = escalate(severity);
                 }
@@ -698,10 +722,15 @@ impl RunState {
         }
         match d {
             Deadline::SignalLoss { generation, .. } if *generation == self.signal_gen => {
-                let off_route = self.last_fix_t.is_some()
-                    && self.last_route_distance > self.params.corridor_m;
-                let moving = last.is_some_and(|l| l.speed_mps >= self.params.stop_speed_mps || l.ignition);
-                let mut severity = if moving { Severity::High } else { Severity::Medium };
+                let off_route =
+                    self.last_fix_t.is_some() && self.last_route_distance > self.params.corridor_m;
+                let moving =
+                    last.is_some_and(|l| l.speed_mps >= self.params.stop_speed_mps || l.ignition);
+                let mut severity = if moving {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                };
                 if off_route {
                     severity = escalate(severity);
                 }
@@ -720,7 +749,9 @@ impl RunState {
                            "off_route": off_route, "last_moving_or_engine_on": moving}),
                 ));
             }
-            Deadline::Checkin { escort, generation, .. } if self.checkin_gen[*escort] == *generation => {
+            Deadline::Checkin {
+                escort, generation, ..
+            } if self.checkin_gen[*escort] == *generation => {
                 let person = &self.escorts[*escort];
                 out.push(self.anomaly(
                     AnomalyKind::MissedCheckin,
@@ -752,7 +783,10 @@ impl RunState {
                     format!("{}", s.stop_id),
                     at,
                     Severity::Low,
-                    format!("not at {} by its window (+{:.0} s grace)", s.stop_id, self.params.late_grace_s),
+                    format!(
+                        "not at {} by its window (+{:.0} s grace)",
+                        s.stop_id, self.params.late_grace_s
+                    ),
                     Some(s.position),
                     json!({"stop": s.stop_id, "arrive_by": s.arrive_by.map(|t| t.0),
                            "grace_s": self.params.late_grace_s}),

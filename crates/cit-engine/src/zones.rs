@@ -21,7 +21,9 @@ pub struct ZoneIndex {
 }
 
 fn cell_of(p: LatLon) -> Option<CellIndex> {
-    LatLng::new(p.lat, p.lon).ok().map(|ll| ll.to_cell(RESOLUTION))
+    LatLng::new(p.lat, p.lon)
+        .ok()
+        .map(|ll| ll.to_cell(RESOLUTION))
 }
 
 impl ZoneIndex {
@@ -105,10 +107,19 @@ mod tests {
             lat: 57.7144718,
             lon: 11.9143614 + 150.0 / (111_195.0 * 57.7144718f64.to_radians().cos()),
         };
-        assert_eq!(z.containing(p, 0.0, Millis(1_500), Millis(1_500)).count(), 0);
-        assert_eq!(z.containing(p, 50.0, Millis(1_500), Millis(1_500)).count(), 1);
+        assert_eq!(
+            z.containing(p, 0.0, Millis(1_500), Millis(1_500)).count(),
+            0
+        );
+        assert_eq!(
+            z.containing(p, 50.0, Millis(1_500), Millis(1_500)).count(),
+            1
+        );
         // Outside the window.
-        assert_eq!(z.containing(p, 50.0, Millis(2_001), Millis(3_000)).count(), 0);
+        assert_eq!(
+            z.containing(p, 50.0, Millis(2_001), Millis(3_000)).count(),
+            0
+        );
         // A window that overlaps.
         assert_eq!(z.containing(p, 50.0, Millis(0), Millis(1_000)).count(), 1);
     }

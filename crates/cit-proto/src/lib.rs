@@ -9,4 +9,5 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every cit proto file, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cit_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cit_descriptor.bin"));

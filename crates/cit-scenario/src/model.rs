@@ -280,8 +280,8 @@ impl Scenario {
 
     /// The detection parameters of a run: run values over `params` over the defaults.
     pub fn detection_params(&self, run: &Run) -> Result<DetectionParams, String> {
-        let mut merged = serde_json::to_value(DetectionParams::default())
-            .map_err(|e| e.to_string())?;
+        let mut merged =
+            serde_json::to_value(DetectionParams::default()).map_err(|e| e.to_string())?;
         if let Some(obj) = merged.as_object_mut() {
             for (k, v) in &self.params {
                 if obj.contains_key(k) {

@@ -87,7 +87,9 @@ pub fn registrations(s: &Scenario) -> Vec<Command> {
 pub fn command(s: &Scenario, op: &Op) -> Result<Option<Command>, String> {
     Ok(Some(match op {
         Op::PlanRun { run } => {
-            let r = s.run(run).ok_or_else(|| format!("run {run:?} is not declared"))?;
+            let r = s
+                .run(run)
+                .ok_or_else(|| format!("run {run:?} is not declared"))?;
             Command::PlanRun {
                 run_id: r.id.clone(),
                 vehicle_id: r.vehicle.clone(),
@@ -97,7 +99,10 @@ pub fn command(s: &Scenario, op: &Op) -> Result<Option<Command>, String> {
                     .route
                     .coordinates
                     .iter()
-                    .map(|c| LatLon { lat: c[1], lon: c[0] })
+                    .map(|c| LatLon {
+                        lat: c[1],
+                        lon: c[0],
+                    })
                     .collect(),
                 stops: r
                     .stops
@@ -221,7 +226,9 @@ impl Pipeline {
         self.world.apply(&event);
         self.log.push(event);
         let position = self.log.len() as u64;
-        let raised = self.engine.handle(position, &self.log[position as usize - 1]);
+        let raised = self
+            .engine
+            .handle(position, &self.log[position as usize - 1]);
         self.record(raised, outputs);
     }
 
@@ -239,7 +246,9 @@ impl Pipeline {
             self.world.apply(&e);
             self.log.push(e);
             let position = self.log.len() as u64;
-            let more = self.engine.handle(position, &self.log[position as usize - 1]);
+            let more = self
+                .engine
+                .handle(position, &self.log[position as usize - 1]);
             debug_assert!(more.is_empty());
         }
     }

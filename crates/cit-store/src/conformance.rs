@@ -72,14 +72,22 @@ pub async fn append_then_read_both_ways<S: EventStore + ?Sized>(store: &S) {
         .read_stream(&stream, u64::MAX, Direction::Backwards, 3)
         .await
         .expect("read backwards");
-    assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 3, 2]);
+    assert_eq!(
+        back.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [4, 3, 2]
+    );
     let back1 = store
         .read_stream(&stream, 1, Direction::Backwards, 10)
         .await
         .expect("read backwards from 1");
     assert_eq!(back1.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 0]);
     let missing = store
-        .read_stream(&format!("{}missing", unique_prefix()), 0, Direction::Forwards, 10)
+        .read_stream(
+            &format!("{}missing", unique_prefix()),
+            0,
+            Direction::Forwards,
+            10,
+        )
         .await
         .expect("a missing stream reads as empty");
     assert!(missing.is_empty());
@@ -91,7 +99,10 @@ pub async fn expected_versions_conflict<S: EventStore + ?Sized>(store: &S) {
         .append(&stream, ExpectedVersion::StreamExists, vec![event(0)])
         .await
         .expect_err("StreamExists on a missing stream");
-    assert!(matches!(err, Error::WrongExpectedVersion { actual: None, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { actual: None, .. }),
+        "{err:?}"
+    );
     let err = store
         .append(&stream, ExpectedVersion::Exact(0), vec![event(0)])
         .await
@@ -105,12 +116,30 @@ pub async fn expected_versions_conflict<S: EventStore + ?Sized>(store: &S) {
         .append(&stream, ExpectedVersion::NoStream, vec![event(2)])
         .await
         .expect_err("NoStream on an existing stream");
-    assert!(matches!(err, Error::WrongExpectedVersion { actual: Some(1), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::WrongExpectedVersion {
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = store
         .append(&stream, ExpectedVersion::Exact(0), vec![event(2)])
         .await
         .expect_err("stale Exact");
-    assert!(matches!(err, Error::WrongExpectedVersion { actual: Some(1), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::WrongExpectedVersion {
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     store
         .append(&stream, ExpectedVersion::Exact(1), vec![event(2)])
         .await
@@ -182,7 +211,10 @@ pub async fn global_log_keeps_append_order<S: EventStore + ?Sized>(store: &S) {
             }
         }
     }
-    assert_eq!(seen, ids, "the global log holds our events once each, in append order");
+    assert_eq!(
+        seen, ids,
+        "the global log holds our events once each, in append order"
+    );
     assert!(store.head_position().await.expect("head") >= after);
 }
 
@@ -197,14 +229,18 @@ pub async fn concurrent_writers_of_one_version_conflict<S: EventStore + ?Sized>(
         store.append(&stream, ExpectedVersion::Exact(0), vec![event(2)]),
     );
     let wins = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
-    assert_eq!(wins, 1, "exactly one of two writers at the same version wins: {a:?} {b:?}");
+    assert_eq!(
+        wins, 1,
+        "exactly one of two writers at the same version wins: {a:?} {b:?}"
+    );
     let loser = if a.is_ok() { b } else { a };
-    assert!(matches!(loser, Err(Error::WrongExpectedVersion { .. })), "{loser:?}");
+    assert!(
+        matches!(loser, Err(Error::WrongExpectedVersion { .. })),
+        "{loser:?}"
+    );
 }
 
-pub async fn subscription_resumes_from_checkpoint_and_goes_live<S: EventStore + ?Sized>(
-    store: &S,
-) {
+pub async fn subscription_resumes_from_checkpoint_and_goes_live<S: EventStore + ?Sized>(store: &S) {
     let prefix = unique_prefix();
     let filter = SubscriptionFilter::StreamPrefix(prefix.clone());
     let mut first_ids = Vec::new();
@@ -242,7 +278,11 @@ pub async fn subscription_resumes_from_checkpoint_and_goes_live<S: EventStore + 
     assert_eq!(got, first_ids[2..], "resumed right after the checkpoint");
     // Live: appended after caught-up, to our prefix and elsewhere.
     store
-        .append(&format!("{}other", unique_prefix()), ExpectedVersion::Any, vec![event(9)])
+        .append(
+            &format!("{}other", unique_prefix()),
+            ExpectedVersion::Any,
+            vec![event(9)],
+        )
         .await
         .expect("append elsewhere");
     let live = event(10);
@@ -258,7 +298,10 @@ pub async fn subscription_resumes_from_checkpoint_and_goes_live<S: EventStore + 
             .expect("open")
             .expect("no error");
         if let SubscriptionMessage::Event(e) = msg {
-            assert!(e.stream.starts_with(&prefix), "filter holds for live events");
+            assert!(
+                e.stream.starts_with(&prefix),
+                "filter holds for live events"
+            );
             assert_eq!(e.id, live_id);
             break;
         }

@@ -438,7 +438,11 @@ impl EventStore for EmbeddedStore {
             events,
             reply: tx,
         };
-        let sent = self.inner.jobs.send(Job::Append(job)).map_err(|_| Error::Closed);
+        let sent = self
+            .inner
+            .jobs
+            .send(Job::Append(job))
+            .map_err(|_| Error::Closed);
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| Error::Closed)?
@@ -460,7 +464,9 @@ impl EventStore for EmbeddedStore {
             let events = txn.open_table(EVENTS).map_err(storage)?;
             let mut positions = Vec::new();
             let range = match direction {
-                Direction::Forwards => index.range((stream.as_str(), from)..=(stream.as_str(), u64::MAX)),
+                Direction::Forwards => {
+                    index.range((stream.as_str(), from)..=(stream.as_str(), u64::MAX))
+                }
                 Direction::Backwards => index.range((stream.as_str(), 0)..=(stream.as_str(), from)),
             }
             .map_err(storage)?;

@@ -95,12 +95,16 @@ impl SubscriptionFilter {
 pub enum SubscriptionMessage {
     Event(RecordedEvent),
     /// Everything up to `position` has been delivered; from now on events are live.
-    CaughtUp { position: u64 },
+    CaughtUp {
+        position: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    #[error("wrong expected version on stream {stream:?}: expected {expected:?}, actual {actual:?}")]
+    #[error(
+        "wrong expected version on stream {stream:?}: expected {expected:?}, actual {actual:?}"
+    )]
     WrongExpectedVersion {
         stream: String,
         expected: ExpectedVersion,

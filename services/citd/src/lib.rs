@@ -1,1 +1,39 @@
-//! placeholder
+//! citd: the cit server, and the library behind the `cit` command-line client.
+//!
+//! Code map:
+//! - [`config`]: layered configuration (defaults, file, environment, flags).
+//! - [`server`]: assembles store, core, engine worker and every gRPC service; `start`/`serve`.
+//! - [`app`]: the application core around the pure domain (commands, ingest, rebuild on start).
+//! - [`engine_worker`]: the detection engine fed by a catch-up subscription to the log.
+//! - [`anomalies`]: the anomaly read model with read-your-writes waits.
+//! - [`grpc`]: one module per public service; validation and status mapping at the edge.
+//! - [`error`]: application errors to gRPC statuses, in one table.
+//! - [`clock`]: wall clock or scenario time.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`runner`]: the scenario runner, a client of the public API only.
+//! - [`demo`]: the quick-start demo, also a client of the public API.
+
+pub mod anomalies;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod engine_worker;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod runner;
+pub mod server;
+
+/// Installs the `tracing` subscriber for a binary.
+pub fn init_tracing(level: &str, format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Text => builder.try_init(),
+        config::LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,234 @@
+//! Configuration, layered: built-in defaults, then a TOML file (`--config` / `CIT_CONFIG`), then
+//! environment variables (`CIT_*`), then command-line flags; `validate()` last. Every field is
+//! documented in deploy/config-reference.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    /// The wall clock (production).
+    Wall,
+    /// Time follows the inputs (scenario replays, demos, tests).
+    Scenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// The embedded durable store in `data_dir` (default, nothing to install).
+    Embedded,
+    /// A KurrentDB / EventStoreDB cluster at `kurrentdb_url`.
+    Kurrentdb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address for every service.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; none to disable.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+    pub clock: ClockMode,
+    pub store: StoreKind,
+    /// e.g. `kurrentdb://admin:changeit@localhost:2113?tls=false`.
+    pub kurrentdb_url: Option<String>,
+    /// Page cache of the embedded store, MiB.
+    pub cache_mb: usize,
+    pub log_format: LogFormat,
+    /// `tracing` filter, e.g. `info,cit_store=debug`.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            data_dir: PathBuf::from("./cit-data"),
+            clock: ClockMode::Wall,
+            store: StoreKind::Embedded,
+            kurrentdb_url: None,
+            cache_mb: 256,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Flags; each also reads its `CIT_*` environment variable when absent.
+#[derive(Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "CIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "CIT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address ("off" to disable).
+    #[arg(long, env = "CIT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Data directory of the embedded store.
+    #[arg(long, env = "CIT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Wall clock, or scenario time that follows the inputs.
+    #[arg(long, env = "CIT_CLOCK", value_enum)]
+    pub clock: Option<ClockMode>,
+    /// Event store backend.
+    #[arg(long, env = "CIT_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// KurrentDB connection string (with --store kurrentdb).
+    #[arg(long, env = "CIT_KURRENTDB_URL")]
+    pub kurrentdb_url: Option<String>,
+    /// Embedded store page cache, MiB.
+    #[arg(long, env = "CIT_CACHE_MB")]
+    pub cache_mb: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "CIT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "CIT_LOG")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Defaults, then the file, then environment and flags; validated.
+    pub fn load(o: &Overrides) -> Result<Config, ConfigError> {
+        let mut c = match &o.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = o.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &o.metrics_listen {
+            c.metrics_listen = if v == "off" {
+                None
+            } else {
+                Some(v.parse().map_err(|e| ConfigError::Invalid {
+                    field: "metrics_listen",
+                    reason: format!("{v:?}: {e}"),
+                })?)
+            };
+        }
+        if let Some(v) = &o.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = o.clock {
+            c.clock = v;
+        }
+        if let Some(v) = o.store {
+            c.store = v;
+        }
+        if let Some(v) = &o.kurrentdb_url {
+            c.kurrentdb_url = Some(v.clone());
+        }
+        if let Some(v) = o.cache_mb {
+            c.cache_mb = v;
+        }
+        if let Some(v) = o.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = &o.log_level {
+            c.log_level = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Kurrentdb && self.kurrentdb_url.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "kurrentdb_url",
+                reason: "required with store = kurrentdb".into(),
+            });
+        }
+        if self.cache_mb == 0 {
+            return Err(ConfigError::Invalid {
+                field: "cache_mb",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.metrics_listen == Some(self.listen) {
+            return Err(ConfigError::Invalid {
+                field: "metrics_listen",
+                reason: "must differ from listen".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cit.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/cit\"\nclock = \"scenario\"\ncache_mb = 64\n",
+        )
+        .expect("write");
+        let o = Overrides {
+            config: Some(file),
+            cache_mb: Some(128),
+            metrics_listen: Some("off".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o).expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/cit"));
+        assert_eq!(c.clock, ClockMode::Scenario);
+        assert_eq!(c.cache_mb, 128);
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn invalid_configurations_name_the_field() {
+        let o = Overrides {
+            store: Some(StoreKind::Kurrentdb),
+            ..Overrides::default()
+        };
+        let err = Config::load(&o).expect_err("needs a url");
+        assert!(err.to_string().contains("kurrentdb_url"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "listen_port = 1\n").expect("write");
+        let err = Config::from_file(&file).expect_err("unknown field");
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+}

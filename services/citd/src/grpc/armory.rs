@@ -1,0 +1,219 @@
+//! `cit.v1.Armory`: weapons and ammunition, issue / handover / return (R3, R4, R5), and custody
+//! queries (where is a weapon, what is out, the history of a weapon or a lot).
+
+use std::sync::Arc;
+
+use cit_domain::event::{Event, streams};
+use cit_domain::world::WeaponLocation;
+use cit_domain::{Command, World};
+use cit_proto::v1 as pb;
+use cit_proto::v1::armory_server::Armory;
+use tonic::{Request, Response, Status};
+
+use super::{ts, write_result};
+use crate::app::{App, decode};
+
+#[derive(Debug)]
+pub struct ArmoryService {
+    pub app: Arc<App>,
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+fn weapon_state(w: &World, serial: &str) -> Option<pb::WeaponState> {
+    let weapon = w.weapons.get(serial)?;
+    let mut s = pb::WeaponState {
+        serial: serial.to_string(),
+        kind: weapon.kind.clone(),
+        in_armory: true,
+        ..Default::default()
+    };
+    if let WeaponLocation::Out {
+        holder,
+        run_id,
+        lot,
+        rounds,
+    } = &weapon.location
+    {
+        s.in_armory = false;
+        s.holder = holder.clone();
+        s.run_id = run_id.clone();
+        s.lot = lot.clone();
+        s.rounds_out = *rounds;
+    }
+    Some(s)
+}
+
+fn custody_kind(e: &Event) -> Option<&'static str> {
+    Some(match e {
+        Event::WeaponRegistered { .. } | Event::AmmoLotRegistered { .. } => "registered",
+        Event::WeaponIssued { .. } => "issued",
+        Event::WeaponHandedOver { .. } => "handed_over",
+        Event::WeaponReturned { .. } => "returned",
+        Event::CommandRefused { .. } => "refused",
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl Armory for ArmoryService {
+    async fn register_weapon(
+        &self,
+        req: Request<pb::RegisterWeaponRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::RegisterWeapon {
+                serial: r.serial,
+                kind: r.kind,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn register_ammo_lot(
+        &self,
+        req: Request<pb::RegisterAmmoLotRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::RegisterAmmoLot {
+                lot: r.lot,
+                rounds: r.rounds,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn issue_weapon(&self, req: Request<pb::IssueWeaponRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::IssueWeapon {
+                run_id: r.run_id,
+                serial: r.serial,
+                lot: r.lot,
+                rounds: r.rounds,
+                to: r.to,
+                gun_custodian: r.gun_custodian,
+                ammo_custodian: r.ammo_custodian,
+                approver: r.approver,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn hand_over_weapon(
+        &self,
+        req: Request<pb::HandOverWeaponRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::HandOverWeapon {
+                serial: r.serial,
+                from: r.from,
+                to: r.to,
+                witness: r.witness,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn return_weapon(&self, req: Request<pb::ReturnWeaponRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::ReturnWeapon {
+                serial: r.serial,
+                by: r.by,
+                gun_custodian: r.gun_custodian,
+                ammo_custodian: r.ammo_custodian,
+                rounds_returned: r.rounds_returned,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn get_weapon(&self, req: Request<pb::GetWeaponRequest>) -> Res<pb::WeaponState> {
+        let serial = req.into_inner().serial;
+        self.app
+            .with_world(|w| weapon_state(w, &serial))
+            .await
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("weapon {serial:?} not found")))
+    }
+
+    async fn list_weapons_out(
+        &self,
+        req: Request<pb::ListWeaponsOutRequest>,
+    ) -> Res<pb::ListWeaponsOutResponse> {
+        let run = req.into_inner().run_id;
+        let weapons: Vec<pb::WeaponState> = self
+            .app
+            .with_world(|w| {
+                w.weapons
+                    .keys()
+                    .filter_map(|s| weapon_state(w, s))
+                    .filter(|s| !s.in_armory && (run.is_empty() || s.run_id == run))
+                    .collect()
+            })
+            .await;
+        let total_rounds_out = weapons.iter().map(|w| w.rounds_out).sum();
+        Ok(Response::new(pb::ListWeaponsOutResponse {
+            weapons,
+            total_rounds_out,
+        }))
+    }
+
+    async fn custody_history(
+        &self,
+        req: Request<pb::CustodyHistoryRequest>,
+    ) -> Res<pb::CustodyHistoryResponse> {
+        let subject = req
+            .into_inner()
+            .subject
+            .ok_or_else(|| Status::invalid_argument("subject: a serial or a lot is required"))?;
+        let (streams_to_read, lot) = match subject {
+            pb::custody_history_request::Subject::Serial(s) => {
+                (vec![format!("{}{s}", streams::WEAPON)], None)
+            }
+            pb::custody_history_request::Subject::Lot(l) => {
+                let serials: Vec<String> = self
+                    .app
+                    .with_world(|w| w.weapons.keys().cloned().collect())
+                    .await;
+                let mut list = vec![format!("{}{l}", streams::AMMO)];
+                list.extend(serials.iter().map(|s| format!("{}{s}", streams::WEAPON)));
+                (list, Some(l))
+            }
+        };
+        let mut events = Vec::new();
+        for stream in streams_to_read {
+            for r in self.app.read_stream(&stream).await? {
+                let Some(e) = decode(&r) else { continue };
+                let about_lot = match (&lot, &e) {
+                    (None, _) => true,
+                    (
+                        Some(l),
+                        Event::WeaponIssued { lot, .. } | Event::WeaponReturned { lot, .. },
+                    ) => lot == l,
+                    (Some(_), Event::AmmoLotRegistered { .. }) => true,
+                    _ => false,
+                };
+                if let (true, Some(kind)) = (about_lot, custody_kind(&e)) {
+                    events.push(pb::CustodyEvent {
+                        log_position: r.position,
+                        at: Some(ts(e.time())),
+                        kind: kind.to_string(),
+                        event_json: String::from_utf8_lossy(&r.data).into_owned(),
+                    });
+                }
+            }
+        }
+        events.sort_by_key(|e| e.log_position);
+        Ok(Response::new(pb::CustodyHistoryResponse { events }))
+    }
+}

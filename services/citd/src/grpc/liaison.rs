@@ -1,0 +1,72 @@
+//! `cit.v1.PoliceLiaison`: registered police checkpoints (the genuine ones, for A3).
+
+use std::sync::Arc;
+
+use cit_domain::{Checkpoint, Command};
+use cit_proto::v1 as pb;
+use cit_proto::v1::police_liaison_server::PoliceLiaison;
+use tonic::{Request, Response, Status};
+
+use super::{latlon, millis, pb_latlon, required_time, ts, write_result};
+use crate::app::App;
+use crate::error::AppError;
+
+#[derive(Debug)]
+pub struct LiaisonService {
+    pub app: Arc<App>,
+}
+
+#[tonic::async_trait]
+impl PoliceLiaison for LiaisonService {
+    async fn register_checkpoint(
+        &self,
+        req: Request<pb::RegisterCheckpointRequest>,
+    ) -> Result<Response<pb::WriteResult>, Status> {
+        let cp = req
+            .into_inner()
+            .checkpoint
+            .ok_or_else(|| Status::invalid_argument("checkpoint: is required"))?;
+        let checkpoint = Checkpoint {
+            checkpoint_id: cp.checkpoint_id,
+            position: latlon(cp.position.as_ref(), "checkpoint.position")
+                .map_err(AppError::from)?,
+            radius_m: cp.radius_m,
+            valid_from: required_time(cp.valid_from.as_ref(), "checkpoint.valid_from")
+                .map_err(AppError::from)?,
+            valid_to: required_time(cp.valid_to.as_ref(), "checkpoint.valid_to")
+                .map_err(AppError::from)?,
+        };
+        let p = self
+            .app
+            .execute(Command::RegisterCheckpoint(checkpoint))
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        req: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let at = req.into_inner().valid_at.as_ref().map(millis);
+        let mut list: Vec<pb::Checkpoint> = self
+            .app
+            .with_world(|w| {
+                w.checkpoints
+                    .values()
+                    .filter(|c| at.is_none_or(|t| c.valid_from <= t && t <= c.valid_to))
+                    .map(|c| pb::Checkpoint {
+                        checkpoint_id: c.checkpoint_id.clone(),
+                        position: Some(pb_latlon(c.position)),
+                        radius_m: c.radius_m,
+                        valid_from: Some(ts(c.valid_from)),
+                        valid_to: Some(ts(c.valid_to)),
+                    })
+                    .collect()
+            })
+            .await;
+        list.sort_by(|a, b| a.checkpoint_id.cmp(&b.checkpoint_id));
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: list,
+        }))
+    }
+}

@@ -1,0 +1,109 @@
+//! The gRPC edge: one module per service of `proto/cit/v1`. Requests are validated and turned
+//! into domain commands here (once), and application errors become statuses through
+//! [`crate::error`].
+
+pub mod armory;
+pub mod audit;
+pub mod clock;
+pub mod dispatch;
+pub mod liaison;
+pub mod runs;
+pub mod telemetry;
+
+use cit_domain::event::{Anomaly, Severity};
+use cit_domain::{InputError, LatLon, Millis};
+use cit_proto::v1 as pb;
+use prost_types::Timestamp;
+
+pub fn ts(m: Millis) -> Timestamp {
+    Timestamp {
+        seconds: m.0.div_euclid(1000),
+        nanos: (m.0.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn millis(t: &Timestamp) -> Millis {
+    Millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+pub fn required_time(t: Option<&Timestamp>, field: &str) -> Result<Millis, InputError> {
+    t.map(millis)
+        .ok_or_else(|| InputError::invalid(field, "is required"))
+}
+
+pub fn latlon(p: Option<&pb::LatLon>, field: &str) -> Result<LatLon, InputError> {
+    let p = p.ok_or_else(|| InputError::invalid(field, "is required"))?;
+    LatLon::new(p.lat, p.lon, field)
+}
+
+pub fn pb_latlon(p: LatLon) -> pb::LatLon {
+    pb::LatLon {
+        lat: p.lat,
+        lon: p.lon,
+    }
+}
+
+pub fn write_result(position: u64) -> pb::WriteResult {
+    pb::WriteResult {
+        log_position: position,
+    }
+}
+
+pub fn severity_to_pb(s: Severity) -> pb::Severity {
+    match s {
+        Severity::Low => pb::Severity::Low,
+        Severity::Medium => pb::Severity::Medium,
+        Severity::High => pb::Severity::High,
+        Severity::Critical => pb::Severity::Critical,
+    }
+}
+
+pub fn severity_from_pb(s: i32) -> Option<Severity> {
+    match pb::Severity::try_from(s).ok()? {
+        pb::Severity::Unspecified => None,
+        pb::Severity::Low => Some(Severity::Low),
+        pb::Severity::Medium => Some(Severity::Medium),
+        pb::Severity::High => Some(Severity::High),
+        pb::Severity::Critical => Some(Severity::Critical),
+    }
+}
+
+pub fn anomaly_to_pb(e: &crate::anomalies::Entry) -> pb::Anomaly {
+    let a: &Anomaly = &e.anomaly;
+    pb::Anomaly {
+        id: a.id.clone(),
+        kind: a.kind.as_str().to_string(),
+        rule: a.kind.watch().to_string(),
+        run_id: a.run_id.clone(),
+        vehicle_id: a.vehicle_id.clone(),
+        at: Some(ts(a.at)),
+        severity: severity_to_pb(a.severity) as i32,
+        summary: a.summary.clone(),
+        position: a.position.map(pb_latlon),
+        evidence_json: a.evidence.to_string(),
+        status: match e.status {
+            crate::anomalies::Status::Open => pb::AnomalyStatus::Open,
+            crate::anomalies::Status::Acknowledged => pb::AnomalyStatus::Acknowledged,
+            crate::anomalies::Status::Resolved => pb::AnomalyStatus::Resolved,
+        } as i32,
+        acknowledged_by: e
+            .acknowledged
+            .as_ref()
+            .map(|a| a.0.clone())
+            .unwrap_or_default(),
+        acknowledged_at: e.acknowledged.as_ref().map(|a| ts(a.1)),
+        resolved_by: e.resolved.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
+        resolved_at: e.resolved.as_ref().map(|r| ts(r.1)),
+        resolution: e
+            .resolved
+            .as_ref()
+            .map(|r| {
+                if r.3.is_empty() {
+                    r.2.clone()
+                } else {
+                    format!("{}: {}", r.2, r.3)
+                }
+            })
+            .unwrap_or_default(),
+    }
+}

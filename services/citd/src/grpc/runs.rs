@@ -1,0 +1,263 @@
+//! `cit.v1.Runs`: vehicles, people, planning, readiness, departure, check-ins, crew reports,
+//! cash-box handovers and close-out.
+
+use std::sync::Arc;
+
+use cit_domain::{
+    CheckInCode, Command, DetectionParams, IncidentKind, InputError, LatLon, MAX_ROUTE_POINTS,
+    PlannedStop, Role,
+};
+use cit_proto::v1 as pb;
+use cit_proto::v1::runs_server::Runs;
+use tonic::{Request, Response, Status};
+
+use super::{latlon, millis, ts, write_result};
+use crate::app::App;
+use crate::error::AppError;
+
+#[derive(Debug)]
+pub struct RunsService {
+    pub app: Arc<App>,
+}
+
+fn role(r: i32) -> Result<Role, InputError> {
+    Ok(
+        match pb::Role::try_from(r).unwrap_or(pb::Role::Unspecified) {
+            pb::Role::Driver => Role::Driver,
+            pb::Role::Escort => Role::Escort,
+            pb::Role::GunCustodian => Role::GunCustodian,
+            pb::Role::AmmoCustodian => Role::AmmoCustodian,
+            pb::Role::Approver => Role::Approver,
+            pb::Role::OutletStaff => Role::OutletStaff,
+            pb::Role::Dispatcher => Role::Dispatcher,
+            pb::Role::Unspecified => return Err(InputError::invalid("role", "is required")),
+        },
+    )
+}
+
+fn incident(k: i32) -> Result<IncidentKind, InputError> {
+    Ok(
+        match pb::IncidentKind::try_from(k).unwrap_or(pb::IncidentKind::Unspecified) {
+            pb::IncidentKind::Jam => IncidentKind::Jam,
+            pb::IncidentKind::Breakdown => IncidentKind::Breakdown,
+            pb::IncidentKind::Accident => IncidentKind::Accident,
+            pb::IncidentKind::PoliceCheck => IncidentKind::PoliceCheck,
+            pb::IncidentKind::Roadblock => IncidentKind::Roadblock,
+            pb::IncidentKind::Fire => IncidentKind::Fire,
+            pb::IncidentKind::Robbery => IncidentKind::Robbery,
+            pb::IncidentKind::Unspecified => {
+                return Err(InputError::invalid("kind", "is required"));
+            }
+        },
+    )
+}
+
+/// Detection parameters from the request: per-run values over explicit params over defaults.
+fn params(req: &pb::PlanRunRequest) -> Result<DetectionParams, InputError> {
+    let mut p = DetectionParams::default();
+    if let Some(q) = &req.params {
+        let set = |v: Option<f64>, slot: &mut f64| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(q.stop_speed_mps, &mut p.stop_speed_mps);
+        set(q.stop_radius_m, &mut p.stop_radius_m);
+        set(q.stop_min_s, &mut p.stop_min_s);
+        set(q.unplanned_stop_s, &mut p.unplanned_stop_s);
+        set(q.report_cover_s, &mut p.report_cover_s);
+        set(q.deviation_s, &mut p.deviation_s);
+        set(q.uturn_m, &mut p.uturn_m);
+        set(q.max_gap_s, &mut p.max_gap_s);
+        set(q.checkin_grace_s, &mut p.checkin_grace_s);
+        set(q.late_grace_s, &mut p.late_grace_s);
+        set(q.overspeed_s, &mut p.overspeed_s);
+        if let Some(n) = q.deviation_fixes {
+            p.deviation_fixes = n;
+        }
+    }
+    if let Some(c) = req.corridor_m {
+        p.corridor_m = c;
+    }
+    if let Some(v) = req.speed_limit_kmh {
+        p.speed_limit_kmh = v;
+    }
+    if let Some(v) = req.checkin_interval_s {
+        if v == 0 {
+            return Err(InputError::invalid(
+                "checkin_interval_s",
+                "must be > 0, got 0",
+            ));
+        }
+        p.checkin_interval_s = f64::from(v);
+    }
+    p.validate()?;
+    Ok(p)
+}
+
+pub fn plan_command(req: pb::PlanRunRequest) -> Result<Command, InputError> {
+    if req.route.len() > MAX_ROUTE_POINTS {
+        return Err(InputError::invalid(
+            "route",
+            format!("at most {MAX_ROUTE_POINTS} points, got {}", req.route.len()),
+        ));
+    }
+    let params = params(&req)?;
+    let route = req
+        .route
+        .iter()
+        .enumerate()
+        .map(|(i, p)| LatLon::new(p.lat, p.lon, &format!("route[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stops = req
+        .stops
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Ok(PlannedStop {
+                stop_id: s.stop_id.clone(),
+                name: s.name.clone(),
+                position: latlon(s.position.as_ref(), &format!("stops[{i}].position"))?,
+                radius_m: s.radius_m,
+                arrive_by: s.arrive_by.as_ref().map(millis),
+                kind: s.kind.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, InputError>>()?;
+    Ok(Command::PlanRun {
+        run_id: req.run_id,
+        vehicle_id: req.vehicle_id,
+        driver_id: req.driver_id,
+        escort_ids: req.escort_ids,
+        route,
+        stops,
+        params,
+    })
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+impl RunsService {
+    async fn exec(&self, cmd: Result<Command, InputError>) -> Res<pb::WriteResult> {
+        let cmd = cmd.map_err(AppError::from)?;
+        let p = self.app.execute(cmd).await?;
+        Ok(Response::new(write_result(p)))
+    }
+}
+
+#[tonic::async_trait]
+impl Runs for RunsService {
+    async fn register_vehicle(
+        &self,
+        req: Request<pb::RegisterVehicleRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(Ok(Command::RegisterVehicle {
+            vehicle_id: r.vehicle_id,
+            plate: r.plate,
+            armoured: r.armoured,
+        }))
+        .await
+    }
+
+    async fn register_person(
+        &self,
+        req: Request<pb::RegisterPersonRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(role(r.role).map(|role| Command::RegisterPerson {
+            person_id: r.person_id,
+            name: r.name,
+            role,
+        }))
+        .await
+    }
+
+    async fn plan_run(&self, req: Request<pb::PlanRunRequest>) -> Res<pb::WriteResult> {
+        self.exec(plan_command(req.into_inner())).await
+    }
+
+    async fn escort_ready(&self, req: Request<pb::EscortReadyRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(Ok(Command::EscortReady {
+            run_id: r.run_id,
+            person_id: r.person_id,
+            weapon: Some(r.weapon_serial).filter(|s| !s.is_empty()),
+            vest: r.vest,
+            helmet: r.helmet,
+        }))
+        .await
+    }
+
+    async fn depart(&self, req: Request<pb::DepartRequest>) -> Res<pb::WriteResult> {
+        self.exec(Ok(Command::Depart {
+            run_id: req.into_inner().run_id,
+        }))
+        .await
+    }
+
+    async fn check_in(&self, req: Request<pb::CheckInRequest>) -> Res<pb::CheckInResponse> {
+        let r = req.into_inner();
+        let code = match pb::CheckInCode::try_from(r.code).unwrap_or(pb::CheckInCode::Unspecified) {
+            pb::CheckInCode::Ok => CheckInCode::Ok,
+            pb::CheckInCode::Duress => CheckInCode::Duress,
+            pb::CheckInCode::Unspecified => {
+                return Err(AppError::from(InputError::invalid("code", "is required")).into());
+            }
+        };
+        let run_id = r.run_id.clone();
+        self.app
+            .execute(Command::CheckIn {
+                run_id: r.run_id,
+                person_id: r.person_id,
+                code,
+            })
+            .await?;
+        // Same answer for ok and duress: the crew's screen must not reveal the alarm.
+        let interval = self
+            .app
+            .with_world(|w| w.runs.get(&run_id).map(|r| r.params.checkin_interval_s))
+            .await
+            .unwrap_or(600.0);
+        Ok(Response::new(pb::CheckInResponse {
+            next_due: Some(ts(self.app.clock.now().plus_secs(interval))),
+        }))
+    }
+
+    async fn report_incident(
+        &self,
+        req: Request<pb::ReportIncidentRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(incident(r.kind).map(|kind| Command::ReportIncident {
+            run_id: r.run_id,
+            person_id: r.person_id,
+            kind,
+            note: r.note,
+        }))
+        .await
+    }
+
+    async fn hand_over_cash_boxes(
+        &self,
+        req: Request<pb::HandOverCashBoxesRequest>,
+    ) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(Ok(Command::HandOverCashBoxes {
+            run_id: r.run_id,
+            stop_id: r.stop_id,
+            boxes: r.box_ids,
+            seals: r.seals,
+            handed_by: r.handed_by,
+            received_by: r.received_by,
+        }))
+        .await
+    }
+
+    async fn close_run(&self, req: Request<pb::CloseRunRequest>) -> Res<pb::WriteResult> {
+        self.exec(Ok(Command::CloseRun {
+            run_id: req.into_inner().run_id,
+        }))
+        .await
+    }
+}

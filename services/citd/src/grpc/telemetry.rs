@@ -1,0 +1,229 @@
+//! `cit.v1.Telemetry`: the bidirectional fix stream. Each fix is validated on its own (a bad fix
+//! is rejected with its field and reason, the good ones of the batch are kept); the good fixes
+//! of each vehicle are appended as one batch, and the ack names the highest durable seq per
+//! vehicle only after the append is durable.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cit_domain::{Fix, Millis};
+use cit_proto::v1 as pb;
+use cit_proto::v1::telemetry_server::Telemetry;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::millis;
+use crate::app::{App, MAX_FUTURE_MS};
+
+/// Largest accepted message (also set on the server); a bigger one is RESOURCE_EXHAUSTED.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Most fixes in one batch.
+pub const MAX_BATCH_FIXES: usize = 10_000;
+/// Device times before this are a broken clock, not history (2000-01-01T00:00:00Z).
+const EARLIEST_MS: i64 = 946_684_800_000;
+
+#[derive(Debug)]
+pub struct TelemetryService {
+    pub app: Arc<App>,
+}
+
+/// Checks one fix; `Err((field, reason))` names what is wrong.
+pub fn validate(
+    f: &pb::Fix,
+    now: Millis,
+    check_future: bool,
+) -> Result<Fix, (&'static str, String)> {
+    if f.vehicle_id.is_empty() {
+        return Err(("vehicle_id", "is required".into()));
+    }
+    if f.seq == 0 {
+        return Err(("seq", "must be > 0".into()));
+    }
+    let t = f
+        .time
+        .as_ref()
+        .map(millis)
+        .ok_or(("time", "is required".to_string()))?;
+    if t.0 < EARLIEST_MS {
+        return Err((
+            "time",
+            format!("device time {} ms is before 2000: a broken clock", t.0),
+        ));
+    }
+    if check_future && t.0 > now.0 + MAX_FUTURE_MS {
+        return Err((
+            "time",
+            format!(
+                "device time is {:.0} s ahead of the server clock (at most 300 s allowed)",
+                (t.0 - now.0) as f64 / 1000.0
+            ),
+        ));
+    }
+    if !f.lat.is_finite() || !(-90.0..=90.0).contains(&f.lat) {
+        return Err((
+            "lat",
+            format!("must be a finite number in [-90, 90], got {}", f.lat),
+        ));
+    }
+    if !f.lon.is_finite() || !(-180.0..=180.0).contains(&f.lon) {
+        return Err((
+            "lon",
+            format!("must be a finite number in [-180, 180], got {}", f.lon),
+        ));
+    }
+    if !f.speed_mps.is_finite() || !(0.0..=100.0).contains(&f.speed_mps) {
+        return Err((
+            "speed_mps",
+            format!("must be in [0, 100] m/s, got {}", f.speed_mps),
+        ));
+    }
+    if !f.heading_deg.is_finite() || !(0.0..=360.0).contains(&f.heading_deg) {
+        return Err((
+            "heading_deg",
+            format!("must be in [0, 360], got {}", f.heading_deg),
+        ));
+    }
+    if !f.accuracy_m.is_finite() || f.accuracy_m <= 0.0 || f.accuracy_m > 1000.0 {
+        return Err((
+            "accuracy_m",
+            format!("must be in (0, 1000] m, got {}", f.accuracy_m),
+        ));
+    }
+    Ok(Fix {
+        seq: f.seq,
+        t,
+        lat: f.lat,
+        lon: f.lon,
+        speed_mps: f.speed_mps,
+        heading_deg: f.heading_deg,
+        accuracy_m: f.accuracy_m,
+        ignition: f.ignition,
+        door_open: f.door_open,
+    })
+}
+
+/// Processes one batch. Returns the ack and, if the batch named an unregistered vehicle, its id
+/// (the stream then ends with NOT_FOUND after this ack).
+pub async fn process_batch(
+    app: &App,
+    batch: pb::FixBatch,
+) -> Result<(pb::FixAck, Option<String>), Status> {
+    if batch.fixes.len() > MAX_BATCH_FIXES {
+        return Err(Status::resource_exhausted(format!(
+            "a batch holds at most {MAX_BATCH_FIXES} fixes, got {}",
+            batch.fixes.len()
+        )));
+    }
+    let now = app.clock.now();
+    let check_future = !app.clock.is_scenario();
+    let mut ack = pb::FixAck {
+        batch_id: batch.batch_id,
+        ..Default::default()
+    };
+    let mut unknown = None;
+    // Per vehicle, in batch order.
+    let mut by_vehicle: Vec<(String, Vec<Fix>)> = Vec::new();
+    let mut slot: HashMap<String, usize> = HashMap::new();
+    for (index, f) in batch.fixes.iter().enumerate() {
+        let reject = |field: &str, reason: String| pb::FixRejection {
+            index: index as u32,
+            vehicle_id: f.vehicle_id.clone(),
+            seq: f.seq,
+            field: field.to_string(),
+            reason,
+        };
+        match validate(f, now, check_future) {
+            Err((field, reason)) => ack.rejected.push(reject(field, reason)),
+            Ok(_) if !app.vehicle_known(&f.vehicle_id) => {
+                unknown.get_or_insert_with(|| f.vehicle_id.clone());
+                ack.rejected.push(reject(
+                    "vehicle_id",
+                    format!("vehicle {:?} is not registered", f.vehicle_id),
+                ));
+            }
+            Ok(fix) => {
+                let i = *slot.entry(f.vehicle_id.clone()).or_insert_with(|| {
+                    by_vehicle.push((f.vehicle_id.clone(), Vec::new()));
+                    by_vehicle.len() - 1
+                });
+                by_vehicle[i].1.push(fix);
+            }
+        }
+    }
+    app.metrics.fixes_rejected.inc_by(ack.rejected.len() as u64);
+    let results = futures::future::join_all(
+        by_vehicle
+            .into_iter()
+            .map(|(v, fixes)| async move { (v.clone(), app.record_fixes(&v, fixes).await) }),
+    )
+    .await;
+    for (vehicle_id, r) in results {
+        let r = r.map_err(Status::from)?;
+        ack.accepted += r.accepted;
+        ack.duplicates += r.duplicates;
+        ack.log_position = ack.log_position.max(r.position);
+        ack.acks.push(pb::VehicleAck {
+            vehicle_id,
+            durable_seq: r.durable_seq,
+        });
+    }
+    app.metrics
+        .fixes_duplicate
+        .inc_by(u64::from(ack.duplicates));
+    if ack.log_position == 0 {
+        ack.log_position = *app.written.borrow();
+    }
+    Ok((ack, unknown))
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::FixAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Telemetry for TelemetryService {
+    type StreamFixesStream = AckStream;
+
+    async fn stream_fixes(
+        &self,
+        req: Request<Streaming<pb::FixBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, mut rx) = mpsc::channel::<Result<pb::FixAck, Status>>(32);
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let batch = match msg {
+                    Ok(b) => b,
+                    Err(status) => {
+                        // Oversized or malformed message: tell the unit why, then stop.
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                match process_batch(&app, batch).await {
+                    Ok((ack, unknown)) => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                        if let Some(v) = unknown {
+                            let _ = tx
+                                .send(Err(Status::not_found(format!(
+                                    "vehicle {v:?} is not registered; register it before streaming its fixes"
+                                ))))
+                                .await;
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::error!(cause = %status, "fix batch failed");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let out = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,144 @@
+//! Prometheus metrics: ingest rate, append and fsync latency, group-commit sizes, engine lag,
+//! commands and refusals, anomalies. Exposed in text format on the metrics port (`/metrics`).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: String,
+    /// "ok" or the refusing rule ("R3").
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    fixes_accepted: Counter,
+    pub fixes_rejected: Counter,
+    pub fixes_duplicate: Counter,
+    commands: Family<CommandLabels, Counter>,
+    append_seconds: Histogram,
+    fsync_seconds: Histogram,
+    group_events: Histogram,
+    pub engine_lag_events: Gauge,
+    anomalies: Family<KindLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cit");
+        let m = Metrics {
+            fixes_accepted: Counter::default(),
+            fixes_rejected: Counter::default(),
+            fixes_duplicate: Counter::default(),
+            commands: Family::default(),
+            // 50 us .. ~3 s
+            append_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            group_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            engine_lag_events: Gauge::default(),
+            anomalies: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "fixes_accepted",
+            "Fixes durably recorded",
+            m.fixes_accepted.clone(),
+        );
+        registry.register(
+            "fixes_rejected",
+            "Fixes refused by validation",
+            m.fixes_rejected.clone(),
+        );
+        registry.register(
+            "fixes_duplicate",
+            "Fixes absorbed as duplicates",
+            m.fixes_duplicate.clone(),
+        );
+        registry.register("commands", "Commands by outcome", m.commands.clone());
+        registry.register(
+            "append_seconds",
+            "Latency of a durable append as callers see it",
+            m.append_seconds.clone(),
+        );
+        registry.register(
+            "fsync_seconds",
+            "Latency of one group commit (fsync) of the embedded store",
+            m.fsync_seconds.clone(),
+        );
+        registry.register(
+            "group_commit_events",
+            "Events per group commit",
+            m.group_events.clone(),
+        );
+        registry.register(
+            "engine_lag_events",
+            "Log positions not yet processed by the detection engine (subscription lag)",
+            m.engine_lag_events.clone(),
+        );
+        registry.register("anomalies", "Anomalies raised by kind", m.anomalies.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn fixes_accepted(&self, n: u64) {
+        self.fixes_accepted.inc_by(n);
+    }
+
+    pub fn observe_append(&self, d: Duration) {
+        self.append_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_commit(&self, fsync: Duration, events: usize) {
+        self.fsync_seconds.observe(fsync.as_secs_f64());
+        self.group_events.observe(events as f64);
+    }
+
+    pub fn command(&self, command: &str, refused_by: Option<&str>) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                command: command.to_string(),
+                outcome: refused_by.unwrap_or("ok").to_string(),
+            })
+            .inc();
+    }
+
+    pub fn anomaly(&self, kind: &str) {
+        self.anomalies
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,653 @@
+//! The scenario runner: plays a `cit-scenario/1` file through the public gRPC API of a citd in
+//! scenario-clock mode and collects the runner output of SCENARIOS.md. It is a client only: it
+//! proves the API. Consecutive fixes go as one batch on one `StreamFixes` stream and are acked
+//! before the next operation, so the log holds the timeline in order; the scenario clock is
+//! moved before every other operation (and recorded for `tick`s).
+
+use std::time::{Duration, Instant};
+
+use cit_domain::Millis;
+use cit_proto::v1 as pb;
+use cit_proto::v1::{
+    armory_client::ArmoryClient, dispatch_client::DispatchClient,
+    police_liaison_client::PoliceLiaisonClient, runs_client::RunsClient,
+    scenario_clock_client::ScenarioClockClient, telemetry_client::TelemetryClient,
+};
+use cit_scenario::model::{Op, Scenario};
+use cit_scenario::{Output, simulate};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::error::refusal_rule;
+use crate::grpc::ts;
+
+/// Most fixes per batch the runner sends.
+const BATCH: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("scenario: {0}")]
+    Scenario(String),
+    #[error("{call} failed: {status}")]
+    Call { call: &'static str, status: Status },
+}
+
+fn call(name: &'static str) -> impl FnOnce(Status) -> RunnerError {
+    move |status| RunnerError::Call { call: name, status }
+}
+
+/// Clients of every service the runner uses, on one channel.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub runs: RunsClient<Channel>,
+    pub armory: ArmoryClient<Channel>,
+    pub liaison: PoliceLiaisonClient<Channel>,
+    pub telemetry: TelemetryClient<Channel>,
+    pub dispatch: DispatchClient<Channel>,
+    pub clock: ScenarioClockClient<Channel>,
+}
+
+impl Clients {
+    pub async fn connect(endpoint: &str) -> Result<Clients, RunnerError> {
+        let channel = Channel::from_shared(endpoint.to_string())
+            .map_err(|e| RunnerError::Connect(endpoint.into(), e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| RunnerError::Connect(endpoint.into(), e.to_string()))?;
+        Ok(Clients {
+            runs: RunsClient::new(channel.clone()),
+            armory: ArmoryClient::new(channel.clone()),
+            liaison: PoliceLiaisonClient::new(channel.clone()),
+            telemetry: TelemetryClient::new(channel.clone()),
+            dispatch: DispatchClient::new(channel.clone()),
+            clock: ScenarioClockClient::new(channel),
+        })
+    }
+}
+
+/// Options of one play.
+#[derive(Debug, Clone, Default)]
+pub struct Play {
+    /// Pace the timeline at this many scenario seconds per wall second (None: as fast as
+    /// possible).
+    pub speed: Option<f64>,
+}
+
+/// What happened while playing, for a live view (the demo).
+#[derive(Debug)]
+pub enum Progress<'a> {
+    Output(&'a Output),
+    Fixes {
+        t: Millis,
+        vehicle: &'a str,
+        lat: f64,
+        lon: f64,
+        speed_mps: f64,
+    },
+    Op {
+        t: Millis,
+        op: &'a str,
+        run: &'a str,
+    },
+}
+
+fn fix_pb(vehicle: &str, t: Millis, op: &Op) -> Option<pb::Fix> {
+    match op {
+        Op::Fix {
+            seq,
+            lat,
+            lon,
+            speed_mps,
+            heading_deg,
+            accuracy_m,
+            ignition,
+            door_open,
+            ..
+        } => Some(pb::Fix {
+            vehicle_id: vehicle.to_string(),
+            seq: *seq,
+            time: Some(ts(t)),
+            lat: *lat,
+            lon: *lon,
+            speed_mps: *speed_mps,
+            heading_deg: *heading_deg,
+            accuracy_m: *accuracy_m,
+            ignition: *ignition,
+            door_open: *door_open,
+        }),
+        _ => None,
+    }
+}
+
+fn role_pb(role: &str) -> pb::Role {
+    match role {
+        "driver" => pb::Role::Driver,
+        "escort" => pb::Role::Escort,
+        "gun_custodian" => pb::Role::GunCustodian,
+        "ammo_custodian" => pb::Role::AmmoCustodian,
+        "approver" => pb::Role::Approver,
+        "outlet_staff" => pb::Role::OutletStaff,
+        "dispatcher" => pb::Role::Dispatcher,
+        _ => pb::Role::Unspecified,
+    }
+}
+
+fn incident_pb(kind: &str) -> pb::IncidentKind {
+    match kind {
+        "jam" => pb::IncidentKind::Jam,
+        "breakdown" => pb::IncidentKind::Breakdown,
+        "accident" => pb::IncidentKind::Accident,
+        "police_check" => pb::IncidentKind::PoliceCheck,
+        "roadblock" => pb::IncidentKind::Roadblock,
+        "fire" => pb::IncidentKind::Fire,
+        "robbery" => pb::IncidentKind::Robbery,
+        _ => pb::IncidentKind::Unspecified,
+    }
+}
+
+fn plan_request(s: &Scenario, run_id: &str) -> Result<pb::PlanRunRequest, RunnerError> {
+    let r = s
+        .run(run_id)
+        .ok_or_else(|| RunnerError::Scenario(format!("run {run_id:?} is not declared")))?;
+    let p = s.detection_params(r).map_err(RunnerError::Scenario)?;
+    Ok(pb::PlanRunRequest {
+        run_id: r.id.clone(),
+        vehicle_id: r.vehicle.clone(),
+        driver_id: r.driver.clone(),
+        escort_ids: r.escorts.clone(),
+        route: r
+            .route
+            .coordinates
+            .iter()
+            .map(|c| pb::LatLon {
+                lat: c[1],
+                lon: c[0],
+            })
+            .collect(),
+        corridor_m: Some(p.corridor_m),
+        speed_limit_kmh: Some(p.speed_limit_kmh),
+        checkin_interval_s: Some(p.checkin_interval_s.round() as u32),
+        stops: r
+            .stops
+            .iter()
+            .map(|st| pb::PlannedStop {
+                stop_id: st.id.clone(),
+                name: st.name.clone(),
+                position: Some(pb::LatLon {
+                    lat: st.lat,
+                    lon: st.lon,
+                }),
+                radius_m: st.radius_m,
+                arrive_by: st.arrive_by.map(ts),
+                kind: st.kind.clone(),
+            })
+            .collect(),
+        params: Some(pb::DetectionParams {
+            stop_speed_mps: Some(p.stop_speed_mps),
+            stop_radius_m: Some(p.stop_radius_m),
+            stop_min_s: Some(p.stop_min_s),
+            unplanned_stop_s: Some(p.unplanned_stop_s),
+            report_cover_s: Some(p.report_cover_s),
+            deviation_fixes: Some(p.deviation_fixes),
+            deviation_s: Some(p.deviation_s),
+            uturn_m: Some(p.uturn_m),
+            max_gap_s: Some(p.max_gap_s),
+            checkin_grace_s: Some(p.checkin_grace_s),
+            late_grace_s: Some(p.late_grace_s),
+            overspeed_s: Some(p.overspeed_s),
+        }),
+    })
+}
+
+/// Sends one timeline operation (not a fix, not a tick); returns its log position.
+async fn send_op(c: &mut Clients, s: &Scenario, op: &Op) -> Result<u64, Status> {
+    let w = match op {
+        Op::PlanRun { run } => {
+            let req = plan_request(s, run).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            c.runs.plan_run(req).await?.into_inner()
+        }
+        Op::IssueWeapon {
+            run,
+            serial,
+            lot,
+            rounds,
+            to,
+            gun_custodian,
+            ammo_custodian,
+            approver,
+        } => c
+            .armory
+            .issue_weapon(pb::IssueWeaponRequest {
+                run_id: run.clone(),
+                serial: serial.clone(),
+                lot: lot.clone(),
+                rounds: *rounds,
+                to: to.clone(),
+                gun_custodian: gun_custodian.clone(),
+                ammo_custodian: ammo_custodian.clone(),
+                approver: approver.clone(),
+            })
+            .await?
+            .into_inner(),
+        Op::EscortReady {
+            run,
+            person,
+            weapon,
+            vest,
+            helmet,
+        } => c
+            .runs
+            .escort_ready(pb::EscortReadyRequest {
+                run_id: run.clone(),
+                person_id: person.clone(),
+                weapon_serial: weapon.clone().unwrap_or_default(),
+                vest: *vest,
+                helmet: *helmet,
+            })
+            .await?
+            .into_inner(),
+        Op::Depart { run } => c
+            .runs
+            .depart(pb::DepartRequest {
+                run_id: run.clone(),
+            })
+            .await?
+            .into_inner(),
+        Op::Checkin { run, person, code } => {
+            c.runs
+                .check_in(pb::CheckInRequest {
+                    run_id: run.clone(),
+                    person_id: person.clone(),
+                    code: if code == "duress" {
+                        pb::CheckInCode::Duress
+                    } else {
+                        pb::CheckInCode::Ok
+                    } as i32,
+                })
+                .await?;
+            return Ok(0);
+        }
+        Op::Report {
+            run,
+            person,
+            kind,
+            note,
+        } => c
+            .runs
+            .report_incident(pb::ReportIncidentRequest {
+                run_id: run.clone(),
+                person_id: person.clone(),
+                kind: incident_pb(kind) as i32,
+                note: note.clone(),
+            })
+            .await?
+            .into_inner(),
+        Op::Handover {
+            run,
+            stop,
+            boxes,
+            seals,
+            handed_by,
+            received_by,
+        } => c
+            .runs
+            .hand_over_cash_boxes(pb::HandOverCashBoxesRequest {
+                run_id: run.clone(),
+                stop_id: stop.clone(),
+                box_ids: boxes.clone(),
+                seals: seals.clone(),
+                handed_by: handed_by.clone(),
+                received_by: received_by.clone(),
+            })
+            .await?
+            .into_inner(),
+        Op::ReturnWeapon {
+            serial,
+            by,
+            gun_custodian,
+            ammo_custodian,
+            rounds_returned,
+        } => c
+            .armory
+            .return_weapon(pb::ReturnWeaponRequest {
+                serial: serial.clone(),
+                by: by.clone(),
+                gun_custodian: gun_custodian.clone(),
+                ammo_custodian: ammo_custodian.clone(),
+                rounds_returned: *rounds_returned,
+            })
+            .await?
+            .into_inner(),
+        Op::CloseRun { run } => c
+            .runs
+            .close_run(pb::CloseRunRequest {
+                run_id: run.clone(),
+            })
+            .await?
+            .into_inner(),
+        Op::Fix { .. } | Op::Tick => return Ok(0),
+    };
+    Ok(w.log_position)
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::PlanRun { .. } => "plan_run",
+        Op::IssueWeapon { .. } => "issue_weapon",
+        Op::EscortReady { .. } => "escort_ready",
+        Op::Depart { .. } => "depart",
+        Op::Fix { .. } => "fix",
+        Op::Checkin { .. } => "checkin",
+        Op::Report { .. } => "report",
+        Op::Handover { .. } => "handover",
+        Op::ReturnWeapon { .. } => "return_weapon",
+        Op::CloseRun { .. } => "close_run",
+        Op::Tick => "tick",
+    }
+}
+
+fn op_run(op: &Op) -> &str {
+    match op {
+        Op::PlanRun { run }
+        | Op::IssueWeapon { run, .. }
+        | Op::EscortReady { run, .. }
+        | Op::Depart { run }
+        | Op::Checkin { run, .. }
+        | Op::Report { run, .. }
+        | Op::Handover { run, .. }
+        | Op::CloseRun { run } => run,
+        _ => "",
+    }
+}
+
+fn code_name(code: Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .fold(String::new(), |mut s, ch| {
+            if ch.is_uppercase() && !s.is_empty() {
+                s.push('_');
+            }
+            s.push(ch.to_ascii_uppercase());
+            s
+        })
+}
+
+/// Plays `s` against the server at `endpoint` (in scenario-clock mode).
+pub async fn play(
+    endpoint: &str,
+    s: &Scenario,
+    opts: &Play,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<Vec<Output>, RunnerError> {
+    let mut c = Clients::connect(endpoint).await?;
+    let mut outputs = Vec::new();
+    let emit = |o: Output, outputs: &mut Vec<Output>, progress: &mut dyn FnMut(Progress<'_>)| {
+        progress(Progress::Output(&o));
+        outputs.push(o);
+    };
+    let start = s.start();
+    c.clock
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(ts(start)),
+            tick: false,
+        })
+        .await
+        .map_err(call("AdvanceClock"))?;
+    register(&mut c, s).await?;
+
+    // One fix stream for the whole play; acks come back in order.
+    let (fix_tx, fix_rx) = mpsc::channel::<pb::FixBatch>(4);
+    let mut acks = c
+        .telemetry
+        .stream_fixes(futures::stream::poll_fn({
+            let mut rx = fix_rx;
+            move |cx| rx.poll_recv(cx)
+        }))
+        .await
+        .map_err(call("StreamFixes"))?
+        .into_inner();
+
+    let wall_start = Instant::now();
+    let pace = |t: Millis| {
+        let target = opts
+            .speed
+            .map(|speed| Duration::from_secs_f64((t.secs_since(start) / speed).max(0.0)));
+        async move {
+            if let Some(target) = target {
+                let elapsed = wall_start.elapsed();
+                if target > elapsed {
+                    tokio::time::sleep(target - elapsed).await;
+                }
+            }
+        }
+    };
+    let mut last_position = 0u64;
+    let mut i = 0;
+    let n = s.timeline.len();
+    let mut batch_id = 0;
+    while i < n {
+        let entry = &s.timeline[i];
+        if let Op::Fix { vehicle, .. } = &entry.op {
+            // Consecutive fixes (a few seconds of scenario time when paced) as one batch.
+            let mut fixes = Vec::new();
+            let mut j = i;
+            while j < n && fixes.len() < BATCH {
+                let e = &s.timeline[j];
+                let Op::Fix { vehicle: v, .. } = &e.op else {
+                    break;
+                };
+                if opts.speed.is_some() && e.t.secs_since(entry.t) > 5.0 {
+                    break;
+                }
+                fixes.extend(fix_pb(v, e.t, &e.op));
+                j += 1;
+            }
+            pace(s.timeline[j - 1].t).await;
+            batch_id += 1;
+            fix_tx
+                .send(pb::FixBatch { fixes, batch_id })
+                .await
+                .map_err(|_| RunnerError::Scenario("the fix stream closed".into()))?;
+            let ack = match acks.next().await {
+                Some(Ok(a)) => a,
+                Some(Err(status)) => {
+                    return Err(RunnerError::Call {
+                        call: "StreamFixes",
+                        status,
+                    });
+                }
+                None => {
+                    return Err(RunnerError::Scenario("the fix stream ended".into()));
+                }
+            };
+            last_position = last_position.max(ack.log_position);
+            for rej in &ack.rejected {
+                emit(
+                    Output::Error {
+                        index: i + rej.index as usize,
+                        op: "fix".into(),
+                        code: "REJECTED".into(),
+                        message: format!("{}: {}", rej.field, rej.reason),
+                    },
+                    &mut outputs,
+                    &mut progress,
+                );
+            }
+            let last = &s.timeline[j - 1];
+            if let Op::Fix {
+                lat,
+                lon,
+                speed_mps,
+                ..
+            } = &last.op
+            {
+                progress(Progress::Fixes {
+                    t: last.t,
+                    vehicle,
+                    lat: *lat,
+                    lon: *lon,
+                    speed_mps: *speed_mps,
+                });
+            }
+            i = j;
+            continue;
+        }
+        pace(entry.t).await;
+        let tick = matches!(entry.op, Op::Tick);
+        let r = c
+            .clock
+            .advance_clock(pb::AdvanceClockRequest {
+                to: Some(ts(entry.t)),
+                tick,
+            })
+            .await
+            .map_err(call("AdvanceClock"))?
+            .into_inner();
+        last_position = last_position.max(r.log_position);
+        if !tick {
+            progress(Progress::Op {
+                t: entry.t,
+                op: op_name(&entry.op),
+                run: op_run(&entry.op),
+            });
+            match send_op(&mut c, s, &entry.op).await {
+                Ok(p) => last_position = last_position.max(p),
+                Err(status) => {
+                    let o = match refusal_rule(&status) {
+                        Some(rule) => Output::Refusal {
+                            index: i,
+                            rule,
+                            code: code_name(status.code()),
+                            message: status.message().to_string(),
+                        },
+                        None => Output::Error {
+                            index: i,
+                            op: op_name(&entry.op).into(),
+                            code: code_name(status.code()),
+                            message: status.message().to_string(),
+                        },
+                    };
+                    emit(o, &mut outputs, &mut progress);
+                }
+            }
+        }
+        i += 1;
+    }
+    drop(fix_tx);
+    // Read our own writes: everything the engine raised up to the last position.
+    let list = c
+        .dispatch
+        .list_anomalies(pb::ListAnomaliesRequest {
+            min_log_position: last_position,
+            include_resolved: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(call("ListAnomalies"))?
+        .into_inner();
+    let mut anomalies: Vec<_> = list.anomalies;
+    anomalies.sort_by_key(|a| (a.at.as_ref().map(|t| (t.seconds, t.nanos)), a.id.clone()));
+    for a in anomalies {
+        let at = a.at.as_ref().map(crate::grpc::millis).unwrap_or_default();
+        let severity = pb::Severity::try_from(a.severity)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("SEVERITY_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        emit(
+            Output::anomaly(&a.kind, &a.run_id, &a.vehicle_id, at, &severity, &a.rule),
+            &mut outputs,
+            &mut progress,
+        );
+    }
+    Ok(outputs)
+}
+
+async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
+    for v in &s.vehicles {
+        c.runs
+            .register_vehicle(pb::RegisterVehicleRequest {
+                vehicle_id: v.id.clone(),
+                plate: v.plate.clone(),
+                armoured: v.armoured,
+            })
+            .await
+            .map_err(call("RegisterVehicle"))?;
+    }
+    for p in &s.people {
+        if simulate::role(&p.role).is_none() {
+            return Err(RunnerError::Scenario(format!("unknown role {:?}", p.role)));
+        }
+        c.runs
+            .register_person(pb::RegisterPersonRequest {
+                person_id: p.id.clone(),
+                name: p.name.clone(),
+                role: role_pb(&p.role) as i32,
+            })
+            .await
+            .map_err(call("RegisterPerson"))?;
+    }
+    for w in &s.weapons {
+        c.armory
+            .register_weapon(pb::RegisterWeaponRequest {
+                serial: w.serial.clone(),
+                kind: w.kind.clone(),
+            })
+            .await
+            .map_err(call("RegisterWeapon"))?;
+    }
+    for l in &s.ammo_lots {
+        c.armory
+            .register_ammo_lot(pb::RegisterAmmoLotRequest {
+                lot: l.lot.clone(),
+                rounds: l.rounds,
+            })
+            .await
+            .map_err(call("RegisterAmmoLot"))?;
+    }
+    for cp in &s.checkpoints {
+        c.liaison
+            .register_checkpoint(pb::RegisterCheckpointRequest {
+                checkpoint: Some(pb::Checkpoint {
+                    checkpoint_id: cp.id.clone(),
+                    position: Some(pb::LatLon {
+                        lat: cp.lat,
+                        lon: cp.lon,
+                    }),
+                    radius_m: cp.radius_m,
+                    valid_from: Some(ts(cp.valid_from)),
+                    valid_to: Some(ts(cp.valid_to)),
+                }),
+            })
+            .await
+            .map_err(call("RegisterCheckpoint"))?;
+    }
+    Ok(())
+}
+
+/// Starts a private citd (scenario clock, fresh temporary store, ephemeral port), plays `s`
+/// through its API, and stops it.
+pub async fn play_fresh(s: &Scenario, opts: &Play) -> Result<Vec<Output>, RunnerError> {
+    let dir = tempfile::tempdir().map_err(|e| RunnerError::Scenario(e.to_string()))?;
+    let config = crate::config::Config {
+        listen: "127.0.0.1:0"
+            .parse()
+            .map_err(|_| RunnerError::Scenario("addr".into()))?,
+        metrics_listen: None,
+        data_dir: dir.path().to_path_buf(),
+        clock: crate::config::ClockMode::Scenario,
+        ..crate::config::Config::default()
+    };
+    let server = crate::server::start(config)
+        .await
+        .map_err(|e| RunnerError::Connect("in-process citd".into(), e.to_string()))?;
+    let result = play(&server.endpoint(), s, opts, |_| {}).await;
+    let _ = server.stop().await;
+    result
+}

@@ -1,0 +1,233 @@
+//! Assembles and runs citd: the event store backend, the application core, the engine worker,
+//! every gRPC service (plus health and reflection) on one port, and the metrics endpoint. `serve`
+//! takes its listener and a shutdown future, so tests and the scenario runner bind port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cit_proto::v1::armory_server::ArmoryServer;
+use cit_proto::v1::audit_server::AuditServer;
+use cit_proto::v1::dispatch_server::DispatchServer;
+use cit_proto::v1::police_liaison_server::PoliceLiaisonServer;
+use cit_proto::v1::runs_server::RunsServer;
+use cit_proto::v1::scenario_clock_server::ScenarioClockServer;
+use cit_proto::v1::telemetry_server::TelemetryServer;
+use cit_store::EventStore;
+use cit_store::embedded::{EmbeddedStore, Options};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::anomalies::Anomalies;
+use crate::app::App;
+use crate::clock::Clock;
+use crate::config::{ClockMode, Config, StoreKind};
+use crate::grpc;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("event store: {0}")]
+    Store(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// Opens the configured event store.
+pub async fn open_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn EventStore>, ServerError> {
+    match config.store {
+        StoreKind::Embedded => {
+            let m = metrics.clone();
+            let store = EmbeddedStore::open(
+                &config.data_dir,
+                Options {
+                    cache_bytes: config.cache_mb << 20,
+                    on_commit: Some(Arc::new(move |s| m.observe_commit(s.commit, s.events))),
+                },
+            )
+            .map_err(|e| ServerError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Kurrentdb => {
+            let url = config.kurrentdb_url.clone().unwrap_or_default();
+            let store = cit_store_kurrentdb::KurrentStore::connect(&url)
+                .map_err(|e| ServerError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Graceful stop: in-flight calls finish, then the store is released.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Store(format!("server task failed: {e}"))),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Binds the configured addresses (port 0 allowed) and serves in the background.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind { addr: a, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        serve(config, listener, metrics_listener, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Ok(Running {
+        addr,
+        metrics_addr,
+        shutdown: Some(tx),
+        handle,
+    })
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = open_store(&config, &metrics).await?;
+    let clock = match config.clock {
+        ClockMode::Wall => Clock::Wall,
+        ClockMode::Scenario => Clock::scenario(),
+    };
+    let app = App::open(store.clone(), clock, metrics.clone())
+        .await
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    let anomalies = Arc::new(Anomalies::default());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let engine = tokio::spawn(crate::engine_worker::run(
+        app.clone(),
+        anomalies.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    if let Some(l) = metrics_listener {
+        let m = metrics.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { m.render() }
+            }),
+        );
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+            {
+                tracing::error!(cause = %e, "metrics server failed");
+            }
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TelemetryServer<grpc::telemetry::TelemetryService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cit_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let max = grpc::telemetry::MAX_MESSAGE_BYTES;
+    let clock_service = app
+        .clock
+        .is_scenario()
+        .then(|| ScenarioClockServer::new(grpc::clock::ClockService { app: app.clone() }));
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            TelemetryServer::new(grpc::telemetry::TelemetryService { app: app.clone() })
+                .max_decoding_message_size(max),
+        )
+        .add_service(RunsServer::new(grpc::runs::RunsService {
+            app: app.clone(),
+        }))
+        .add_service(ArmoryServer::new(grpc::armory::ArmoryService {
+            app: app.clone(),
+        }))
+        .add_service(PoliceLiaisonServer::new(grpc::liaison::LiaisonService {
+            app: app.clone(),
+        }))
+        .add_service(DispatchServer::new(grpc::dispatch::DispatchService {
+            app: app.clone(),
+            anomalies: anomalies.clone(),
+        }))
+        .add_service(AuditServer::new(grpc::audit::AuditService {
+            app: app.clone(),
+        }))
+        .add_optional_service(clock_service);
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        clock = ?config.clock,
+        store = ?config.store,
+        "citd serving"
+    );
+    let result = router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = engine.await;
+    drop(app);
+    tracing::info!("citd stopped");
+    result.map_err(ServerError::from)
+}
