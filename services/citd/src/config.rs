@@ -180,7 +180,7 @@ impl Config {
                 reason: "must be > 0".into(),
             });
         }
-        if self.metrics_listen == Some(self.listen) {
+        if self.listen.port() != 0 && self.metrics_listen == Some(self.listen) {
             return Err(ConfigError::Invalid {
                 field: "metrics_listen",
                 reason: "must differ from listen".into(),

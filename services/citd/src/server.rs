@@ -41,6 +41,18 @@ pub enum ServerError {
     Reflection(String),
 }
 
+/// Resolves once `rx` turns true (or its sender is gone).
+pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long in-flight calls may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Opens the configured event store.
 pub async fn open_store(
     config: &Config,
@@ -148,10 +160,9 @@ pub async fn serve(
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let anomalies = Arc::new(Anomalies::default());
 
+    // Set when shutdown begins; the engine, the metrics server and open fix streams follow it.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop_tx = Arc::new(stop_tx);
     let engine = tokio::spawn(crate::engine_worker::run(
         app.clone(),
         anomalies.clone(),
@@ -196,8 +207,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            TelemetryServer::new(grpc::telemetry::TelemetryService { app: app.clone() })
-                .max_decoding_message_size(max),
+            TelemetryServer::new(grpc::telemetry::TelemetryService {
+                app: app.clone(),
+                stopping: stop_rx.clone(),
+            })
+            .max_decoding_message_size(max),
         )
         .add_service(RunsServer::new(grpc::runs::RunsService {
             app: app.clone(),
@@ -222,9 +236,24 @@ pub async fn serve(
         store = ?config.store,
         "citd serving"
     );
-    let result = router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+    let begin_stop = stop_tx.clone();
+    let serving =
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            let _ = begin_stop.send(true);
+        });
+    tokio::pin!(serving);
+    let grace = stop_rx.clone();
+    let result = tokio::select! {
+        r = &mut serving => r,
+        _ = async {
+            stopped(grace).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     let _ = stop_tx.send(true);
     let _ = engine.await;
     drop(app);

@@ -27,6 +27,22 @@ const EARLIEST_MS: i64 = 946_684_800_000;
 #[derive(Debug)]
 pub struct TelemetryService {
     pub app: Arc<App>,
+    /// Becomes true when the server shuts down: open streams end with UNAVAILABLE so units
+    /// reconnect (elsewhere) and resend what was not acked.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// tonic reports an oversized message as OUT_OF_RANGE; the API promises RESOURCE_EXHAUSTED
+/// with the limit named.
+fn oversize(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        Status::resource_exhausted(format!(
+            "message exceeds the limit of {MAX_MESSAGE_BYTES} bytes; send smaller batches ({})",
+            status.message()
+        ))
+    } else {
+        status
+    }
 }
 
 /// Checks one fix; `Err((field, reason))` names what is wrong.
@@ -191,13 +207,27 @@ impl Telemetry for TelemetryService {
         let mut inbound = req.into_inner();
         let (tx, mut rx) = mpsc::channel::<Result<pb::FixAck, Status>>(32);
         let app = self.app.clone();
+        let stopping = crate::server::stopped(self.stopping.clone());
         tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
+            tokio::pin!(stopping);
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    _ = &mut stopping => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "citd is shutting down; reconnect and resend the fixes not acked",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                let Some(msg) = msg else { return };
                 let batch = match msg {
                     Ok(b) => b,
                     Err(status) => {
                         // Oversized or malformed message: tell the unit why, then stop.
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(oversize(status))).await;
                         return;
                     }
                 };

@@ -1,0 +1,174 @@
+//! Bad input at the boundary gets the right status and names the field; refusals name their
+//! rule (trailer `x-cit-rule`); a duress check-in answers exactly like an ok one (A6).
+
+mod common;
+
+use cit_proto::v1 as pb;
+use citd::config::ClockMode;
+use citd::error::refusal_rule;
+use citd::runner::Clients;
+use tonic::Code;
+
+async fn setup() -> (tempfile::TempDir, citd::server::Running, Clients) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
+        .await
+        .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    c.clock
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(prost_types::Timestamp {
+                seconds: 1_773_000_000,
+                nanos: 0,
+            }),
+            tick: false,
+        })
+        .await
+        .expect("clock");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    (dir, server, c)
+}
+
+fn plan(route: Vec<pb::LatLon>) -> pb::PlanRunRequest {
+    pb::PlanRunRequest {
+        run_id: "R-2".into(),
+        vehicle_id: "V-1".into(),
+        driver_id: "D-1".into(),
+        escort_ids: vec!["E-1".into(), "E-2".into()],
+        route,
+        ..Default::default()
+    }
+}
+
+fn stop(id: &str, radius: f64, by_s: i64) -> pb::PlannedStop {
+    pb::PlannedStop {
+        stop_id: id.into(),
+        name: id.into(),
+        position: Some(pb::LatLon {
+            lat: 57.7,
+            lon: 11.95,
+        }),
+        radius_m: radius,
+        arrive_by: Some(prost_types::Timestamp {
+            seconds: by_s,
+            nanos: 0,
+        }),
+        kind: "outlet".into(),
+    }
+}
+
+#[tokio::test]
+async fn invalid_plans_are_invalid_argument_naming_the_field() {
+    let (_dir, server, mut c) = setup().await;
+    let good = common::route();
+    let mut cases: Vec<(pb::PlanRunRequest, &str)> = Vec::new();
+    cases.push((plan(good[..1].to_vec()), "route"));
+    let mut nan = good.clone();
+    nan[1].lat = f64::NAN;
+    cases.push((plan(nan), "route[1].lat"));
+    cases.push((plan(vec![good[0]; 50_001]), "route"));
+    let mut corridor = plan(good.clone());
+    corridor.corridor_m = Some(0.0);
+    cases.push((corridor, "corridor_m"));
+    let mut negative = plan(good.clone());
+    negative.corridor_m = Some(-5.0);
+    cases.push((negative, "corridor_m"));
+    let mut no_radius = plan(good.clone());
+    no_radius.stops = vec![stop("S-1", 0.0, 1_773_003_600)];
+    cases.push((no_radius, "stops[0].radius_m"));
+    let mut windows = plan(good.clone());
+    windows.stops = vec![
+        stop("S-1", 50.0, 1_773_003_600),
+        stop("S-2", 50.0, 1_773_000_600),
+    ];
+    cases.push((windows, "stops[1].arrive_by"));
+    for (req, field) in cases {
+        let err = c.runs.plan_run(req).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn refusals_carry_their_rule_and_unknowns_are_not_found() {
+    let (_dir, server, mut c) = setup().await;
+    c.runs
+        .register_vehicle(pb::RegisterVehicleRequest {
+            vehicle_id: "CAR-1".into(),
+            plate: "ABC 123".into(),
+            armoured: false,
+        })
+        .await
+        .expect("car");
+    let mut req = plan(common::route());
+    req.vehicle_id = "CAR-1".into();
+    let err = c.runs.plan_run(req).await.expect_err("R1");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(refusal_rule(&err).as_deref(), Some("R1"));
+    assert!(err.message().contains("armoured"), "{}", err.message());
+
+    let err = c
+        .runs
+        .hand_over_cash_boxes(pb::HandOverCashBoxesRequest {
+            run_id: "R-1".into(),
+            stop_id: "nowhere".into(),
+            box_ids: vec!["B-1".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown stop");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .runs
+        .depart(pb::DepartRequest {
+            run_id: "R-404".into(),
+        })
+        .await
+        .expect_err("unknown run");
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn duress_checkin_answers_exactly_like_ok() {
+    let (_dir, server, mut c) = setup().await;
+    let ask = |code: pb::CheckInCode| pb::CheckInRequest {
+        run_id: "R-1".into(),
+        person_id: "E-1".into(),
+        code: code as i32,
+    };
+    let ok = c.runs.check_in(ask(pb::CheckInCode::Ok)).await.expect("ok");
+    let duress = c
+        .runs
+        .check_in(ask(pb::CheckInCode::Duress))
+        .await
+        .expect("duress");
+    assert_eq!(ok.get_ref(), duress.get_ref());
+    assert_eq!(
+        ok.metadata().keys().count(),
+        duress.metadata().keys().count(),
+        "no extra header betrays the alarm"
+    );
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn scenario_clock_is_unimplemented_on_the_wall_clock() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
+        .await
+        .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let err = c
+        .clock
+        .advance_clock(pb::AdvanceClockRequest::default())
+        .await
+        .expect_err("wall clock");
+    assert_eq!(err.code(), Code::Unimplemented);
+    server.stop().await.expect("stop");
+}

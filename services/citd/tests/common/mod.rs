@@ -1,0 +1,172 @@
+//! Helpers shared by the integration tests: a citd on port 0 with a temporary store, clients,
+//! and a departed run on a real Gothenburg route to stream fixes into.
+#![allow(dead_code)]
+
+use cit_proto::v1 as pb;
+use citd::config::{ClockMode, Config};
+use citd::runner::Clients;
+
+pub fn config(dir: &std::path::Path, clock: ClockMode) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        metrics_listen: None,
+        data_dir: dir.to_path_buf(),
+        clock,
+        ..Config::default()
+    }
+}
+
+pub fn now_ts() -> prost_types::Timestamp {
+    citd::grpc::ts(citd::clock::wall_now())
+}
+
+/// The first points of GBG-R001 (real road), as a route.
+pub fn route() -> Vec<pb::LatLon> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/gothenburg/routes/GBG-R001.geojson"),
+    )
+    .expect("route file");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("geojson");
+    let coords = v["features"][0]["geometry"]["coordinates"]
+        .as_array()
+        .expect("coordinates")
+        .clone();
+    coords
+        .iter()
+        .map(|c| pb::LatLon {
+            lat: c[1].as_f64().expect("lat"),
+            lon: c[0].as_f64().expect("lon"),
+        })
+        .collect()
+}
+
+/// Registers a vehicle, a crew and an armory, plans `run` on a real route, issues weapons and
+/// departs, all through the public API.
+pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
+    c.runs
+        .register_vehicle(pb::RegisterVehicleRequest {
+            vehicle_id: vehicle.into(),
+            plate: "GB 1".into(),
+            armoured: true,
+        })
+        .await
+        .expect("vehicle");
+    for (id, role) in [
+        ("D-1", pb::Role::Driver),
+        ("E-1", pb::Role::Escort),
+        ("E-2", pb::Role::Escort),
+        ("GC-1", pb::Role::GunCustodian),
+        ("AC-1", pb::Role::AmmoCustodian),
+        ("AP-1", pb::Role::Approver),
+    ] {
+        c.runs
+            .register_person(pb::RegisterPersonRequest {
+                person_id: id.into(),
+                name: id.into(),
+                role: role as i32,
+            })
+            .await
+            .expect("person");
+    }
+    c.armory
+        .register_ammo_lot(pb::RegisterAmmoLotRequest {
+            lot: "A-1".into(),
+            rounds: 500,
+        })
+        .await
+        .expect("lot");
+    c.runs
+        .plan_run(pb::PlanRunRequest {
+            run_id: run.into(),
+            vehicle_id: vehicle.into(),
+            driver_id: "D-1".into(),
+            escort_ids: vec!["E-1".into(), "E-2".into()],
+            route: route(),
+            ..Default::default()
+        })
+        .await
+        .expect("plan");
+    for (i, escort) in ["E-1", "E-2"].iter().enumerate() {
+        let serial = format!("{run}-G-{i}");
+        c.armory
+            .register_weapon(pb::RegisterWeaponRequest {
+                serial: serial.clone(),
+                kind: "pistol".into(),
+            })
+            .await
+            .expect("weapon");
+        c.armory
+            .issue_weapon(pb::IssueWeaponRequest {
+                run_id: run.into(),
+                serial: serial.clone(),
+                lot: "A-1".into(),
+                rounds: 30,
+                to: (*escort).into(),
+                gun_custodian: "GC-1".into(),
+                ammo_custodian: "AC-1".into(),
+                approver: "AP-1".into(),
+            })
+            .await
+            .expect("issue");
+        c.runs
+            .escort_ready(pb::EscortReadyRequest {
+                run_id: run.into(),
+                person_id: (*escort).into(),
+                weapon_serial: serial,
+                vest: true,
+                helmet: true,
+            })
+            .await
+            .expect("ready");
+    }
+    c.runs
+        .depart(pb::DepartRequest { run_id: run.into() })
+        .await
+        .expect("depart");
+}
+
+/// A valid fix near the start of the route.
+pub fn fix(vehicle: &str, seq: u64) -> pb::Fix {
+    pb::Fix {
+        vehicle_id: vehicle.into(),
+        seq,
+        time: Some(now_ts()),
+        lat: 57.69 + (seq % 100) as f64 * 1e-5,
+        lon: 11.95,
+        speed_mps: 10.0,
+        heading_deg: 90.0,
+        accuracy_m: 5.0,
+        ignition: true,
+        door_open: false,
+    }
+}
+
+/// Every fix seq recorded in a run's stream, in log order.
+pub async fn recorded_seqs(c: &mut Clients, endpoint: &str, run: &str) -> Vec<u64> {
+    let _ = c;
+    let channel = tonic::transport::Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut audit = pb::audit_client::AuditClient::new(channel);
+    let mut events = audit
+        .read_run(pb::ReadRunRequest {
+            run_id: run.into(),
+            include_custody: false,
+        })
+        .await
+        .expect("read run")
+        .into_inner();
+    let mut seqs = Vec::new();
+    while let Some(e) = events.message().await.expect("stream") {
+        if e.event_type == "FixesRecorded.v1" {
+            let v: serde_json::Value = serde_json::from_str(&e.data_json).expect("json");
+            for f in v["fixes"].as_array().expect("fixes") {
+                seqs.push(f["seq"].as_u64().expect("seq"));
+            }
+        }
+    }
+    seqs
+}
