@@ -80,7 +80,10 @@ pub enum Outcome {
     },
     /// Refused by a rule. `record` is the `CommandRefused` event to append (refusals are part of
     /// the record); nothing else changes.
-    Refused { refusal: Refusal, record: Event },
+    Refused {
+        refusal: Refusal,
+        record: Box<Event>,
+    },
     /// Already done exactly so (an idempotent retry): nothing to append.
     NoChange,
 }
@@ -178,7 +181,7 @@ fn refused(
     now: Millis,
 ) -> Outcome {
     Outcome::Refused {
-        record: Event::CommandRefused {
+        record: Box::new(Event::CommandRefused {
             rule: rule.as_str().to_string(),
             command: command.name().to_string(),
             run_id: run_id.map(str::to_string),
@@ -186,7 +189,7 @@ fn refused(
             message: message.clone(),
             weapons_out,
             at: now,
-        },
+        }),
         refusal: Refusal { rule, message },
     }
 }
@@ -1012,10 +1015,10 @@ impl World {
                     .or_insert((anomaly.run_id.clone(), AnomalyState::Open));
             }
             Event::AnomalyAcknowledged { anomaly_id, .. } => {
-                if let Some((_, s)) = self.anomalies.get_mut(anomaly_id) {
-                    if *s == AnomalyState::Open {
-                        *s = AnomalyState::Acknowledged;
-                    }
+                if let Some((_, s)) = self.anomalies.get_mut(anomaly_id)
+                    && *s == AnomalyState::Open
+                {
+                    *s = AnomalyState::Acknowledged;
                 }
             }
             Event::AnomalyResolved { anomaly_id, .. } => {
@@ -1067,13 +1070,13 @@ pub fn validate_plan(
                 "every stop needs a geofence radius > 0",
             ));
         }
-        if let (Some(prev), Some(this)) = (last_deadline, s.arrive_by) {
-            if this < prev {
-                return Err(InputError::invalid(
-                    format!("stops[{i}].arrive_by"),
-                    "stop windows are out of order (earlier than the previous stop's)",
-                ));
-            }
+        if let (Some(prev), Some(this)) = (last_deadline, s.arrive_by)
+            && this < prev
+        {
+            return Err(InputError::invalid(
+                format!("stops[{i}].arrive_by"),
+                "stop windows are out of order (earlier than the previous stop's)",
+            ));
         }
         last_deadline = s.arrive_by.or(last_deadline);
         if stops[..i].iter().any(|o| o.stop_id == s.stop_id) {

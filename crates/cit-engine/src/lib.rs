@@ -283,19 +283,17 @@ impl Engine {
                 rounds_returned,
                 at,
                 ..
-            } => {
-                if rounds_issued != rounds_returned {
-                    if let Some(run) = self.runs.get(run_id) {
-                        run.raise_ammo_mismatch(
-                            position,
-                            serial,
-                            by,
-                            *rounds_issued,
-                            *rounds_returned,
-                            *at,
-                            &mut out,
-                        );
-                    }
+            } if rounds_issued != rounds_returned => {
+                if let Some(run) = self.runs.get(run_id) {
+                    run.raise_ammo_mismatch(
+                        position,
+                        serial,
+                        by,
+                        *rounds_issued,
+                        *rounds_returned,
+                        *at,
+                        &mut out,
+                    );
                 }
             }
             Event::CommandRefused {

@@ -780,7 +780,7 @@ impl RunState {
                 let s = &self.stops[*stop];
                 out.push(self.anomaly(
                     AnomalyKind::LateArrival,
-                    format!("{}", s.stop_id),
+                    s.stop_id.to_string(),
                     at,
                     Severity::Low,
                     format!(

@@ -321,7 +321,7 @@ pub fn run(s: &Scenario) -> Result<Vec<Output>, String> {
                             code: "FAILED_PRECONDITION".into(),
                             message: refusal.message,
                         });
-                        p.append(record, &mut outputs);
+                        p.append(*record, &mut outputs);
                     }
                     Ok(Outcome::NoChange) => {}
                     Err(e) => outputs.push(Output::Error {

@@ -279,12 +279,12 @@ fn stage(
             return Err(Error::DuplicateEventId(e.id));
         }
     }
-    let mut version = current.map(|v| v + 1).unwrap_or(0);
+    let first_version = current.map(|v| v + 1).unwrap_or(0);
     let mut result = AppendResult {
         last_version: 0,
         position: 0,
     };
-    for e in &job.events {
+    for (version, e) in (first_version..).zip(&job.events) {
         let position = *next_position;
         *next_position += 1;
         let record = RecordedEvent {
@@ -308,7 +308,6 @@ fn stage(
             last_version: version,
             position,
         };
-        version += 1;
     }
     heads
         .insert(job.stream.as_str(), result.last_version)

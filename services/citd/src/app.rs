@@ -120,11 +120,10 @@ impl App {
                 if let Event::FixesRecorded {
                     vehicle_id, fixes, ..
                 } = &event
+                    && let Some(last) = fixes.iter().map(|f| f.seq).max()
                 {
-                    if let Some(last) = fixes.iter().map(|f| f.seq).max() {
-                        let e = hwm.entry(vehicle_id.clone()).or_insert(0);
-                        *e = (*e).max(last);
-                    }
+                    let e = hwm.entry(vehicle_id.clone()).or_insert(0);
+                    *e = (*e).max(last);
                 }
                 latest_time = latest_time.max(event.time());
                 world.apply(&event);
@@ -176,7 +175,7 @@ impl App {
         let (events, refusal) = match outcome {
             Outcome::NoChange => return Ok(*self.written.borrow()),
             Outcome::Accepted { events, .. } => (events, None),
-            Outcome::Refused { refusal, record } => (vec![record], Some(refusal)),
+            Outcome::Refused { refusal, record } => (vec![*record], Some(refusal)),
         };
         let stream = events[0].stream();
         let expected = if stream.starts_with(streams::RUN) || stream == streams::REFUSALS {
@@ -294,10 +293,10 @@ impl App {
         if fresh.is_empty() {
             return Ok(result);
         }
-        if self.clock.is_scenario() {
-            if let Some(last) = fresh.iter().map(|f| f.t).max() {
-                self.clock.advance(last);
-            }
+        if self.clock.is_scenario()
+            && let Some(last) = fresh.iter().map(|f| f.t).max()
+        {
+            self.clock.advance(last);
         }
         let run_id = self.active_run(vehicle_id);
         let first = fresh[0].seq;

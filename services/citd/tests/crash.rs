@@ -44,14 +44,13 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
 async fn ready(endpoint: &str) -> Clients {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut c) = Clients::connect(endpoint).await {
-            if c.liaison
+        if let Ok(mut c) = Clients::connect(endpoint).await
+            && c.liaison
                 .list_checkpoints(pb::ListCheckpointsRequest::default())
                 .await
                 .is_ok()
-            {
-                return c;
-            }
+        {
+            return c;
         }
         assert!(
             Instant::now() < deadline,
