@@ -5,8 +5,9 @@
 //! Semantics shared by all backends:
 //! - streams are versioned from 0; an append names the version it expects
 //!   ([`ExpectedVersion`]) so concurrent writers of one aggregate conflict instead of clobbering;
-//! - every event has an id; appending events whose ids are already stored, in the same order and
-//!   stream, is an idempotent retry that returns the original result;
+//! - every event has an id; an append is identified by the id of its first event: appending again
+//!   the same events (same ids, same order, same stream) is an idempotent retry that returns the
+//!   original result;
 //! - the global log ("all") is totally ordered by `position` (> 0, increasing, not dense);
 //! - an append returns only once its events are durable;
 //! - a subscription delivers everything after a checkpoint, then [`SubscriptionMessage::CaughtUp`]
