@@ -101,6 +101,7 @@ impl Engine {
         };
         fire_deadlines(
             &mut self.deadlines,
+            &mut self.next_deadline,
             &mut self.runs,
             &self.last_fix,
             &self.zones,
@@ -128,6 +129,7 @@ impl Engine {
                 for fix in fixes {
                     fire_deadlines(
                         &mut self.deadlines,
+                        &mut self.next_deadline,
                         &mut self.runs,
                         &self.last_fix,
                         &self.zones,
@@ -136,19 +138,23 @@ impl Engine {
                         &mut out,
                     );
                     self.now = self.now.max(fix.t);
-                    self.last_fix.insert(
-                        vehicle_id.clone(),
-                        LastFix {
-                            t: fix.t,
-                            position: LatLon {
-                                lat: fix.lat,
-                                lon: fix.lon,
-                            },
-                            door_open: fix.door_open,
-                            ignition: fix.ignition,
-                            speed_mps: fix.speed_mps,
+                    let seen = LastFix {
+                        t: fix.t,
+                        position: LatLon {
+                            lat: fix.lat,
+                            lon: fix.lon,
                         },
-                    );
+                        door_open: fix.door_open,
+                        ignition: fix.ignition,
+                        speed_mps: fix.speed_mps,
+                    };
+                    // In place: no key clone on the hot path.
+                    match self.last_fix.get_mut(vehicle_id) {
+                        Some(slot) => *slot = seen,
+                        None => {
+                            self.last_fix.insert(vehicle_id.clone(), seen);
+                        }
+                    }
                     if let Some(run) = run_id.as_ref().and_then(|r| self.runs.get_mut(r)) {
                         run.on_fix(fix, &mut out, &mut |d, at| {
                             schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
@@ -156,6 +162,7 @@ impl Engine {
                     }
                     fire_deadlines(
                         &mut self.deadlines,
+                        &mut self.next_deadline,
                         &mut self.runs,
                         &self.last_fix,
                         &self.zones,
@@ -173,6 +180,7 @@ impl Engine {
             Event::ClockTicked { at } => {
                 fire_deadlines(
                     &mut self.deadlines,
+                    &mut self.next_deadline,
                     &mut self.runs,
                     &self.last_fix,
                     &self.zones,
@@ -188,6 +196,7 @@ impl Engine {
         let t = event.time();
         fire_deadlines(
             &mut self.deadlines,
+            &mut self.next_deadline,
             &mut self.runs,
             &self.last_fix,
             &self.zones,
@@ -312,6 +321,7 @@ impl Engine {
         }
         fire_deadlines(
             &mut self.deadlines,
+            &mut self.next_deadline,
             &mut self.runs,
             &self.last_fix,
             &self.zones,
@@ -333,8 +343,10 @@ fn schedule(
     deadlines.insert((at, *next), d);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fire_deadlines(
     deadlines: &mut BTreeMap<(Millis, u64), Deadline>,
+    next: &mut u64,
     runs: &mut HashMap<String, RunState>,
     last_fix: &HashMap<String, LastFix>,
     zones: &ZoneIndex,
@@ -342,6 +354,14 @@ fn fire_deadlines(
     inclusive: bool,
     out: &mut Out<'_>,
 ) {
+    // Cheap exit on the hot path: nothing due.
+    if deadlines
+        .first_key_value()
+        .is_none_or(|((at, _), _)| *at > to || (*at == to && !inclusive))
+    {
+        return;
+    }
+    let mut requeue = Vec::new();
     while let Some(entry) = deadlines.first_entry() {
         let (at, _) = *entry.key();
         if at > to || (at == to && !inclusive) {
@@ -350,7 +370,11 @@ fn fire_deadlines(
         let d = entry.remove();
         if let Some(run) = runs.get_mut(d.run_id()) {
             let last = last_fix.get(&run.vehicle_id).copied();
-            run.on_deadline(&d, at, last, zones, out);
+            run.on_deadline(&d, at, last, zones, out, &mut |d, at| requeue.push((d, at)));
+        }
+        // Re-armed deadlines are later than `at`, but may still be due before `to`.
+        for (d, at) in requeue.drain(..) {
+            schedule(deadlines, next, d, at);
         }
     }
 }

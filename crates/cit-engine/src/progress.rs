@@ -52,6 +52,8 @@ pub struct ProgressUpdate {
 
 impl ProgressTracker {
     /// Feeds one fix. `search_m` is how far from the route a fix may be and still count as on it.
+    /// Returns the progress update and the fix's distance to the route (one R-tree query serves
+    /// both: the nearest candidate, or a nearest-neighbour search when none is within reach).
     #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
@@ -63,13 +65,21 @@ impl ProgressTracker {
         standing: bool,
         search_m: f64,
         fall_threshold_m: f64,
-    ) -> ProgressUpdate {
+    ) -> (ProgressUpdate, f64) {
         let mut cands = std::mem::take(&mut self.scratch);
         // Whether this fix placed the vehicle on the route (only such fixes confirm a fall).
         let mut updated = false;
-        if !standing {
-            route.candidates(p, search_m, &mut cands);
+        route.candidates(p, search_m, &mut cands);
+        let distance = cands
+            .iter()
+            .map(|c| c.lateral)
+            .fold(f64::INFINITY, f64::min);
+        let distance = if distance.is_finite() {
+            distance
         } else {
+            route.distance(p)
+        };
+        if standing {
             cands.clear();
         }
         let use_heading = speed_mps >= HEADING_MIN_SPEED_MPS;
@@ -162,10 +172,11 @@ impl ProgressTracker {
         }
         self.scratch = cands;
         let Some(s) = self.s else {
-            return ProgressUpdate {
+            let none = ProgressUpdate {
                 fall_m: 0.0,
                 falling_fixes: 0,
             };
+            return (none, distance);
         };
         while self
             .window
@@ -182,10 +193,11 @@ impl ProgressTracker {
         } else if updated {
             self.falling += 1;
         }
-        ProgressUpdate {
+        let update = ProgressUpdate {
             fall_m,
             falling_fixes: self.falling,
-        }
+        };
+        (update, distance)
     }
 
     fn jump_to(&mut self, s: f64) {

@@ -6,7 +6,7 @@ use cit_domain::{DetectionParams, Fix, IncidentKind, LatLon, Millis, PlannedStop
 use serde_json::json;
 
 use crate::frame::{dist, haversine_m};
-use crate::progress::ProgressTracker;
+use crate::progress::{ProgressTracker, ProgressUpdate};
 use crate::route::RouteIndex;
 use crate::zones::ZoneIndex;
 use crate::{LastFix, Out};
@@ -91,9 +91,12 @@ pub struct RunState {
     route: RouteIndex,
     status: Status,
     departed_at: Option<Millis>,
-    // A5 signal loss
+    // A5 signal loss: the current deadline lives here; the queue holds at most one entry per
+    // run (`signal_queued`), re-armed when it comes due early, so a fix costs no queue insert.
     last_fix_t: Option<Millis>,
     signal_gen: u64,
+    signal_deadline: Option<Millis>,
+    signal_queued: bool,
     last_route_distance: f64,
     // A6 check-ins: latest check-in and generation per escort
     checkin_last: Vec<Option<Millis>>,
@@ -149,6 +152,8 @@ impl RunState {
             departed_at: None,
             last_fix_t: None,
             signal_gen: 0,
+            signal_deadline: None,
+            signal_queued: false,
             last_route_distance: 0.0,
             checkin_last: vec![None; escorts.len()],
             checkin_gen: vec![0; escorts.len()],
@@ -213,14 +218,7 @@ impl RunState {
         }
         self.status = Status::Active;
         self.departed_at = Some(at);
-        self.signal_gen += 1;
-        sched(
-            Deadline::SignalLoss {
-                run: self.run_id.clone(),
-                generation: self.signal_gen,
-            },
-            at.plus_secs(self.params.max_gap_s),
-        );
+        self.arm_signal(at.plus_secs(self.params.max_gap_s), sched);
         for i in 0..self.escorts.len() {
             self.arm_checkin(i, at, sched);
         }
@@ -234,6 +232,26 @@ impl RunState {
                     by.plus_secs(self.params.late_grace_s),
                 );
             }
+        }
+    }
+
+    /// Sets the signal-loss deadline; queues an entry only when none is pending (a pending one
+    /// that comes due before the deadline re-queues itself, see `on_deadline`).
+    fn arm_signal(&mut self, deadline: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+        if self.signal_deadline.is_none() {
+            // A new gap (after departure or after the last one fired).
+            self.signal_gen += 1;
+        }
+        self.signal_deadline = Some(deadline);
+        if !self.signal_queued {
+            self.signal_queued = true;
+            sched(
+                Deadline::SignalLoss {
+                    run: self.run_id.clone(),
+                    generation: self.signal_gen,
+                },
+                deadline,
+            );
         }
     }
 
@@ -460,24 +478,26 @@ impl RunState {
             lat: fix.lat,
             lon: fix.lon,
         };
-        // A5: re-arm the gap deadline from this fix.
+        // A5: the gap deadline moves with this fix.
         let newest = self.last_fix_t.map_or(fix.t, |t| t.max(fix.t));
         self.last_fix_t = Some(newest);
-        self.signal_gen += 1;
         let departed = self.departed_at.unwrap_or(newest);
-        sched(
-            Deadline::SignalLoss {
-                run: self.run_id.clone(),
-                generation: self.signal_gen,
-            },
-            newest.max(departed).plus_secs(self.params.max_gap_s),
-        );
-        let route_distance = self.route.distance(p);
-        self.last_route_distance = route_distance;
+        self.arm_signal(newest.max(departed).plus_secs(self.params.max_gap_s), sched);
         let standing = fix.speed_mps < self.params.stop_speed_mps;
+        let (update, route_distance) = self.progress.update(
+            &self.route,
+            p,
+            fix.t,
+            fix.speed_mps,
+            fix.heading_deg,
+            standing,
+            self.params.corridor_m,
+            self.params.uturn_m,
+        );
+        self.last_route_distance = route_distance;
         self.stop_rule(fix, p, standing, sched);
         self.deviation_rule(fix, latlon, route_distance, out);
-        self.uturn_rule(fix, p, latlon, standing, out);
+        self.uturn_rule(fix, update, latlon, out);
         self.visit_rule(fix, p, out);
         self.overspeed_rule(fix, latlon, out);
     }
@@ -583,24 +603,7 @@ impl RunState {
     }
 
     /// A4 without a report: progress along the route falls by `uturn_m` within 60 s.
-    fn uturn_rule(
-        &mut self,
-        fix: &Fix,
-        p: [f64; 2],
-        latlon: LatLon,
-        standing: bool,
-        out: &mut Out<'_>,
-    ) {
-        let update = self.progress.update(
-            &self.route,
-            p,
-            fix.t,
-            fix.speed_mps,
-            fix.heading_deg,
-            standing,
-            self.params.corridor_m,
-            self.params.uturn_m,
-        );
+    fn uturn_rule(&mut self, fix: &Fix, update: ProgressUpdate, latlon: LatLon, out: &mut Out<'_>) {
         // Two fixes in a row, so one multipath fix cannot fake a U-turn.
         if update.falling_fixes < 2 {
             return;
@@ -716,12 +719,28 @@ impl RunState {
         last: Option<LastFix>,
         zones: &ZoneIndex,
         out: &mut Out<'_>,
+        sched: &mut impl FnMut(Deadline, Millis),
     ) {
+        if let Deadline::SignalLoss { .. } = d {
+            self.signal_queued = false;
+        }
         if self.status != Status::Active {
             return;
         }
         match d {
+            Deadline::SignalLoss { generation, .. }
+                if *generation == self.signal_gen
+                    && self.signal_deadline.is_some_and(|real| real > at) =>
+            {
+                // Fixes moved the deadline since this entry was queued: wait for the real one.
+                if let Some(real) = self.signal_deadline {
+                    self.signal_queued = true;
+                    sched(d.clone(), real);
+                }
+            }
             Deadline::SignalLoss { generation, .. } if *generation == self.signal_gen => {
+                // Once per gap: the next fix starts a new one.
+                self.signal_deadline = None;
                 let off_route =
                     self.last_fix_t.is_some() && self.last_route_distance > self.params.corridor_m;
                 let moving =

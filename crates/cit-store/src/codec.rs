@@ -15,18 +15,45 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Encodes everything of a record except its position (the table key).
 pub fn encode(e: &RecordedEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        1 + 8 + 16 + 8 + 16 + e.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len(),
+    let mut out = Vec::new();
+    encode_into(
+        &mut out,
+        e.version,
+        e.id,
+        e.created_ms,
+        &e.stream,
+        &e.event_type,
+        &e.data,
+        &e.metadata,
+    );
+    out
+}
+
+/// Encodes a record from its parts into `out` (cleared first), with no intermediate copies:
+/// the writer thread is the store's bottleneck, so it encodes straight from the append.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    version: u64,
+    id: Uuid,
+    created_ms: i64,
+    stream: &str,
+    event_type: &str,
+    data: &[u8],
+    metadata: &[u8],
+) {
+    out.clear();
+    out.reserve(
+        1 + 8 + 16 + 8 + 16 + stream.len() + event_type.len() + data.len() + metadata.len(),
     );
     out.push(FORMAT_V1);
-    out.extend_from_slice(&e.version.to_le_bytes());
-    out.extend_from_slice(e.id.as_bytes());
-    out.extend_from_slice(&e.created_ms.to_le_bytes());
-    put_bytes(&mut out, e.stream.as_bytes());
-    put_bytes(&mut out, e.event_type.as_bytes());
-    put_bytes(&mut out, &e.data);
-    put_bytes(&mut out, &e.metadata);
-    out
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    put_bytes(out, stream.as_bytes());
+    put_bytes(out, event_type.as_bytes());
+    put_bytes(out, data);
+    put_bytes(out, metadata);
 }
 
 struct Reader<'a> {

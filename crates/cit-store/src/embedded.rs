@@ -13,7 +13,6 @@
 //! Tables:
 //! - `events`: position -> record ([`crate::codec`]); position is dense from 1 here.
 //! - `stream_index`: (stream, version) -> position.
-//! - `stream_heads`: stream -> last version.
 //! - `event_ids`: first event id of each append -> position, for idempotent retries. Only the
 //!   first id is indexed: a retry resends the whole append, and one random-keyed insert per
 //!   append instead of per event keeps the dirty pages of a group commit few (measured: the
@@ -38,7 +37,6 @@ use crate::{
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
-const STREAM_HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
 const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 
 /// Most events committed in one group; bounds commit latency under a flood.
@@ -145,7 +143,6 @@ impl EmbeddedStore {
         {
             txn.open_table(EVENTS).map_err(storage)?;
             txn.open_table(STREAM_INDEX).map_err(storage)?;
-            txn.open_table(STREAM_HEADS).map_err(storage)?;
             txn.open_table(EVENT_IDS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
@@ -215,7 +212,6 @@ fn stage(
     created_ms: i64,
     events: &mut redb::Table<u64, &[u8]>,
     index: &mut redb::Table<(&str, u64), u64>,
-    heads: &mut redb::Table<&str, u64>,
     ids: &mut redb::Table<u128, u64>,
 ) -> Result<AppendResult> {
     if job.events.is_empty() {
@@ -224,10 +220,14 @@ fn stage(
     if job.stream.is_empty() {
         return Err(Error::InvalidAppend("empty stream name".into()));
     }
-    let current = heads
-        .get(job.stream.as_str())
+    // The stream's head is its last index entry: no separate table to keep in step.
+    let current = index
+        .range((job.stream.as_str(), 0)..=(job.stream.as_str(), u64::MAX))
         .map_err(storage)?
-        .map(|v| v.value());
+        .next_back()
+        .transpose()
+        .map_err(storage)?
+        .map(|(k, _)| k.value().1);
     // Idempotent retry: the first id is already stored. It must be the same append.
     if let Some(pos) = ids.get(job.events[0].id.as_u128()).map_err(storage)? {
         let first_pos = pos.value();
@@ -285,22 +285,21 @@ fn stage(
         last_version: 0,
         position: 0,
     };
+    let mut buf = Vec::new();
     for (version, e) in (first_version..).zip(&job.events) {
         let position = *next_position;
         *next_position += 1;
-        let record = RecordedEvent {
-            position,
-            stream: job.stream.clone(),
+        codec::encode_into(
+            &mut buf,
             version,
-            id: e.id,
-            event_type: e.event_type.clone(),
-            data: e.data.clone(),
-            metadata: e.metadata.clone(),
+            e.id,
             created_ms,
-        };
-        events
-            .insert(position, codec::encode(&record).as_slice())
-            .map_err(storage)?;
+            &job.stream,
+            &e.event_type,
+            &e.data,
+            &e.metadata,
+        );
+        events.insert(position, buf.as_slice()).map_err(storage)?;
         index
             .insert((job.stream.as_str(), version), position)
             .map_err(storage)?;
@@ -312,9 +311,6 @@ fn stage(
             position,
         };
     }
-    heads
-        .insert(job.stream.as_str(), result.last_version)
-        .map_err(storage)?;
     Ok(result)
 }
 
@@ -407,7 +403,6 @@ fn commit_group(
     {
         let mut events = txn.open_table(EVENTS).map_err(storage)?;
         let mut index = txn.open_table(STREAM_INDEX).map_err(storage)?;
-        let mut heads = txn.open_table(STREAM_HEADS).map_err(storage)?;
         let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
         for job in group {
             results.push(stage(
@@ -416,7 +411,6 @@ fn commit_group(
                 created_ms,
                 &mut events,
                 &mut index,
-                &mut heads,
                 &mut ids,
             ));
         }

@@ -190,7 +190,8 @@ impl App {
         };
         let new_events = events
             .iter()
-            .map(|e| encode(e, Uuid::new_v4(), cmd.name()))
+            // Time-ordered ids keep the store's id index growing at its right edge.
+            .map(|e| encode(e, Uuid::now_v7(), cmd.name()))
             .collect();
         let started = std::time::Instant::now();
         let result = self.store.append(&stream, expected, new_events).await?;
@@ -299,17 +300,15 @@ impl App {
             self.clock.advance(last);
         }
         let run_id = self.active_run(vehicle_id);
-        let first = fresh[0].seq;
         let event = Event::FixesRecorded {
             vehicle_id: vehicle_id.to_string(),
             run_id,
             fixes: fresh,
         };
-        // A resent batch gets the same id, so even a retry racing a crash stores it once.
-        let id = Uuid::new_v5(
-            &ID_NAMESPACE,
-            format!("fix/{vehicle_id}/{first}/{high}").as_bytes(),
-        );
+        // Duplicates are absorbed by the high-water mark above (held across the append and
+        // rebuilt from the log on start), so the id needs no content; time-ordered ids keep the
+        // store's id index growing at its right edge.
+        let id = Uuid::now_v7();
         let started = std::time::Instant::now();
         let r = self
             .store
@@ -341,7 +340,7 @@ impl App {
             .append(
                 streams::CLOCK,
                 ExpectedVersion::Any,
-                vec![encode(&event, Uuid::new_v4(), "clock")],
+                vec![encode(&event, Uuid::now_v7(), "clock")],
             )
             .await?;
         self.note_written(r.position);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every benchmark with its peers in the same run and prints the figures recorded in
+# BENCHMARKS.md. Installs and starts what the peers need (PostgreSQL from Debian's packages) on
+# loopback only, and stops it at the end. Not part of CI: it takes minutes.
+#
+#   loadtest/run-benchmarks.sh            # everything
+#   SECONDS_PER_RUN=10 loadtest/run-benchmarks.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${SECONDS_PER_RUN:-20}
+pgport=${PGPORT_BENCH:-54329}
+pgdata=$(mktemp -d /tmp/cit-bench-pg.XXXXXX)
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr), $(date -u +%FT%TZ)"
+
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "installing PostgreSQL (Debian package) for the peer benchmark"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+pgbin=$(dirname "$(ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -n1)")
+chown postgres "$pgdata"
+runas() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
+runas "$pgbin/initdb -D $pgdata -U postgres -A trust >/dev/null"
+# Durable like us: fsync and synchronous commit on (the defaults), on the same disk.
+runas "$pgbin/pg_ctl -D $pgdata -o '-p $pgport -k /tmp -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on' -l $pgdata/log -w start >/dev/null"
+trap 'runas "$pgbin/pg_ctl -D $pgdata -m fast stop >/dev/null" || true; rm -rf "$pgdata"' EXIT
+
+cargo build --release -q -p citd -p cit-loadtest --features cit-loadtest/peers
+
+echo; echo "== embedded store: batched durable appends (peers: raw redb, SQLite WAL)"
+target/release/store-bench --events 1000000
+
+echo; echo "== durable streamed ingest over loopback gRPC (peer: PostgreSQL COPY)"
+target/release/ingest --seconds "$secs" --peer-postgres "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"
+
+echo; echo "== detection engine per fix (criterion)"
+cargo bench -q -p cit-engine --bench engine -- --noplot 2>/dev/null | grep -E 'ours|peer|ratio|fixes/s|time:|p99|memory' || true
