@@ -42,9 +42,10 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// Ids as citd makes them: time-ordered UUIDv7.
 fn event(i: usize, payload: usize) -> NewEvent {
     NewEvent {
-        id: Uuid::new_v4(),
+        id: Uuid::now_v7(),
         event_type: "FixesRecorded.v1".into(),
         data: vec![b'x'.wrapping_add((i % 26) as u8); payload],
         metadata: b"{}".to_vec(),
