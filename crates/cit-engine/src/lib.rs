@@ -36,6 +36,9 @@ pub struct LastFix {
     pub door_open: bool,
     pub ignition: bool,
     pub speed_mps: f64,
+    /// The two fixes before it (newest first), so a place can be judged on more than one
+    /// possibly multipath-displaced fix.
+    pub earlier: [Option<(Millis, LatLon)>; 2],
 }
 
 /// The detection engine. See the module docs.
@@ -138,7 +141,7 @@ impl Engine {
                         &mut out,
                     );
                     self.now = self.now.max(fix.t);
-                    let seen = LastFix {
+                    let mut seen = LastFix {
                         t: fix.t,
                         position: LatLon {
                             lat: fix.lat,
@@ -147,10 +150,14 @@ impl Engine {
                         door_open: fix.door_open,
                         ignition: fix.ignition,
                         speed_mps: fix.speed_mps,
+                        earlier: [None, None],
                     };
                     // In place: no key clone on the hot path.
                     match self.last_fix.get_mut(vehicle_id) {
-                        Some(slot) => *slot = seen,
+                        Some(slot) => {
+                            seen.earlier = [Some((slot.t, slot.position)), slot.earlier[0]];
+                            *slot = seen;
+                        }
                         None => {
                             self.last_fix.insert(vehicle_id.clone(), seen);
                         }

@@ -69,6 +69,12 @@ impl ProgressTracker {
         let mut cands = std::mem::take(&mut self.scratch);
         // Whether this fix placed the vehicle on the route (only such fixes confirm a fall).
         let mut updated = false;
+        // Whether the vehicle moved against the route's direction (a U-turn or reversing), or
+        // was found clearly back on an earlier part of the route. Only such fixes make a fall:
+        // progress that corrects backward after a noisy fix while the vehicle drives on along
+        // the route is not a U-turn.
+        let mut against = false;
+        let mut switched_back = false;
         route.candidates(p, search_m, &mut cands);
         let distance = cands
             .iter()
@@ -137,6 +143,7 @@ impl ProgressTracker {
                                     self.switching += 1;
                                     if self.switching >= SWITCH_FIXES {
                                         self.switching = 0;
+                                        switched_back = g.s < prev;
                                         self.s = Some(g.s);
                                     } else {
                                         self.s = Some(here.s);
@@ -145,6 +152,8 @@ impl ProgressTracker {
                                 None => {
                                     self.switching = 0;
                                     self.s = Some(here.s);
+                                    against = use_heading
+                                        && angle_between(here.bearing, heading_deg) > 90.0;
                                 }
                             }
                             updated = true;
@@ -190,7 +199,10 @@ impl ProgressTracker {
         let fall_m = max - s;
         if fall_m < fall_threshold_m {
             self.falling = 0;
-        } else if updated {
+        } else if switched_back {
+            // Already confirmed by the switch itself (two fixes in a row).
+            self.falling = self.falling.max(2);
+        } else if updated && against {
             self.falling += 1;
         }
         let update = ProgressUpdate {

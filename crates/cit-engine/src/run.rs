@@ -110,6 +110,9 @@ pub struct RunState {
     streak_start: Millis,
     streak_max_m: f64,
     deviated: bool,
+    /// Fixes in a row back within 0.7 x corridor while deviated: two clear the deviation, so
+    /// one multipath fix landing near the route does not split one detour into two.
+    clearing: u32,
     // A4 roadblock
     progress: ProgressTracker,
     last_roadblock: Option<Millis>,
@@ -164,6 +167,7 @@ impl RunState {
             streak_start: Millis(0),
             streak_max_m: 0.0,
             deviated: false,
+            clearing: 0,
             progress: ProgressTracker::default(),
             last_roadblock: None,
             visits: stops
@@ -383,7 +387,9 @@ impl RunState {
         ));
     }
 
-    /// A8: a handover while the vehicle's last fix is outside the stop's radius.
+    /// A8: a handover while the vehicle's last fix is outside the stop's radius. Judged on the
+    /// last three fixes of the last minute: inside if any of them is, so one multipath fix
+    /// cannot move a handover out of place (a vehicle really elsewhere has all three outside).
     pub fn on_handover(
         &mut self,
         position: u64,
@@ -396,7 +402,13 @@ impl RunState {
             return;
         };
         let distance = last.map(|l| haversine_m(l.position, stop.position));
-        if distance.is_some_and(|d| d <= stop.radius_m) {
+        let inside_recently = last.is_some_and(|l| {
+            std::iter::once((l.t, l.position))
+                .chain(l.earlier.iter().flatten().copied())
+                .filter(|(t, _)| l.t.secs_since(*t) <= 60.0)
+                .any(|(_, p)| haversine_m(p, stop.position) <= stop.radius_m)
+        });
+        if inside_recently {
             return;
         }
         out.push(self.anomaly(
@@ -592,8 +604,16 @@ impl RunState {
         } else {
             self.streak = 0;
             if d < 0.7 * corridor {
-                self.deviated = false;
+                self.clearing += 1;
+                if self.clearing >= 2 {
+                    self.deviated = false;
+                }
+            } else {
+                self.clearing = 0;
             }
+        }
+        if d > corridor {
+            self.clearing = 0;
         }
     }
 

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cit_loadtest::{FixSample, Route, SimVehicle, fleet, gothenburg_routes, report};
+#[cfg(feature = "peers")]
+use cit_loadtest::report;
+use cit_loadtest::{FixSample, Route, SimVehicle, fleet, gothenburg_routes};
 use cit_proto::v1 as pb;
 use citd::runner::Clients;
 use clap::Parser;

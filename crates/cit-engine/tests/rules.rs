@@ -1,0 +1,455 @@
+//! The detection rules one by one (A1–A10), on the real GBG-R001 route from ../shared/data,
+//! including the hard cases: drift while parked, one 80 m multipath jump, a traffic-light stop
+//! just under the threshold, a reported jam, registered vs unregistered checkpoints, a U-turn,
+//! signal gaps across a deadline, and an input exactly at its deadline.
+
+use cit_domain::event::{AnomalyKind, Event};
+use cit_domain::{
+    CheckInCode, Checkpoint, DetectionParams, Fix, IncidentKind, LatLon, Millis, PlannedStop,
+};
+use cit_engine::Engine;
+
+const T0: Millis = Millis(1_773_000_000_000);
+const M_PER_DEG: f64 = 111_195.08;
+
+fn route() -> Vec<LatLon> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/gothenburg/routes/GBG-R001.geojson"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("route file")).expect("json");
+    v["features"][0]["geometry"]["coordinates"]
+        .as_array()
+        .expect("coords")
+        .iter()
+        .map(|c| LatLon {
+            lat: c[1].as_f64().expect("lat"),
+            lon: c[0].as_f64().expect("lon"),
+        })
+        .collect()
+}
+
+/// A point `s` metres along the route, shifted `right` metres to the right of the direction of
+/// travel (perpendicular to the route), and the route's bearing there.
+fn along(r: &[LatLon], s: f64, right: f64) -> (LatLon, f64) {
+    let mut left = s;
+    for w in r.windows(2) {
+        let k = w[0].lat.to_radians().cos();
+        let dx = (w[1].lon - w[0].lon) * M_PER_DEG * k;
+        let dy = (w[1].lat - w[0].lat) * M_PER_DEG;
+        let len = (dx * dx + dy * dy).sqrt();
+        if left <= len || len == 0.0 {
+            let t = if len > 0.0 { left / len } else { 0.0 };
+            let (ux, uy) = if len > 0.0 {
+                (dx / len, dy / len)
+            } else {
+                (0.0, 1.0)
+            };
+            // Right of travel: (uy, -ux) in (east, north).
+            let p = LatLon {
+                lat: w[0].lat + t * (w[1].lat - w[0].lat) + (-ux * right) / M_PER_DEG,
+                lon: w[0].lon + t * (w[1].lon - w[0].lon) + (uy * right) / (M_PER_DEG * k),
+            };
+            return (p, dx.atan2(dy).to_degrees().rem_euclid(360.0));
+        }
+        left -= len;
+    }
+    (r[r.len() - 1], 0.0)
+}
+
+struct World {
+    engine: Engine,
+    route: Vec<LatLon>,
+    pos: u64,
+    seq: u64,
+    raised: Vec<(AnomalyKind, Millis)>,
+}
+
+impl World {
+    fn new(params: DetectionParams, stops: Vec<PlannedStop>) -> World {
+        let mut w = World {
+            engine: Engine::new(),
+            route: route(),
+            pos: 0,
+            seq: 0,
+            raised: vec![],
+        };
+        let route = w.route.clone();
+        w.feed(Event::RunPlanned {
+            run_id: "R-1".into(),
+            vehicle_id: "V-1".into(),
+            driver_id: "D-1".into(),
+            escort_ids: vec!["E-1".into()],
+            route,
+            stops,
+            params,
+            at: T0,
+        });
+        w.feed(Event::RunDeparted {
+            run_id: "R-1".into(),
+            vehicle_id: "V-1".into(),
+            at: T0,
+        });
+        w
+    }
+
+    fn feed(&mut self, e: Event) {
+        self.pos += 1;
+        for a in self.engine.handle(self.pos, &e) {
+            self.raised.push((a.kind, a.at));
+        }
+    }
+
+    /// A fix at second `t` after T0, `s` metres along the route, `east` metres to its right.
+    fn fix(&mut self, t: f64, s: f64, east: f64, speed: f64) {
+        let (p, bearing) = along(&self.route, s, east);
+        self.fix_at(t, p, speed, bearing, true, false);
+    }
+
+    fn fix_at(&mut self, t: f64, p: LatLon, speed: f64, heading: f64, ignition: bool, door: bool) {
+        self.seq += 1;
+        self.feed(Event::FixesRecorded {
+            vehicle_id: "V-1".into(),
+            run_id: Some("R-1".into()),
+            fixes: vec![Fix {
+                seq: self.seq,
+                t: T0.plus_secs(t),
+                lat: p.lat,
+                lon: p.lon,
+                speed_mps: speed,
+                heading_deg: heading,
+                accuracy_m: 5.0,
+                ignition,
+                door_open: door,
+            }],
+        });
+    }
+
+    /// Drives from `s0` at `v` m/s, one fix a second, from second `t0` for `secs` seconds.
+    fn drive(&mut self, t0: f64, s0: f64, v: f64, secs: u32) -> f64 {
+        for i in 0..secs {
+            self.fix(t0 + f64::from(i), s0 + v * f64::from(i), 0.0, v);
+        }
+        s0 + v * f64::from(secs)
+    }
+
+    fn kinds(&self) -> Vec<AnomalyKind> {
+        self.raised.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn at(&self, kind: AnomalyKind) -> Vec<f64> {
+        self.raised
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, t)| t.secs_since(T0))
+            .collect()
+    }
+}
+
+fn quiet() -> DetectionParams {
+    // Check-ins and signal gaps out of the way unless a test is about them.
+    DetectionParams {
+        checkin_interval_s: 1e6,
+        max_gap_s: 1e6,
+        ..DetectionParams::default()
+    }
+}
+
+/// Stands at `s` from second `t0` for `secs`, drifting a few metres (and optionally one jump).
+fn park(w: &mut World, t0: f64, s: f64, secs: u32, jump_at: Option<u32>) {
+    for i in 0..secs {
+        let drift = (
+            (f64::from(i) * 0.7).sin() * 6.0,
+            (f64::from(i) * 0.3).cos() * 5.0,
+        );
+        let east = if Some(i) == jump_at { 80.0 } else { drift.0 };
+        let (p, _) = along(&w.route, s + drift.1, east);
+        w.fix_at(t0 + f64::from(i), p, 0.2, 90.0, true, false);
+    }
+}
+
+#[test]
+fn a1_unplanned_stop_with_parked_drift_and_one_multipath_jump_is_one_anomaly_at_start_plus_120s() {
+    let mut w = World::new(quiet(), vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 30);
+    park(&mut w, 30.0, s, 300, Some(60));
+    w.drive(330.0, s, 10.0, 10);
+    assert_eq!(w.at(AnomalyKind::UnplannedStop), [150.0]);
+}
+
+#[test]
+fn a1_traffic_light_stop_just_under_the_threshold_raises_nothing() {
+    let mut w = World::new(quiet(), vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 30);
+    park(&mut w, 30.0, s, 119, None);
+    w.drive(149.0, s, 10.0, 10);
+    assert!(w.kinds().is_empty(), "{:?}", w.raised);
+}
+
+#[test]
+fn a1_a_reported_jam_covers_the_stop() {
+    let mut w = World::new(quiet(), vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 30);
+    w.feed(Event::IncidentReported {
+        run_id: "R-1".into(),
+        person_id: "E-1".into(),
+        kind: IncidentKind::Jam,
+        note: String::new(),
+        at: T0.plus_secs(100.0),
+    });
+    park(&mut w, 30.0, s, 300, None);
+    assert!(
+        w.at(AnomalyKind::UnplannedStop).is_empty(),
+        "{:?}",
+        w.raised
+    );
+}
+
+#[test]
+fn a1_a_stop_inside_a_registered_checkpoint_is_exempt_and_outside_its_window_is_not() {
+    for (window, expected) in [((0.0, 3600.0), 0), ((5000.0, 6000.0), 1)] {
+        let mut w = World::new(quiet(), vec![]);
+        let s = w.drive(0.0, 0.0, 10.0, 30);
+        let (p, _) = along(&w.route, s, 0.0);
+        w.feed(Event::CheckpointRegistered {
+            checkpoint: Checkpoint {
+                checkpoint_id: "PC-1".into(),
+                position: p,
+                radius_m: 100.0,
+                valid_from: T0.plus_secs(window.0),
+                valid_to: T0.plus_secs(window.1),
+            },
+            at: T0,
+        });
+        park(&mut w, 30.0, s, 200, None);
+        assert_eq!(
+            w.at(AnomalyKind::UnplannedStop).len(),
+            expected,
+            "window {window:?}"
+        );
+    }
+}
+
+#[test]
+fn a2_deviation_needs_three_fixes_over_ten_seconds_and_one_multipath_fix_does_not_count() {
+    let mut w = World::new(quiet(), vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 20);
+    // One 80 m multipath fix on the way: no deviation.
+    w.fix(20.0, s, 80.0, 10.0);
+    let s = w.drive(21.0, s + 10.0, 10.0, 10);
+    assert!(w.at(AnomalyKind::RouteDeviation).is_empty());
+    // A real detour 150 m off, one fix a second: raised at the fix that makes 3 fixes >= 10 s.
+    for i in 0..20 {
+        w.fix(31.0 + f64::from(i), s, 150.0, 10.0);
+    }
+    assert_eq!(w.at(AnomalyKind::RouteDeviation), [41.0]);
+    // One fix back near the route (multipath) does not split it into two detours.
+    w.fix(51.0, s, 10.0, 10.0);
+    for i in 0..20 {
+        w.fix(52.0 + f64::from(i), s, 150.0, 10.0);
+    }
+    assert_eq!(w.at(AnomalyKind::RouteDeviation).len(), 1);
+}
+
+#[test]
+fn a3_police_check_without_registered_checkpoint_is_suspect_and_with_one_is_not() {
+    for registered in [false, true] {
+        let mut w = World::new(quiet(), vec![]);
+        let s = w.drive(0.0, 0.0, 10.0, 20);
+        if registered {
+            let (p, _) = along(&w.route, s + 100.0, 0.0);
+            w.feed(Event::CheckpointRegistered {
+                checkpoint: Checkpoint {
+                    checkpoint_id: "PC-1".into(),
+                    position: p,
+                    radius_m: 60.0,
+                    valid_from: T0,
+                    valid_to: T0.plus_secs(3600.0),
+                },
+                at: T0,
+            });
+        }
+        w.feed(Event::IncidentReported {
+            run_id: "R-1".into(),
+            person_id: "E-1".into(),
+            kind: IncidentKind::PoliceCheck,
+            note: String::new(),
+            at: T0.plus_secs(25.0),
+        });
+        // The last fix is 90 m from the checkpoint: within its radius + 50 m.
+        let expected: Vec<f64> = if registered { vec![] } else { vec![25.0] };
+        assert_eq!(
+            w.at(AnomalyKind::SuspectedFakeCheckpoint),
+            expected,
+            "registered={registered}"
+        );
+    }
+}
+
+#[test]
+fn a4_u_turn_on_the_route_is_a_roadblock_and_driving_on_is_not() {
+    let mut w = World::new(quiet(), vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 60);
+    // Turn around and drive back along the route.
+    for i in 0..15 {
+        let (p, bearing) = along(&w.route, s - 8.0 * f64::from(i), 0.0);
+        w.fix_at(
+            60.0 + f64::from(i),
+            p,
+            8.0,
+            (bearing + 180.0) % 360.0,
+            true,
+            false,
+        );
+    }
+    let at = w.at(AnomalyKind::Roadblock);
+    assert_eq!(at.len(), 1, "{:?}", w.raised);
+    assert!((65.0..=70.0).contains(&at[0]), "raised at {at:?}");
+}
+
+#[test]
+fn a5_signal_gap_across_the_deadline_fires_at_last_fix_plus_max_gap_once() {
+    let params = DetectionParams {
+        checkin_interval_s: 1e6,
+        ..DetectionParams::default()
+    };
+    let mut w = World::new(params, vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 10);
+    // Nothing for 90 s, then fixes resume: one anomaly at 9 + 30.
+    w.drive(100.0, s + 900.0, 10.0, 5);
+    assert_eq!(w.at(AnomalyKind::SignalLoss), [39.0]);
+    // A tick past the next deadline with no fixes fires it.
+    w.feed(Event::ClockTicked {
+        at: T0.plus_secs(200.0),
+    });
+    assert_eq!(w.at(AnomalyKind::SignalLoss), [39.0, 134.0]);
+}
+
+#[test]
+fn a6_missed_checkin_and_duress_and_an_input_exactly_at_its_deadline_is_in_time() {
+    let params = DetectionParams {
+        max_gap_s: 1e6,
+        checkin_interval_s: 600.0,
+        ..DetectionParams::default()
+    };
+    let mut w = World::new(params, vec![]);
+    // Exactly at the deadline (600 + 60): in time.
+    w.feed(Event::CheckedIn {
+        run_id: "R-1".into(),
+        person_id: "E-1".into(),
+        code: CheckInCode::Ok,
+        at: T0.plus_secs(660.0),
+    });
+    assert!(w.at(AnomalyKind::MissedCheckin).is_empty());
+    w.feed(Event::CheckedIn {
+        run_id: "R-1".into(),
+        person_id: "E-1".into(),
+        code: CheckInCode::Duress,
+        at: T0.plus_secs(700.0),
+    });
+    assert_eq!(w.at(AnomalyKind::Duress), [700.0]);
+    w.feed(Event::ClockTicked {
+        at: T0.plus_secs(2000.0),
+    });
+    assert_eq!(w.at(AnomalyKind::MissedCheckin), [1360.0]);
+}
+
+#[test]
+fn a7_late_arrival_and_skipped_stop() {
+    let route = route();
+    let (s1, _) = along(&route, 500.0, 0.0);
+    let (s2, _) = along(&route, 1500.0, 0.0);
+    let stop = |id: &str, p: LatLon, by: f64| PlannedStop {
+        stop_id: id.into(),
+        name: id.into(),
+        position: p,
+        radius_m: 50.0,
+        arrive_by: Some(T0.plus_secs(by)),
+        kind: "outlet".into(),
+    };
+    let mut w = World::new(
+        quiet(),
+        vec![stop("S1", s1, 10_000.0), stop("S2", s2, 20.0)],
+    );
+    // Straight to S2 without passing S1 (driven 200 m beside the route until S2).
+    for i in 0..150 {
+        w.fix(f64::from(i), 10.0 * f64::from(i), 200.0, 10.0);
+    }
+    w.drive(150.0, 1500.0, 1.0, 5);
+    assert_eq!(w.at(AnomalyKind::StopSkipped), [150.0]);
+    // S2's window was 20 s + 300 s grace; arrival at 150 s is in time.
+    w.feed(Event::ClockTicked {
+        at: T0.plus_secs(10_400.0),
+    });
+    assert_eq!(
+        w.at(AnomalyKind::LateArrival),
+        [10_300.0],
+        "S1 never visited"
+    );
+}
+
+#[test]
+fn a8_handover_away_from_the_stop_and_not_for_one_multipath_fix() {
+    let route = route();
+    let (s1, _) = along(&route, 300.0, 0.0);
+    let stop = PlannedStop {
+        stop_id: "S1".into(),
+        name: "S1".into(),
+        position: s1,
+        radius_m: 75.0,
+        arrive_by: None,
+        kind: "outlet".into(),
+    };
+    let mut w = World::new(quiet(), vec![stop]);
+    w.drive(0.0, 0.0, 10.0, 30);
+    park(&mut w, 30.0, 300.0, 10, Some(9));
+    let handover = |w: &mut World, t: f64| {
+        w.feed(Event::CashBoxesHandedOver {
+            run_id: "R-1".into(),
+            stop_id: "S1".into(),
+            boxes: vec!["B-1".into()],
+            seals: vec![1],
+            handed_by: vec!["E-1".into(), "E-2".into()],
+            received_by: vec!["O-1".into()],
+            at: T0.plus_secs(t),
+        })
+    };
+    handover(&mut w, 40.0);
+    assert!(
+        w.at(AnomalyKind::HandoverOutOfPlace).is_empty(),
+        "last fix was one multipath jump"
+    );
+    w.drive(41.0, 800.0, 10.0, 5);
+    handover(&mut w, 47.0);
+    assert_eq!(w.at(AnomalyKind::HandoverOutOfPlace), [47.0]);
+}
+
+#[test]
+fn a10_overspeed_is_raised_once_per_episode_after_the_sustained_time() {
+    let params = DetectionParams {
+        speed_limit_kmh: 60.0,
+        ..quiet()
+    };
+    let mut w = World::new(params, vec![]);
+    let s = w.drive(0.0, 0.0, 15.0, 10);
+    let s = w.drive(10.0, s, 22.0, 30); // 79 km/h for 30 s
+    w.drive(40.0, s, 15.0, 10);
+    assert_eq!(w.at(AnomalyKind::Overspeed), [20.0]);
+}
+
+#[test]
+fn replaying_the_same_log_yields_the_same_anomaly_ids() {
+    let run = || {
+        let mut w = World::new(DetectionParams::default(), vec![]);
+        let s = w.drive(0.0, 0.0, 10.0, 30);
+        park(&mut w, 30.0, s, 200, Some(50));
+        w.feed(Event::ClockTicked {
+            at: T0.plus_secs(2000.0),
+        });
+        w.raised.clone()
+    };
+    let first = run();
+    assert!(!first.is_empty());
+    assert_eq!(first, run());
+}
