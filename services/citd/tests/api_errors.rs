@@ -172,3 +172,38 @@ async fn scenario_clock_is_unimplemented_on_the_wall_clock() {
     assert_eq!(err.code(), Code::Unimplemented);
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clerks_issuing_one_weapon_at_once_exactly_one_wins() {
+    let (_dir, server, mut c) = setup().await;
+    c.armory
+        .register_weapon(pb::RegisterWeaponRequest {
+            serial: "G-X".into(),
+            kind: "pistol".into(),
+        })
+        .await
+        .expect("weapon");
+    let ask = |to: &str| pb::IssueWeaponRequest {
+        run_id: "R-1".into(),
+        serial: "G-X".into(),
+        lot: "A-1".into(),
+        rounds: 10,
+        to: to.into(),
+        gun_custodian: "GC-1".into(),
+        ammo_custodian: "AC-1".into(),
+        approver: "AP-1".into(),
+    };
+    let (mut a, mut b) = (c.armory.clone(), c.armory.clone());
+    let (ra, rb) = tokio::join!(a.issue_weapon(ask("E-1")), b.issue_weapon(ask("E-2")));
+    let (wins, losses): (Vec<_>, Vec<_>) = [ra, rb].into_iter().partition(|r| r.is_ok());
+    assert_eq!(wins.len(), 1, "exactly one issue succeeds");
+    let err = losses
+        .into_iter()
+        .next()
+        .expect("one loser")
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(refusal_rule(&err).as_deref(), Some("R4"));
+    assert!(err.message().contains("already out"), "{}", err.message());
+    server.stop().await.expect("stop");
+}

@@ -1,0 +1,499 @@
+//! The refusing rules R1–R7 and the run lifecycle, given/when/then: given past events, when a
+//! command arrives, then these events (or this refusal, itself recorded) come out.
+
+use cit_domain::event::Event;
+use cit_domain::{
+    CheckInCode, Command, DetectionParams, InputError, LatLon, Millis, Outcome, Role, Rule, World,
+};
+
+const NOW: Millis = Millis(1_773_000_000_000);
+
+fn given(events: &[Event]) -> World {
+    let mut w = World::new();
+    for e in events {
+        w.apply(e);
+    }
+    w
+}
+
+/// Applies what a command produced (as the server does once it is durable).
+fn when(w: &mut World, cmd: Command) -> Result<Outcome, InputError> {
+    let out = w.handle(&cmd, NOW);
+    match &out {
+        Ok(Outcome::Accepted { events, .. }) => events.iter().for_each(|e| w.apply(e)),
+        Ok(Outcome::Refused { record, .. }) => w.apply(record),
+        _ => {}
+    }
+    out
+}
+
+fn refused_by(out: Result<Outcome, InputError>) -> Rule {
+    match out {
+        Ok(Outcome::Refused { refusal, record }) => {
+            assert!(
+                matches!(*record, Event::CommandRefused { .. }),
+                "the refusal is recorded"
+            );
+            assert!(
+                refusal.message.starts_with(refusal.rule.as_str()),
+                "{}",
+                refusal.message
+            );
+            refusal.rule
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn accepted(out: Result<Outcome, InputError>) -> Vec<Event> {
+    match out {
+        Ok(Outcome::Accepted { events, .. }) => events,
+        other => panic!("expected acceptance, got {other:?}"),
+    }
+}
+
+fn person(id: &str, role: Role) -> Event {
+    Event::PersonRegistered {
+        person_id: id.into(),
+        name: id.into(),
+        role,
+        at: NOW,
+    }
+}
+
+fn registry() -> Vec<Event> {
+    vec![
+        Event::VehicleRegistered {
+            vehicle_id: "V-1".into(),
+            plate: "GB 1".into(),
+            armoured: true,
+            at: NOW,
+        },
+        Event::VehicleRegistered {
+            vehicle_id: "CAR".into(),
+            plate: "ABC 1".into(),
+            armoured: false,
+            at: NOW,
+        },
+        person("D-1", Role::Driver),
+        person("E-1", Role::Escort),
+        person("E-2", Role::Escort),
+        person("E-9", Role::Escort),
+        person("GC", Role::GunCustodian),
+        person("AC", Role::AmmoCustodian),
+        person("AP", Role::Approver),
+        person("O-1", Role::OutletStaff),
+        Event::WeaponRegistered {
+            serial: "G-1".into(),
+            kind: "pistol".into(),
+            at: NOW,
+        },
+        Event::WeaponRegistered {
+            serial: "G-2".into(),
+            kind: "pistol".into(),
+            at: NOW,
+        },
+        Event::AmmoLotRegistered {
+            lot: "A-1".into(),
+            rounds: 200,
+            at: NOW,
+        },
+    ]
+}
+
+fn plan(run: &str, vehicle: &str) -> Command {
+    Command::PlanRun {
+        run_id: run.into(),
+        vehicle_id: vehicle.into(),
+        driver_id: "D-1".into(),
+        escort_ids: vec!["E-1".into(), "E-2".into()],
+        route: vec![
+            LatLon {
+                lat: 57.70,
+                lon: 11.97,
+            },
+            LatLon {
+                lat: 57.71,
+                lon: 11.98,
+            },
+        ],
+        stops: vec![cit_domain::PlannedStop {
+            stop_id: "S-1".into(),
+            name: "Branch".into(),
+            position: LatLon {
+                lat: 57.71,
+                lon: 11.98,
+            },
+            radius_m: 75.0,
+            arrive_by: None,
+            kind: "outlet".into(),
+        }],
+        params: DetectionParams::default(),
+    }
+}
+
+fn issue(run: &str, serial: &str, to: &str, gun: &str, ammo: &str, approver: &str) -> Command {
+    Command::IssueWeapon {
+        run_id: run.into(),
+        serial: serial.into(),
+        lot: "A-1".into(),
+        rounds: 30,
+        to: to.into(),
+        gun_custodian: gun.into(),
+        ammo_custodian: ammo.into(),
+        approver: approver.into(),
+    }
+}
+
+fn ready(run: &str, who: &str, weapon: Option<&str>, vest: bool, helmet: bool) -> Command {
+    Command::EscortReady {
+        run_id: run.into(),
+        person_id: who.into(),
+        weapon: weapon.map(str::to_string),
+        vest,
+        helmet,
+    }
+}
+
+fn ret(serial: &str, by: &str, rounds: u32) -> Command {
+    Command::ReturnWeapon {
+        serial: serial.into(),
+        by: by.into(),
+        gun_custodian: "GC".into(),
+        ammo_custodian: "AC".into(),
+        rounds_returned: rounds,
+    }
+}
+
+/// A planned run R-1 with both escorts issued and ready.
+fn ready_run() -> World {
+    let mut w = given(&registry());
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    accepted(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "AP")));
+    accepted(when(&mut w, issue("R-1", "G-2", "E-2", "GC", "AC", "AP")));
+    accepted(when(&mut w, ready("R-1", "E-1", Some("G-1"), true, true)));
+    accepted(when(&mut w, ready("R-1", "E-2", Some("G-2"), true, true)));
+    w
+}
+
+#[test]
+fn r1_only_a_registered_armoured_vehicle_is_planned() {
+    let mut w = given(&registry());
+    assert_eq!(refused_by(when(&mut w, plan("R-1", "CAR"))), Rule::R1);
+    assert_eq!(refused_by(when(&mut w, plan("R-1", "NOPE"))), Rule::R1);
+    let events = accepted(when(&mut w, plan("R-1", "V-1")));
+    assert!(matches!(events[..], [Event::RunPlanned { .. }]));
+}
+
+#[test]
+fn r2_departure_needs_every_escort_with_issued_weapon_vest_and_helmet() {
+    let mut w = given(&registry());
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    accepted(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "AP")));
+    accepted(when(&mut w, ready("R-1", "E-1", Some("G-1"), true, true)));
+    // E-2 not ready at all.
+    assert_eq!(
+        refused_by(when(
+            &mut w,
+            Command::Depart {
+                run_id: "R-1".into()
+            }
+        )),
+        Rule::R2
+    );
+    // E-2 without helmet.
+    accepted(when(&mut w, issue("R-1", "G-2", "E-2", "GC", "AC", "AP")));
+    accepted(when(&mut w, ready("R-1", "E-2", Some("G-2"), true, false)));
+    assert_eq!(
+        refused_by(when(
+            &mut w,
+            Command::Depart {
+                run_id: "R-1".into()
+            }
+        )),
+        Rule::R2
+    );
+    // E-2 declaring a weapon that is not issued to them (E-1's).
+    accepted(when(&mut w, ready("R-1", "E-2", Some("G-1"), true, true)));
+    assert_eq!(
+        refused_by(when(
+            &mut w,
+            Command::Depart {
+                run_id: "R-1".into()
+            }
+        )),
+        Rule::R2
+    );
+    // The latest readiness counts.
+    accepted(when(&mut w, ready("R-1", "E-2", Some("G-2"), true, true)));
+    let events = accepted(when(
+        &mut w,
+        Command::Depart {
+            run_id: "R-1".into(),
+        },
+    ));
+    assert!(matches!(events[..], [Event::RunDeparted { .. }]));
+}
+
+#[test]
+fn r3_custodians_and_approver_are_distinct_from_each_other_and_the_recipient() {
+    let mut w = given(&registry());
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    for (gun, ammo, approver, to) in [
+        ("GC", "GC", "AP", "E-1"),  // one person holds guns and ammunition
+        ("E-1", "AC", "AP", "E-1"), // recipient is the gun custodian
+        ("GC", "E-1", "AP", "E-1"), // recipient is the ammunition custodian
+        ("GC", "AC", "E-1", "E-1"), // recipient approves their own issue
+        ("GC", "AC", "", "E-1"),    // no approver
+    ] {
+        assert_eq!(
+            refused_by(when(&mut w, issue("R-1", "G-1", to, gun, ammo, approver))),
+            Rule::R3
+        );
+    }
+    // An approver who is also a custodian is not in R3 (SCENARIOS.md lists no such refusal).
+    accepted(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "GC")));
+}
+
+#[test]
+fn r3_is_checked_before_r4() {
+    let mut w = given(&registry());
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    assert_eq!(
+        refused_by(when(&mut w, issue("R-1", "G-1", "E-9", "GC", "GC", "AP"))),
+        Rule::R3
+    );
+}
+
+#[test]
+fn r4_weapons_only_to_rostered_escorts_of_open_runs_and_never_twice() {
+    let mut w = given(&registry());
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    // Not rostered on this run.
+    assert_eq!(
+        refused_by(when(&mut w, issue("R-1", "G-1", "E-9", "GC", "AC", "AP"))),
+        Rule::R4
+    );
+    // No such run.
+    assert_eq!(
+        refused_by(when(&mut w, issue("R-404", "G-1", "E-1", "GC", "AC", "AP"))),
+        Rule::R4
+    );
+    accepted(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "AP")));
+    // Already out.
+    assert_eq!(
+        refused_by(when(&mut w, issue("R-1", "G-1", "E-2", "GC", "AC", "AP"))),
+        Rule::R4
+    );
+    // Handover to an escort of another run.
+    let mut other = plan("R-2", "V-1");
+    if let Command::PlanRun { escort_ids, .. } = &mut other {
+        *escort_ids = vec!["E-9".into()];
+    }
+    accepted(when(&mut w, other));
+    let handover = |to: &str| Command::HandOverWeapon {
+        serial: "G-1".into(),
+        from: "E-1".into(),
+        to: to.into(),
+        witness: "E-2".into(),
+    };
+    assert_eq!(refused_by(when(&mut w, handover("E-9"))), Rule::R4);
+    // Within the run it moves, and the new holder is accountable.
+    accepted(when(&mut w, handover("E-2")));
+    // A return by someone other than the holder.
+    assert_eq!(refused_by(when(&mut w, ret("G-1", "E-1", 30))), Rule::R4);
+    accepted(when(&mut w, ret("G-1", "E-2", 30)));
+}
+
+#[test]
+fn r4_no_issue_for_a_closed_run() {
+    let mut w = ready_run();
+    accepted(when(
+        &mut w,
+        Command::Depart {
+            run_id: "R-1".into(),
+        },
+    ));
+    accepted(when(&mut w, ret("G-1", "E-1", 30)));
+    accepted(when(&mut w, ret("G-2", "E-2", 30)));
+    accepted(when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ));
+    assert_eq!(
+        refused_by(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "AP"))),
+        Rule::R4
+    );
+}
+
+#[test]
+fn r5_every_movement_is_recorded_with_persons_serials_and_rounds_and_a_second_return_is_refused() {
+    let mut w = ready_run();
+    let events = accepted(when(&mut w, ret("G-1", "E-1", 27)));
+    match &events[..] {
+        [
+            Event::WeaponReturned {
+                serial,
+                by,
+                rounds_issued,
+                rounds_returned,
+                gun_custodian,
+                ammo_custodian,
+                ..
+            },
+        ] => {
+            assert_eq!((serial.as_str(), by.as_str()), ("G-1", "E-1"));
+            assert_eq!((*rounds_issued, *rounds_returned), (30, 27));
+            assert_eq!(
+                (gun_custodian.as_str(), ammo_custodian.as_str()),
+                ("GC", "AC")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refused_by(when(&mut w, ret("G-1", "E-1", 27))), Rule::R5);
+}
+
+#[test]
+fn r6_two_distinct_people_hand_over_someone_receives_nobody_on_both_sides() {
+    let mut w = ready_run();
+    accepted(when(
+        &mut w,
+        Command::Depart {
+            run_id: "R-1".into(),
+        },
+    ));
+    let handover = |by: &[&str], to: &[&str]| Command::HandOverCashBoxes {
+        run_id: "R-1".into(),
+        stop_id: "S-1".into(),
+        boxes: vec!["B-1".into()],
+        seals: vec![42],
+        handed_by: by.iter().map(|s| s.to_string()).collect(),
+        received_by: to.iter().map(|s| s.to_string()).collect(),
+    };
+    assert_eq!(
+        refused_by(when(&mut w, handover(&["E-1"], &["O-1"]))),
+        Rule::R6
+    );
+    assert_eq!(
+        refused_by(when(&mut w, handover(&["E-1", "E-1"], &["O-1"]))),
+        Rule::R6
+    );
+    assert_eq!(
+        refused_by(when(&mut w, handover(&["E-1", "E-2"], &[]))),
+        Rule::R6
+    );
+    assert_eq!(
+        refused_by(when(&mut w, handover(&["E-1", "E-2"], &["E-2"]))),
+        Rule::R6
+    );
+    accepted(when(&mut w, handover(&["E-1", "E-2"], &["O-1"])));
+}
+
+#[test]
+fn r7_close_out_waits_for_every_weapon_and_names_what_is_out() {
+    let mut w = ready_run();
+    accepted(when(
+        &mut w,
+        Command::Depart {
+            run_id: "R-1".into(),
+        },
+    ));
+    accepted(when(&mut w, ret("G-1", "E-1", 30)));
+    match when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ) {
+        Ok(Outcome::Refused { refusal, record }) => {
+            assert_eq!(refusal.rule, Rule::R7);
+            assert!(
+                refusal.message.contains("G-2 held by E-2"),
+                "{}",
+                refusal.message
+            );
+            match *record {
+                Event::CommandRefused { weapons_out, .. } => {
+                    assert_eq!(weapons_out, [("G-2".to_string(), "E-2".to_string())]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    accepted(when(&mut w, ret("G-2", "E-2", 30)));
+    accepted(when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ));
+}
+
+#[test]
+fn lifecycle_planned_active_closed_and_wrong_states_are_errors_not_refusals() {
+    use cit_domain::world::RunStatus;
+    let mut w = ready_run();
+    assert_eq!(w.runs["R-1"].status, RunStatus::Planned);
+    accepted(when(
+        &mut w,
+        Command::Depart {
+            run_id: "R-1".into(),
+        },
+    ));
+    assert_eq!(w.runs["R-1"].status, RunStatus::Active);
+    assert_eq!(
+        w.active_run_of_vehicle.get("V-1").map(String::as_str),
+        Some("R-1")
+    );
+    assert!(matches!(
+        when(
+            &mut w,
+            Command::Depart {
+                run_id: "R-1".into()
+            }
+        ),
+        Err(InputError::WrongState(_))
+    ));
+    // A duress check-in is accepted exactly like an ok one.
+    let duress = accepted(when(
+        &mut w,
+        Command::CheckIn {
+            run_id: "R-1".into(),
+            person_id: "E-1".into(),
+            code: CheckInCode::Duress,
+        },
+    ));
+    assert_eq!(duress.len(), 1);
+    accepted(when(&mut w, ret("G-1", "E-1", 30)));
+    accepted(when(&mut w, ret("G-2", "E-2", 30)));
+    accepted(when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ));
+    assert_eq!(w.runs["R-1"].status, RunStatus::Closed);
+    assert!(w.active_run_of_vehicle.is_empty());
+    assert!(matches!(
+        when(
+            &mut w,
+            Command::CloseRun {
+                run_id: "R-1".into()
+            }
+        ),
+        Err(InputError::WrongState(_))
+    ));
+    assert!(matches!(
+        when(
+            &mut w,
+            Command::Depart {
+                run_id: "R-404".into()
+            }
+        ),
+        Err(InputError::NotFound { .. })
+    ));
+}
