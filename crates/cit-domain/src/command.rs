@@ -34,6 +34,8 @@ pub enum Command {
         route: Vec<LatLon>,
         stops: Vec<PlannedStop>,
         params: DetectionParams,
+        /// Manifest of cash boxes; close-out waits for each to be handed over (R7).
+        cash_boxes: Vec<String>,
     },
     EscortReady {
         run_id: String,

@@ -158,6 +158,9 @@ pub enum Event {
         route: Vec<LatLon>,
         stops: Vec<PlannedStop>,
         params: DetectionParams,
+        /// Manifest of cash boxes (absent in older events: none).
+        #[serde(default)]
+        cash_boxes: Vec<String>,
         at: Millis,
     },
     EscortReadied {

@@ -147,6 +147,9 @@ pub struct Run {
     pub closed_at: Option<Millis>,
     /// Latest `escort_ready` per escort.
     pub readiness: HashMap<String, Readiness>,
+    /// Boxes of the manifest and the boxes handed over so far.
+    pub cash_boxes: Vec<String>,
+    pub handed_over: std::collections::HashSet<String>,
 }
 
 /// Workflow state of an anomaly (for acknowledge / resolve).
@@ -351,6 +354,7 @@ impl World {
                 route,
                 stops,
                 params,
+                cash_boxes,
             } => {
                 require_id("run_id", run_id)?;
                 validate_plan(route, stops, params)?;
@@ -378,6 +382,7 @@ impl World {
                     route: route.clone(),
                     stops: stops.clone(),
                     params: params.clone(),
+                    cash_boxes: cash_boxes.clone(),
                     at: now,
                 }))
             }
@@ -617,6 +622,12 @@ impl World {
                         format!("R4: issue of {serial:?} refused: {problem}"),
                     ));
                 }
+                let left = self.ammo_lots.get(lot).copied().unwrap_or(0);
+                if *rounds > left {
+                    return Err(InputError::WrongState(format!(
+                        "ammunition lot {lot:?} has {left} rounds left; {rounds} asked"
+                    )));
+                }
                 Ok(accepted(Event::WeaponIssued {
                     run_id: run_id.clone(),
                     serial: serial.clone(),
@@ -757,8 +768,31 @@ impl World {
                         "run {run_id:?} is already closed"
                     )));
                 }
-                // R7 Close-out: every weapon and round back.
+                // R7 Close-out: every weapon and round back, every box of the manifest handed over.
                 let out = self.weapons_out_for(run_id);
+                let missing: Vec<&String> = run
+                    .cash_boxes
+                    .iter()
+                    .filter(|b| !run.handed_over.contains(*b))
+                    .collect();
+                if out.is_empty() && !missing.is_empty() {
+                    let list = missing
+                        .iter()
+                        .map(|b| b.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Ok(refused(
+                        Rule::R7,
+                        cmd,
+                        Some(run_id),
+                        run_id,
+                        format!(
+                            "R7: run {run_id:?} cannot close while cash boxes are not accounted for: {list}"
+                        ),
+                        vec![],
+                        now,
+                    ));
+                }
                 if !out.is_empty() {
                     let list = out
                         .iter()
@@ -907,6 +941,7 @@ impl World {
                 route,
                 stops,
                 params,
+                cash_boxes,
                 at,
             } => {
                 self.runs.insert(
@@ -924,6 +959,8 @@ impl World {
                         departed_at: None,
                         closed_at: None,
                         readiness: HashMap::new(),
+                        cash_boxes: cash_boxes.clone(),
+                        handed_over: Default::default(),
                     },
                 );
             }
@@ -1026,10 +1063,14 @@ impl World {
                     *s = AnomalyState::Resolved;
                 }
             }
+            Event::CashBoxesHandedOver { run_id, boxes, .. } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.handed_over.extend(boxes.iter().cloned());
+                }
+            }
             Event::FixesRecorded { .. }
             | Event::CheckedIn { .. }
             | Event::IncidentReported { .. }
-            | Event::CashBoxesHandedOver { .. }
             | Event::CommandRefused { .. }
             | Event::ClockTicked { .. } => {}
         }

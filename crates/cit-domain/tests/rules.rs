@@ -129,6 +129,7 @@ fn plan(run: &str, vehicle: &str) -> Command {
             kind: "outlet".into(),
         }],
         params: DetectionParams::default(),
+        cash_boxes: vec![],
     }
 }
 
@@ -431,6 +432,55 @@ fn r7_close_out_waits_for_every_weapon_and_names_what_is_out() {
             run_id: "R-1".into(),
         },
     ));
+}
+
+#[test]
+fn r7_close_out_waits_for_every_box_of_the_manifest() {
+    let mut w = given(&registry());
+    let mut p = plan("R-1", "V-1");
+    if let Command::PlanRun { cash_boxes, .. } = &mut p {
+        *cash_boxes = vec!["B-1".into(), "B-2".into()];
+    }
+    accepted(when(&mut w, p));
+    let handover = |boxes: &[&str]| Command::HandOverCashBoxes {
+        run_id: "R-1".into(),
+        stop_id: "S-1".into(),
+        boxes: boxes.iter().map(|s| s.to_string()).collect(),
+        seals: vec![],
+        handed_by: vec!["E-1".into(), "E-2".into()],
+        received_by: vec!["O-1".into()],
+    };
+    accepted(when(&mut w, handover(&["B-1"])));
+    match when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ) {
+        Ok(Outcome::Refused { refusal, .. }) => {
+            assert_eq!(refusal.rule, Rule::R7);
+            assert!(refusal.message.contains("B-2"), "{}", refusal.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    accepted(when(&mut w, handover(&["B-2"])));
+    accepted(when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ));
+}
+
+#[test]
+fn an_issue_cannot_take_more_rounds_than_the_lot_holds() {
+    let mut w = given(&registry());
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    let mut big = issue("R-1", "G-1", "E-1", "GC", "AC", "AP");
+    if let Command::IssueWeapon { rounds, .. } = &mut big {
+        *rounds = 201;
+    }
+    assert!(matches!(when(&mut w, big), Err(InputError::WrongState(_))));
 }
 
 #[test]

@@ -90,6 +90,7 @@ fn main() {
                 route,
                 stops: vec![],
                 params: DetectionParams::default(),
+                cash_boxes: vec![],
                 at: t0,
             },
         );

@@ -319,7 +319,7 @@ impl Engine {
                 weapons_out,
                 at,
                 ..
-            } if rule == "R7" && command == "close_run" => {
+            } if rule == "R7" && command == "close_run" && !weapons_out.is_empty() => {
                 if let Some(run) = self.runs.get(run_id) {
                     run.raise_weapon_not_returned(position, weapons_out, *at, &mut out);
                 }

@@ -84,6 +84,7 @@ impl World {
             route,
             stops,
             params,
+            cash_boxes: vec![],
             at: T0,
         });
         w.feed(Event::RunDeparted {

@@ -120,6 +120,7 @@ pub fn command(s: &Scenario, op: &Op) -> Result<Option<Command>, String> {
                     })
                     .collect(),
                 params: s.detection_params(r)?,
+                cash_boxes: vec![],
             }
         }
         Op::IssueWeapon {

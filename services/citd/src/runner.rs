@@ -200,6 +200,8 @@ fn plan_request(s: &Scenario, run_id: &str) -> Result<pb::PlanRunRequest, Runner
             late_grace_s: Some(p.late_grace_s),
             overspeed_s: Some(p.overspeed_s),
         }),
+        // Scenario files carry no box manifest.
+        cash_boxes: vec![],
     })
 }
 

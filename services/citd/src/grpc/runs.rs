@@ -132,6 +132,7 @@ pub fn plan_command(req: pb::PlanRunRequest) -> Result<Command, InputError> {
         route,
         stops,
         params,
+        cash_boxes: req.cash_boxes,
     })
 }
 
