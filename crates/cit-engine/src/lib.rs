@@ -55,13 +55,15 @@ pub struct Engine {
     raised: HashSet<String>,
 }
 
-/// Collects what one step raised, deduplicated by id.
-pub(crate) struct Out<'a> {
-    raised: &'a mut HashSet<String>,
+/// Collects what one step raised, deduplicated by id. It holds the engine's set of raised ids
+/// for the duration of the step (taken and given back), so rule code can push freely while the
+/// engine's other state stays borrowable.
+pub(crate) struct Out {
+    raised: HashSet<String>,
     pub list: Vec<Anomaly>,
 }
 
-impl Out<'_> {
+impl Out {
     pub(crate) fn push(&mut self, a: Anomaly) {
         if self.raised.insert(a.id.clone()) {
             self.list.push(a);
@@ -98,10 +100,26 @@ impl Engine {
     /// Time passes with no input. `inclusive`: deadlines equal to `to` fire too (a tick is itself
     /// a timeline entry); otherwise only those strictly before it (an input at `to` follows).
     pub fn advance_to(&mut self, to: Millis, inclusive: bool) -> Vec<Anomaly> {
-        let mut out = Out {
-            raised: &mut self.raised,
+        let mut out = self.begin();
+        self.fire(to, inclusive, &mut out);
+        self.now = self.now.max(to);
+        self.end(out)
+    }
+
+    fn begin(&mut self) -> Out {
+        Out {
+            raised: std::mem::take(&mut self.raised),
             list: Vec::new(),
-        };
+        }
+    }
+
+    fn end(&mut self, out: Out) -> Vec<Anomaly> {
+        self.raised = out.raised;
+        out.list
+    }
+
+    /// Fires the deadlines due by `to` (strictly before it unless `inclusive`).
+    fn fire(&mut self, to: Millis, inclusive: bool, out: &mut Out) {
         fire_deadlines(
             &mut self.deadlines,
             &mut self.next_deadline,
@@ -110,19 +128,19 @@ impl Engine {
             &self.zones,
             to,
             inclusive,
-            &mut out,
+            out,
         );
-        self.now = self.now.max(to);
-        out.list
     }
 
     /// Applies one logged event at log `position`; returns the anomalies it raised (including
     /// deadlines that its time passed).
     pub fn handle(&mut self, position: u64, event: &Event) -> Vec<Anomaly> {
-        let mut out = Out {
-            raised: &mut self.raised,
-            list: Vec::new(),
-        };
+        let mut out = self.begin();
+        self.step(position, event, &mut out);
+        self.end(out)
+    }
+
+    fn step(&mut self, position: u64, event: &Event, out: &mut Out) {
         match event {
             Event::FixesRecorded {
                 vehicle_id,
@@ -130,16 +148,7 @@ impl Engine {
                 fixes,
             } => {
                 for fix in fixes {
-                    fire_deadlines(
-                        &mut self.deadlines,
-                        &mut self.next_deadline,
-                        &mut self.runs,
-                        &self.last_fix,
-                        &self.zones,
-                        fix.t,
-                        false,
-                        &mut out,
-                    );
+                    self.fire(fix.t, false, out);
                     self.now = self.now.max(fix.t);
                     let mut seen = LastFix {
                         t: fix.t,
@@ -163,54 +172,27 @@ impl Engine {
                         }
                     }
                     if let Some(run) = run_id.as_ref().and_then(|r| self.runs.get_mut(r)) {
-                        run.on_fix(fix, &mut out, &mut |d, at| {
+                        run.on_fix(fix, out, &mut |d, at| {
                             schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
                         });
                     }
-                    fire_deadlines(
-                        &mut self.deadlines,
-                        &mut self.next_deadline,
-                        &mut self.runs,
-                        &self.last_fix,
-                        &self.zones,
-                        fix.t,
-                        true,
-                        &mut out,
-                    );
+                    self.fire(fix.t, true, out);
                 }
-                return out.list;
+                return;
             }
             Event::AnomalyRaised { anomaly } => {
                 out.raised.insert(anomaly.id.clone());
-                return out.list;
+                return;
             }
             Event::ClockTicked { at } => {
-                fire_deadlines(
-                    &mut self.deadlines,
-                    &mut self.next_deadline,
-                    &mut self.runs,
-                    &self.last_fix,
-                    &self.zones,
-                    *at,
-                    true,
-                    &mut out,
-                );
+                self.fire(*at, true, out);
                 self.now = self.now.max(*at);
-                return out.list;
+                return;
             }
             _ => {}
         }
         let t = event.time();
-        fire_deadlines(
-            &mut self.deadlines,
-            &mut self.next_deadline,
-            &mut self.runs,
-            &self.last_fix,
-            &self.zones,
-            t,
-            false,
-            &mut out,
-        );
+        self.fire(t, false, out);
         self.now = self.now.max(t);
         let mut sched =
             |d: Deadline, at: Millis| schedule(&mut self.deadlines, &mut self.next_deadline, d, at);
@@ -250,7 +232,7 @@ impl Engine {
                     run.on_checkin(person_id, *at, &mut sched);
                     if *code == CheckInCode::Duress {
                         let last = self.last_fix.get(&run.vehicle_id).copied();
-                        run.raise_duress(position, person_id, *at, last, &mut out);
+                        run.raise_duress(position, person_id, *at, last, out);
                     }
                 }
             }
@@ -271,10 +253,10 @@ impl Engine {
                             *at,
                             last,
                             &self.zones,
-                            &mut out,
+                            out,
                         ),
                         IncidentKind::Roadblock => {
-                            run.on_roadblock_report(position, person_id, note, *at, last, &mut out)
+                            run.on_roadblock_report(position, person_id, note, *at, last, out)
                         }
                         other => run.on_report(*other, *at),
                     }
@@ -288,7 +270,7 @@ impl Engine {
             } => {
                 if let Some(run) = self.runs.get_mut(run_id) {
                     let last = self.last_fix.get(&run.vehicle_id).copied();
-                    run.on_handover(position, stop_id, *at, last, &mut out);
+                    run.on_handover(position, stop_id, *at, last, out);
                 }
             }
             Event::WeaponReturned {
@@ -308,7 +290,7 @@ impl Engine {
                         *rounds_issued,
                         *rounds_returned,
                         *at,
-                        &mut out,
+                        out,
                     );
                 }
             }
@@ -321,22 +303,12 @@ impl Engine {
                 ..
             } if rule == "R7" && command == "close_run" && !weapons_out.is_empty() => {
                 if let Some(run) = self.runs.get(run_id) {
-                    run.raise_weapon_not_returned(position, weapons_out, *at, &mut out);
+                    run.raise_weapon_not_returned(position, weapons_out, *at, out);
                 }
             }
             _ => {}
         }
-        fire_deadlines(
-            &mut self.deadlines,
-            &mut self.next_deadline,
-            &mut self.runs,
-            &self.last_fix,
-            &self.zones,
-            t,
-            true,
-            &mut out,
-        );
-        out.list
+        self.fire(t, true, out);
     }
 }
 
@@ -359,7 +331,7 @@ fn fire_deadlines(
     zones: &ZoneIndex,
     to: Millis,
     inclusive: bool,
-    out: &mut Out<'_>,
+    out: &mut Out,
 ) {
     // Cheap exit on the hot path: nothing due.
     if deadlines

@@ -308,7 +308,7 @@ impl RunState {
         person: &str,
         at: Millis,
         last: Option<LastFix>,
-        out: &mut Out<'_>,
+        out: &mut Out,
     ) {
         out.push(self.anomaly(
             AnomalyKind::Duress,
@@ -332,7 +332,7 @@ impl RunState {
         at: Millis,
         last: Option<LastFix>,
         zones: &ZoneIndex,
-        out: &mut Out<'_>,
+        out: &mut Out,
     ) {
         let genuine = last.and_then(|l| zones.containing(l.position, 50.0, at, at).next());
         if genuine.is_some() {
@@ -372,7 +372,7 @@ impl RunState {
         note: &str,
         at: Millis,
         last: Option<LastFix>,
-        out: &mut Out<'_>,
+        out: &mut Out,
     ) {
         self.reports.push((at, IncidentKind::Roadblock));
         self.last_roadblock = Some(at);
@@ -396,7 +396,7 @@ impl RunState {
         stop_id: &str,
         at: Millis,
         last: Option<LastFix>,
-        out: &mut Out<'_>,
+        out: &mut Out,
     ) {
         let Some(stop) = self.stops.iter().find(|s| s.stop_id == stop_id) else {
             return;
@@ -438,7 +438,7 @@ impl RunState {
         issued: u32,
         returned: u32,
         at: Millis,
-        out: &mut Out<'_>,
+        out: &mut Out,
     ) {
         out.push(self.anomaly(
             AnomalyKind::AmmoMismatch,
@@ -457,7 +457,7 @@ impl RunState {
         position: u64,
         weapons_out: &[(String, String)],
         at: Millis,
-        out: &mut Out<'_>,
+        out: &mut Out,
     ) {
         let list = weapons_out
             .iter()
@@ -476,12 +476,7 @@ impl RunState {
     }
 
     /// Every rule that looks at fixes of the active run.
-    pub fn on_fix(
-        &mut self,
-        fix: &Fix,
-        out: &mut Out<'_>,
-        sched: &mut impl FnMut(Deadline, Millis),
-    ) {
+    pub fn on_fix(&mut self, fix: &Fix, out: &mut Out, sched: &mut impl FnMut(Deadline, Millis)) {
         if self.status != Status::Active {
             return;
         }
@@ -563,7 +558,7 @@ impl RunState {
     }
 
     /// A2: a streak of fixes beyond the corridor; hysteresis clears it below 0.7 x corridor.
-    fn deviation_rule(&mut self, fix: &Fix, latlon: LatLon, d: f64, out: &mut Out<'_>) {
+    fn deviation_rule(&mut self, fix: &Fix, latlon: LatLon, d: f64, out: &mut Out) {
         let corridor = self.params.corridor_m;
         if d > corridor {
             if self.streak == 0 {
@@ -623,7 +618,7 @@ impl RunState {
     }
 
     /// A4 without a report: progress along the route falls by `uturn_m` within 60 s.
-    fn uturn_rule(&mut self, fix: &Fix, update: ProgressUpdate, latlon: LatLon, out: &mut Out<'_>) {
+    fn uturn_rule(&mut self, fix: &Fix, update: ProgressUpdate, latlon: LatLon, out: &mut Out) {
         // Two fixes in a row, so one multipath fix cannot fake a U-turn.
         if update.falling_fixes < 2 {
             return;
@@ -648,7 +643,7 @@ impl RunState {
     }
 
     /// A7: arrivals derived from fixes; skipped stops at the arrival at a later one.
-    fn visit_rule(&mut self, fix: &Fix, p: [f64; 2], out: &mut Out<'_>) {
+    fn visit_rule(&mut self, fix: &Fix, p: [f64; 2], out: &mut Out) {
         let mut arrived_now = None;
         for (i, stop) in self.stops.iter().enumerate() {
             let v = &mut self.visits[i];
@@ -699,7 +694,7 @@ impl RunState {
     }
 
     /// A10: over the run's limit for `overspeed_s`, once per episode.
-    fn overspeed_rule(&mut self, fix: &Fix, latlon: LatLon, out: &mut Out<'_>) {
+    fn overspeed_rule(&mut self, fix: &Fix, latlon: LatLon, out: &mut Out) {
         let limit_mps = self.params.speed_limit_kmh / 3.6;
         if fix.speed_mps <= limit_mps {
             self.over_since = None;
@@ -738,7 +733,7 @@ impl RunState {
         at: Millis,
         last: Option<LastFix>,
         zones: &ZoneIndex,
-        out: &mut Out<'_>,
+        out: &mut Out,
         sched: &mut impl FnMut(Deadline, Millis),
     ) {
         if let Deadline::SignalLoss { .. } = d {
@@ -835,7 +830,7 @@ impl RunState {
         }
     }
 
-    fn judge_stop(&self, ep: &StopEpisode, at: Millis, zones: &ZoneIndex, out: &mut Out<'_>) {
+    fn judge_stop(&self, ep: &StopEpisode, at: Millis, zones: &ZoneIndex, out: &mut Out) {
         let mean = self.route.frame.to_latlon(ep.mean());
         let at_stop = self
             .stops

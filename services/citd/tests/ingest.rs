@@ -14,6 +14,17 @@ use tonic::Code;
 
 type Acks = tonic::Streaming<pb::FixAck>;
 
+/// A citd on the wall clock with a temporary store and a departed run R-1 of vehicle V-1.
+async fn started() -> (tempfile::TempDir, citd::server::Running, Clients) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
+        .await
+        .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    departed_run(&mut c, "R-1", "V-1").await;
+    (dir, server, c)
+}
+
 async fn open(c: &mut Clients) -> (mpsc::Sender<pb::FixBatch>, Acks) {
     let (tx, mut rx) = mpsc::channel(8);
     let acks = c
@@ -34,12 +45,7 @@ async fn send(tx: &mpsc::Sender<pb::FixBatch>, acks: &mut Acks, fixes: Vec<pb::F
 
 #[tokio::test]
 async fn bad_fixes_are_rejected_one_by_one_and_good_ones_kept() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
-    departed_run(&mut c, "R-1", "V-1").await;
+    let (_dir, server, mut c) = started().await;
     let (tx, mut acks) = open(&mut c).await;
 
     let mut batch = vec![fix("V-1", 1), fix("V-1", 2)];
@@ -115,12 +121,7 @@ async fn bad_fixes_are_rejected_one_by_one_and_good_ones_kept() {
 
 #[tokio::test]
 async fn reconnecting_unit_resending_unacked_fixes_creates_no_duplicates() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
-    departed_run(&mut c, "R-1", "V-1").await;
+    let (_dir, server, mut c) = started().await;
     {
         let (tx, mut acks) = open(&mut c).await;
         let ack = send(&tx, &mut acks, (1..=50).map(|s| fix("V-1", s)).collect()).await;
@@ -142,12 +143,7 @@ async fn reconnecting_unit_resending_unacked_fixes_creates_no_duplicates() {
 
 #[tokio::test]
 async fn ten_thousand_fixes_read_back_in_order() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
-    departed_run(&mut c, "R-1", "V-1").await;
+    let (_dir, server, mut c) = started().await;
     let (tx, mut acks) = open(&mut c).await;
     for chunk in (1..=10_000u64).collect::<Vec<_>>().chunks(500) {
         let ack = send(
@@ -165,12 +161,7 @@ async fn ten_thousand_fixes_read_back_in_order() {
 
 #[tokio::test]
 async fn unknown_vehicle_is_not_found_after_the_good_fixes_are_acked() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
-    departed_run(&mut c, "R-1", "V-1").await;
+    let (_dir, server, mut c) = started().await;
     let (tx, mut acks) = open(&mut c).await;
     let ack = send(&tx, &mut acks, vec![fix("V-1", 1), fix("V-404", 1)]).await;
     assert_eq!(ack.acks[0].durable_seq, 1, "the good fix is kept");
@@ -183,12 +174,7 @@ async fn unknown_vehicle_is_not_found_after_the_good_fixes_are_acked() {
 
 #[tokio::test]
 async fn oversized_message_is_resource_exhausted_naming_the_limit() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
-    departed_run(&mut c, "R-1", "V-1").await;
+    let (_dir, server, mut c) = started().await;
     let (tx, mut acks) = open(&mut c).await;
     let mut huge = fix("V-1", 1);
     huge.vehicle_id = "V".repeat(5 << 20);
