@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use cit_domain::event::{Event, streams};
 use cit_domain::{Command, Fix, Millis, Outcome, World};
 use cit_store::{Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, oneshot, watch};
 use uuid::Uuid;
 
 use crate::clock::Clock;
@@ -29,11 +29,46 @@ pub struct Directory {
     pub active_run: HashMap<String, String>,
 }
 
-/// Per-vehicle ingest state: the highest durable seq. Its lock is held across the append, so
-/// two connections of one vehicle cannot interleave.
+/// Fixes of one caller waiting for their append, with where to send the result.
+type Queued = (
+    Vec<Fix>,
+    oneshot::Sender<Result<VehicleBatchResult, AppError>>,
+);
+
+/// Per-vehicle ingest state. One append per vehicle is in flight at a time; fixes that arrive
+/// meanwhile (other batches, other connections) queue and go together in the next append —
+/// group commit at the vehicle level, since the store's cost is per append. `durable_seq` moves
+/// only once an append is durable, so duplicates are judged against what is really stored.
 #[derive(Debug, Default)]
-pub struct VehicleIngest {
-    pub durable_seq: u64,
+struct VehicleIngest {
+    durable_seq: u64,
+    in_flight: bool,
+    queued: Vec<Queued>,
+}
+
+/// Fixes queued by `enqueue_fixes`, to be completed by `complete_fixes`.
+#[derive(Debug)]
+pub struct PendingFixes {
+    vehicle_id: String,
+    slot: Arc<VehicleSlot>,
+    rx: oneshot::Receiver<Result<VehicleBatchResult, AppError>>,
+}
+
+impl PendingFixes {
+    pub fn vehicle_id(&self) -> &str {
+        &self.vehicle_id
+    }
+}
+
+#[derive(Debug, Default)]
+struct VehicleSlot {
+    state: std::sync::Mutex<VehicleIngest>,
+    /// Signalled when an append finishes, so a waiting caller can take the next turn.
+    turn: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct CommandState {
@@ -64,7 +99,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     commands: Mutex<CommandState>,
     pub directory: RwLock<Directory>,
-    ingest: std::sync::Mutex<HashMap<String, Arc<Mutex<VehicleIngest>>>>,
+    ingest: std::sync::Mutex<HashMap<String, Arc<VehicleSlot>>>,
     /// Highest log position written by this process (for read-your-writes waits).
     pub written: watch::Sender<u64>,
 }
@@ -137,7 +172,11 @@ impl App {
         };
         let ingest = hwm
             .into_iter()
-            .map(|(v, seq)| (v, Arc::new(Mutex::new(VehicleIngest { durable_seq: seq }))))
+            .map(|(v, seq)| {
+                let slot = VehicleSlot::default();
+                lock(&slot.state).durable_seq = seq;
+                (v, Arc::new(slot))
+            })
             .collect();
         tracing::info!(
             position = after,
@@ -257,75 +296,152 @@ impl App {
         }
     }
 
-    fn vehicle_slot(&self, vehicle_id: &str) -> Arc<Mutex<VehicleIngest>> {
-        let mut map = match self.ingest.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.entry(vehicle_id.to_string()).or_default().clone()
+    fn vehicle_slot(&self, vehicle_id: &str) -> Arc<VehicleSlot> {
+        lock(&self.ingest)
+            .entry(vehicle_id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Durably records the valid fixes of one vehicle (in order); duplicates (seq not above the
-    /// durable high-water mark) are absorbed.
+    /// durable high-water mark) are absorbed. Returns once the fixes are durable.
     pub async fn record_fixes(
         &self,
         vehicle_id: &str,
         fixes: Vec<Fix>,
     ) -> Result<VehicleBatchResult, AppError> {
+        let pending = self.enqueue_fixes(vehicle_id, fixes);
+        self.complete_fixes(pending).await
+    }
+
+    /// First half of `record_fixes`, synchronous: queues the fixes behind the vehicle's earlier
+    /// ones. Calling it in arrival order is what keeps a vehicle's fixes in order when a
+    /// connection has several batches in flight.
+    pub fn enqueue_fixes(&self, vehicle_id: &str, fixes: Vec<Fix>) -> PendingFixes {
         let slot = self.vehicle_slot(vehicle_id);
-        let mut ingest = slot.lock().await;
-        let mut high = ingest.durable_seq;
-        let mut fresh = Vec::with_capacity(fixes.len());
-        let mut duplicates = 0;
-        for f in fixes {
-            if f.seq <= high {
-                duplicates += 1;
-                continue;
-            }
-            high = f.seq;
-            fresh.push(f);
+        let (tx, rx) = oneshot::channel();
+        lock(&slot.state).queued.push((fixes, tx));
+        PendingFixes {
+            vehicle_id: vehicle_id.to_string(),
+            slot,
+            rx,
         }
-        let mut result = VehicleBatchResult {
-            durable_seq: ingest.durable_seq,
-            accepted: fresh.len() as u32,
-            duplicates,
-            position: *self.written.borrow(),
+    }
+
+    /// Second half: takes the vehicle's turn when it is free (appending everything queued) and
+    /// waits until these fixes are durable.
+    pub async fn complete_fixes(
+        &self,
+        pending: PendingFixes,
+    ) -> Result<VehicleBatchResult, AppError> {
+        let PendingFixes {
+            vehicle_id,
+            slot,
+            mut rx,
+        } = pending;
+        loop {
+            // Registered before looking at the state, so a turn ending in between is not missed.
+            let turn = slot.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            let work = {
+                let mut s = lock(&slot.state);
+                if s.in_flight || s.queued.is_empty() {
+                    None
+                } else {
+                    s.in_flight = true;
+                    Some((std::mem::take(&mut s.queued), s.durable_seq))
+                }
+            };
+            if let Some((work, durable)) = work {
+                let durable = self.append_queued(&vehicle_id, work, durable).await;
+                let mut s = lock(&slot.state);
+                s.durable_seq = durable;
+                s.in_flight = false;
+                drop(s);
+                slot.turn.notify_waiters();
+            }
+            tokio::select! {
+                biased;
+                r = &mut rx => {
+                    return r.unwrap_or_else(|_| Err(AppError::Unavailable("ingest was interrupted".into())));
+                }
+                _ = &mut turn => {}
+            }
+        }
+    }
+
+    /// Appends the queued fixes of one vehicle as one event and answers every caller; returns
+    /// the new durable seq (unchanged on failure).
+    async fn append_queued(&self, vehicle_id: &str, work: Vec<Queued>, durable: u64) -> u64 {
+        let mut high = durable;
+        let mut fresh = Vec::new();
+        let mut callers = Vec::with_capacity(work.len());
+        for (fixes, tx) in work {
+            let (mut accepted, mut duplicates) = (0u32, 0u32);
+            for f in fixes {
+                if f.seq <= high {
+                    duplicates += 1;
+                    continue;
+                }
+                high = f.seq;
+                fresh.push(f);
+                accepted += 1;
+            }
+            callers.push((accepted, duplicates, tx));
+        }
+        let answer = |callers: Vec<(u32, u32, oneshot::Sender<_>)>, durable_seq, position| {
+            for (accepted, duplicates, tx) in callers {
+                let _ = tx.send(Ok(VehicleBatchResult {
+                    durable_seq,
+                    accepted,
+                    duplicates,
+                    position,
+                }));
+            }
         };
         if fresh.is_empty() {
-            return Ok(result);
+            answer(callers, durable, *self.written.borrow());
+            return durable;
         }
         if self.clock.is_scenario()
             && let Some(last) = fresh.iter().map(|f| f.t).max()
         {
             self.clock.advance(last);
         }
-        let run_id = self.active_run(vehicle_id);
+        let accepted = fresh.len() as u64;
         let event = Event::FixesRecorded {
             vehicle_id: vehicle_id.to_string(),
-            run_id,
+            run_id: self.active_run(vehicle_id),
             fixes: fresh,
         };
-        // Duplicates are absorbed by the high-water mark above (held across the append and
-        // rebuilt from the log on start), so the id needs no content; time-ordered ids keep the
-        // store's id index growing at its right edge.
-        let id = Uuid::now_v7();
+        // Duplicates are absorbed by the high-water mark above (one append per vehicle at a
+        // time, rebuilt from the log on start), so the id needs no content; time-ordered ids keep
+        // the store's id index growing at its right edge.
         let started = std::time::Instant::now();
-        let r = self
+        let appended = self
             .store
             .append(
                 &event.stream(),
                 ExpectedVersion::Any,
-                vec![encode(&event, id, "ingest")],
+                vec![encode(&event, Uuid::now_v7(), "ingest")],
             )
-            .await?;
+            .await;
         self.metrics.observe_append(started.elapsed());
-        ingest.durable_seq = high;
-        result.durable_seq = high;
-        result.position = r.position;
-        drop(ingest);
-        self.note_written(r.position);
-        self.metrics.fixes_accepted(result.accepted as u64);
-        Ok(result)
+        match appended {
+            Ok(r) => {
+                self.note_written(r.position);
+                self.metrics.fixes_accepted(accepted);
+                answer(callers, high, r.position);
+                high
+            }
+            Err(e) => {
+                for (_, _, tx) in callers {
+                    let _ = tx.send(Err(AppError::Store(e.clone())));
+                }
+                durable
+            }
+        }
     }
 
     /// Scenario clock: moves time; a tick is recorded so replays see it.

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::millis;
-use crate::app::{App, MAX_FUTURE_MS};
+use crate::app::{App, MAX_FUTURE_MS, PendingFixes};
 
 /// Largest accepted message (also set on the server); a bigger one is RESOURCE_EXHAUSTED.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -126,6 +126,19 @@ pub async fn process_batch(
     app: &App,
     batch: pb::FixBatch,
 ) -> Result<(pb::FixAck, Option<String>), Status> {
+    prepare_batch(app, batch)?.finish(app).await
+}
+
+/// A batch validated and queued (in arrival order), waiting to be durable.
+pub struct PreparedBatch {
+    ack: pb::FixAck,
+    unknown: Option<String>,
+    pending: Vec<PendingFixes>,
+}
+
+/// The synchronous half of a batch: validation, and queueing each vehicle's good fixes behind
+/// its earlier ones. Done in arrival order, so batches can then complete concurrently.
+pub fn prepare_batch(app: &App, batch: pb::FixBatch) -> Result<PreparedBatch, Status> {
     if batch.fixes.len() > MAX_BATCH_FIXES {
         return Err(Status::resource_exhausted(format!(
             "a batch holds at most {MAX_BATCH_FIXES} fixes, got {}",
@@ -169,30 +182,52 @@ pub async fn process_batch(
         }
     }
     app.metrics.fixes_rejected.inc_by(ack.rejected.len() as u64);
-    let results = futures::future::join_all(
-        by_vehicle
-            .into_iter()
-            .map(|(v, fixes)| async move { (v.clone(), app.record_fixes(&v, fixes).await) }),
-    )
-    .await;
-    for (vehicle_id, r) in results {
-        let r = r.map_err(Status::from)?;
-        ack.accepted += r.accepted;
-        ack.duplicates += r.duplicates;
-        ack.log_position = ack.log_position.max(r.position);
-        ack.acks.push(pb::VehicleAck {
-            vehicle_id,
-            durable_seq: r.durable_seq,
-        });
-    }
-    app.metrics
-        .fixes_duplicate
-        .inc_by(u64::from(ack.duplicates));
-    if ack.log_position == 0 {
-        ack.log_position = *app.written.borrow();
-    }
-    Ok((ack, unknown))
+    let pending = by_vehicle
+        .into_iter()
+        .map(|(v, fixes)| app.enqueue_fixes(&v, fixes))
+        .collect();
+    Ok(PreparedBatch {
+        ack,
+        unknown,
+        pending,
+    })
 }
+
+impl PreparedBatch {
+    /// Waits until every queued fix of the batch is durable and builds the ack.
+    pub async fn finish(self, app: &App) -> Result<(pb::FixAck, Option<String>), Status> {
+        let PreparedBatch {
+            mut ack,
+            unknown,
+            pending,
+        } = self;
+        let results = futures::future::join_all(pending.into_iter().map(|p| async move {
+            let vehicle = p.vehicle_id().to_string();
+            (vehicle, app.complete_fixes(p).await)
+        }))
+        .await;
+        for (vehicle_id, r) in results {
+            let r = r.map_err(Status::from)?;
+            ack.accepted += r.accepted;
+            ack.duplicates += r.duplicates;
+            ack.log_position = ack.log_position.max(r.position);
+            ack.acks.push(pb::VehicleAck {
+                vehicle_id,
+                durable_seq: r.durable_seq,
+            });
+        }
+        app.metrics
+            .fixes_duplicate
+            .inc_by(u64::from(ack.duplicates));
+        if ack.log_position == 0 {
+            ack.log_position = *app.written.borrow();
+        }
+        Ok((ack, unknown))
+    }
+}
+
+/// Batches of one stream that may be completing at once (their acks still go out in order).
+const PIPELINE: usize = 8;
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::FixAck, Status>> + Send>>;
 
@@ -210,9 +245,13 @@ impl Telemetry for TelemetryService {
         let stopping = crate::server::stopped(self.stopping.clone());
         tokio::spawn(async move {
             tokio::pin!(stopping);
+            // Batches complete concurrently (so a vehicle's fixes from several batches can share
+            // one append), but are queued and acknowledged strictly in arrival order.
+            let mut inflight = futures::stream::FuturesOrdered::new();
+            let mut inbound_open = true;
             loop {
-                let msg = tokio::select! {
-                    m = inbound.next() => m,
+                tokio::select! {
+                    biased;
                     _ = &mut stopping => {
                         let _ = tx
                             .send(Err(Status::unavailable(
@@ -221,35 +260,52 @@ impl Telemetry for TelemetryService {
                             .await;
                         return;
                     }
-                };
-                let Some(msg) = msg else { return };
-                let batch = match msg {
-                    Ok(b) => b,
-                    Err(status) => {
-                        // Oversized or malformed message: tell the unit why, then stop.
-                        let _ = tx.send(Err(oversize(status))).await;
-                        return;
-                    }
-                };
-                match process_batch(&app, batch).await {
-                    Ok((ack, unknown)) => {
-                        if tx.send(Ok(ack)).await.is_err() {
-                            return;
+                    done = inflight.next(), if !inflight.is_empty() => {
+                        match done {
+                            Some(Ok((ack, unknown))) => {
+                                if tx.send(Ok(ack)).await.is_err() {
+                                    return;
+                                }
+                                if let Some(v) = unknown {
+                                    let _ = tx
+                                        .send(Err(Status::not_found(format!(
+                                            "vehicle {v:?} is not registered; register it before streaming its fixes"
+                                        ))))
+                                        .await;
+                                    return;
+                                }
+                            }
+                            Some(Err(status)) => {
+                                tracing::error!(cause = %status, "fix batch failed");
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                            None => {}
                         }
-                        if let Some(v) = unknown {
-                            let _ = tx
-                                .send(Err(Status::not_found(format!(
-                                    "vehicle {v:?} is not registered; register it before streaming its fixes"
-                                ))))
-                                .await;
-                            return;
+                    }
+                    msg = inbound.next(), if inbound_open && inflight.len() < PIPELINE => {
+                        match msg {
+                            Some(Ok(batch)) => match prepare_batch(&app, batch) {
+                                Ok(prepared) => {
+                                    let app = app.clone();
+                                    inflight.push_back(async move { prepared.finish(&app).await });
+                                }
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                    return;
+                                }
+                            },
+                            Some(Err(status)) => {
+                                // Oversized or malformed message: tell the unit why, then stop.
+                                let _ = tx.send(Err(oversize(status))).await;
+                                return;
+                            }
+                            None => inbound_open = false,
                         }
                     }
-                    Err(status) => {
-                        tracing::error!(cause = %status, "fix batch failed");
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
+                }
+                if !inbound_open && inflight.is_empty() {
+                    return;
                 }
             }
         });
