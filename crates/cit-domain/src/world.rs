@@ -118,10 +118,15 @@ pub struct Weapon {
     pub location: WeaponLocation,
 }
 
+/// The run lifecycle: planned → active (departed) → returned → closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {
     Planned,
+    /// Departed, on the road.
     Active,
+    /// Back at the vault: weapons are returned only there, so the first return of a weapon of
+    /// an active run marks it. Fixes still belong to the run until it closes.
+    Returned,
     Closed,
 }
 
@@ -1034,6 +1039,7 @@ impl World {
                 }
             }
             Event::WeaponReturned {
+                run_id,
                 serial,
                 lot,
                 rounds_returned,
@@ -1041,6 +1047,11 @@ impl World {
             } => {
                 if let Some(w) = self.weapons.get_mut(serial) {
                     w.location = WeaponLocation::InArmory;
+                }
+                if let Some(run) = self.runs.get_mut(run_id)
+                    && run.status == RunStatus::Active
+                {
+                    run.status = RunStatus::Returned;
                 }
                 if let Some(left) = self.ammo_lots.get_mut(lot) {
                     *left = left.saturating_add(*rounds_returned);

@@ -484,7 +484,7 @@ fn an_issue_cannot_take_more_rounds_than_the_lot_holds() {
 }
 
 #[test]
-fn lifecycle_planned_active_closed_and_wrong_states_are_errors_not_refusals() {
+fn lifecycle_planned_active_returned_closed_and_wrong_states_are_errors_not_refusals() {
     use cit_domain::world::RunStatus;
     let mut w = ready_run();
     assert_eq!(w.runs["R-1"].status, RunStatus::Planned);

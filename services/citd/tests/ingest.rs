@@ -221,7 +221,10 @@ async fn pipelined_batches_of_one_vehicle_stay_in_order_and_acks_come_in_order()
         assert_eq!(ack.batch_id, b + 1, "acks in batch order");
         // At least this batch's last fix; more when later batches shared its append.
         assert!(ack.acks[0].durable_seq >= (b + 1) * 50, "{ack:?}");
-        assert!(ack.acks[0].durable_seq >= last, "durable seq never goes back");
+        assert!(
+            ack.acks[0].durable_seq >= last,
+            "durable seq never goes back"
+        );
         last = ack.acks[0].durable_seq;
     }
     drop(tx);
