@@ -86,11 +86,6 @@ impl Engine {
         self.runs.len()
     }
 
-    /// Registered zones (checkpoints).
-    pub fn zone_count(&self) -> usize {
-        self.zones.len()
-    }
-
     /// Progress along the route and route length of a run, metres, when known.
     pub fn progress(&self, run_id: &str) -> Option<(f64, f64)> {
         let r = self.runs.get(run_id)?;

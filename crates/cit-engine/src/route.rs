@@ -108,21 +108,6 @@ impl RouteIndex {
             out.push(self.project(g, p));
         }
     }
-
-    /// Progress of the route point nearest to `p` (ties: the smallest progress).
-    pub fn progress_of(&self, p: [f64; 2]) -> f64 {
-        let mut best: Option<Candidate> = None;
-        let d = self.distance(p);
-        for g in self.tree.locate_within_distance(p, (d + 1.0).powi(2)) {
-            let c = self.project(g, p);
-            if best.is_none_or(|b| {
-                c.lateral < b.lateral - 0.5 || (c.lateral <= b.lateral + 0.5 && c.s < b.s)
-            }) {
-                best = Some(c);
-            }
-        }
-        best.map(|c| c.s).unwrap_or(0.0)
-    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch};
-use uuid::Uuid;
 
 use crate::codec;
 use crate::{
@@ -174,7 +173,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// Path of the database file (used by tamper tests that edit storage directly).
+    /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -572,11 +571,6 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-/// A fresh random event id.
-pub fn new_event_id() -> Uuid {
-    Uuid::new_v4()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,7 +593,7 @@ mod tests {
                         "s-1",
                         ExpectedVersion::Any,
                         vec![NewEvent {
-                            id: Uuid::from_u128(i + 1),
+                            id: uuid::Uuid::from_u128(i + 1),
                             event_type: "T.v1".into(),
                             data: vec![i as u8],
                             metadata: vec![],

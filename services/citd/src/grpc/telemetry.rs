@@ -120,15 +120,6 @@ pub fn validate(
     })
 }
 
-/// Processes one batch. Returns the ack and, if the batch named an unregistered vehicle, its id
-/// (the stream then ends with NOT_FOUND after this ack).
-pub async fn process_batch(
-    app: &App,
-    batch: pb::FixBatch,
-) -> Result<(pb::FixAck, Option<String>), Status> {
-    prepare_batch(app, batch)?.finish(app).await
-}
-
 /// A batch validated and queued (in arrival order), waiting to be durable.
 pub struct PreparedBatch {
     ack: pb::FixAck,
@@ -194,7 +185,8 @@ pub fn prepare_batch(app: &App, batch: pb::FixBatch) -> Result<PreparedBatch, St
 }
 
 impl PreparedBatch {
-    /// Waits until every queued fix of the batch is durable and builds the ack.
+    /// Waits until every queued fix of the batch is durable and builds the ack, and names an
+    /// unregistered vehicle if the batch had one (the stream then ends with NOT_FOUND).
     pub async fn finish(self, app: &App) -> Result<(pb::FixAck, Option<String>), Status> {
         let PreparedBatch {
             mut ack,
