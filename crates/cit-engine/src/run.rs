@@ -75,7 +75,9 @@ struct StopVisit {
     /// Inside the radius since this fix (not yet confirmed as an arrival).
     inside_since: Option<Millis>,
     arrived: Option<Millis>,
-    /// A stop the vehicle starts inside counts only after it has been farther than 2 x radius.
+    /// A stop the vehicle is inside at departure (its first fix) counts only if it is first in
+    /// order, or, for a later stop at the same place (the return to the depot), once the
+    /// vehicle has been farther than 2 x its radius.
     armed: bool,
     skip_reported: bool,
 }
@@ -118,6 +120,7 @@ pub struct RunState {
     last_roadblock: Option<Millis>,
     // A7 stops
     visits: Vec<StopVisit>,
+    visits_started: bool,
     // A10 overspeed
     over_since: Option<Millis>,
     over_raised: bool,
@@ -170,13 +173,11 @@ impl RunState {
             clearing: 0,
             progress: ProgressTracker::default(),
             last_roadblock: None,
+            visits_started: false,
             visits: stops
                 .iter()
                 .enumerate()
-                .map(|(i, _)| StopVisit {
-                    armed: i == 0,
-                    ..StopVisit::default()
-                })
+                .map(|_| StopVisit::default())
                 .collect(),
             over_since: None,
             over_raised: false,
@@ -644,6 +645,14 @@ impl RunState {
 
     /// A7: arrivals derived from fixes; skipped stops at the arrival at a later one.
     fn visit_rule(&mut self, fix: &Fix, p: [f64; 2], out: &mut Out) {
+        if !self.visits_started {
+            // The first fix of the active run tells which stops the vehicle starts inside.
+            self.visits_started = true;
+            for (i, stop) in self.stops.iter().enumerate() {
+                let inside = dist(p, self.stops_local[i]) <= stop.radius_m;
+                self.visits[i].armed = i == 0 || !inside;
+            }
+        }
         let mut arrived_now = None;
         for (i, stop) in self.stops.iter().enumerate() {
             let v = &mut self.visits[i];

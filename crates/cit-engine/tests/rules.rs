@@ -391,6 +391,26 @@ fn a7_late_arrival_and_skipped_stop() {
 }
 
 #[test]
+fn a7_a_stop_near_the_start_but_not_at_it_is_armed_from_the_first_fix() {
+    let route = route();
+    let (far, _) = along(&route, 600.0, 0.0);
+    let (near, _) = along(&route, 120.0, 0.0);
+    let stop = |id: &str, p: LatLon| PlannedStop {
+        stop_id: id.into(),
+        name: id.into(),
+        position: p,
+        radius_m: 75.0,
+        arrive_by: None,
+        kind: "outlet".into(),
+    };
+    // S2 is 120 m from the start: outside its radius, but never 2 x radius away before the
+    // vehicle reaches it. Reaching it first skips S1.
+    let mut w = World::new(quiet(), vec![stop("S1", far), stop("S2", near)]);
+    w.drive(0.0, 0.0, 5.0, 30);
+    assert_eq!(w.at(AnomalyKind::StopSkipped).len(), 1, "{:?}", w.raised);
+}
+
+#[test]
 fn a8_handover_away_from_the_stop_and_not_for_one_multipath_fix() {
     let route = route();
     let (s1, _) = along(&route, 300.0, 0.0);
