@@ -817,7 +817,9 @@ impl RunState {
             Deadline::LateArrival { stop, .. } => {
                 let v = &self.visits[*stop];
                 let departed = self.departed_at.unwrap_or(at);
-                if v.arrived.is_some_and(|a| a <= at) || at < departed {
+                // An arrival awaiting its confirming fix counts from its first fix inside.
+                let reached = v.arrived.or(v.inside_since);
+                if reached.is_some_and(|a| a <= at) || at < departed {
                     return;
                 }
                 let s = &self.stops[*stop];
