@@ -41,6 +41,14 @@ pub struct LastFix {
     pub earlier: [Option<(Millis, LatLon)>; 2],
 }
 
+/// A run's standing along its plan (see [`Engine::standing`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStanding {
+    pub progress_m: Option<f64>,
+    pub route_length_m: f64,
+    pub next_stop: Option<(String, LatLon)>,
+}
+
 /// The detection engine. See the module docs.
 #[derive(Debug, Default)]
 pub struct Engine {
@@ -86,10 +94,15 @@ impl Engine {
         self.runs.len()
     }
 
-    /// Progress along the route and route length of a run, metres, when known.
-    pub fn progress(&self, run_id: &str) -> Option<(f64, f64)> {
+    /// Where a run stands along its plan, for dispatch: progress and route length (metres) and
+    /// the next stop not yet reached, in order.
+    pub fn standing(&self, run_id: &str) -> Option<RunStanding> {
         let r = self.runs.get(run_id)?;
-        Some((r.progress_m()?, r.route_length_m()))
+        Some(RunStanding {
+            progress_m: r.progress_m(),
+            route_length_m: r.route_length_m(),
+            next_stop: r.next_stop().map(|s| (s.stop_id.clone(), s.position)),
+        })
     }
 
     /// Time passes with no input. `inclusive`: deadlines equal to `to` fire too (a tick is itself

@@ -193,6 +193,15 @@ impl RunState {
         self.route.length_m
     }
 
+    /// The first stop, in order, not reached yet.
+    pub fn next_stop(&self) -> Option<&PlannedStop> {
+        self.stops
+            .iter()
+            .zip(&self.visits)
+            .find(|(_, v)| v.arrived.is_none())
+            .map(|(s, _)| s)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn anomaly(
         &self,

@@ -16,11 +16,13 @@ use uuid::Uuid;
 use crate::anomalies::Anomalies;
 use crate::app::{App, ID_NAMESPACE, decode, encode};
 use crate::clock::wall_now;
+use crate::fleet::Fleet;
 
 /// Runs until `shutdown` resolves or the subscription fails.
 pub async fn run(
     app: Arc<App>,
     anomalies: Arc<Anomalies>,
+    fleet: Arc<Fleet>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let mut engine = Engine::new();
@@ -44,7 +46,15 @@ pub async fn run(
                         position = r.position;
                         if let Some(event) = decode(&r) {
                             anomalies.apply(&event);
+                            fleet.apply(&event);
                             let raised = engine.handle(r.position, &event);
+                            // The read models see the engine's view of the run in the same step.
+                            if let Event::FixesRecorded { run_id: Some(run), .. }
+                            | Event::RunPlanned { run_id: run, .. }
+                            | Event::RunDeparted { run_id: run, .. } = &event
+                            {
+                                fleet.set_standing(run, engine.standing(run));
+                            }
                             persist(&app, &anomalies, raised).await;
                         }
                         anomalies.engine_position.send_replace(position);

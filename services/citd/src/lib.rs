@@ -6,6 +6,7 @@
 //! - [`app`]: the application core around the pure domain (commands, ingest, rebuild on start).
 //! - [`engine_worker`]: the detection engine fed by a catch-up subscription to the log.
 //! - [`anomalies`]: the anomaly read model with read-your-writes waits.
+//! - [`fleet`]: the dispatch read model (where every run is, crew, weapons, standing).
 //! - [`grpc`]: one module per public service; validation and status mapping at the edge.
 //! - [`error`]: application errors to gRPC statuses, in one table.
 //! - [`clock`]: wall clock or scenario time.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod engine_worker;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod metrics;
 pub mod runner;

@@ -159,6 +159,7 @@ pub async fn serve(
         .await
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let anomalies = Arc::new(Anomalies::default());
+    let fleet = Arc::new(crate::fleet::Fleet::default());
 
     // Set when shutdown begins; the engine, the metrics server and open fix streams follow it.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -166,6 +167,7 @@ pub async fn serve(
     let engine = tokio::spawn(crate::engine_worker::run(
         app.clone(),
         anomalies.clone(),
+        fleet.clone(),
         stopped(stop_rx.clone()),
     ));
     if let Some(l) = metrics_listener {
@@ -225,6 +227,7 @@ pub async fn serve(
         .add_service(DispatchServer::new(grpc::dispatch::DispatchService {
             app: app.clone(),
             anomalies: anomalies.clone(),
+            fleet: fleet.clone(),
         }))
         .add_service(AuditServer::new(grpc::audit::AuditService {
             app: app.clone(),

@@ -1,0 +1,132 @@
+//! Dispatch's view through gRPC: where a run is (position, age, progress along the real route,
+//! crew, weapons out, open anomalies), the active runs, and the nearest vehicles to a point.
+
+mod common;
+
+use cit_proto::v1 as pb;
+use citd::config::ClockMode;
+use citd::runner::Clients;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_run_list_active_runs_and_nearest_vehicles() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
+        .await
+        .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    // Ten fixes along the real route.
+    let route = common::route();
+    let fixes: Vec<pb::Fix> = (0..10u64)
+        .map(|i| {
+            let p = route[i as usize];
+            pb::Fix {
+                lat: p.lat,
+                lon: p.lon,
+                speed_mps: 8.0,
+                ..common::fix("V-1", i + 1)
+            }
+        })
+        .collect();
+    let last = fixes[9].clone();
+    let (tx, mut rx) = mpsc::channel(2);
+    let mut acks = c
+        .telemetry
+        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(pb::FixBatch { fixes, batch_id: 1 })
+        .await
+        .expect("send");
+    let ack = acks.message().await.expect("ack").expect("open");
+    drop(tx);
+
+    let view = c
+        .dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: "R-1".into(),
+            min_log_position: ack.log_position,
+        })
+        .await
+        .expect("get run")
+        .into_inner();
+    assert_eq!(view.status, pb::RunStatus::Active as i32);
+    assert_eq!(view.vehicle_id, "V-1");
+    let pos = view.position.expect("position");
+    assert!((pos.lat - last.lat).abs() < 1e-9 && (pos.lon - last.lon).abs() < 1e-9);
+    assert!(view.last_fix_age_s >= 0.0 && view.last_fix_age_s < 60.0);
+    assert!(view.route_length_m > 1000.0, "{}", view.route_length_m);
+    assert!(
+        view.progress_m > 0.0,
+        "progress along the route: {}",
+        view.progress_m
+    );
+    let crew: Vec<(&str, &str)> = view
+        .crew
+        .iter()
+        .map(|m| (m.person_id.as_str(), m.role.as_str()))
+        .collect();
+    assert_eq!(
+        crew,
+        [("D-1", "driver"), ("E-1", "escort"), ("E-2", "escort")]
+    );
+    assert_eq!(view.weapons_out, ["R-1-G-0", "R-1-G-1"]);
+
+    let active = c
+        .dispatch
+        .list_active_runs(pb::ListActiveRunsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        active
+            .runs
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["R-1"]
+    );
+
+    let near = c
+        .dispatch
+        .nearest_vehicles(pb::NearestVehiclesRequest {
+            point: Some(pb::LatLon {
+                lat: last.lat,
+                lon: last.lon,
+            }),
+            k: 3,
+        })
+        .await
+        .expect("nearest")
+        .into_inner();
+    assert_eq!(near.vehicles.len(), 1);
+    assert_eq!(near.vehicles[0].vehicle_id, "V-1");
+    assert!(near.vehicles[0].distance_m < 1.0);
+
+    let err = c
+        .dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: "R-404".into(),
+            min_log_position: 0,
+        })
+        .await
+        .expect_err("unknown run");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .dispatch
+        .nearest_vehicles(pb::NearestVehiclesRequest {
+            point: Some(pb::LatLon {
+                lat: 91.0,
+                lon: 0.0,
+            }),
+            k: 1,
+        })
+        .await
+        .expect_err("bad point");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("point.lat"), "{}", err.message());
+    server.stop().await.expect("stop");
+}
