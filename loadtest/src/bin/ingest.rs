@@ -228,7 +228,7 @@ fn postgres_peer(conn: &str, args: &Args, routes: &[Route]) -> Result<f64, Strin
                         "{},{},{},{},{},{},{},4.8,true,false\n",
                         mine[i].id,
                         f.seq,
-                        chrono_ms(now_ms()),
+                        epoch_iso(now_ms()),
                         f.lat,
                         f.lon,
                         f.speed_mps,
@@ -249,12 +249,8 @@ fn postgres_peer(conn: &str, args: &Args, routes: &[Route]) -> Result<f64, Strin
 }
 
 #[cfg(feature = "peers")]
-fn chrono_ms(ms: i64) -> String {
-    epoch_iso(ms.div_euclid(1000), ms.rem_euclid(1000))
-}
-
-#[cfg(feature = "peers")]
-fn epoch_iso(secs: i64, ms: i64) -> String {
+fn epoch_iso(epoch_ms: i64) -> String {
+    let (secs, ms) = (epoch_ms.div_euclid(1000), epoch_ms.rem_euclid(1000));
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);

@@ -13,8 +13,8 @@ use cit_proto::v1::{
     police_liaison_client::PoliceLiaisonClient, runs_client::RunsClient,
     scenario_clock_client::ScenarioClockClient, telemetry_client::TelemetryClient,
 };
+use cit_scenario::Output;
 use cit_scenario::model::{Op, Scenario};
-use cit_scenario::{Output, simulate};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -123,30 +123,16 @@ fn fix_pb(vehicle: &str, t: Millis, op: &Op) -> Option<pb::Fix> {
     }
 }
 
-fn role_pb(role: &str) -> pb::Role {
-    match role {
-        "driver" => pb::Role::Driver,
-        "escort" => pb::Role::Escort,
-        "gun_custodian" => pb::Role::GunCustodian,
-        "ammo_custodian" => pb::Role::AmmoCustodian,
-        "approver" => pb::Role::Approver,
-        "outlet_staff" => pb::Role::OutletStaff,
-        "dispatcher" => pb::Role::Dispatcher,
-        _ => pb::Role::Unspecified,
-    }
+/// A scenario's snake_case name as the API's enum value: the proto names are the same words,
+/// prefixed and upper-cased (`police_check` -> `INCIDENT_KIND_POLICE_CHECK`).
+fn role_pb(role: &str) -> Option<pb::Role> {
+    pb::Role::from_str_name(&format!("ROLE_{}", role.to_uppercase()))
 }
 
+/// Unknown kinds go as UNSPECIFIED, which the server refuses naming the field.
 fn incident_pb(kind: &str) -> pb::IncidentKind {
-    match kind {
-        "jam" => pb::IncidentKind::Jam,
-        "breakdown" => pb::IncidentKind::Breakdown,
-        "accident" => pb::IncidentKind::Accident,
-        "police_check" => pb::IncidentKind::PoliceCheck,
-        "roadblock" => pb::IncidentKind::Roadblock,
-        "fire" => pb::IncidentKind::Fire,
-        "robbery" => pb::IncidentKind::Robbery,
-        _ => pb::IncidentKind::Unspecified,
-    }
+    pb::IncidentKind::from_str_name(&format!("INCIDENT_KIND_{}", kind.to_uppercase()))
+        .unwrap_or(pb::IncidentKind::Unspecified)
 }
 
 fn plan_request(s: &Scenario, run_id: &str) -> Result<pb::PlanRunRequest, RunnerError> {
@@ -583,14 +569,13 @@ async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
             .map_err(call("RegisterVehicle"))?;
     }
     for p in &s.people {
-        if simulate::role(&p.role).is_none() {
-            return Err(RunnerError::Scenario(format!("unknown role {:?}", p.role)));
-        }
+        let role = role_pb(&p.role)
+            .ok_or_else(|| RunnerError::Scenario(format!("unknown role {:?}", p.role)))?;
         c.runs
             .register_person(pb::RegisterPersonRequest {
                 person_id: p.id.clone(),
                 name: p.name.clone(),
-                role: role_pb(&p.role) as i32,
+                role: role as i32,
             })
             .await
             .map_err(call("RegisterPerson"))?;
