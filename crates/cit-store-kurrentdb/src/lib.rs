@@ -4,12 +4,18 @@
 //! (one per event outside explicit transactions, which cit never uses), catch-up subscriptions
 //! onto `subscribe_to_all` with a stream-name prefix filter.
 //!
+//! Hash chain: the server does not know cit's chain, so the adapter extends it: it reads the
+//! stream's head, links the new events to it, carries each hash as the first 32 bytes of the
+//! event's custom metadata, and appends at exactly the head's revision (an `Any` append whose
+//! head moved meanwhile re-reads and retries), so concurrent writers never fork a chain.
+//!
 //! Idempotent retries: the server deduplicates a retried append with the same event ids at the
 //! same expected version; cit's ingest and engine additionally use deterministic ids and
 //! high-water marks, so a retry never doubles a fix or an anomaly.
 
 use std::str::FromStr;
 
+use cit_store::chain::{self, GENESIS, Hash};
 use cit_store::{
     AppendResult, Direction, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result,
     SubscriptionFilter, SubscriptionMessage,
@@ -48,15 +54,28 @@ fn state(e: ExpectedVersion) -> StreamState {
     }
 }
 
+/// How often an `Any` append re-reads the head after another writer moved it.
+const CHAIN_RETRIES: usize = 16;
+
+/// Splits stored custom metadata into the chain hash and the caller's metadata.
+fn split_metadata(raw: &[u8]) -> (Hash, &[u8]) {
+    match raw.split_first_chunk::<32>() {
+        Some((hash, rest)) => (*hash, rest),
+        None => (GENESIS, raw),
+    }
+}
+
 fn convert(e: &kurrentdb::RecordedEvent) -> RecordedEvent {
+    let (chain, metadata) = split_metadata(&e.custom_metadata);
     RecordedEvent {
+        chain,
         position: e.position.commit,
         stream: e.stream_id().to_string(),
         version: e.revision,
         id: e.id,
         event_type: e.event_type.clone(),
         data: e.data.to_vec(),
-        metadata: e.custom_metadata.to_vec(),
+        metadata: metadata.to_vec(),
         created_ms: e.created.timestamp_millis(),
     }
 }
@@ -108,36 +127,78 @@ impl EventStore for KurrentStore {
             if events.is_empty() {
                 return Err(Error::InvalidAppend("no events".into()));
             }
-            let data: Vec<EventData> = events
-                .into_iter()
-                .map(|e| {
-                    EventData::binary(e.event_type, e.data.into())
-                        .id(e.id)
-                        .metadata(e.metadata.into())
-                })
-                .collect();
-            let opts = AppendToStreamOptions::default().stream_state(state(expected));
-            match self
-                .client
-                .append_to_stream(stream.clone(), &opts, data)
-                .await
-            {
-                Ok(w) => Ok(AppendResult {
-                    last_version: w.next_expected_version,
-                    position: w.position.commit,
-                }),
-                Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
-                    Err(Error::WrongExpectedVersion {
-                        stream,
+            for _ in 0..CHAIN_RETRIES {
+                let head = self
+                    .read_stream(&stream, u64::MAX, Direction::Backwards, 1)
+                    .await?
+                    .pop();
+                // A retry of an append already stored: the server's idempotency answers it at
+                // the caller's expected version, and writes nothing.
+                let retry = head
+                    .as_ref()
+                    .is_some_and(|h| events.last().is_some_and(|e| e.id == h.id));
+                let tightened = !retry
+                    && matches!(
                         expected,
-                        actual: match current {
-                            CurrentRevision::Current(v) => Some(v),
-                            CurrentRevision::NoStream => None,
-                        },
+                        ExpectedVersion::Any | ExpectedVersion::StreamExists
+                    );
+                let send = match (&head, tightened) {
+                    (Some(h), true) => StreamState::StreamRevision(h.version),
+                    (None, true) if expected == ExpectedVersion::Any => StreamState::NoStream,
+                    _ => state(expected),
+                };
+                let mut prev = head.as_ref().map(|h| h.chain).unwrap_or(GENESIS);
+                let first_version = head.as_ref().map(|h| h.version + 1).unwrap_or(0);
+                let data: Vec<EventData> = events
+                    .iter()
+                    .zip(first_version..)
+                    .map(|(e, version)| {
+                        prev = chain::link(
+                            &prev,
+                            &stream,
+                            version,
+                            e.id,
+                            &e.event_type,
+                            &e.data,
+                            &e.metadata,
+                        );
+                        let mut metadata = prev.to_vec();
+                        metadata.extend_from_slice(&e.metadata);
+                        EventData::binary(e.event_type.clone(), e.data.clone().into())
+                            .id(e.id)
+                            .metadata(metadata.into())
                     })
+                    .collect();
+                let opts = AppendToStreamOptions::default().stream_state(send);
+                match self
+                    .client
+                    .append_to_stream(stream.clone(), &opts, data)
+                    .await
+                {
+                    Ok(w) => {
+                        return Ok(AppendResult {
+                            last_version: w.next_expected_version,
+                            position: w.position.commit,
+                        });
+                    }
+                    // Another writer moved the head after we read it: link to the new head.
+                    Err(kurrentdb::Error::WrongExpectedVersion { .. }) if tightened => continue,
+                    Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
+                        return Err(Error::WrongExpectedVersion {
+                            stream,
+                            expected,
+                            actual: match current {
+                                CurrentRevision::Current(v) => Some(v),
+                                CurrentRevision::NoStream => None,
+                            },
+                        });
+                    }
+                    Err(e) => return Err(storage(e)),
                 }
-                Err(e) => Err(storage(e)),
             }
+            Err(Error::Storage(format!(
+                "stream {stream:?} kept moving under {CHAIN_RETRIES} attempts to extend its chain"
+            )))
         })
     }
 

@@ -1,6 +1,6 @@
 //! The conformance suite every [`EventStore`] backend must pass: optimistic concurrency,
 //! idempotent retries, ordering, reading both ways, and catch-up subscriptions that resume from a
-//! checkpoint and say when they are caught up.
+//! checkpoint and say when they are caught up, and the hash chain over every stream.
 //!
 //! It uses fresh, unique stream names, so it can run against a shared server (KurrentDB) that
 //! already holds other data; it never assumes the log starts empty.
@@ -39,6 +39,46 @@ pub async fn run_all<S: EventStore + ?Sized>(store: &S) {
     global_log_keeps_append_order(store).await;
     concurrent_writers_of_one_version_conflict(store).await;
     subscription_resumes_from_checkpoint_and_goes_live(store).await;
+    every_stream_is_hash_chained(store).await;
+}
+
+pub async fn every_stream_is_hash_chained<S: EventStore + ?Sized>(store: &S) {
+    let prefix = unique_prefix();
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    // Interleaved appends of two streams, with every kind of expected version.
+    store
+        .append(&a, ExpectedVersion::NoStream, vec![event(0), event(1)])
+        .await
+        .expect("append a");
+    store
+        .append(&b, ExpectedVersion::Any, vec![event(0)])
+        .await
+        .expect("append b");
+    store
+        .append(&a, ExpectedVersion::Exact(1), vec![event(2)])
+        .await
+        .expect("append a again");
+    store
+        .append(&a, ExpectedVersion::Any, vec![event(3)])
+        .await
+        .expect("append a once more");
+    let events = store
+        .read_stream(&a, 0, Direction::Forwards, 100)
+        .await
+        .expect("read");
+    let v = crate::chain::verify(&events);
+    assert_eq!(v.first_break, None, "the chain of a stream verifies");
+    assert_eq!(v.checked, 4);
+    assert_eq!(v.head, events[3].chain);
+    let other = store
+        .read_stream(&b, 0, Direction::Forwards, 100)
+        .await
+        .expect("read b");
+    assert_eq!(
+        other[0].chain,
+        crate::chain::expected(&crate::chain::GENESIS, &other[0]),
+        "each stream starts its own chain"
+    );
 }
 
 pub async fn append_then_read_both_ways<S: EventStore + ?Sized>(store: &S) {

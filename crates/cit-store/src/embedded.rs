@@ -13,6 +13,8 @@
 //! Tables:
 //! - `events`: position -> record ([`crate::codec`]); position is dense from 1 here.
 //! - `stream_index`: (stream, version) -> position.
+//!
+//! The writer also extends each stream's hash chain ([`crate::chain`]) as it stages an append.
 //! - `event_ids`: first event id of each append -> position, for idempotent retries. Only the
 //!   first id is indexed: a retry resends the whole append, and one random-keyed insert per
 //!   append instead of per event keeps the dirty pages of a group commit few (measured: the
@@ -40,6 +42,8 @@ const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 
 /// Most events committed in one group; bounds commit latency under a flood.
 const MAX_GROUP_EVENTS: usize = 65_536;
+/// Longest `close` waits for in-flight reads to let go of the database.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Batch size of subscription catch-up reads.
 const SUBSCRIPTION_BATCH: usize = 2_048;
 
@@ -96,7 +100,9 @@ enum Job {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    /// None once closed. Readers take a clone per read; subscriptions hold only a `Weak`, so
+    /// closing releases the file (and its lock) as soon as in-flight reads finish.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<u64>,
     path: PathBuf,
@@ -156,7 +162,7 @@ impl EmbeddedStore {
             .map_err(storage)?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(db)),
                 jobs: jobs_tx,
                 head: head_rx,
                 path,
@@ -164,13 +170,37 @@ impl EmbeddedStore {
         })
     }
 
-    /// Stops the writer after the appends already queued; later appends fail with `Closed`.
-    /// Returns once the writer has released the database, so it can be reopened.
+    /// Stops the writer after the appends already queued; later appends and reads fail with
+    /// `Closed` and subscriptions end. Returns once the database file is released (in-flight
+    /// reads finish first, within [`CLOSE_WAIT`]), so it can be reopened at once.
     pub fn close(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.inner.jobs.send(Job::Shutdown(tx)).is_ok() {
             let _ = rx.recv();
         }
+        let taken = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(db) = taken {
+            let weak = Arc::downgrade(&db);
+            drop(db);
+            let started = Instant::now();
+            while weak.strong_count() > 0 && started.elapsed() < CLOSE_WAIT {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn db(&self) -> Result<Arc<Database>> {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Closed)
     }
 
     /// Path of the database file.
@@ -191,6 +221,30 @@ impl EmbeddedStore {
         }
         Ok(out)
     }
+}
+
+/// Rewrites one stored record in place, bypassing every check and the hash chain: what an
+/// attacker with write access to the data directory could do. Exists so tamper-evidence tests
+/// can edit storage directly; the store in `dir` must be closed.
+pub fn edit_record_for_tests(
+    dir: impl AsRef<Path>,
+    position: u64,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> Result<()> {
+    let db = Database::create(dir.as_ref().join("events.redb")).map_err(storage)?;
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut raw = events
+            .get(position)
+            .map_err(storage)?
+            .ok_or_else(|| Error::Storage(format!("no event at position {position}")))?
+            .value()
+            .to_vec();
+        edit(&mut raw);
+        events.insert(position, raw.as_slice()).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
 }
 
 fn last_position(db: &Database) -> Result<u64> {
@@ -220,13 +274,14 @@ fn stage(
         return Err(Error::InvalidAppend("empty stream name".into()));
     }
     // The stream's head is its last index entry: no separate table to keep in step.
-    let current = index
+    let head = index
         .range((job.stream.as_str(), 0)..=(job.stream.as_str(), u64::MAX))
         .map_err(storage)?
         .next_back()
         .transpose()
         .map_err(storage)?
-        .map(|(k, _)| k.value().1);
+        .map(|(k, v)| (k.value().1, v.value()));
+    let current = head.map(|(version, _)| version);
     // Idempotent retry: the first id is already stored. It must be the same append.
     if let Some(pos) = ids.get(job.events[0].id.as_u128()).map_err(storage)? {
         let first_pos = pos.value();
@@ -280,6 +335,17 @@ fn stage(
         });
     }
     let first_version = current.map(|v| v + 1).unwrap_or(0);
+    // The chain continues from the head's stored hash (read in place, no decode).
+    let mut prev = match head {
+        Some((_, position)) => codec::chain_of(
+            events
+                .get(position)
+                .map_err(storage)?
+                .ok_or_else(|| Error::Storage("stream index points nowhere".into()))?
+                .value(),
+        )?,
+        None => crate::chain::GENESIS,
+    };
     let mut result = AppendResult {
         last_version: 0,
         position: 0,
@@ -288,11 +354,21 @@ fn stage(
     for (version, e) in (first_version..).zip(&job.events) {
         let position = *next_position;
         *next_position += 1;
+        prev = crate::chain::link(
+            &prev,
+            &job.stream,
+            version,
+            e.id,
+            &e.event_type,
+            &e.data,
+            &e.metadata,
+        );
         codec::encode_into(
             &mut buf,
             version,
             e.id,
             created_ms,
+            &prev,
             &job.stream,
             &e.event_type,
             &e.data,
@@ -453,7 +529,7 @@ impl EventStore for EmbeddedStore {
     ) -> BoxFuture<'_, Result<Vec<RecordedEvent>>> {
         let stream = stream.to_string();
         Box::pin(async move {
-            let db = &self.inner.db;
+            let db = self.db()?;
             let txn = db.begin_read().map_err(storage)?;
             let index = txn.open_table(STREAM_INDEX).map_err(storage)?;
             let events = txn.open_table(EVENTS).map_err(storage)?;
@@ -490,11 +566,19 @@ impl EventStore for EmbeddedStore {
     }
 
     fn read_all(&self, after: u64, max: usize) -> BoxFuture<'_, Result<Vec<RecordedEvent>>> {
-        Box::pin(async move { Self::read_all_sync(&self.inner.db, after, max) })
+        Box::pin(async move { Self::read_all_sync(&*self.db()?, after, max) })
     }
 
     fn head_position(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move { Ok(*self.inner.head.borrow()) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        let store = self.clone();
+        Box::pin(async move {
+            // Waits on a thread: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || EmbeddedStore::close(&store)).await;
+        })
     }
 
     fn subscribe(
@@ -503,7 +587,14 @@ impl EventStore for EmbeddedStore {
         after: Option<u64>,
     ) -> BoxStream<'static, Result<SubscriptionMessage>> {
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIPTION_BATCH);
-        let db = self.inner.db.clone();
+        let db = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Arc::downgrade)
+            .unwrap_or_default();
         let mut head = self.inner.head.clone();
         tokio::spawn(async move {
             let mut checkpoint = after.unwrap_or(0);
@@ -512,6 +603,7 @@ impl EventStore for EmbeddedStore {
                 let batch = {
                     let db = db.clone();
                     match tokio::task::spawn_blocking(move || {
+                        let db = db.upgrade().ok_or(Error::Closed)?;
                         EmbeddedStore::read_all_sync(&db, checkpoint, SUBSCRIPTION_BATCH)
                     })
                     .await
@@ -545,8 +637,10 @@ impl EventStore for EmbeddedStore {
                         if *head.borrow_and_update() > checkpoint {
                             break;
                         }
-                        if head.changed().await.is_err() {
-                            return;
+                        // A dropped subscriber ends the task at once, not at the next append.
+                        tokio::select! {
+                            changed = head.changed() => if changed.is_err() { return },
+                            _ = tx.closed() => return,
                         }
                     }
                     continue;

@@ -10,9 +10,11 @@
 //!   original result;
 //! - the global log ("all") is totally ordered by `position` (> 0, increasing, not dense);
 //! - an append returns only once its events are durable;
+//! - every event carries a hash chained over its stream's previous event ([`chain`]);
 //! - a subscription delivers everything after a checkpoint, then [`SubscriptionMessage::CaughtUp`]
 //!   once, then live events as they are appended.
 
+pub mod chain;
 pub mod codec;
 pub mod conformance;
 pub mod embedded;
@@ -45,6 +47,9 @@ pub struct RecordedEvent {
     pub metadata: Vec<u8>,
     /// Wall-clock time the store committed it, milliseconds since the epoch.
     pub created_ms: i64,
+    /// Tamper evidence: SHA-256 over this event chained to the previous one of its stream
+    /// ([`chain::link`]); [`chain::GENESIS`] on records written before chains existed.
+    pub chain: chain::Hash,
 }
 
 /// What an append expects of its stream.
@@ -149,6 +154,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Position of the last event in the global log (0 when empty).
     fn head_position(&self) -> BoxFuture<'_, Result<u64>>;
+
+    /// Releases the backend once the appends already queued are durable (a local database
+    /// file can then be reopened); later calls fail with [`Error::Closed`]. Default: nothing to
+    /// release (a client of a server).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 
     /// Catch-up subscription: events matching `filter` with position > `after` (all when None),
     /// then `CaughtUp`, then live events. Ends only with an error or when dropped.
