@@ -338,6 +338,34 @@ impl Event {
         }
     }
 
+    /// The run the event belongs to or changes, if any (custody events name theirs).
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Event::RunPlanned { run_id, .. }
+            | Event::EscortReadied { run_id, .. }
+            | Event::RunDeparted { run_id, .. }
+            | Event::CheckedIn { run_id, .. }
+            | Event::IncidentReported { run_id, .. }
+            | Event::CashBoxesHandedOver { run_id, .. }
+            | Event::WeaponIssued { run_id, .. }
+            | Event::WeaponHandedOver { run_id, .. }
+            | Event::WeaponReturned { run_id, .. }
+            | Event::RunClosed { run_id, .. }
+            | Event::AnomalyAcknowledged { run_id, .. }
+            | Event::AnomalyResolved { run_id, .. } => Some(run_id),
+            Event::AnomalyRaised { anomaly } => Some(&anomaly.run_id),
+            Event::FixesRecorded { run_id, .. } | Event::CommandRefused { run_id, .. } => {
+                run_id.as_deref()
+            }
+            Event::VehicleRegistered { .. }
+            | Event::PersonRegistered { .. }
+            | Event::WeaponRegistered { .. }
+            | Event::AmmoLotRegistered { .. }
+            | Event::CheckpointRegistered { .. }
+            | Event::ClockTicked { .. } => None,
+        }
+    }
+
     /// The time the event speaks for: the last fix of a batch, the anomaly's `at`, otherwise
     /// the (server or scenario) time it was recorded.
     pub fn time(&self) -> Millis {

@@ -2,7 +2,7 @@
 //! events to append, or a refusal that is itself an event; `apply` folds an appended event in.
 //! `handle` never mutates: the caller applies the events once they are durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -155,6 +155,9 @@ pub struct Run {
     /// Boxes of the manifest and the boxes handed over so far.
     pub cash_boxes: Vec<String>,
     pub handed_over: std::collections::HashSet<String>,
+    /// Weapons and ammunition lots ever issued on this run: the custody streams an audit of
+    /// the run reads beside the run's own.
+    pub custody: BTreeSet<String>,
 }
 
 /// Workflow state of an anomaly (for acknowledge / resolve).
@@ -966,6 +969,7 @@ impl World {
                         readiness: HashMap::new(),
                         cash_boxes: cash_boxes.clone(),
                         handed_over: Default::default(),
+                        custody: BTreeSet::new(),
                     },
                 );
             }
@@ -1027,6 +1031,12 @@ impl World {
                 }
                 if let Some(left) = self.ammo_lots.get_mut(lot) {
                     *left = left.saturating_sub(*rounds);
+                }
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.custody
+                        .insert(format!("{}{serial}", crate::event::streams::WEAPON));
+                    run.custody
+                        .insert(format!("{}{lot}", crate::event::streams::AMMO));
                 }
             }
             Event::WeaponHandedOver { serial, to, .. } => {

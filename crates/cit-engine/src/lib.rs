@@ -94,6 +94,13 @@ impl Engine {
         self.runs.len()
     }
 
+    /// The earliest pending deadline, if any (possibly stale: firing it may raise nothing). A
+    /// host that moves time with the wall clock logs a tick when this is due, so replaying the
+    /// log reproduces exactly when time rules fired.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.deadlines.first_key_value().map(|((at, _), _)| *at)
+    }
+
     /// Where a run stands along its plan, for dispatch: progress and route length (metres) and
     /// the next stop not yet reached, in order.
     pub fn standing(&self, run_id: &str) -> Option<RunStanding> {

@@ -24,12 +24,17 @@ pub struct Entry {
     pub status: Status,
     pub acknowledged: Option<(String, Millis)>,
     pub resolved: Option<(String, Millis, String, String)>,
+    /// When dispatch was last told of it and how many times (re-announcements of an
+    /// unacknowledged critical anomaly count).
+    pub announced: (Millis, u32),
 }
 
 #[derive(Debug, Default)]
 struct Book {
     order: Vec<String>,
     by_id: HashMap<String, Entry>,
+    /// Ids per run in raise order: a run's view reads its own anomalies, not everyone's.
+    by_run: HashMap<String, Vec<String>>,
 }
 
 /// Shared between the engine worker (writer) and the dispatch service (reader).
@@ -65,6 +70,10 @@ impl Anomalies {
             return false;
         }
         book.order.push(a.id.clone());
+        book.by_run
+            .entry(a.run_id.clone())
+            .or_default()
+            .push(a.id.clone());
         book.by_id.insert(
             a.id.clone(),
             Entry {
@@ -72,6 +81,7 @@ impl Anomalies {
                 status: Status::Open,
                 acknowledged: None,
                 resolved: None,
+                announced: (a.at, 1),
             },
         );
         true
@@ -119,14 +129,44 @@ impl Anomalies {
         include_resolved: bool,
     ) -> Vec<Entry> {
         let book = self.read();
-        book.order
-            .iter()
+        let ids = match run_id {
+            Some(r) => book.by_run.get(r).map(Vec::as_slice).unwrap_or_default(),
+            None => book.order.as_slice(),
+        };
+        ids.iter()
             .filter_map(|id| book.by_id.get(id))
-            .filter(|e| run_id.is_none_or(|r| e.anomaly.run_id == r))
             .filter(|e| min_severity.is_none_or(|s| e.anomaly.severity >= s))
             .filter(|e| include_resolved || e.status != Status::Resolved)
             .cloned()
             .collect()
+    }
+
+    /// One anomaly by id.
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.read().by_id.get(id).cloned()
+    }
+
+    /// Critical anomalies still unacknowledged `after` since dispatch was last told of them:
+    /// marked announced again at `now` and returned, to be announced again.
+    pub fn due_again(&self, now: Millis, after_s: f64) -> Vec<Entry> {
+        let mut book = self.write();
+        let mut due = Vec::new();
+        for e in book.by_id.values_mut() {
+            if e.status == Status::Open
+                && e.anomaly.severity == Severity::Critical
+                && now.secs_since(e.announced.0) >= after_s
+            {
+                e.announced = (now, e.announced.1 + 1);
+                due.push(e.clone());
+            }
+        }
+        due.sort_by(|a, b| {
+            a.anomaly
+                .at
+                .cmp(&b.anomaly.at)
+                .then(a.anomaly.id.cmp(&b.anomaly.id))
+        });
+        due
     }
 
     /// Waits until the engine has processed `position` (at most `limit`).

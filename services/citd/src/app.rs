@@ -276,6 +276,12 @@ impl App {
         }
     }
 
+    /// Makes an event another writer (the engine) appended known to the command side, so
+    /// commands about it (acknowledging an anomaly) are decided on it at once.
+    pub async fn learn(&self, event: &Event) {
+        self.commands.lock().await.world.apply(event);
+    }
+
     /// Reads the domain state under the command lock (queries on small registries).
     pub async fn with_world<T>(&self, f: impl FnOnce(&World) -> T) -> T {
         let state = self.commands.lock().await;

@@ -50,6 +50,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter, e.g. `info,cit_store=debug`.
     pub log_level: String,
+    /// Re-announce a critical anomaly to watchers while it stays unacknowledged this long,
+    /// seconds (0: never).
+    pub reannounce_after_s: u64,
+    /// How many changes a `WatchFleet` watcher may fall behind before it is told and resnapped.
+    pub watch_buffer: usize,
 }
 
 impl Default for Config {
@@ -64,6 +69,8 @@ impl Default for Config {
             cache_mb: 256,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            reannounce_after_s: 60,
+            watch_buffer: 16_384,
         }
     }
 }
@@ -101,6 +108,12 @@ pub struct Overrides {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "CIT_LOG")]
     pub log_level: Option<String>,
+    /// Seconds before an unacknowledged critical anomaly is announced again (0: never).
+    #[arg(long, env = "CIT_REANNOUNCE_AFTER_S")]
+    pub reannounce_after_s: Option<u64>,
+    /// Changes a WatchFleet watcher may fall behind before it is told and resnapped.
+    #[arg(long, env = "CIT_WATCH_BUFFER")]
+    pub watch_buffer: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +176,12 @@ impl Config {
         if let Some(v) = &o.log_level {
             c.log_level = v.clone();
         }
+        if let Some(v) = o.reannounce_after_s {
+            c.reannounce_after_s = v;
+        }
+        if let Some(v) = o.watch_buffer {
+            c.watch_buffer = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -178,6 +197,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "cache_mb",
                 reason: "must be > 0".into(),
+            });
+        }
+        if !(16..=1 << 20).contains(&self.watch_buffer) {
+            return Err(ConfigError::Invalid {
+                field: "watch_buffer",
+                reason: format!("must be 16 to 1048576, got {}", self.watch_buffer),
             });
         }
         if self.listen.port() != 0 && self.metrics_listen == Some(self.listen) {

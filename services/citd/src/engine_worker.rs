@@ -1,13 +1,21 @@
 //! Runs the pure detection engine live: a catch-up subscription to the whole log feeds it events
 //! in order; what it raises is appended to the run's stream as `AnomalyRaised` with an id derived
 //! from the anomaly's deterministic id, so a restart that sees an input again stores nothing
-//! twice. In wall-clock mode a one-second timer moves the engine's time so deadlines fire when
-//! nothing arrives; in scenario mode time moves only with the log (ticks are logged).
+//! twice.
+//!
+//! Time moves only with the log: in scenario mode the driver logs ticks; in wall-clock mode a
+//! one-second timer logs a `ClockTicked` whenever one of the engine's deadlines is due, and the
+//! engine fires it when the tick comes back through the subscription. So the log alone decides
+//! when every time rule fired, and replaying it (a restart, an audit's re-detection) is exact —
+//! a fix that arrives late never reorders against a deadline differently on replay.
+//!
+//! The same fold ([`fold`]) feeds the read models live and rebuilds them for the audit's
+//! `StateAt`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cit_domain::event::Event;
+use cit_domain::event::{Anomaly, Event};
 use cit_engine::Engine;
 use cit_store::{ExpectedVersion, SubscriptionFilter, SubscriptionMessage};
 use futures::StreamExt;
@@ -17,12 +25,15 @@ use crate::anomalies::Anomalies;
 use crate::app::{App, ID_NAMESPACE, decode, encode};
 use crate::clock::wall_now;
 use crate::fleet::Fleet;
+use crate::grpc::anomaly_to_pb;
+use crate::watch::Hub;
 
 /// Runs until `shutdown` resolves or the subscription fails.
 pub async fn run(
     app: Arc<App>,
     anomalies: Arc<Anomalies>,
     fleet: Arc<Fleet>,
+    hub: Arc<Hub>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let mut engine = Engine::new();
@@ -36,8 +47,12 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick(), if wall => {
-                let raised = engine.advance_to(wall_now(), true);
-                persist(&app, &anomalies, raised).await;
+                let now = wall_now();
+                if engine.next_deadline().is_some_and(|d| d <= now)
+                    && let Err(e) = app.advance_clock(now, true).await
+                {
+                    tracing::warn!(cause = %e, "logging a clock tick failed; retried next second");
+                }
             }
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
@@ -45,17 +60,11 @@ pub async fn run(
                     Ok(SubscriptionMessage::Event(r)) => {
                         position = r.position;
                         if let Some(event) = decode(&r) {
-                            anomalies.apply(&event);
-                            fleet.apply(&event);
-                            let raised = engine.handle(r.position, &event);
-                            // The read models see the engine's view of the run in the same step.
-                            if let Event::FixesRecorded { run_id: Some(run), .. }
-                            | Event::RunPlanned { run_id: run, .. }
-                            | Event::RunDeparted { run_id: run, .. } = &event
-                            {
-                                fleet.set_standing(run, engine.standing(run));
+                            let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
+                            persist(&app, &anomalies, raised, &hub, &fleet).await;
+                            if hub.watching() {
+                                publish(&app, &hub, &anomalies, &fleet, &event);
                             }
-                            persist(&app, &anomalies, raised).await;
                         }
                         anomalies.engine_position.send_replace(position);
                         let head = *app.written.borrow();
@@ -75,7 +84,47 @@ pub async fn run(
     }
 }
 
-async fn persist(app: &App, anomalies: &Anomalies, raised: Vec<cit_domain::event::Anomaly>) {
+/// Folds one logged event into the engine and the read models, in that order of truth: the read
+/// models see the engine's view of the run in the same step. Returns what the engine raised.
+pub fn fold(
+    engine: &mut Engine,
+    anomalies: &Anomalies,
+    fleet: &Fleet,
+    position: u64,
+    event: &Event,
+) -> Vec<Anomaly> {
+    anomalies.apply(event);
+    fleet.apply(event);
+    let raised = engine.handle(position, event);
+    if let Event::FixesRecorded {
+        run_id: Some(run), ..
+    }
+    | Event::RunPlanned { run_id: run, .. }
+    | Event::RunDeparted { run_id: run, .. } = event
+    {
+        fleet.set_standing(run, engine.standing(run));
+    }
+    raised
+}
+
+/// Tells watchers what a logged event changed: the run's new view, and an anomaly's new
+/// workflow state. (Raised anomalies are published by [`persist`], once, when first recorded.)
+fn publish(app: &App, hub: &Hub, anomalies: &Anomalies, fleet: &Fleet, event: &Event) {
+    if let Event::AnomalyAcknowledged { anomaly_id, .. } | Event::AnomalyResolved { anomaly_id, .. } =
+        event
+        && let Some(entry) = anomalies.get(anomaly_id)
+    {
+        hub.anomaly(anomaly_to_pb(&entry));
+    }
+    if !matches!(event, Event::AnomalyRaised { .. })
+        && let Some(run) = event.run_id()
+        && let Some(view) = fleet.view(run, app.clock.now(), anomalies)
+    {
+        hub.run_changed(view);
+    }
+}
+
+async fn persist(app: &App, anomalies: &Anomalies, raised: Vec<Anomaly>, hub: &Hub, fleet: &Fleet) {
     for a in raised {
         let event = Event::AnomalyRaised { anomaly: a.clone() };
         let id = Uuid::new_v5(&ID_NAMESPACE, format!("anomaly/{}", a.id).as_bytes());
@@ -100,7 +149,16 @@ async fn persist(app: &App, anomalies: &Anomalies, raised: Vec<cit_domain::event
                 }
             }
         }
+        app.learn(&event).await;
         if anomalies.raise(&a) {
+            if hub.watching()
+                && let Some(entry) = anomalies.get(&a.id)
+            {
+                hub.anomaly(anomaly_to_pb(&entry));
+                if let Some(view) = fleet.view(&a.run_id, app.clock.now(), anomalies) {
+                    hub.run_changed(view);
+                }
+            }
             app.metrics.anomaly(a.kind.as_str());
             tracing::warn!(kind = a.kind.as_str(), run = %a.run_id, severity = a.severity.as_str(), at = a.at.0, summary = %a.summary, "anomaly raised");
         }

@@ -7,6 +7,9 @@
 //! - [`engine_worker`]: the detection engine fed by a catch-up subscription to the log.
 //! - [`anomalies`]: the anomaly read model with read-your-writes waits.
 //! - [`fleet`]: the dispatch read model (where every run is, crew, weapons, standing).
+//! - [`audit`]: a run rebuilt from the log: custody, hash chains, re-detection, state at a
+//!   moment, exports and picture.
+//! - [`watch`]: live fleet changes for WatchFleet (a bounded broadcast ring).
 //! - [`grpc`]: one module per public service; validation and status mapping at the edge.
 //! - [`error`]: application errors to gRPC statuses, in one table.
 //! - [`clock`]: wall clock or scenario time.
@@ -16,6 +19,7 @@
 
 pub mod anomalies;
 pub mod app;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -26,6 +30,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod runner;
 pub mod server;
+pub mod watch;
 
 /// Installs the `tracing` subscriber for a binary.
 pub fn init_tracing(level: &str, format: config::LogFormat) {

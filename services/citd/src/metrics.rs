@@ -33,6 +33,9 @@ pub struct Metrics {
     group_events: Histogram,
     pub engine_lag_events: Gauge,
     anomalies: Family<KindLabels, Counter>,
+    pub anomalies_reannounced: Counter,
+    pub watch_fell_behind: Counter,
+    pub watchers: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,6 +64,9 @@ impl Metrics {
             group_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             engine_lag_events: Gauge::default(),
             anomalies: Family::default(),
+            anomalies_reannounced: Counter::default(),
+            watch_fell_behind: Counter::default(),
+            watchers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +106,17 @@ impl Metrics {
             m.engine_lag_events.clone(),
         );
         registry.register("anomalies", "Anomalies raised by kind", m.anomalies.clone());
+        registry.register(
+            "anomalies_reannounced",
+            "Critical anomalies announced again while unacknowledged",
+            m.anomalies_reannounced.clone(),
+        );
+        registry.register(
+            "watch_fell_behind",
+            "Times a WatchFleet watcher fell behind and was resnapped",
+            m.watch_fell_behind.clone(),
+        );
+        registry.register("watchers", "Open WatchFleet streams", m.watchers.clone());
         Metrics { registry, ..m }
     }
 

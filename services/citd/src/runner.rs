@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cit_domain::Millis;
 use cit_proto::v1 as pb;
 use cit_proto::v1::{
-    armory_client::ArmoryClient, dispatch_client::DispatchClient,
+    armory_client::ArmoryClient, audit_client::AuditClient, dispatch_client::DispatchClient,
     police_liaison_client::PoliceLiaisonClient, runs_client::RunsClient,
     scenario_clock_client::ScenarioClockClient, telemetry_client::TelemetryClient,
 };
@@ -48,6 +48,7 @@ pub struct Clients {
     pub liaison: PoliceLiaisonClient<Channel>,
     pub telemetry: TelemetryClient<Channel>,
     pub dispatch: DispatchClient<Channel>,
+    pub audit: AuditClient<Channel>,
     pub clock: ScenarioClockClient<Channel>,
 }
 
@@ -64,6 +65,7 @@ impl Clients {
             liaison: PoliceLiaisonClient::new(channel.clone()),
             telemetry: TelemetryClient::new(channel.clone()),
             dispatch: DispatchClient::new(channel.clone()),
+            audit: AuditClient::new(channel.clone()),
             clock: ScenarioClockClient::new(channel),
         })
     }

@@ -80,6 +80,32 @@ pub async fn open_store(
     }
 }
 
+/// Announces again, every second, the critical anomalies left unacknowledged for
+/// `after_s` (on the server's clock, so scenario time too): to watchers, the log and metrics.
+async fn reannounce(
+    app: Arc<App>,
+    anomalies: Arc<Anomalies>,
+    hub: Arc<crate::watch::Hub>,
+    after_s: u64,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = every.tick() => {
+                for e in anomalies.due_again(app.clock.now(), after_s as f64) {
+                    app.metrics.anomalies_reannounced.inc();
+                    tracing::warn!(anomaly = %e.anomaly.id, run = %e.anomaly.run_id, times = e.announced.1, summary = %e.anomaly.summary, "critical anomaly still unacknowledged");
+                    hub.anomaly(grpc::anomaly_to_pb(&e));
+                }
+            }
+        }
+    }
+}
+
 /// A started server.
 #[derive(Debug)]
 pub struct Running {
@@ -160,6 +186,7 @@ pub async fn serve(
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let anomalies = Arc::new(Anomalies::default());
     let fleet = Arc::new(crate::fleet::Fleet::default());
+    let hub = Arc::new(crate::watch::Hub::new(config.watch_buffer));
 
     // Set when shutdown begins; the engine, the metrics server and open fix streams follow it.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -168,8 +195,18 @@ pub async fn serve(
         app.clone(),
         anomalies.clone(),
         fleet.clone(),
+        hub.clone(),
         stopped(stop_rx.clone()),
     ));
+    if config.reannounce_after_s > 0 {
+        tokio::spawn(reannounce(
+            app.clone(),
+            anomalies.clone(),
+            hub.clone(),
+            config.reannounce_after_s,
+            stopped(stop_rx.clone()),
+        ));
+    }
     if let Some(l) = metrics_listener {
         let m = metrics.clone();
         let router = axum::Router::new().route(
@@ -228,6 +265,8 @@ pub async fn serve(
             app: app.clone(),
             anomalies: anomalies.clone(),
             fleet: fleet.clone(),
+            hub: hub.clone(),
+            stopping: stop_rx.clone(),
         }))
         .add_service(AuditServer::new(grpc::audit::AuditService {
             app: app.clone(),
@@ -260,6 +299,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = engine.await;
     drop(app);
+    store.close().await;
     tracing::info!("citd stopped");
     result.map_err(ServerError::from)
 }

@@ -1,18 +1,26 @@
-//! `cit.v1.Audit`: reading a run back event by event. Replay pacing, state-at-time, the hash
-//! chain, re-detection, export and rendering belong to the audit issue and answer UNIMPLEMENTED
-//! until it lands.
+//! `cit.v1.Audit`: a run read back or replayed event by event (with its custody events), the run
+//! as dispatch saw it at a moment, its hash chains verified, its anomalies re-detected, and its
+//! exports and picture. The work is in [`crate::audit`]; this is the wire.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use cit_domain::event::streams;
 use cit_proto::v1 as pb;
 use cit_proto::v1::audit_server::Audit;
-use futures::Stream;
+use cit_store::RecordedEvent;
+use cit_store::chain::to_hex;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::ts;
-use crate::app::App;
+use super::{required_time, ts};
+use crate::app::{App, decode};
+use crate::audit::{self, RunDigest, RunRecord, export, render};
+use crate::error::AppError;
+
+/// Longest pause a paced replay makes between two events; a gap of hours in the record should
+/// not stall an auditor's replay for hours even at speed 1.
+const MAX_REPLAY_PAUSE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct AuditService {
@@ -22,10 +30,33 @@ pub struct AuditService {
 type Res<T> = Result<Response<T>, Status>;
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is part of the audit issue and is not built yet"
-    ))
+fn run_event(e: &RecordedEvent) -> pb::RunEvent {
+    let recorded_at = decode(e)
+        .map(|ev| ev.time())
+        .unwrap_or(cit_domain::Millis(e.created_ms));
+    pb::RunEvent {
+        log_position: e.position,
+        stream_version: e.version,
+        stream: e.stream.clone(),
+        event_id: e.id.to_string(),
+        event_type: e.event_type.clone(),
+        recorded_at: Some(ts(recorded_at)),
+        data_json: String::from_utf8_lossy(&e.data).into_owned(),
+        chain_hash: to_hex(&e.chain),
+    }
+}
+
+fn run_id(id: &str) -> Result<&str, Status> {
+    if id.trim().is_empty() {
+        return Err(Status::invalid_argument("run_id: is required"));
+    }
+    Ok(id)
+}
+
+impl AuditService {
+    async fn load(&self, id: &str, context: bool) -> Result<RunRecord, Status> {
+        Ok(audit::load(&self.app, run_id(id)?, context).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -35,62 +66,137 @@ impl Audit for AuditService {
 
     async fn read_run(&self, req: Request<pb::ReadRunRequest>) -> Res<EventStream> {
         let r = req.into_inner();
-        if r.include_custody {
-            return Err(not_yet("ReadRun with include_custody"));
+        let record = self.load(&r.run_id, false).await?;
+        let events: Vec<Result<pb::RunEvent, Status>> = record
+            .timeline(r.include_custody)
+            .into_iter()
+            .map(|e| Ok(run_event(e)))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(events))))
+    }
+
+    async fn replay_run(&self, req: Request<pb::ReplayRunRequest>) -> Res<EventStream> {
+        let r = req.into_inner();
+        if !r.speed.is_finite() || r.speed < 0.0 {
+            return Err(Status::invalid_argument(format!(
+                "speed: must be a finite factor >= 0 (0 = as fast as possible), got {}",
+                r.speed
+            )));
         }
-        let exists = self
-            .app
-            .with_world(|w| w.runs.contains_key(&r.run_id))
-            .await;
-        if !exists {
-            return Err(Status::not_found(format!("run {:?} not found", r.run_id)));
-        }
-        let events = self
-            .app
-            .read_stream(&format!("{}{}", streams::RUN, r.run_id))
-            .await?;
-        let out = events.into_iter().map(|e| {
-            let recorded_at = crate::app::decode(&e)
-                .map(|ev| ev.time())
-                .unwrap_or(cit_domain::Millis(e.created_ms));
-            Ok(pb::RunEvent {
-                log_position: e.position,
-                stream_version: e.version,
-                stream: e.stream,
-                event_id: e.id.to_string(),
-                event_type: e.event_type,
-                recorded_at: Some(ts(recorded_at)),
-                data_json: String::from_utf8_lossy(&e.data).into_owned(),
-                chain_hash: String::new(),
-            })
+        let record = self.load(&r.run_id, false).await?;
+        let events: Vec<pb::RunEvent> = record
+            .timeline(r.include_custody)
+            .into_iter()
+            .map(run_event)
+            .collect();
+        let speed = r.speed;
+        let mut previous: Option<i64> = None;
+        let paced = futures::stream::iter(events).then(move |e| {
+            let t = e
+                .recorded_at
+                .as_ref()
+                .map(super::millis)
+                .unwrap_or_default()
+                .0;
+            let gap_ms = previous.map(|p| (t - p).max(0)).unwrap_or(0);
+            previous = Some(t);
+            async move {
+                if speed > 0.0 && gap_ms > 0 {
+                    let pause = Duration::from_secs_f64(gap_ms as f64 / 1000.0 / speed);
+                    tokio::time::sleep(pause.min(MAX_REPLAY_PAUSE)).await;
+                }
+                Ok(e)
+            }
         });
-        Ok(Response::new(Box::pin(futures::stream::iter(out))))
+        Ok(Response::new(Box::pin(paced)))
     }
 
-    async fn replay_run(&self, _req: Request<pb::ReplayRunRequest>) -> Res<EventStream> {
-        Err(not_yet("ReplayRun"))
+    async fn state_at(&self, req: Request<pb::StateAtRequest>) -> Res<pb::RunView> {
+        let r = req.into_inner();
+        let at = required_time(r.at.as_ref(), "at").map_err(AppError::from)?;
+        let record = self.load(&r.run_id, true).await?;
+        audit::state_at(&record, at)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("run {:?} was not planned by then", r.run_id)))
     }
 
-    async fn state_at(&self, _req: Request<pb::StateAtRequest>) -> Res<pb::RunView> {
-        Err(not_yet("StateAt"))
-    }
-
-    async fn verify_run(&self, _req: Request<pb::VerifyRunRequest>) -> Res<pb::VerifyRunResponse> {
-        Err(not_yet("VerifyRun"))
+    async fn verify_run(&self, req: Request<pb::VerifyRunRequest>) -> Res<pb::VerifyRunResponse> {
+        let r = req.into_inner();
+        let record = self.load(&r.run_id, false).await?;
+        let report = audit::verify(&record);
+        let mut out = pb::VerifyRunResponse {
+            ok: report.first_break.is_none(),
+            events_checked: report.checked,
+            ..Default::default()
+        };
+        match report.first_break {
+            Some(b) => {
+                out.first_bad_stream_version = b.version;
+                out.first_bad_event_id = b.id.to_string();
+                out.reason = format!(
+                    "{} version {} (log position {}): {}",
+                    b.stream, b.version, b.position, b.reason
+                );
+            }
+            None => {
+                out.reason = format!("chain intact; run stream head {}", to_hex(&report.head));
+            }
+        }
+        Ok(Response::new(out))
     }
 
     async fn redetect_run(
         &self,
-        _req: Request<pb::RedetectRunRequest>,
+        req: Request<pb::RedetectRunRequest>,
     ) -> Res<pb::RedetectRunResponse> {
-        Err(not_yet("RedetectRun"))
+        let r = req.into_inner();
+        let record = self.load(&r.run_id, true).await?;
+        // The engine is CPU work proportional to the run's length: off the async workers.
+        let found = tokio::task::spawn_blocking(move || audit::redetect(&record))
+            .await
+            .map_err(|e| Status::internal(format!("re-detection failed: {e}")))?;
+        Ok(Response::new(pb::RedetectRunResponse {
+            reproduced: found.reproduced(),
+            recorded_anomaly_ids: found.recorded.iter().map(|a| a.id.clone()).collect(),
+            redetected_anomaly_ids: found.redetected.iter().map(|a| a.id.clone()).collect(),
+            differences: found.differences,
+        }))
     }
 
-    async fn export_run(&self, _req: Request<pb::ExportRunRequest>) -> Res<pb::ExportRunResponse> {
-        Err(not_yet("ExportRun"))
+    async fn export_run(&self, req: Request<pb::ExportRunRequest>) -> Res<pb::ExportRunResponse> {
+        let r = req.into_inner();
+        let format = pb::ExportFormat::try_from(r.format).unwrap_or(pb::ExportFormat::Unspecified);
+        if format == pb::ExportFormat::Unspecified {
+            return Err(Status::invalid_argument(
+                "format: one of EXPORT_FORMAT_GEOJSON, EXPORT_FORMAT_GPX, EXPORT_FORMAT_CSV",
+            ));
+        }
+        let digest = RunDigest::of(&self.load(&r.run_id, false).await?);
+        let (content_type, content) = match format {
+            pb::ExportFormat::Gpx => ("application/gpx+xml", export::gpx(&digest)),
+            pb::ExportFormat::Csv => ("text/csv", export::csv(&digest)),
+            _ => ("application/geo+json", export::geojson(&digest)),
+        };
+        Ok(Response::new(pb::ExportRunResponse {
+            content_type: content_type.to_string(),
+            content,
+        }))
     }
 
-    async fn render_run(&self, _req: Request<pb::RenderRunRequest>) -> Res<pb::RenderRunResponse> {
-        Err(not_yet("RenderRun"))
+    async fn render_run(&self, req: Request<pb::RenderRunRequest>) -> Res<pb::RenderRunResponse> {
+        let r = req.into_inner();
+        if r.width_px != 0 && !(render::MIN_WIDTH_PX..=render::MAX_WIDTH_PX).contains(&r.width_px) {
+            return Err(Status::invalid_argument(format!(
+                "width_px: {} to {} (0 = {}), got {}",
+                render::MIN_WIDTH_PX,
+                render::MAX_WIDTH_PX,
+                render::DEFAULT_WIDTH_PX,
+                r.width_px
+            )));
+        }
+        let digest = RunDigest::of(&self.load(&r.run_id, false).await?);
+        Ok(Response::new(pb::RenderRunResponse {
+            svg: render::svg(&digest, r.width_px),
+        }))
     }
 }

@@ -1,6 +1,6 @@
-//! `cit.v1.Dispatch`: where every run is (GetRun, ListActiveRuns, NearestVehicles), the anomaly
-//! list and workflow (acknowledge, resolve). WatchFleet belongs to the dispatch issue and answers
-//! UNIMPLEMENTED until it lands.
+//! `cit.v1.Dispatch`: where every run is (GetRun, ListActiveRuns, NearestVehicles), the live
+//! stream of changes (WatchFleet, see [`crate::watch`]), the anomaly list and workflow
+//! (acknowledge, resolve).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,10 @@ use crate::anomalies::Anomalies;
 use crate::app::App;
 use crate::error::AppError;
 use crate::fleet::Fleet;
+use crate::watch::{Filter, Hub};
+use futures::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 /// Longest a read waits for its own writes to reach the engine.
 const READ_YOUR_WRITES_LIMIT: Duration = Duration::from_secs(10);
@@ -24,9 +28,27 @@ pub struct DispatchService {
     pub app: Arc<App>,
     pub anomalies: Arc<Anomalies>,
     pub fleet: Arc<Fleet>,
+    pub hub: Arc<Hub>,
+    /// Set when citd begins to stop: open watches end with UNAVAILABLE.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DispatchService {
+    /// The snapshot a watcher starts from (and resumes from after falling behind).
+    fn snapshot(&self, filter: &Filter) -> pb::FleetEvent {
+        let runs = self
+            .fleet
+            .active(self.app.clock.now(), &self.anomalies)
+            .into_iter()
+            .filter(|v| filter.run_matches(v))
+            .collect();
+        pb::FleetEvent {
+            event: Some(pb::fleet_event::Event::Snapshot(
+                pb::ListActiveRunsResponse { runs },
+            )),
+        }
+    }
+
     /// Read-your-writes: waits until the read models have processed `position` (0: no wait).
     async fn caught_up(&self, position: u64) -> Result<(), Status> {
         if position > 0 {
@@ -40,10 +62,45 @@ impl DispatchService {
 
 type Res<T> = Result<Response<T>, Status>;
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is part of the dispatch read models, which are not built yet"
-    ))
+fn watch_filter(r: pb::WatchFleetRequest) -> Result<Filter, Status> {
+    let bbox = match &r.bbox {
+        None => None,
+        Some(b) => {
+            let sw = latlon(b.south_west.as_ref(), "bbox.south_west").map_err(AppError::from)?;
+            let ne = latlon(b.north_east.as_ref(), "bbox.north_east").map_err(AppError::from)?;
+            if sw.lat > ne.lat {
+                return Err(Status::invalid_argument(format!(
+                    "bbox: south_west.lat {} is north of north_east.lat {}",
+                    sw.lat, ne.lat
+                )));
+            }
+            Some((sw, ne))
+        }
+    };
+    if pb::Severity::try_from(r.min_severity).is_err() {
+        return Err(Status::invalid_argument(format!(
+            "min_severity: unknown value {}",
+            r.min_severity
+        )));
+    }
+    let min = severity_from_pb(r.min_severity).map(|s| super::severity_to_pb(s) as i32);
+    Ok(Filter::new(r.run_ids, bbox, min))
+}
+
+/// Counts an open watch stream for as long as it lives.
+struct Watching(Arc<crate::metrics::Metrics>);
+
+impl Watching {
+    fn new(m: Arc<crate::metrics::Metrics>) -> Self {
+        m.watchers.inc();
+        Watching(m)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.watchers.dec();
+    }
 }
 
 #[tonic::async_trait]
@@ -97,9 +154,59 @@ impl Dispatch for DispatchService {
 
     async fn watch_fleet(
         &self,
-        _req: Request<pb::WatchFleetRequest>,
+        req: Request<pb::WatchFleetRequest>,
     ) -> Res<Self::WatchFleetStream> {
-        Err(not_yet("WatchFleet"))
+        let filter = watch_filter(req.into_inner())?;
+        // The snapshot shows at least everything logged before the watch began (after a
+        // restart, the read models are still catching up with the log).
+        let head = self
+            .app
+            .store
+            .head_position()
+            .await
+            .map_err(AppError::from)?;
+        self.caught_up(head).await?;
+        // Subscribe before the snapshot: a change between the two is sent (at worst twice),
+        // never lost.
+        let changes = BroadcastStream::new(self.hub.subscribe());
+        let first = self.snapshot(&filter);
+        let me = DispatchService {
+            app: self.app.clone(),
+            anomalies: self.anomalies.clone(),
+            fleet: self.fleet.clone(),
+            hub: self.hub.clone(),
+            stopping: self.stopping.clone(),
+        };
+        let watching = Watching::new(self.app.metrics.clone());
+        let rest = changes.flat_map(move |c| {
+            let _alive = &watching;
+            let out: Vec<Result<pb::FleetEvent, Status>> = match c {
+                Ok(change) if filter.matches(&change) => vec![Ok((*change).clone())],
+                Ok(_) => Vec::new(),
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    me.app.metrics.watch_fell_behind.inc();
+                    vec![
+                        Ok(pb::FleetEvent {
+                            event: Some(pb::fleet_event::Event::FellBehind(n)),
+                        }),
+                        Ok(me.snapshot(&filter)),
+                    ]
+                }
+            };
+            futures::stream::iter(out)
+        });
+        let stopping = crate::server::stopped(self.stopping.clone());
+        let closing = futures::stream::once(async {
+            Err(Status::unavailable(
+                "citd is shutting down; watch again to resume from a snapshot",
+            ))
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async move { Ok(first) })
+                .chain(rest)
+                .take_until(stopping)
+                .chain(closing),
+        )))
     }
 
     async fn list_anomalies(

@@ -105,5 +105,6 @@ pub fn anomaly_to_pb(e: &crate::anomalies::Entry) -> pb::Anomaly {
                 }
             })
             .unwrap_or_default(),
+        announcements: e.announced.1,
     }
 }

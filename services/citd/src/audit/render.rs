@@ -1,0 +1,344 @@
+//! A picture of a run as SVG, for an audit file or a browser: the route corridor, the track
+//! coloured by speed, the planned stops with their geofences, the anomalies marked with their
+//! times, a legend, a scale bar and the OpenStreetMap attribution. Pure: a [`RunDigest`] in, a
+//! string out. SVG because it is text (diffable, embeddable, exact at any zoom) and needs no
+//! rasteriser in the server.
+
+use std::fmt::Write;
+
+use cit_domain::LatLon;
+use cit_domain::event::Severity;
+
+use super::RunDigest;
+use super::export::{ATTRIBUTION, rfc3339, xml_escape};
+
+pub const DEFAULT_WIDTH_PX: u32 = 1200;
+pub const MIN_WIDTH_PX: u32 = 320;
+pub const MAX_WIDTH_PX: u32 = 8000;
+
+/// Height of the legend band under the map, px.
+const LEGEND_PX: f64 = 96.0;
+/// Margin around the map, px.
+const MARGIN_PX: f64 = 24.0;
+/// Track colours from standing to the speed limit and over (colour-blind-safe ramp).
+const RAMP: [&str; 6] = [
+    "#2c7bb6", "#00a6ca", "#00ccbc", "#90eb9d", "#f9d057", "#d7191c",
+];
+
+/// Local equirectangular projection to pixels: exact enough over a city, and keeps metres
+/// per pixel the same in both directions, which the corridor width and scale bar need.
+struct Projection {
+    lat0: f64,
+    lon0: f64,
+    cos0: f64,
+    m_per_px: f64,
+    x_off: f64,
+    y_off: f64,
+}
+
+const M_PER_DEG: f64 = 111_320.0;
+
+impl Projection {
+    fn fit(points: &[LatLon], width: f64, height: f64) -> Projection {
+        let (mut s, mut w, mut n, mut e) = (90.0f64, 180.0f64, -90.0f64, -180.0f64);
+        for p in points {
+            s = s.min(p.lat);
+            n = n.max(p.lat);
+            w = w.min(p.lon);
+            e = e.max(p.lon);
+        }
+        if points.is_empty() {
+            (s, w, n, e) = (0.0, 0.0, 0.0, 0.0);
+        }
+        let lat0 = (s + n) / 2.0;
+        let lon0 = (w + e) / 2.0;
+        let cos0 = lat0.to_radians().cos();
+        let span_x = ((e - w) * cos0 * M_PER_DEG).max(50.0);
+        let span_y = ((n - s) * M_PER_DEG).max(50.0);
+        let m_per_px =
+            (span_x / (width - 2.0 * MARGIN_PX)).max(span_y / (height - 2.0 * MARGIN_PX));
+        Projection {
+            lat0,
+            lon0,
+            cos0,
+            m_per_px,
+            x_off: width / 2.0,
+            y_off: height / 2.0,
+        }
+    }
+
+    fn xy(&self, p: LatLon) -> (f64, f64) {
+        let x = (p.lon - self.lon0) * self.cos0 * M_PER_DEG / self.m_per_px;
+        let y = (p.lat - self.lat0) * M_PER_DEG / self.m_per_px;
+        (self.x_off + x, self.y_off - y)
+    }
+}
+
+fn speed_bucket(speed_mps: f64, limit_kmh: f64) -> usize {
+    let limit = if limit_kmh > 0.0 { limit_kmh } else { 90.0 } / 3.6;
+    if speed_mps > limit {
+        return RAMP.len() - 1;
+    }
+    ((speed_mps / limit) * (RAMP.len() - 1) as f64)
+        .floor()
+        .clamp(0.0, (RAMP.len() - 2) as f64) as usize
+}
+
+fn severity_colour(s: Severity) -> &'static str {
+    match s {
+        Severity::Low => "#7b7b7b",
+        Severity::Medium => "#e08a00",
+        Severity::High => "#d7301f",
+        Severity::Critical => "#7a0177",
+    }
+}
+
+/// A scale bar length (1, 2 or 5 x 10^n metres) near a fifth of the map width.
+fn nice_length(m: f64) -> f64 {
+    let p = 10f64.powf(m.log10().floor());
+    [5.0, 2.0, 1.0]
+        .into_iter()
+        .map(|k| k * p)
+        .find(|l| *l <= m)
+        .unwrap_or(p)
+}
+
+/// The SVG document, `width_px` wide (clamped to the supported range; 0 = default).
+pub fn svg(d: &RunDigest, width_px: u32) -> String {
+    let width = match width_px {
+        0 => DEFAULT_WIDTH_PX,
+        w => w.clamp(MIN_WIDTH_PX, MAX_WIDTH_PX),
+    } as f64;
+    let map_h = (width * 0.7).round();
+    let height = map_h + LEGEND_PX;
+    let mut points: Vec<LatLon> = d.route.clone();
+    points.extend(d.stops.iter().map(|s| s.position));
+    points.extend(d.fixes.iter().map(|f| LatLon {
+        lat: f.lat,
+        lon: f.lon,
+    }));
+    let proj = Projection::fit(&points, width, map_h);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        "<title>{}</title>",
+        xml_escape(&format!("cit run {} ({})", d.run_id, d.vehicle_id))
+    );
+    let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#fbfbf8"/>"##);
+    let path = |pts: &mut dyn Iterator<Item = LatLon>| -> String {
+        pts.map(|p| {
+            let (x, y) = proj.xy(p);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+    };
+    // Corridor: the route stroked at twice the corridor half-width, to scale.
+    let route = path(&mut d.route.iter().copied());
+    let corridor_px = (2.0 * d.corridor_m / proj.m_per_px).max(2.0);
+    let _ = writeln!(
+        s,
+        r##"<g id="corridor"><polyline points="{route}" fill="none" stroke="#cfe0f5" stroke-width="{corridor_px:.1}" stroke-linecap="round" stroke-linejoin="round"/><polyline points="{route}" fill="none" stroke="#5b7fb0" stroke-width="1.2" stroke-dasharray="6 4"/></g>"##
+    );
+    // Track: consecutive fixes of one speed band drawn as one polyline.
+    let _ = writeln!(
+        s,
+        r#"<g id="track" fill="none" stroke-width="3" stroke-linecap="round" stroke-linejoin="round">"#
+    );
+    let mut i = 0;
+    while i + 1 < d.fixes.len() {
+        let band = speed_bucket(d.fixes[i + 1].speed_mps, d.speed_limit_kmh);
+        let mut j = i + 1;
+        while j + 1 < d.fixes.len()
+            && speed_bucket(d.fixes[j + 1].speed_mps, d.speed_limit_kmh) == band
+        {
+            j += 1;
+        }
+        let pts = path(&mut d.fixes[i..=j].iter().map(|f| LatLon {
+            lat: f.lat,
+            lon: f.lon,
+        }));
+        let _ = writeln!(s, r#"<polyline points="{pts}" stroke="{}"/>"#, RAMP[band]);
+        i = j;
+    }
+    let _ = writeln!(s, "</g>");
+    // Stops: the geofence to scale (at least a visible dot) and the name.
+    let _ = writeln!(s, r#"<g id="stops">"#);
+    for st in &d.stops {
+        let (x, y) = proj.xy(st.position);
+        let r = (st.radius_m / proj.m_per_px).max(4.0);
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="#ffffff" fill-opacity="0.6" stroke="#333" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="#222">{}</text>"##,
+            x + r + 3.0,
+            y + 4.0,
+            xml_escape(&st.stop_id)
+        );
+    }
+    let _ = writeln!(s, "</g>");
+    // Anomalies: a diamond coloured by severity, with time and kind.
+    let _ = writeln!(s, r#"<g id="anomalies">"#);
+    for a in &d.anomalies {
+        let Some(p) = a.position else { continue };
+        let (x, y) = proj.xy(p);
+        let time = rfc3339(a.at);
+        let hms = time.get(11..19).unwrap_or(&time);
+        let _ = writeln!(
+            s,
+            r##"<g><title>{}</title><path d="M{x:.1},{:.1} l6,6 l-6,6 l-6,-6 z" fill="{}" stroke="#fff"/><text x="{:.1}" y="{:.1}" fill="{}" font-weight="bold">{} {}</text></g>"##,
+            xml_escape(&format!(
+                "{} {} [{}]: {}",
+                time,
+                a.kind.as_str(),
+                a.severity.as_str(),
+                a.summary
+            )),
+            y - 6.0,
+            severity_colour(a.severity),
+            x + 8.0,
+            y - 6.0,
+            severity_colour(a.severity),
+            hms,
+            a.kind.as_str()
+        );
+    }
+    let _ = writeln!(s, "</g>");
+    legend(&mut s, d, &proj, width, map_h);
+    let _ = writeln!(s, "</svg>");
+    s
+}
+
+fn legend(s: &mut String, d: &RunDigest, proj: &Projection, width: f64, map_h: f64) {
+    let y0 = map_h + 8.0;
+    let _ = writeln!(
+        s,
+        r##"<g id="legend"><line x1="0" y1="{map_h}" x2="{width}" y2="{map_h}" stroke="#999"/>"##
+    );
+    let limit = if d.speed_limit_kmh > 0.0 {
+        d.speed_limit_kmh
+    } else {
+        90.0
+    };
+    let _ = writeln!(
+        s,
+        r#"<text x="{MARGIN_PX}" y="{:.1}">Track speed (km/h)</text>"#,
+        y0 + 12.0
+    );
+    let step = limit / (RAMP.len() - 1) as f64;
+    for (k, colour) in RAMP.iter().enumerate() {
+        let x = MARGIN_PX + k as f64 * 52.0;
+        let label = if k == RAMP.len() - 1 {
+            format!("> {limit:.0}")
+        } else {
+            format!("{:.0}–{:.0}", k as f64 * step, (k + 1) as f64 * step)
+        };
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{:.1}" width="48" height="8" fill="{colour}"/><text x="{x}" y="{:.1}" font-size="10">{}</text>"#,
+            y0 + 18.0,
+            y0 + 38.0,
+            xml_escape(&label)
+        );
+    }
+    let x1 = MARGIN_PX + RAMP.len() as f64 * 52.0 + 24.0;
+    let _ = writeln!(
+        s,
+        r##"<line x1="{x1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#cfe0f5" stroke-width="8"/><text x="{:.1}" y="{:.1}">corridor ±{:.0} m</text>"##,
+        y0 + 14.0,
+        x1 + 30.0,
+        y0 + 14.0,
+        x1 + 36.0,
+        y0 + 18.0,
+        d.corridor_m
+    );
+    let _ = writeln!(
+        s,
+        r##"<circle cx="{:.1}" cy="{:.1}" r="5" fill="#fff" stroke="#333" stroke-width="1.5"/><text x="{:.1}" y="{:.1}">planned stop (geofence)</text>"##,
+        x1 + 15.0,
+        y0 + 32.0,
+        x1 + 36.0,
+        y0 + 36.0
+    );
+    for (k, sev) in [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = x1 + k as f64 * 70.0;
+        let _ = writeln!(
+            s,
+            r#"<path d="M{:.1},{:.1} l5,5 l-5,5 l-5,-5 z" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
+            x + 5.0,
+            y0 + 44.0,
+            severity_colour(sev),
+            x + 13.0,
+            y0 + 53.0,
+            sev.as_str()
+        );
+    }
+    // Scale bar, bottom right of the map.
+    let bar_m = nice_length(width * proj.m_per_px / 5.0);
+    let bar_px = bar_m / proj.m_per_px;
+    let bx = width - MARGIN_PX - bar_px;
+    let by = map_h - 14.0;
+    let label = if bar_m >= 1000.0 {
+        format!("{} km", bar_m / 1000.0)
+    } else {
+        format!("{bar_m} m")
+    };
+    let _ = writeln!(
+        s,
+        r##"<g id="scale"><rect x="{bx:.1}" y="{by:.1}" width="{bar_px:.1}" height="4" fill="#222"/><text x="{bx:.1}" y="{:.1}">{label}</text></g>"##,
+        by - 4.0
+    );
+    let title = format!(
+        "Run {} · vehicle {} · {} fixes · {} anomalies{}",
+        d.run_id,
+        d.vehicle_id,
+        d.fixes.len(),
+        d.anomalies.len(),
+        d.departed_at
+            .map(|t| format!(" · departed {}", rfc3339(t)))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{MARGIN_PX}" y="{:.1}" font-weight="bold">{}</text>"#,
+        y0 + 76.0,
+        xml_escape(&title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#555" text-anchor="end">{}</text></g>"##,
+        width - MARGIN_PX,
+        y0 + 82.0,
+        xml_escape(ATTRIBUTION)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_bar_lengths_are_round() {
+        assert_eq!(nice_length(730.0), 500.0);
+        assert_eq!(nice_length(1999.0), 1000.0);
+        assert_eq!(nice_length(2100.0), 2000.0);
+    }
+
+    #[test]
+    fn speed_bands_put_overspeed_last() {
+        assert_eq!(speed_bucket(0.0, 90.0), 0);
+        assert_eq!(speed_bucket(25.1, 90.0), RAMP.len() - 1);
+        assert!(speed_bucket(24.9, 90.0) < RAMP.len() - 1);
+    }
+}

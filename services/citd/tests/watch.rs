@@ -1,0 +1,285 @@
+//! WatchFleet through gRPC: a snapshot then changes (fixes, anomalies and their workflow), with
+//! filters; a watcher that stops reading while 100,000 fixes arrive neither slows nor loses
+//! ingest and is told it fell behind, with a fresh snapshot; a watcher reconnecting after a citd
+//! restart starts from the state before it.
+
+mod common;
+
+use cit_proto::v1 as pb;
+use citd::config::{ClockMode, Config};
+use citd::runner::Clients;
+use pb::fleet_event::Event as Fe;
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+async fn watch(c: &mut Clients, req: pb::WatchFleetRequest) -> Streaming<pb::FleetEvent> {
+    c.dispatch
+        .watch_fleet(req)
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next message; a watch that goes quiet for 20 s fails the test instead of hanging it.
+async fn next(w: &mut Streaming<pb::FleetEvent>) -> Fe {
+    tokio::time::timeout(std::time::Duration::from_secs(20), w.message())
+        .await
+        .expect("a message within 20 s")
+        .expect("watch message")
+        .expect("watch open")
+        .event
+        .expect("event set")
+}
+
+/// Streams `fixes` of `vehicle` in batches of `per_batch` along the route; returns the last ack.
+async fn stream(c: &mut Clients, vehicle: &str, fixes: u64, per_batch: u64) -> pb::FixAck {
+    let route = common::route();
+    let (tx, mut rx) = mpsc::channel(4);
+    let mut acks = c
+        .telemetry
+        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        .await
+        .expect("stream")
+        .into_inner();
+    let vehicle = vehicle.to_string();
+    let sender = tokio::spawn(async move {
+        for b in 0..fixes / per_batch {
+            let batch = (0..per_batch)
+                .map(|i| {
+                    let seq = b * per_batch + i + 1;
+                    let p = &route[(seq as usize / 50) % route.len()];
+                    pb::Fix {
+                        lat: p.lat,
+                        lon: p.lon,
+                        ..common::fix(&vehicle, seq)
+                    }
+                })
+                .collect();
+            if tx
+                .send(pb::FixBatch {
+                    fixes: batch,
+                    batch_id: b + 1,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut last = None;
+    for _ in 0..fixes / per_batch {
+        last = Some(acks.message().await.expect("ack").expect("ack open"));
+    }
+    sender.await.expect("sender");
+    last.expect("acked")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_fixes_anomalies_and_their_workflow() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
+        .await
+        .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    common::departed_run(&mut c, "R-2", "V-2").await;
+    let mut w = watch(
+        &mut c,
+        pb::WatchFleetRequest {
+            run_ids: vec!["R-1".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let Fe::Snapshot(snap) = next(&mut w).await else {
+        panic!("the first message is a snapshot")
+    };
+    assert_eq!(
+        snap.runs
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["R-1"],
+        "filtered to the runs asked for"
+    );
+    stream(&mut c, "V-2", 10, 10).await; // not watched
+    let ack = stream(&mut c, "V-1", 10, 10).await;
+    let Fe::RunChanged(v) = next(&mut w).await else {
+        panic!("a run change")
+    };
+    assert_eq!(v.run_id, "R-1", "R-2's fixes are filtered out");
+    assert!(v.position.is_some() && v.last_fix_at.is_some());
+    assert_eq!(ack.acks[0].durable_seq, 10);
+
+    // A duress check-in answers like ok to the crew and reaches the watcher as critical.
+    c.runs
+        .check_in(pb::CheckInRequest {
+            run_id: "R-1".into(),
+            person_id: "E-1".into(),
+            code: pb::CheckInCode::Duress as i32,
+        })
+        .await
+        .expect("check in");
+    let duress = loop {
+        if let Fe::Anomaly(a) = next(&mut w).await {
+            break a;
+        }
+    };
+    assert_eq!(duress.kind, "duress");
+    assert_eq!(duress.severity, pb::Severity::Critical as i32);
+    assert_eq!(duress.announcements, 1);
+    c.dispatch
+        .acknowledge_anomaly(pb::AcknowledgeAnomalyRequest {
+            anomaly_id: duress.id.clone(),
+            by: "dispatcher-7".into(),
+        })
+        .await
+        .expect("ack");
+    let acked = loop {
+        if let Fe::Anomaly(a) = next(&mut w).await
+            && a.id == duress.id
+        {
+            break a;
+        }
+    };
+    assert_eq!(acked.status, pb::AnomalyStatus::Acknowledged as i32);
+    assert_eq!(acked.acknowledged_by, "dispatcher-7");
+
+    let bad = c
+        .dispatch
+        .watch_fleet(pb::WatchFleetRequest {
+            bbox: Some(pb::BoundingBox {
+                south_west: Some(pb::LatLon {
+                    lat: 58.0,
+                    lon: 11.0,
+                }),
+                north_east: Some(pb::LatLon {
+                    lat: 57.0,
+                    lon: 12.0,
+                }),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an upside-down box");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("bbox"), "{}", bad.message());
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(Config {
+        watch_buffer: 16,
+        ..common::config(dir.path(), ClockMode::Wall)
+    })
+    .await
+    .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    // Consoles on their own connections, as in the field (HTTP/2 flow control is per
+    // connection too). One is opened, then not read while the fixes arrive; its connection
+    // takes only 64 KiB in flight.
+    let small = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut stuck = pb::dispatch_client::DispatchClient::new(small)
+        .watch_fleet(pb::WatchFleetRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut other = Clients::connect(&server.endpoint()).await.expect("connect");
+    let mut reading = watch(&mut other, pb::WatchFleetRequest::default()).await;
+    let reader = tokio::spawn(async move {
+        let mut changes = 0u64;
+        while let Ok(Some(m)) = reading.message().await {
+            if let Some(Fe::RunChanged(v)) = m.event
+                && v.last_fix_at.is_some()
+            {
+                changes += 1;
+            }
+        }
+        changes
+    });
+    // 5,000 batches: each one append and one change (~1.2 MB of views), several times what
+    // the stuck connection, the server's HTTP/2 send buffer and the ring can hold.
+    let ack = stream(&mut c, "V-1", 100_000, 20).await;
+    assert_eq!(ack.acks[0].durable_seq, 100_000, "every fix acked");
+    let seqs = common::recorded_seqs(&mut c, &server.endpoint(), "R-1").await;
+    assert_eq!(
+        seqs,
+        (1..=100_000).collect::<Vec<u64>>(),
+        "every fix stored once, in order"
+    );
+
+    // The stuck watcher now reads: somewhere it is told it fell behind, then resnapped.
+    let n = loop {
+        if let Fe::FellBehind(n) = next(&mut stuck).await {
+            break n;
+        }
+    };
+    assert!(n > 0);
+    assert!(
+        matches!(next(&mut stuck).await, Fe::Snapshot(s) if s.runs.iter().any(|r| r.run_id == "R-1")),
+        "a fresh snapshot follows"
+    );
+    server.stop().await.expect("stop");
+    let changes = reader.await.expect("reader");
+    assert!(changes > 0, "the reading watcher kept receiving changes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
+        .await
+        .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
+    assert!(matches!(next(&mut w).await, Fe::Snapshot(_)));
+    stream(&mut c, "V-1", 200, 20).await;
+    let last_seen = loop {
+        if let Fe::RunChanged(v) = next(&mut w).await
+            && let Some(p) = v.position
+        {
+            // The last batch's last fix is seq 200.
+            let route = common::route();
+            let want = &route[(200 / 50) % route.len()];
+            if (p.lat - want.lat).abs() < 1e-12 && (p.lon - want.lon).abs() < 1e-12 {
+                break v;
+            }
+        }
+    };
+    server.stop().await.expect("stop");
+    assert!(
+        w.message().await.is_err() || w.message().await.ok().flatten().is_none(),
+        "the watch ends with the server"
+    );
+
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
+        .await
+        .expect("restart");
+    let mut c = Clients::connect(&server.endpoint())
+        .await
+        .expect("reconnect");
+    let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
+    let Fe::Snapshot(snap) = next(&mut w).await else {
+        panic!("a snapshot first")
+    };
+    let r1 = snap
+        .runs
+        .iter()
+        .find(|r| r.run_id == "R-1")
+        .expect("R-1 in the snapshot after the restart");
+    assert_eq!(r1.position, last_seen.position);
+    assert_eq!(r1.last_fix_at, last_seen.last_fix_at);
+    assert_eq!(r1.weapons_out, last_seen.weapons_out);
+    server.stop().await.expect("stop");
+}
