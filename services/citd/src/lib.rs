@@ -14,12 +14,14 @@
 //! - [`error`]: application errors to gRPC statuses, in one table.
 //! - [`clock`]: wall clock or scenario time.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`audit_client`]: `cit audit ...`, the audit API from the command line.
 //! - [`runner`]: the scenario runner, a client of the public API only.
 //! - [`demo`]: the quick-start demo, also a client of the public API.
 
 pub mod anomalies;
 pub mod app;
 pub mod audit;
+pub mod audit_client;
 pub mod clock;
 pub mod config;
 pub mod demo;

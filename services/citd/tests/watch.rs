@@ -283,3 +283,61 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     assert_eq!(r1.weapons_out, last_seen.weapons_out);
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_critical_anomaly_is_announced_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(Config {
+        reannounce_after_s: 60,
+        ..common::config(dir.path(), ClockMode::Scenario)
+    })
+    .await
+    .expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let start = common::now_ts();
+    c.clock
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(start),
+            tick: false,
+        })
+        .await
+        .expect("clock");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
+    c.runs
+        .check_in(pb::CheckInRequest {
+            run_id: "R-1".into(),
+            person_id: "E-2".into(),
+            code: pb::CheckInCode::Duress as i32,
+        })
+        .await
+        .expect("check in");
+    let first = loop {
+        if let Fe::Anomaly(a) = next(&mut w).await {
+            break a;
+        }
+    };
+    assert_eq!((first.kind.as_str(), first.announcements), ("duress", 1));
+    // A minute of scenario time passes with nobody acknowledging.
+    let later = prost_types::Timestamp {
+        seconds: start.seconds + 61,
+        nanos: start.nanos,
+    };
+    c.clock
+        .advance_clock(pb::AdvanceClockRequest {
+            to: Some(later),
+            tick: true,
+        })
+        .await
+        .expect("clock");
+    let again = loop {
+        if let Fe::Anomaly(a) = next(&mut w).await
+            && a.id == first.id
+        {
+            break a;
+        }
+    };
+    assert_eq!(again.announcements, 2, "announced a second time");
+    assert_eq!(again.status, pb::AnomalyStatus::Open as i32);
+    server.stop().await.expect("stop");
+}

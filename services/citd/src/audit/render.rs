@@ -84,6 +84,11 @@ fn speed_bucket(speed_mps: f64, limit_kmh: f64) -> usize {
         .clamp(0.0, (RAMP.len() - 2) as f64) as usize
 }
 
+/// Rough width of a 12 px sans-serif label, px: enough to keep labels inside and apart.
+fn text_width(text: &str) -> f64 {
+    text.chars().count() as f64 * 7.0
+}
+
 fn severity_colour(s: Severity) -> &'static str {
     match s {
         Severity::Low => "#7b7b7b",
@@ -171,10 +176,16 @@ pub fn svg(d: &RunDigest, width_px: u32) -> String {
     for st in &d.stops {
         let (x, y) = proj.xy(st.position);
         let r = (st.radius_m / proj.m_per_px).max(4.0);
+        // Labels near the right edge go on the stop's left, so none is cut off.
+        let right = x + r + 3.0 + text_width(&st.stop_id) < width;
+        let (lx, anchor) = if right {
+            (x + r + 3.0, "start")
+        } else {
+            (x - r - 3.0, "end")
+        };
         let _ = writeln!(
             s,
-            r##"<circle cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="#ffffff" fill-opacity="0.6" stroke="#333" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="#222">{}</text>"##,
-            x + r + 3.0,
+            r##"<circle cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="#ffffff" fill-opacity="0.6" stroke="#333" stroke-width="1.5"/><text x="{lx:.1}" y="{:.1}" fill="#222" text-anchor="{anchor}">{}</text>"##,
             y + 4.0,
             xml_escape(&st.stop_id)
         );
@@ -182,28 +193,43 @@ pub fn svg(d: &RunDigest, width_px: u32) -> String {
     let _ = writeln!(s, "</g>");
     // Anomalies: a diamond coloured by severity, with time and kind.
     let _ = writeln!(s, r#"<g id="anomalies">"#);
+    let mut placed: Vec<(f64, f64, f64)> = Vec::new();
     for a in &d.anomalies {
         let Some(p) = a.position else { continue };
         let (x, y) = proj.xy(p);
         let time = rfc3339(a.at);
         let hms = time.get(11..19).unwrap_or(&time);
+        let label = format!("{hms} {}", a.kind.as_str());
+        let w = text_width(&label);
+        let (lx, anchor) = if x + 8.0 + w < width {
+            (x + 8.0, "start")
+        } else {
+            (x - 8.0, "end")
+        };
+        // Anomalies at one place (a duress during a skipped stop) stack their labels instead of
+        // printing over each other.
+        let mut ly = y - 6.0;
+        while placed
+            .iter()
+            .any(|(px, py, pw)| (ly - py).abs() < 14.0 && (lx - px).abs() < w.max(*pw))
+        {
+            ly += 14.0;
+        }
+        placed.push((lx, ly, w));
+        let title = format!(
+            "{} {} [{}]: {}",
+            time,
+            a.kind.as_str(),
+            a.severity.as_str(),
+            a.summary
+        );
+        let colour = severity_colour(a.severity);
         let _ = writeln!(
             s,
-            r##"<g><title>{}</title><path d="M{x:.1},{:.1} l6,6 l-6,6 l-6,-6 z" fill="{}" stroke="#fff"/><text x="{:.1}" y="{:.1}" fill="{}" font-weight="bold">{} {}</text></g>"##,
-            xml_escape(&format!(
-                "{} {} [{}]: {}",
-                time,
-                a.kind.as_str(),
-                a.severity.as_str(),
-                a.summary
-            )),
+            r##"<g><title>{}</title><path d="M{x:.1},{:.1} l6,6 l-6,6 l-6,-6 z" fill="{colour}" stroke="#fff"/><text x="{lx:.1}" y="{ly:.1}" fill="{colour}" font-weight="bold" text-anchor="{anchor}">{}</text></g>"##,
+            xml_escape(&title),
             y - 6.0,
-            severity_colour(a.severity),
-            x + 8.0,
-            y - 6.0,
-            severity_colour(a.severity),
-            hms,
-            a.kind.as_str()
+            xml_escape(&label)
         );
     }
     let _ = writeln!(s, "</g>");
@@ -312,7 +338,7 @@ fn legend(s: &mut String, d: &RunDigest, proj: &Projection, width: f64, map_h: f
     let _ = writeln!(
         s,
         r#"<text x="{MARGIN_PX}" y="{:.1}" font-weight="bold">{}</text>"#,
-        y0 + 76.0,
+        y0 + 68.0,
         xml_escape(&title)
     );
     let _ = writeln!(

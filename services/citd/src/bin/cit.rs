@@ -1,5 +1,6 @@
 //! `cit`: the command-line client. `cit scenario run|check` plays scenario files through the
-//! public gRPC API (against `--addr`, or a private citd started for each file).
+//! public gRPC API (against `--addr`, or a private citd started for each file); `cit audit ...`
+//! reads, replays, verifies, re-detects, exports and renders a run of a running citd.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ enum Cmd {
     /// Scenario files (cit-scenario/1).
     #[command(subcommand)]
     Scenario(ScenarioCmd),
+    /// A recorded run, for auditors: read, replay, state-at, verify, redetect, export, render.
+    Audit(citd::audit_client::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,7 +94,19 @@ fn main() -> std::process::ExitCode {
         }
     };
     rt.block_on(async move {
-        let Cmd::Scenario(cmd) = cli.command;
+        let cmd = match cli.command {
+            Cmd::Scenario(cmd) => cmd,
+            Cmd::Audit(args) => {
+                return match citd::audit_client::run(args).await {
+                    Ok(true) => std::process::ExitCode::SUCCESS,
+                    Ok(false) => std::process::ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("cit audit: {e}");
+                        std::process::ExitCode::from(2)
+                    }
+                };
+            }
+        };
         let (args, check) = match cmd {
             ScenarioCmd::Run(a) => (a, false),
             ScenarioCmd::Check(a) => (a, true),
