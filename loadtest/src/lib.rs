@@ -1,8 +1,18 @@
 //! Load-test support: a fleet simulator that drives vehicles along the real Gothenburg routes of
 //! ../shared/data at road speeds and emits the fixes their telematics units would send, and
-//! small reporting helpers shared by the benchmark binaries (our figure, the peer's, the ratio).
+//! the streaming load driver and small reporting helpers shared by the benchmark binaries (our
+//! figure, the peer's, the ratio).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cit_proto::v1 as pb;
+use citd::runner::Clients;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
 
 /// Where the shared data is when running from a checkout.
 pub fn shared_data() -> PathBuf {
@@ -12,6 +22,8 @@ pub fn shared_data() -> PathBuf {
 /// A route as points in a local metric frame with cumulative distance.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// The route as given, [lon, lat] (GeoJSON order).
+    pub coords: Vec<[f64; 2]>,
     lat0: f64,
     lon0: f64,
     pts: Vec<[f64; 2]>,
@@ -34,6 +46,7 @@ impl Route {
             cum.push(cum.last().copied().unwrap_or(0.0) + d);
         }
         Route {
+            coords: coords.to_vec(),
             lat0,
             lon0,
             pts,
@@ -151,4 +164,130 @@ pub fn report(what: &str, ours: f64, peer_name: &str, peer: f64, unit: &str) {
             f64::INFINITY
         }
     );
+}
+
+/// The fix a unit would send for a sample, stamped with the wall clock (units stream live, and
+/// citd refuses device times far ahead of its clock).
+pub fn to_pb(vehicle: &str, f: &FixSample) -> pb::Fix {
+    pb::Fix {
+        vehicle_id: vehicle.to_string(),
+        seq: f.seq,
+        time: Some(citd::grpc::ts(citd::clock::wall_now())),
+        lat: f.lat,
+        lon: f.lon,
+        speed_mps: f.speed_mps,
+        heading_deg: f.heading_deg,
+        accuracy_m: 4.8,
+        ignition: true,
+        door_open: false,
+    }
+}
+
+/// How one driving stream sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Drive {
+    /// Fixes per batch.
+    pub batch: usize,
+    /// Batches in flight (sent, not yet acked).
+    pub inflight: usize,
+    /// Fixes per second for this stream; None: as fast as acks allow.
+    pub rate: Option<f64>,
+}
+
+/// Streams fixes of `vehicles` (round robin) on one bidirectional stream until `deadline`;
+/// counts fixes only once their durable ack came back. Returns the batch ack latencies (us) and
+/// the vehicles, moved on, for the next drive.
+pub async fn drive_stream(
+    endpoint: String,
+    mut vehicles: Vec<SimVehicle>,
+    routes: Arc<Vec<Route>>,
+    drive: Drive,
+    deadline: Instant,
+    accepted: Arc<AtomicU64>,
+) -> (Histogram<u64>, Vec<SimVehicle>) {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+    let mut c = Clients::connect(&endpoint).await.expect("connect");
+    let (tx, mut rx) = mpsc::channel::<pb::FixBatch>(drive.inflight);
+    let mut acks = c
+        .telemetry
+        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut sent: VecDeque<Instant> = VecDeque::new();
+    let started = Instant::now();
+    let start_ms = citd::clock::wall_now().0;
+    let (mut next, mut batch_id, mut fixes_sent) = (0usize, 0u64, 0u64);
+    loop {
+        while sent.len() < drive.inflight && Instant::now() < deadline {
+            if let Some(rate) = drive.rate {
+                // Open loop at the target rate: the next batch leaves when it is due.
+                let due = started + Duration::from_secs_f64(fixes_sent as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let fixes: Vec<pb::Fix> = (0..drive.batch)
+                .map(|_| {
+                    let i = next % vehicles.len();
+                    next += 1;
+                    let f = vehicles[i].next_fix(&routes, start_ms);
+                    to_pb(&vehicles[i].id, &f)
+                })
+                .collect();
+            batch_id += 1;
+            fixes_sent += drive.batch as u64;
+            tx.send(pb::FixBatch { fixes, batch_id })
+                .await
+                .expect("send");
+            sent.push_back(Instant::now());
+        }
+        if sent.is_empty() {
+            break;
+        }
+        let ack = acks.message().await.expect("ack").expect("stream open");
+        let t0 = sent.pop_front().expect("in flight");
+        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+        assert!(
+            ack.rejected.is_empty(),
+            "rejected: {:?}",
+            ack.rejected.first()
+        );
+        accepted.fetch_add(u64::from(ack.accepted), Ordering::Relaxed);
+    }
+    (hist, vehicles)
+}
+
+/// Drives `vehicles` over `streams` streams for `seconds`; returns fixes/s acked durable and the
+/// merged batch ack latencies. The vehicles move on (their seqs continue in the next drive).
+pub async fn drive_fleet(
+    endpoint: &str,
+    vehicles: &mut Vec<SimVehicle>,
+    routes: Arc<Vec<Route>>,
+    streams: usize,
+    drive: Drive,
+    seconds: f64,
+) -> (f64, Histogram<u64>) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for k in 0..streams {
+        let mine: Vec<SimVehicle> = vehicles.iter().skip(k).step_by(streams).cloned().collect();
+        tasks.push(tokio::spawn(drive_stream(
+            endpoint.to_string(),
+            mine,
+            routes.clone(),
+            drive,
+            deadline,
+            accepted.clone(),
+        )));
+    }
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+    vehicles.clear();
+    for t in tasks {
+        let (h, moved) = t.await.expect("stream task");
+        lat.add(h).expect("merge");
+        vehicles.extend(moved);
+    }
+    let rate = accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    (rate, lat)
 }

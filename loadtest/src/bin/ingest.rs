@@ -8,21 +8,23 @@
 //! cargo run --release -p cit-loadtest --features peers --bin ingest -- --seconds 20 \
 //!     --peer-postgres "host=127.0.0.1 port=54329 user=postgres"
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+#[cfg(feature = "peers")]
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "peers")]
+use std::time::Instant;
 
 #[cfg(feature = "peers")]
 use cit_loadtest::report;
-use cit_loadtest::{FixSample, Route, SimVehicle, fleet, gothenburg_routes};
+use cit_loadtest::{Drive, drive_fleet, fleet, gothenburg_routes};
+#[cfg(feature = "peers")]
+use cit_loadtest::{Route, SimVehicle};
 use cit_proto::v1 as pb;
 use citd::runner::Clients;
 use clap::Parser;
-use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -49,6 +51,7 @@ struct Args {
     peer_postgres: Option<String>,
 }
 
+#[cfg(feature = "peers")]
 fn now_ms() -> i64 {
     citd::clock::wall_now().0
 }
@@ -76,75 +79,6 @@ fn spawn_citd(dir: &std::path::Path, port: u16, metrics: u16) -> Child {
                 exe.display()
             )
         })
-}
-
-fn to_pb(vehicle: &str, f: &FixSample) -> pb::Fix {
-    pb::Fix {
-        vehicle_id: vehicle.to_string(),
-        seq: f.seq,
-        // Wall time: units stream live, and citd refuses device times far ahead of its clock.
-        time: Some(citd::grpc::ts(citd::clock::wall_now())),
-        lat: f.lat,
-        lon: f.lon,
-        speed_mps: f.speed_mps,
-        heading_deg: f.heading_deg,
-        accuracy_m: 4.8,
-        ignition: true,
-        door_open: false,
-    }
-}
-
-async fn stream_task(
-    endpoint: String,
-    mut vehicles: Vec<SimVehicle>,
-    routes: Arc<Vec<Route>>,
-    args: Arc<Args>,
-    deadline: Instant,
-    accepted: Arc<AtomicU64>,
-) -> Histogram<u64> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
-    let mut c = Clients::connect(&endpoint).await.expect("connect");
-    let (tx, mut rx) = mpsc::channel::<pb::FixBatch>(args.inflight);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
-    let mut sent: VecDeque<Instant> = VecDeque::new();
-    let start_ms = now_ms();
-    let mut next = 0usize;
-    let mut batch_id = 0;
-    loop {
-        while sent.len() < args.inflight && Instant::now() < deadline {
-            let fixes: Vec<pb::Fix> = (0..args.batch)
-                .map(|_| {
-                    let i = next % vehicles.len();
-                    next += 1;
-                    let f = vehicles[i].next_fix(&routes, start_ms);
-                    to_pb(&vehicles[i].id, &f)
-                })
-                .collect();
-            batch_id += 1;
-            tx.send(pb::FixBatch { fixes, batch_id })
-                .await
-                .expect("send");
-            sent.push_back(Instant::now());
-        }
-        if sent.is_empty() {
-            break;
-        }
-        let ack = acks.message().await.expect("ack").expect("stream open");
-        let t0 = sent.pop_front().expect("in flight");
-        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-        assert!(
-            ack.rejected.is_empty(),
-            "rejected: {:?}",
-            ack.rejected.first()
-        );
-        accepted.fetch_add(u64::from(ack.accepted), Ordering::Relaxed);
-    }
-    hist
 }
 
 /// Reads citd's fsync histogram: mean and the bucket bound holding the 99th percentile.
@@ -300,7 +234,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let vehicles = fleet(args.vehicles, &routes);
+    let mut vehicles = fleet(args.vehicles, &routes);
     for v in &vehicles {
         c.runs
             .register_vehicle(pb::RegisterVehicleRequest {
@@ -320,32 +254,20 @@ async fn main() {
         args.batch,
         args.seconds
     );
-    let accepted = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..args.streams {
-        let mine: Vec<SimVehicle> = vehicles
-            .iter()
-            .skip(k)
-            .step_by(args.streams)
-            .cloned()
-            .collect();
-        tasks.push(tokio::spawn(stream_task(
-            endpoint.clone(),
-            mine,
-            routes.clone(),
-            args.clone(),
-            deadline,
-            accepted.clone(),
-        )));
-    }
-    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
-    for t in tasks {
-        lat.add(t.await.expect("stream task")).expect("merge");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let ours = accepted.load(Ordering::Relaxed) as f64 / elapsed;
+    let drive = Drive {
+        batch: args.batch,
+        inflight: args.inflight,
+        rate: None,
+    };
+    let (ours, lat) = drive_fleet(
+        &endpoint,
+        &mut vehicles,
+        routes.clone(),
+        args.streams,
+        drive,
+        args.seconds as f64,
+    )
+    .await;
     println!(
         "ours (citd, durable acks): {ours:.0} fixes/s; batch ack latency p50 {:.1} ms p99 {:.1} ms",
         lat.value_at_quantile(0.5) as f64 / 1000.0,

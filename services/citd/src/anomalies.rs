@@ -141,6 +141,18 @@ impl Anomalies {
             .collect()
     }
 
+    /// The most severe anomaly of a run not yet resolved.
+    pub fn top_open_severity(&self, run_id: &str) -> Option<Severity> {
+        let book = self.read();
+        book.by_run
+            .get(run_id)?
+            .iter()
+            .filter_map(|id| book.by_id.get(id))
+            .filter(|e| e.status != Status::Resolved)
+            .map(|e| e.anomaly.severity)
+            .max()
+    }
+
     /// One anomaly by id.
     pub fn get(&self, id: &str) -> Option<Entry> {
         self.read().by_id.get(id).cloned()

@@ -55,6 +55,8 @@ pub struct Config {
     pub reannounce_after_s: u64,
     /// How many changes a `WatchFleet` watcher may fall behind before it is told and resnapped.
     pub watch_buffer: usize,
+    /// Least time between two position updates of one run to watchers, ms (0: every fix).
+    pub watch_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             log_level: "info".into(),
             reannounce_after_s: 60,
             watch_buffer: 16_384,
+            watch_interval_ms: 1000,
         }
     }
 }
@@ -114,6 +117,9 @@ pub struct Overrides {
     /// Changes a WatchFleet watcher may fall behind before it is told and resnapped.
     #[arg(long, env = "CIT_WATCH_BUFFER")]
     pub watch_buffer: Option<usize>,
+    /// Least milliseconds between two position updates of one run to watchers (0: every fix).
+    #[arg(long, env = "CIT_WATCH_INTERVAL_MS")]
+    pub watch_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +188,9 @@ impl Config {
         if let Some(v) = o.watch_buffer {
             c.watch_buffer = v;
         }
+        if let Some(v) = o.watch_interval_ms {
+            c.watch_interval_ms = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -203,6 +212,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "watch_buffer",
                 reason: format!("must be 16 to 1048576, got {}", self.watch_buffer),
+            });
+        }
+        if self.watch_interval_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                field: "watch_interval_ms",
+                reason: format!("at most 60000, got {}", self.watch_interval_ms),
             });
         }
         if self.listen.port() != 0 && self.metrics_listen == Some(self.listen) {

@@ -41,6 +41,8 @@ pub async fn run(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let wall = !app.clock.is_scenario();
+    let mut flush = tokio::time::interval(hub.interval.max(Duration::from_millis(50)));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
     let mut position = 0;
     loop {
@@ -52,6 +54,14 @@ pub async fn run(
                     && let Err(e) = app.advance_clock(now, true).await
                 {
                     tracing::warn!(cause = %e, "logging a clock tick failed; retried next second");
+                }
+            }
+            _ = flush.tick() => {
+                // Positions held back by the watch interval go out now.
+                for run in hub.held_back() {
+                    if let Some(m) = fleet.moved(&run, &anomalies) {
+                        hub.run_moved(m);
+                    }
                 }
             }
             msg = sub.next() => {
@@ -116,11 +126,16 @@ fn publish(app: &App, hub: &Hub, anomalies: &Anomalies, fleet: &Fleet, event: &E
     {
         hub.anomaly(anomaly_to_pb(&entry));
     }
-    if !matches!(event, Event::AnomalyRaised { .. })
-        && let Some(run) = event.run_id()
-        && let Some(view) = fleet.view(run, app.clock.now(), anomalies)
-    {
-        hub.run_changed(view);
+    let Some(run) = event.run_id() else { return };
+    let view = || fleet.view(run, app.clock.now(), anomalies);
+    match event {
+        Event::AnomalyRaised { .. } => {}
+        Event::FixesRecorded { .. } => hub.moved(run, || fleet.moved(run, anomalies)),
+        _ => {
+            if let Some(v) = view() {
+                hub.run_changed(v);
+            }
+        }
     }
 }
 

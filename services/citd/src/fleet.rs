@@ -12,7 +12,7 @@ use cit_engine::frame::haversine_m;
 use cit_proto::v1 as pb;
 
 use crate::anomalies::Anomalies;
-use crate::grpc::{anomaly_to_pb, pb_latlon, ts};
+use crate::grpc::{anomaly_to_pb, pb_latlon, severity_to_pb, ts};
 
 /// Slowest speed an ETA assumes, m/s (30 km/h): a standing vehicle still gets an estimate.
 const ETA_MIN_SPEED_MPS: f64 = 30.0 / 3.6;
@@ -142,6 +142,31 @@ impl Fleet {
         let runs = self.read();
         let r = runs.get(run_id)?;
         Some(view(run_id, r, now, anomalies))
+    }
+
+    /// The compact position update of a run (for watchers).
+    pub fn moved(&self, run_id: &str, anomalies: &Anomalies) -> Option<pb::RunMoved> {
+        let runs = self.read();
+        let r = runs.get(run_id)?;
+        let f = r.last_fix?;
+        let top = anomalies
+            .top_open_severity(run_id)
+            .map(|s| severity_to_pb(s) as i32)
+            .unwrap_or_default();
+        Some(pb::RunMoved {
+            run_id: run_id.to_string(),
+            vehicle_id: r.vehicle_id.clone(),
+            position: Some(pb_latlon(f.position)),
+            speed_mps: f.speed_mps,
+            heading_deg: f.heading_deg,
+            last_fix_at: Some(ts(f.t)),
+            progress_m: r
+                .standing
+                .as_ref()
+                .and_then(|s| s.progress_m)
+                .unwrap_or_default(),
+            top_open_severity: top,
+        })
     }
 
     /// Runs departed and not closed, by run id.

@@ -17,7 +17,6 @@ use cit_store::EventStore;
 use cit_store::embedded::{EmbeddedStore, Options};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::anomalies::Anomalies;
 use crate::app::App;
@@ -186,7 +185,10 @@ pub async fn serve(
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let anomalies = Arc::new(Anomalies::default());
     let fleet = Arc::new(crate::fleet::Fleet::default());
-    let hub = Arc::new(crate::watch::Hub::new(config.watch_buffer));
+    let hub = Arc::new(crate::watch::Hub::new(
+        config.watch_buffer,
+        Duration::from_millis(config.watch_interval_ms),
+    ));
 
     // Set when shutdown begins; the engine, the metrics server and open fix streams follow it.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -279,11 +281,13 @@ pub async fn serve(
         "citd serving"
     );
     let begin_stop = stop_tx.clone();
-    let serving =
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            let _ = begin_stop.send(true);
-        });
+    // No Nagle on accepted connections: a small response (GetRun) must not wait ~40 ms for the
+    // client's delayed ACK (measured: GetRun p99 44 ms before, BENCHMARKS.md).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serving = router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown.await;
+        let _ = begin_stop.send(true);
+    });
     tokio::pin!(serving);
     let grace = stop_rx.clone();
     let result = tokio::select! {

@@ -109,7 +109,14 @@ async fn every_public_run_verifies_redetects_exactly_and_exports() {
                 .expect("redetect")
                 .into_inner();
             assert!(r.reproduced, "{} {}: {:?}", s.name, run.id, r.differences);
-            assert_eq!(r.recorded_anomaly_ids, r.redetected_anomaly_ids);
+            let sorted = |mut v: Vec<String>| {
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(r.recorded_anomaly_ids.clone()),
+                sorted(r.redetected_anomaly_ids.clone())
+            );
             recorded += r.recorded_anomaly_ids.len();
             runs += 1;
 

@@ -250,6 +250,19 @@ pub fn redetect(record: &RunRecord) -> Redetection {
                 .map(as_stored),
         );
     }
+    // A run's deadline may have fired live on another run's input, which is not among these
+    // inputs; it fires here at the latest on the run's next input, with the same result. After
+    // the last input, time moves to the latest recorded anomaly: the live engine had passed it,
+    // so every deadline up to it had fired.
+    if let Some(until) = recorded.iter().map(|a| a.at).max() {
+        redetected.extend(
+            engine
+                .advance_to(until, true)
+                .into_iter()
+                .filter(|a| a.run_id == record.run_id)
+                .map(as_stored),
+        );
+    }
     let mut differences = Vec::new();
     for r in &recorded {
         match redetected.iter().find(|a| a.id == r.id) {
@@ -427,5 +440,114 @@ impl Extent {
             && p.lat <= self.north + dlat
             && p.lon >= self.west - dlon
             && p.lon <= self.east + dlon
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cit_domain::DetectionParams;
+
+    fn planned(run: &str, vehicle: &str) -> Event {
+        Event::RunPlanned {
+            run_id: run.into(),
+            vehicle_id: vehicle.into(),
+            driver_id: "D".into(),
+            escort_ids: vec!["E".into()],
+            route: vec![
+                LatLon {
+                    lat: 57.70,
+                    lon: 11.96,
+                },
+                LatLon {
+                    lat: 57.71,
+                    lon: 11.97,
+                },
+            ],
+            stops: vec![],
+            params: DetectionParams::default(),
+            cash_boxes: vec![],
+            at: Millis(0),
+        }
+    }
+
+    fn fixes(run: &str, vehicle: &str, t: i64) -> Event {
+        Event::FixesRecorded {
+            vehicle_id: vehicle.into(),
+            run_id: Some(run.into()),
+            fixes: vec![Fix {
+                seq: t as u64,
+                t: Millis(t),
+                lat: 57.70,
+                lon: 11.96,
+                speed_mps: 10.0,
+                heading_deg: 30.0,
+                accuracy_m: 5.0,
+                ignition: true,
+                door_open: false,
+            }],
+        }
+    }
+
+    fn recorded(position: u64, version: u64, e: &Event) -> RecordedEvent {
+        let n = crate::app::encode(e, uuid::Uuid::from_u128(position as u128), "test");
+        RecordedEvent {
+            position,
+            stream: e.stream(),
+            version,
+            id: n.id,
+            event_type: n.event_type,
+            data: n.data,
+            metadata: n.metadata,
+            created_ms: 0,
+            chain: chain::GENESIS,
+        }
+    }
+
+    #[test]
+    fn a_deadline_fired_by_another_runs_input_is_re_detected() {
+        // Live: run A's signal-loss deadline fires while handling run B's fix.
+        let log = [
+            planned("A", "VA"),
+            Event::RunDeparted {
+                run_id: "A".into(),
+                vehicle_id: "VA".into(),
+                at: Millis(0),
+            },
+            fixes("A", "VA", 1_000),
+            planned("B", "VB"),
+            fixes("B", "VB", 100_000),
+        ];
+        let mut live = Engine::new();
+        let mut raised = Vec::new();
+        for (i, e) in log.iter().enumerate() {
+            raised.extend(live.handle(i as u64 + 1, e));
+        }
+        let loss = raised
+            .into_iter()
+            .find(|a| a.run_id == "A")
+            .expect("A's signal loss, raised on B's fix");
+        // The record of A: its own stream only, with the anomaly as stored.
+        let own = [
+            log[0].clone(),
+            log[1].clone(),
+            log[2].clone(),
+            Event::AnomalyRaised {
+                anomaly: loss.clone(),
+            },
+        ];
+        let record = RunRecord {
+            run_id: "A".into(),
+            run: own
+                .iter()
+                .enumerate()
+                .map(|(v, e)| recorded([1, 2, 3, 6][v], v as u64, e))
+                .collect(),
+            ..RunRecord::default()
+        };
+        let r = redetect(&record);
+        assert!(r.reproduced(), "{:?}", r.differences);
+        assert_eq!(r.redetected.len(), 1);
+        assert_eq!(r.redetected[0].id, loss.id);
     }
 }

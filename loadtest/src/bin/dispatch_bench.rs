@@ -1,0 +1,449 @@
+//! Dispatch and audit under load, against a release citd (embedded store, wall clock): a fleet
+//! of active runs on the real Gothenburg routes (written straight into a fresh store as the log
+//! of their planning, arming and departure, so setup takes seconds, then loaded by citd like any
+//! log), and one 8-hour run recorded at 1 Hz. Then, in one run:
+//!
+//! 1. ingest at full speed with no watcher, then with `--watchers` WatchFleet streams attached
+//!    (each reading everything); the ratio is the cost of watching (goal: < 10 % slower);
+//! 2. GetRun latency on random active runs while `--rate` fixes/s stream in (goal p99 <= 1 ms);
+//! 3. the 8-hour run replayed (ReplayRun, speed 0) and read (ReadRun), verified and re-detected
+//!    (goal: replay < 100 ms).
+//!
+//!     cargo run --release -p cit-loadtest --bin dispatch-bench -- --runs 10000 --seconds 15
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cit_domain::event::Event;
+use cit_domain::{DetectionParams, Fix, LatLon, Millis, Role};
+use cit_loadtest::{Drive, Route, SimVehicle, drive_fleet, fleet, gothenburg_routes};
+use cit_proto::v1 as pb;
+use cit_store::embedded::{EmbeddedStore, Options};
+use cit_store::{EventStore, ExpectedVersion};
+use citd::runner::Clients;
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Active runs (one vehicle each).
+    #[arg(long, default_value_t = 10_000)]
+    runs: usize,
+    /// Seconds of each measured phase.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// WatchFleet streams attached in the watched phase.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Fixes per second while GetRun is probed.
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+    /// Hours of the long run replayed (1 fix per second).
+    #[arg(long, default_value_t = 8)]
+    long_run_hours: u64,
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    inflight: usize,
+}
+
+const LONG_RUN: &str = "R-LONG";
+
+fn encode(e: &Event) -> cit_store::NewEvent {
+    citd::app::encode(e, uuid::Uuid::now_v7(), "dispatch-bench")
+}
+
+/// Appends each event to its own stream, many at once (the store commits them in groups).
+async fn append_all(store: &EmbeddedStore, events: Vec<Event>) {
+    for chunk in events.chunks(4096) {
+        let appends = chunk
+            .iter()
+            .map(|e| store.append(&e.stream(), ExpectedVersion::Any, vec![encode(e)]));
+        for r in futures::future::join_all(appends).await {
+            r.expect("append");
+        }
+    }
+}
+
+fn latlons(r: &Route) -> Vec<LatLon> {
+    r.coords
+        .iter()
+        .map(|c| LatLon {
+            lat: c[1],
+            lon: c[0],
+        })
+        .collect()
+}
+
+/// The log of `n` armed, departed runs plus one long run with its fixes.
+async fn write_fixture(dir: &std::path::Path, args: &Args, routes: &[Route], fleet: &[SimVehicle]) {
+    let store = EmbeddedStore::open(dir, Options::default()).expect("store");
+    let at = citd::clock::wall_now();
+    let long_start = Millis(at.0 - args.long_run_hours as i64 * 3_600_000);
+    let mut runs: Vec<(String, &str, usize)> = fleet
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("R-{i:05}"), v.id.as_str(), v.route))
+        .collect();
+    runs.push((LONG_RUN.into(), "LV-LONG", 0));
+    let mut register = vec![Event::AmmoLotRegistered {
+        lot: "LOT-1".into(),
+        rounds: 30 * runs.len() as u32,
+        at,
+    }];
+    for (k, (_, vehicle, _)) in runs.iter().enumerate() {
+        register.push(Event::VehicleRegistered {
+            vehicle_id: vehicle.to_string(),
+            plate: vehicle.to_string(),
+            armoured: true,
+            at,
+        });
+        for (who, role) in [("D", Role::Driver), ("E", Role::Escort)] {
+            register.push(Event::PersonRegistered {
+                person_id: format!("{who}-{k}"),
+                name: format!("{who} {k}"),
+                role,
+                at,
+            });
+        }
+        register.push(Event::WeaponRegistered {
+            serial: format!("G-{k}"),
+            kind: "pistol".into(),
+            at,
+        });
+    }
+    append_all(&store, register).await;
+    let planned_at = |run: &str| if run == LONG_RUN { long_start } else { at };
+    let plans = runs
+        .iter()
+        .enumerate()
+        .map(|(k, (run, vehicle, route))| Event::RunPlanned {
+            run_id: run.clone(),
+            vehicle_id: vehicle.to_string(),
+            driver_id: format!("D-{k}"),
+            escort_ids: vec![format!("E-{k}")],
+            route: latlons(&routes[*route]),
+            stops: vec![],
+            params: DetectionParams::default(),
+            cash_boxes: vec![],
+            at: planned_at(run),
+        })
+        .collect();
+    append_all(&store, plans).await;
+    let issues = runs
+        .iter()
+        .enumerate()
+        .map(|(k, (run, _, _))| Event::WeaponIssued {
+            run_id: run.clone(),
+            serial: format!("G-{k}"),
+            lot: "LOT-1".into(),
+            rounds: 30,
+            to: format!("E-{k}"),
+            gun_custodian: "GC".into(),
+            ammo_custodian: "AC".into(),
+            approver: "AP".into(),
+            at: planned_at(run),
+        })
+        .collect();
+    append_all(&store, issues).await;
+    let ready = runs
+        .iter()
+        .enumerate()
+        .map(|(k, (run, _, _))| Event::EscortReadied {
+            run_id: run.clone(),
+            person_id: format!("E-{k}"),
+            weapon: Some(format!("G-{k}")),
+            vest: true,
+            helmet: true,
+            at: planned_at(run),
+        })
+        .collect();
+    append_all(&store, ready).await;
+    let departures = runs
+        .iter()
+        .map(|(run, vehicle, _)| Event::RunDeparted {
+            run_id: run.clone(),
+            vehicle_id: vehicle.to_string(),
+            at: planned_at(run),
+        })
+        .collect();
+    append_all(&store, departures).await;
+    // The long run: a fix a second for the whole shift, recorded in batches of ten as units send.
+    let mut unit = SimVehicle {
+        id: "LV-LONG".into(),
+        route: 0,
+        offset_m: 0.0,
+        speed_mps: 10.0,
+        seq: 0,
+    };
+    let fixes: Vec<Fix> = (0..args.long_run_hours * 3600)
+        .map(|_| {
+            let f = unit.next_fix(routes, long_start.0);
+            Fix {
+                seq: f.seq,
+                t: Millis(f.t_ms),
+                lat: f.lat,
+                lon: f.lon,
+                speed_mps: f.speed_mps,
+                heading_deg: f.heading_deg,
+                accuracy_m: 4.8,
+                ignition: true,
+                door_open: false,
+            }
+        })
+        .collect();
+    let batches: Vec<cit_store::NewEvent> = fixes
+        .chunks(10)
+        .map(|c| {
+            encode(&Event::FixesRecorded {
+                vehicle_id: "LV-LONG".into(),
+                run_id: Some(LONG_RUN.into()),
+                fixes: c.to_vec(),
+            })
+        })
+        .collect();
+    store
+        .append(&format!("run-{LONG_RUN}"), ExpectedVersion::Any, batches)
+        .await
+        .expect("long run");
+    store.close();
+}
+
+fn spawn_citd(dir: &std::path::Path, port: u16) -> std::process::Child {
+    let exe = std::env::current_exe().expect("exe").with_file_name("citd");
+    std::process::Command::new(&exe)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("CIT_LOG", "error")
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (cargo build --release -p citd)",
+                exe.display()
+            )
+        })
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// `n` WatchFleet streams, each on its own connection, reading everything until `stop`.
+async fn watchers(endpoint: &str, n: usize, stop: Arc<tokio::sync::Notify>) -> Arc<AtomicU64> {
+    let received = Arc::new(AtomicU64::new(0));
+    for _ in 0..n {
+        let mut c = Clients::connect(endpoint).await.expect("connect");
+        let mut w = c
+            .dispatch
+            .watch_fleet(pb::WatchFleetRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        let (received, stop) = (received.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => return,
+                    m = w.message() => match m {
+                        Ok(Some(_)) => { received.fetch_add(1, Ordering::Relaxed); }
+                        _ => return,
+                    },
+                }
+            }
+        });
+    }
+    received
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let routes = Arc::new(gothenburg_routes().expect("routes from ../shared/data"));
+    let mut vehicles = fleet(args.runs, &routes);
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = Instant::now();
+    write_fixture(dir.path(), &args, &routes, &vehicles).await;
+    println!(
+        "fixture: {} active runs on {} real routes + one {} h run at 1 Hz, written in {:.1} s",
+        args.runs,
+        routes.len(),
+        args.long_run_hours,
+        t.elapsed().as_secs_f64()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let mut child = spawn_citd(dir.path(), port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let t = Instant::now();
+    // Ready once the read models have caught up with the whole fixture.
+    let mut c = loop {
+        if let Ok(mut c) = Clients::connect(&endpoint).await
+            && c.dispatch
+                .get_run(pb::GetRunRequest {
+                    run_id: LONG_RUN.into(),
+                    min_log_position: 1,
+                })
+                .await
+                .is_ok_and(|v| v.into_inner().position.is_some())
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let active = c
+        .dispatch
+        .list_active_runs(pb::ListActiveRunsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .runs
+        .len();
+    println!(
+        "citd up with {active} active runs in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let drive = Drive {
+        batch: args.batch,
+        inflight: args.inflight,
+        rate: None,
+    };
+    let secs = args.seconds as f64;
+    let (bare, _) = drive_fleet(
+        &endpoint,
+        &mut vehicles,
+        routes.clone(),
+        args.streams,
+        drive,
+        secs,
+    )
+    .await;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let received = watchers(&endpoint, args.watchers, stop.clone()).await;
+    let (watched, _) = drive_fleet(
+        &endpoint,
+        &mut vehicles,
+        routes.clone(),
+        args.streams,
+        drive,
+        secs,
+    )
+    .await;
+    stop.notify_waiters();
+    println!(
+        "ingest with {} WatchFleet watchers: ours {watched:.0} fixes/s | none attached {bare:.0} fixes/s | ratio {:.2}x (goal >= 0.90); watchers received {} changes",
+        args.watchers,
+        watched / bare,
+        received.load(Ordering::Relaxed)
+    );
+
+    // GetRun on random active runs while the fleet streams at the target rate.
+    let probe_deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let n_runs = args.runs;
+    let probe = tokio::spawn({
+        let mut c = c.clone();
+        async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            while Instant::now() < probe_deadline {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let run_id = format!("R-{:05}", x % n_runs as u64);
+                let t = Instant::now();
+                c.dispatch
+                    .get_run(pb::GetRunRequest {
+                        run_id,
+                        min_log_position: 0,
+                    })
+                    .await
+                    .expect("get run");
+                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+            }
+            h
+        }
+    });
+    let paced = Drive {
+        rate: Some(args.rate / args.streams as f64),
+        ..drive
+    };
+    let (rate, _) = drive_fleet(
+        &endpoint,
+        &mut vehicles,
+        routes.clone(),
+        args.streams,
+        paced,
+        secs,
+    )
+    .await;
+    let h = probe.await.expect("probe");
+    println!(
+        "GetRun with {} active runs under {rate:.0} fixes/s of ingest: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} calls (goal p99 <= 1 ms)",
+        args.runs,
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        h.len()
+    );
+
+    // The long run.
+    let t = Instant::now();
+    let mut replay = c
+        .audit
+        .replay_run(pb::ReplayRunRequest {
+            run_id: LONG_RUN.into(),
+            speed: 0.0,
+            include_custody: true,
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    let (mut events, mut fixes) = (0usize, 0usize);
+    while let Some(e) = replay.message().await.expect("event") {
+        events += 1;
+        if e.event_type == "FixesRecorded.v1" {
+            fixes += e.data_json.matches("\"seq\"").count();
+        }
+    }
+    let replay_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let verified = c
+        .audit
+        .verify_run(pb::VerifyRunRequest {
+            run_id: LONG_RUN.into(),
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    let verify_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let redetected = c
+        .audit
+        .redetect_run(pb::RedetectRunRequest {
+            run_id: LONG_RUN.into(),
+        })
+        .await
+        .expect("redetect")
+        .into_inner();
+    let redetect_ms = t.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "replay of a {} h run ({fixes} fixes, {events} events with custody): {replay_ms:.1} ms (goal < 100 ms); VerifyRun {verify_ms:.1} ms (ok: {}); RedetectRun {redetect_ms:.1} ms (reproduced: {})",
+        args.long_run_hours, verified.ok, redetected.reproduced
+    );
+    for d in redetected.differences.iter().take(3) {
+        println!("  re-detection difference: {d}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
