@@ -35,3 +35,6 @@ target/release/ingest --seconds "$secs" --peer-postgres "host=127.0.0.1 port=$pg
 
 echo; echo "== detection engine per fix (one core; PostGIS peer not wired yet)"
 cargo bench -q -p cit-engine --bench engine 2>/dev/null | grep -E '^(engine|ours|memory)' || true
+
+echo; echo "== dispatch and audit under load (10,000 active runs; peers: no watcher; goals)"
+target/release/dispatch-bench --runs 10000 --seconds "$secs" --watchers 100 --rate 50000 --long-run-hours 8

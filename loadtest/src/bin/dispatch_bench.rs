@@ -233,6 +233,15 @@ fn spawn_citd(dir: &std::path::Path, port: u16) -> std::process::Child {
         })
 }
 
+/// A call's answer and how long it took, ms.
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> (T, f64) {
+    let t = Instant::now();
+    let answer = call.await.expect("audit call").into_inner();
+    (answer, t.elapsed().as_secs_f64() * 1000.0)
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -417,26 +426,15 @@ async fn main() {
         }
     }
     let replay_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let t = Instant::now();
-    let verified = c
-        .audit
-        .verify_run(pb::VerifyRunRequest {
-            run_id: LONG_RUN.into(),
-        })
-        .await
-        .expect("verify")
-        .into_inner();
-    let verify_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let t = Instant::now();
-    let redetected = c
-        .audit
-        .redetect_run(pb::RedetectRunRequest {
-            run_id: LONG_RUN.into(),
-        })
-        .await
-        .expect("redetect")
-        .into_inner();
-    let redetect_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut audit = c.audit.clone();
+    let (verified, verify_ms) = timed(audit.verify_run(pb::VerifyRunRequest {
+        run_id: LONG_RUN.into(),
+    }))
+    .await;
+    let (redetected, redetect_ms) = timed(c.audit.redetect_run(pb::RedetectRunRequest {
+        run_id: LONG_RUN.into(),
+    }))
+    .await;
     println!(
         "replay of a {} h run ({fixes} fixes, {events} events with custody): {replay_ms:.1} ms (goal < 100 ms); VerifyRun {verify_ms:.1} ms (ok: {}); RedetectRun {redetect_ms:.1} ms (reproduced: {})",
         args.long_run_hours, verified.ok, redetected.reproduced

@@ -31,6 +31,23 @@ async fn next(w: &mut Streaming<pb::FleetEvent>) -> Fe {
         .expect("event set")
 }
 
+/// A duress check-in by `escort` on R-1; returns the first anomaly the watcher then sees.
+async fn duress(c: &mut Clients, w: &mut Streaming<pb::FleetEvent>, escort: &str) -> pb::Anomaly {
+    c.runs
+        .check_in(pb::CheckInRequest {
+            run_id: "R-1".into(),
+            person_id: escort.into(),
+            code: pb::CheckInCode::Duress as i32,
+        })
+        .await
+        .expect("check in");
+    loop {
+        if let Fe::Anomaly(a) = next(w).await {
+            return a;
+        }
+    }
+}
+
 /// Streams `fixes` of `vehicle` in batches of `per_batch` along the route; returns the last ack.
 async fn stream(c: &mut Clients, vehicle: &str, fixes: u64, per_batch: u64) -> pb::FixAck {
     let route = common::route();
@@ -113,19 +130,7 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     assert_eq!(ack.acks[0].durable_seq, 10);
 
     // A duress check-in answers like ok to the crew and reaches the watcher as critical.
-    c.runs
-        .check_in(pb::CheckInRequest {
-            run_id: "R-1".into(),
-            person_id: "E-1".into(),
-            code: pb::CheckInCode::Duress as i32,
-        })
-        .await
-        .expect("check in");
-    let duress = loop {
-        if let Fe::Anomaly(a) = next(&mut w).await {
-            break a;
-        }
-    };
+    let duress = duress(&mut c, &mut w, "E-1").await;
     assert_eq!(duress.kind, "duress");
     assert_eq!(duress.severity, pb::Severity::Critical as i32);
     assert_eq!(duress.announcements, 1);
@@ -306,19 +311,7 @@ async fn an_unacknowledged_critical_anomaly_is_announced_again() {
         .expect("clock");
     common::departed_run(&mut c, "R-1", "V-1").await;
     let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
-    c.runs
-        .check_in(pb::CheckInRequest {
-            run_id: "R-1".into(),
-            person_id: "E-2".into(),
-            code: pb::CheckInCode::Duress as i32,
-        })
-        .await
-        .expect("check in");
-    let first = loop {
-        if let Fe::Anomaly(a) = next(&mut w).await {
-            break a;
-        }
-    };
+    let first = duress(&mut c, &mut w, "E-2").await;
     assert_eq!((first.kind.as_str(), first.announcements), ("duress", 1));
     // A minute of scenario time passes with nobody acknowledging.
     let later = prost_types::Timestamp {
