@@ -120,6 +120,16 @@ pub struct Anomaly {
     pub evidence: serde_json::Value,
 }
 
+/// The engine's place when it raised an anomaly: the log position of the input it was handling
+/// and its clock then (the latest time of any input so far, any run's). A run's deadlines can fire
+/// on another run's input, or before late-arriving fixes of the run itself; re-detecting one run
+/// from its own inputs replays these marks to fire them at the same point as live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineMark {
+    pub position: u64,
+    pub now: Millis,
+}
+
 /// Every event of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -255,6 +265,9 @@ pub enum Event {
     },
     AnomalyRaised {
         anomaly: Anomaly,
+        /// Where the engine stood when it raised it (absent in older events).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mark: Option<EngineMark>,
     },
     AnomalyAcknowledged {
         anomaly_id: String,
@@ -329,7 +342,7 @@ impl Event {
             | Event::RunClosed { run_id, .. }
             | Event::AnomalyAcknowledged { run_id, .. }
             | Event::AnomalyResolved { run_id, .. } => format!("{RUN}{run_id}"),
-            Event::AnomalyRaised { anomaly } => format!("{RUN}{}", anomaly.run_id),
+            Event::AnomalyRaised { anomaly, .. } => format!("{RUN}{}", anomaly.run_id),
             Event::CommandRefused { run_id, .. } => match run_id {
                 Some(r) => format!("{RUN}{r}"),
                 None => REFUSALS.to_string(),
@@ -353,7 +366,7 @@ impl Event {
             | Event::RunClosed { run_id, .. }
             | Event::AnomalyAcknowledged { run_id, .. }
             | Event::AnomalyResolved { run_id, .. } => Some(run_id),
-            Event::AnomalyRaised { anomaly } => Some(&anomaly.run_id),
+            Event::AnomalyRaised { anomaly, .. } => Some(&anomaly.run_id),
             Event::FixesRecorded { run_id, .. } | Event::CommandRefused { run_id, .. } => {
                 run_id.as_deref()
             }
@@ -371,7 +384,7 @@ impl Event {
     pub fn time(&self) -> Millis {
         match self {
             Event::FixesRecorded { fixes, .. } => fixes.last().map(|f| f.t).unwrap_or_default(),
-            Event::AnomalyRaised { anomaly } => anomaly.at,
+            Event::AnomalyRaised { anomaly, .. } => anomaly.at,
             Event::VehicleRegistered { at, .. }
             | Event::PersonRegistered { at, .. }
             | Event::WeaponRegistered { at, .. }

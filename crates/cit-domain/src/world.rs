@@ -1067,7 +1067,7 @@ impl World {
                     *left = left.saturating_add(*rounds_returned);
                 }
             }
-            Event::AnomalyRaised { anomaly } => {
+            Event::AnomalyRaised { anomaly, .. } => {
                 self.anomalies
                     .entry(anomaly.id.clone())
                     .or_insert((anomaly.run_id.clone(), AnomalyState::Open));

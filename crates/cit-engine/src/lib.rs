@@ -195,7 +195,7 @@ impl Engine {
                 }
                 return;
             }
-            Event::AnomalyRaised { anomaly } => {
+            Event::AnomalyRaised { anomaly, .. } => {
                 out.raised.insert(anomaly.id.clone());
                 return;
             }

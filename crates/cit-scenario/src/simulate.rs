@@ -243,7 +243,10 @@ impl Pipeline {
                 a.severity.as_str(),
                 a.kind.watch(),
             ));
-            let e = Event::AnomalyRaised { anomaly: a };
+            let e = Event::AnomalyRaised {
+                anomaly: a,
+                mark: None,
+            };
             self.world.apply(&e);
             self.log.push(e);
             let position = self.log.len() as u64;

@@ -90,7 +90,7 @@ impl Anomalies {
     /// Folds workflow events in.
     pub fn apply(&self, e: &Event) {
         match e {
-            Event::AnomalyRaised { anomaly } => {
+            Event::AnomalyRaised { anomaly, .. } => {
                 self.raise(anomaly);
             }
             Event::AnomalyAcknowledged {

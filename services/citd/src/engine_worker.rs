@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cit_domain::event::{Anomaly, Event};
+use cit_domain::event::{Anomaly, EngineMark, Event};
 use cit_engine::Engine;
 use cit_store::{ExpectedVersion, SubscriptionFilter, SubscriptionMessage};
 use futures::StreamExt;
@@ -71,7 +71,8 @@ pub async fn run(
                         position = r.position;
                         if let Some(event) = decode(&r) {
                             let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
-                            persist(&app, &anomalies, raised, &hub, &fleet).await;
+                            let mark = EngineMark { position: r.position, now: engine.now() };
+                            persist(&app, &anomalies, raised, mark, &hub, &fleet).await;
                             if hub.watching() {
                                 publish(&app, &hub, &anomalies, &fleet, &event);
                             }
@@ -139,9 +140,19 @@ fn publish(app: &App, hub: &Hub, anomalies: &Anomalies, fleet: &Fleet, event: &E
     }
 }
 
-async fn persist(app: &App, anomalies: &Anomalies, raised: Vec<Anomaly>, hub: &Hub, fleet: &Fleet) {
+async fn persist(
+    app: &App,
+    anomalies: &Anomalies,
+    raised: Vec<Anomaly>,
+    mark: EngineMark,
+    hub: &Hub,
+    fleet: &Fleet,
+) {
     for a in raised {
-        let event = Event::AnomalyRaised { anomaly: a.clone() };
+        let event = Event::AnomalyRaised {
+            anomaly: a.clone(),
+            mark: Some(mark),
+        };
         let id = Uuid::new_v5(&ID_NAMESPACE, format!("anomaly/{}", a.id).as_bytes());
         // Retried until durable: an anomaly must not be lost to a passing store error.
         let mut delay = Duration::from_millis(10);

@@ -8,7 +8,7 @@
 pub mod export;
 pub mod render;
 
-use cit_domain::event::{Anomaly, Event, streams};
+use cit_domain::event::{Anomaly, EngineMark, Event, streams};
 use cit_domain::{Fix, LatLon, Millis, PlannedStop};
 use cit_engine::Engine;
 use cit_proto::v1 as pb;
@@ -231,37 +231,51 @@ impl Redetection {
 /// Replays the run's inputs through a fresh engine and compares with the recorded anomalies,
 /// field by field.
 pub fn redetect(record: &RunRecord) -> Redetection {
+    let inputs = record.inputs();
+    let mut recorded = Vec::new();
+    // Where the live engine stood when it raised each recorded anomaly: replayed as clock moves
+    // between the run's own inputs (see `EngineMark`).
+    let mut marks: Vec<EngineMark> = Vec::new();
+    for (_, event) in &inputs {
+        if let Event::AnomalyRaised { anomaly, mark } = event
+            && anomaly.run_id == record.run_id
+        {
+            recorded.push(anomaly.clone());
+            marks.extend(*mark);
+        }
+    }
+    let unmarked = marks.len() < recorded.len();
+    marks.sort_by_key(|m| m.position);
+    let mut marks = marks.into_iter().peekable();
     let mut engine = Engine::new();
     let mut redetected = Vec::new();
-    let mut recorded = Vec::new();
-    for (position, event) in record.inputs() {
-        if let Event::AnomalyRaised { anomaly } = event {
-            // What was recorded is compared, never fed: the engine must find it by itself.
-            if anomaly.run_id == record.run_id {
-                recorded.push(anomaly);
-            }
+    let keep = |raised: Vec<Anomaly>, out: &mut Vec<Anomaly>| {
+        out.extend(
+            raised
+                .into_iter()
+                .filter(|a| a.run_id == record.run_id)
+                .map(as_stored),
+        );
+    };
+    for (position, event) in inputs {
+        // What was recorded is compared, never fed: the engine must find it by itself.
+        if matches!(event, Event::AnomalyRaised { .. }) {
             continue;
         }
-        redetected.extend(
-            engine
-                .handle(position, &event)
-                .into_iter()
-                .filter(|a| a.run_id == record.run_id)
-                .map(as_stored),
-        );
+        while let Some(m) = marks.next_if(|m| m.position < position) {
+            keep(engine.advance_to(m.now, true), &mut redetected);
+        }
+        keep(engine.handle(position, &event), &mut redetected);
     }
-    // A run's deadline may have fired live on another run's input, which is not among these
-    // inputs; it fires here at the latest on the run's next input, with the same result. After
-    // the last input, time moves to the latest recorded anomaly: the live engine had passed it,
-    // so every deadline up to it had fired.
-    if let Some(until) = recorded.iter().map(|a| a.at).max() {
-        redetected.extend(
-            engine
-                .advance_to(until, true)
-                .into_iter()
-                .filter(|a| a.run_id == record.run_id)
-                .map(as_stored),
-        );
+    for m in marks {
+        keep(engine.advance_to(m.now, true), &mut redetected);
+    }
+    // Records without marks (older events): a run's deadline may have fired live on another
+    // run's input, which is not among these inputs; after the last input, time moves to the
+    // latest recorded anomaly, which the live engine had passed, so every deadline up to it fires.
+    // With marks this is already done, and going further would run ahead of the record.
+    if unmarked && let Some(until) = recorded.iter().map(|a| a.at).max() {
+        keep(engine.advance_to(until, true), &mut redetected);
     }
     let mut differences = Vec::new();
     for r in &recorded {
@@ -383,7 +397,7 @@ impl RunDigest {
                 Event::RunDeparted { at, .. } => d.departed_at = Some(at),
                 Event::RunClosed { at, .. } => d.closed_at = Some(at),
                 Event::FixesRecorded { fixes, .. } => d.fixes.extend(fixes),
-                Event::AnomalyRaised { anomaly } => d.anomalies.push(anomaly),
+                Event::AnomalyRaised { anomaly, .. } => d.anomalies.push(anomaly),
                 _ => {}
             }
         }
@@ -504,50 +518,89 @@ mod tests {
         }
     }
 
+    fn departed(run: &str, vehicle: &str) -> Event {
+        Event::RunDeparted {
+            run_id: run.into(),
+            vehicle_id: vehicle.into(),
+            at: Millis(0),
+        }
+    }
+
+    /// Runs `log` through a live engine the way citd does (marks included) and returns run A's
+    /// record: its own events with the anomalies appended after the input that raised them.
+    fn live_record_of_a(log: &[Event], with_marks: bool) -> (RunRecord, Vec<Anomaly>) {
+        let mut live = Engine::new();
+        let mut stream = Vec::new();
+        let mut raised_a = Vec::new();
+        let mut position = 0;
+        for e in log {
+            position += 1;
+            let raised = live.handle(position, e);
+            if e.run_id() == Some("A") {
+                stream.push(recorded(position, stream.len() as u64, e));
+            }
+            let mark = EngineMark {
+                position,
+                now: live.now(),
+            };
+            for a in raised.into_iter().filter(|a| a.run_id == "A") {
+                position += 1;
+                let raised = Event::AnomalyRaised {
+                    anomaly: a.clone(),
+                    mark: with_marks.then_some(mark),
+                };
+                stream.push(recorded(position, stream.len() as u64, &raised));
+                raised_a.push(a);
+            }
+        }
+        let record = RunRecord {
+            run_id: "A".into(),
+            run: stream,
+            ..RunRecord::default()
+        };
+        (record, raised_a)
+    }
+
     #[test]
     fn a_deadline_fired_by_another_runs_input_is_re_detected() {
         // Live: run A's signal-loss deadline fires while handling run B's fix.
         let log = [
             planned("A", "VA"),
-            Event::RunDeparted {
-                run_id: "A".into(),
-                vehicle_id: "VA".into(),
-                at: Millis(0),
-            },
+            departed("A", "VA"),
             fixes("A", "VA", 1_000),
             planned("B", "VB"),
             fixes("B", "VB", 100_000),
         ];
-        let mut live = Engine::new();
-        let mut raised = Vec::new();
-        for (i, e) in log.iter().enumerate() {
-            raised.extend(live.handle(i as u64 + 1, e));
+        for with_marks in [false, true] {
+            let (record, live) = live_record_of_a(&log, with_marks);
+            assert!(!live.is_empty(), "A's signal loss, raised on B's fix");
+            let r = redetect(&record);
+            assert!(r.reproduced(), "marks {with_marks}: {:?}", r.differences);
+            assert_eq!(r.redetected.len(), live.len());
         }
-        let loss = raised
-            .into_iter()
-            .find(|a| a.run_id == "A")
-            .expect("A's signal loss, raised on B's fix");
-        // The record of A: its own stream only, with the anomaly as stored.
-        let own = [
-            log[0].clone(),
-            log[1].clone(),
-            log[2].clone(),
-            Event::AnomalyRaised {
-                anomaly: loss.clone(),
-            },
+    }
+
+    #[test]
+    fn deadlines_fired_before_late_fixes_are_re_detected_from_the_marks() {
+        // B's input moves the clock past A's deadlines before A's (buffered, late) fixes arrive:
+        // live raises them with no fix seen; a replay of A's inputs alone would apply the late
+        // fixes first. The marks put the clock where live had it.
+        let log = [
+            planned("A", "VA"),
+            departed("A", "VA"),
+            planned("B", "VB"),
+            fixes("B", "VB", 1_000_000),
+            fixes("A", "VA", 1_000),
+            fixes("A", "VA", 2_000),
         ];
-        let record = RunRecord {
-            run_id: "A".into(),
-            run: own
-                .iter()
-                .enumerate()
-                .map(|(v, e)| recorded([1, 2, 3, 6][v], v as u64, e))
-                .collect(),
-            ..RunRecord::default()
-        };
+        let (record, live) = live_record_of_a(&log, true);
+        assert!(!live.is_empty());
         let r = redetect(&record);
         assert!(r.reproduced(), "{:?}", r.differences);
-        assert_eq!(r.redetected.len(), 1);
-        assert_eq!(r.redetected[0].id, loss.id);
+        let (unmarked, _) = live_record_of_a(&log, false);
+        assert!(
+            !redetect(&unmarked).reproduced(),
+            "without marks the replay differs: the marks are what makes it exact"
+        );
     }
 }
