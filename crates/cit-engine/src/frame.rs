@@ -8,7 +8,7 @@ use geo::{Distance, Haversine, Point};
 /// Mean Earth radius (GRS80), metres; the same radius `geo::Haversine` and the data use.
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct LocalFrame {
     lat0: f64,
     lon0: f64,

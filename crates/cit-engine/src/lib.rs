@@ -29,7 +29,7 @@ use crate::run::{Deadline, RunState};
 use crate::zones::ZoneIndex;
 
 /// Where a vehicle was last seen (any fix, on a run or not).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct LastFix {
     pub t: Millis,
     pub position: LatLon,
@@ -42,15 +42,16 @@ pub struct LastFix {
 }
 
 /// A run's standing along its plan (see [`Engine::standing`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunStanding {
     pub progress_m: Option<f64>,
     pub route_length_m: f64,
     pub next_stop: Option<(String, LatLon)>,
 }
 
-/// The detection engine. See the module docs.
-#[derive(Debug, Default)]
+/// The detection engine. See the module docs. Its whole state is serde data (indexes are rebuilt
+/// from their source on load), so a host can snapshot it at a log position and resume from there.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     now: Millis,
     zones: ZoneIndex,

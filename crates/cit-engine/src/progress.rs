@@ -27,7 +27,7 @@ const SWITCH_MARGIN_M: f64 = 20.0;
 /// The U-turn window of SCENARIOS.md.
 pub const UTURN_WINDOW_S: f64 = 60.0;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProgressTracker {
     /// Current progress, metres along the route, once acquired.
     pub s: Option<f64>,
@@ -38,6 +38,7 @@ pub struct ProgressTracker {
     window: VecDeque<(Millis, f64)>,
     /// Fixes in a row that showed a fall of at least the threshold.
     falling: u32,
+    #[serde(skip)]
     scratch: Vec<Candidate>,
 }
 

@@ -29,8 +29,11 @@ pub struct Candidate {
     pub bearing: f64,
 }
 
+/// Snapshots hold the route's points; the tree and segments are rebuilt from them on load
+/// (cheaper to rebuild than to store, and never out of step with the code that builds them).
 #[derive(Debug)]
 pub struct RouteIndex {
+    points: Vec<LatLon>,
     pub frame: LocalFrame,
     tree: RTree<SegmentGeom>,
     segments: Vec<Segment>,
@@ -63,6 +66,7 @@ impl RouteIndex {
             s += len;
         }
         RouteIndex {
+            points: route.to_vec(),
             frame,
             tree: RTree::bulk_load(geoms),
             segments,
@@ -107,6 +111,24 @@ impl RouteIndex {
         for g in self.tree.locate_within_distance(p, radius * radius) {
             out.push(self.project(g, p));
         }
+    }
+}
+
+impl serde::Serialize for RouteIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.points.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RouteIndex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let points = Vec::<LatLon>::deserialize(d)?;
+        if points.len() < 2 {
+            return Err(serde::de::Error::custom(
+                "a route needs at least two points",
+            ));
+        }
+        Ok(RouteIndex::new(&points))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::zones::ZoneIndex;
 use crate::{LastFix, Out};
 
 /// A time rule waiting for its moment. `generation` invalidates deadlines that were re-armed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Deadline {
     SignalLoss {
         run: String,
@@ -44,7 +44,7 @@ impl Deadline {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Status {
     Planned,
     Active,
@@ -53,7 +53,7 @@ enum Status {
 
 /// A1: the vehicle standing still (speed below `stop_speed_mps`, within `stop_radius_m` of the
 /// episode's mean position). A single fix far off (multipath) is set aside; two in a row end it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct StopEpisode {
     start: Millis,
     sum: [f64; 2],
@@ -70,7 +70,7 @@ impl StopEpisode {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct StopVisit {
     /// Inside the radius since this fix (not yet confirmed as an arrival).
     inside_since: Option<Millis>,
@@ -82,7 +82,7 @@ struct StopVisit {
     skip_reported: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
     pub run_id: String,
     pub vehicle_id: String,

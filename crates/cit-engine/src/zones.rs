@@ -13,11 +13,29 @@ const RESOLUTION: Resolution = Resolution::Nine;
 /// Extra reach every zone is indexed with, so "within radius + 50 m" queries find it.
 pub const INDEX_MARGIN_M: f64 = 50.0;
 
+/// Snapshots hold the zones; the cell map is rebuilt from them on load.
 #[derive(Debug, Default)]
 pub struct ZoneIndex {
     zones: Vec<Checkpoint>,
     by_id: HashMap<String, usize>,
     cells: HashMap<CellIndex, Vec<u32>>,
+}
+
+impl serde::Serialize for ZoneIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.zones, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ZoneIndex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let zones = <Vec<Checkpoint> as serde::Deserialize>::deserialize(d)?;
+        let mut index = ZoneIndex::default();
+        for z in zones {
+            index.insert(z);
+        }
+        Ok(index)
+    }
 }
 
 fn cell_of(p: LatLon) -> Option<CellIndex> {

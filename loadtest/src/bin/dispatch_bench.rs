@@ -372,22 +372,7 @@ async fn main() {
         .expect("port");
     let mut child = spawn_citd(dir.path(), port);
     let endpoint = format!("http://127.0.0.1:{port}");
-    let t = Instant::now();
-    // Ready once the read models have caught up with the whole fixture.
-    let mut c = loop {
-        if let Ok(mut c) = Clients::connect(&endpoint).await
-            && c.dispatch
-                .get_run(pb::GetRunRequest {
-                    run_id: LONG_RUN.into(),
-                    min_log_position: 1,
-                })
-                .await
-                .is_ok_and(|v| v.into_inner().position.is_some())
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (mut c, up) = ready(&endpoint).await;
     let active = c
         .dispatch
         .list_active_runs(pb::ListActiveRunsRequest::default())
@@ -396,10 +381,7 @@ async fn main() {
         .into_inner()
         .runs
         .len();
-    println!(
-        "citd up with {active} active runs in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    println!("citd up with {active} active runs in {up:.1} s");
 
     let drive = Drive {
         batch: args.batch,
@@ -533,6 +515,73 @@ async fn main() {
     for d in redetected.differences.iter().take(3) {
         println!("  re-detection difference: {d}");
     }
+    restarts(&mut child, dir.path(), port).await;
+}
+
+/// Connects once citd is current: a write's position has reached the read models. Returns the
+/// clients and the seconds it took.
+async fn ready(endpoint: &str) -> (Clients, f64) {
+    let t = Instant::now();
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        if let Ok(mut c) = Clients::connect(endpoint).await
+            && let Ok(w) = c
+                .runs
+                .register_vehicle(pb::RegisterVehicleRequest {
+                    vehicle_id: format!("READY-{}-{n}", citd::clock::wall_now().0),
+                    plate: "READY".into(),
+                    armoured: true,
+                })
+                .await
+        {
+            let position = w.into_inner().log_position;
+            loop {
+                match c
+                    .dispatch
+                    .get_run(pb::GetRunRequest {
+                        run_id: LONG_RUN.into(),
+                        min_log_position: position,
+                    })
+                    .await
+                {
+                    Ok(_) => return (c, t.elapsed().as_secs_f64()),
+                    Err(e) if e.code() == tonic::Code::DeadlineExceeded => continue,
+                    Err(e) => panic!("get run: {e}"),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops citd gracefully (it writes its engine snapshot), restarts it from the snapshot, then
+/// again without one (the whole log replayed), and prints how long each took to be current.
+async fn restarts(child: &mut std::process::Child, dir: &std::path::Path, port: u16) {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let stop = |child: &mut std::process::Child| {
+        let t = Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        t.elapsed().as_secs_f64()
+    };
+    let stopped = stop(child);
+    let snapshot = std::fs::metadata(citd::snapshot::path(dir)).map_or(0, |m| m.len());
+    let log = std::fs::metadata(dir.join("events.redb")).map_or(0, |m| m.len());
+    *child = spawn_citd(dir, port);
+    let (_, from_snapshot) = ready(&endpoint).await;
+    stop(child);
+    std::fs::remove_file(citd::snapshot::path(dir)).expect("remove snapshot");
+    *child = spawn_citd(dir, port);
+    let (_, from_log) = ready(&endpoint).await;
+    println!(
+        "restart (store {:.0} MiB): graceful stop with snapshot {stopped:.1} s ({:.1} MiB); current again from the snapshot in {from_snapshot:.1} s | replaying the whole log {from_log:.1} s | ratio {:.2}x",
+        log as f64 / 1048576.0,
+        snapshot as f64 / 1048576.0,
+        from_log / from_snapshot.max(1e-3)
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use cit_domain::Millis;
 use cit_domain::event::{Anomaly, Event, Severity};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::AppError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     Open,
     Acknowledged,
     Resolved,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     pub anomaly: Anomaly,
     pub status: Status,
@@ -29,8 +30,8 @@ pub struct Entry {
     pub announced: (Millis, u32),
 }
 
-#[derive(Debug, Default)]
-struct Book {
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Book {
     order: Vec<String>,
     by_id: HashMap<String, Entry>,
     /// Ids per run in raise order: a run's view reads its own anomalies, not everyone's.
@@ -151,6 +152,16 @@ impl Anomalies {
             .filter(|e| e.status != Status::Resolved)
             .map(|e| e.anomaly.severity)
             .max()
+    }
+
+    /// The whole book, for a snapshot.
+    pub fn export(&self) -> Book {
+        self.read().clone()
+    }
+
+    /// Replaces the book with a snapshot's.
+    pub fn import(&self, book: Book) {
+        *self.write() = book;
     }
 
     /// One anomaly by id.

@@ -57,6 +57,9 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Least time between two position updates of one run to watchers, ms (0: every fix).
     pub watch_interval_ms: u64,
+    /// Seconds between two snapshots of the engine and read models (also at shutdown), so a
+    /// restart resumes from there; 0: no snapshots (a restart replays the log).
+    pub snapshot_interval_s: u64,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             reannounce_after_s: 60,
             watch_buffer: 16_384,
             watch_interval_ms: 1000,
+            snapshot_interval_s: 300,
         }
     }
 }
@@ -120,6 +124,9 @@ pub struct Overrides {
     /// Least milliseconds between two position updates of one run to watchers (0: every fix).
     #[arg(long, env = "CIT_WATCH_INTERVAL_MS")]
     pub watch_interval_ms: Option<u64>,
+    /// Seconds between engine snapshots (0: none; a restart replays the log).
+    #[arg(long, env = "CIT_SNAPSHOT_INTERVAL_S")]
+    pub snapshot_interval_s: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +197,9 @@ impl Config {
         }
         if let Some(v) = o.watch_interval_ms {
             c.watch_interval_ms = v;
+        }
+        if let Some(v) = o.snapshot_interval_s {
+            c.snapshot_interval_s = v;
         }
         c.validate()?;
         Ok(c)

@@ -12,6 +12,7 @@
 //! The same fold ([`fold`]) feeds the read models live and rebuilds them for the audit's
 //! `StateAt`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,28 +27,68 @@ use crate::app::{App, ID_NAMESPACE, decode, encode};
 use crate::clock::wall_now;
 use crate::fleet::Fleet;
 use crate::grpc::anomaly_to_pb;
+use crate::snapshot;
 use crate::watch::Hub;
 
-/// Runs until `shutdown` resolves or the subscription fails.
+/// Where and how often the worker snapshots itself (see [`crate::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    pub dir: PathBuf,
+    pub every: Duration,
+}
+
+/// Where the worker starts: a fresh engine at the log's start, or a snapshot's.
+#[derive(Debug, Default)]
+pub struct Start {
+    pub engine: Engine,
+    /// Log position folded in so far (0: none).
+    pub position: u64,
+    pub event_id: Uuid,
+}
+
+/// Runs from `start` until `shutdown` resolves or the subscription fails; writes a snapshot
+/// every `snapshots.every` and at shutdown.
 pub async fn run(
     app: Arc<App>,
     anomalies: Arc<Anomalies>,
     fleet: Arc<Fleet>,
     hub: Arc<Hub>,
+    snapshots: Option<Snapshots>,
+    start: Start,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let mut engine = Engine::new();
-    let mut sub = app.store.subscribe(SubscriptionFilter::All, None);
+    let Start {
+        mut engine,
+        mut position,
+        event_id: mut last_id,
+    } = start;
+    app.metrics.engine_resumed_from.set(position as i64);
+    let mut sub = app
+        .store
+        .subscribe(SubscriptionFilter::All, (position > 0).then_some(position));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let wall = !app.clock.is_scenario();
     let mut flush = tokio::time::interval(hub.interval.max(Duration::from_millis(50)));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let every = snapshots
+        .as_ref()
+        .map(|s| s.every)
+        .unwrap_or(Duration::MAX)
+        .max(Duration::from_secs(1));
+    let mut snapshot_timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut snapshot_at = position;
     tokio::pin!(shutdown);
-    let mut position = 0;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = snapshot_timer.tick(), if snapshots.is_some() => {
+                if let Some(s) = &snapshots && position > snapshot_at {
+                    take_snapshot(&s.dir, &engine, &anomalies, &fleet, position, last_id).await;
+                    snapshot_at = position;
+                }
+            }
             _ = ticker.tick(), if wall => {
                 let now = wall_now();
                 if engine.next_deadline().is_some_and(|d| d <= now)
@@ -69,6 +110,7 @@ pub async fn run(
                 match msg {
                     Ok(SubscriptionMessage::Event(r)) => {
                         position = r.position;
+                        last_id = r.id;
                         if let Some(event) = decode(&r) {
                             let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
                             let mark = EngineMark { position: r.position, now: engine.now() };
@@ -92,6 +134,107 @@ pub async fn run(
                 }
             }
         }
+    }
+    if let Some(s) = &snapshots
+        && position > snapshot_at
+    {
+        take_snapshot(&s.dir, &engine, &anomalies, &fleet, position, last_id).await;
+    }
+}
+
+/// The engine from the snapshot in `dir` if it belongs to this log (the event at its position has
+/// its id), with the read models loaded from it; else a fresh start. Called before citd serves, so
+/// dispatch never answers from empty read models.
+pub async fn resume(
+    app: &App,
+    anomalies: &Anomalies,
+    fleet: &Fleet,
+    dir: &std::path::Path,
+) -> Start {
+    let started = std::time::Instant::now();
+    let dir = dir.to_path_buf();
+    let snap = tokio::task::spawn_blocking(move || snapshot::read(&dir))
+        .await
+        .ok()
+        .flatten();
+    let Some(s) = snap else {
+        return Start::default();
+    };
+    let here = app
+        .store
+        .read_all(s.position.saturating_sub(1), 1)
+        .await
+        .ok()
+        .and_then(|mut v| v.pop());
+    if here.as_ref().map(|e| (e.position, e.id)) != Some((s.position, s.event_id)) {
+        tracing::warn!(
+            position = s.position,
+            "engine snapshot does not match this log; replaying it"
+        );
+        return Start::default();
+    }
+    fleet.import(s.fleet);
+    anomalies.import(s.anomalies);
+    anomalies.engine_position.send_replace(s.position);
+    tracing::info!(
+        position = s.position,
+        runs = s.engine.run_count(),
+        ms = started.elapsed().as_millis() as u64,
+        "detection engine resumed from its snapshot"
+    );
+    Start {
+        engine: s.engine,
+        position: s.position,
+        event_id: s.event_id,
+    }
+}
+
+/// Encodes a snapshot in place (it borrows the live engine; a multi-threaded runtime is told
+/// this thread blocks) and writes it on the blocking pool. A failure is logged: the next one may succeed,
+/// and without one a restart replays the log.
+async fn take_snapshot(
+    dir: &std::path::Path,
+    engine: &Engine,
+    anomalies: &Anomalies,
+    fleet: &Fleet,
+    position: u64,
+    event_id: Uuid,
+) {
+    let started = std::time::Instant::now();
+    let snap = snapshot::Snapshot {
+        format: snapshot::FORMAT,
+        position,
+        event_id,
+        engine,
+        fleet: fleet.export(),
+        anomalies: anomalies.export(),
+    };
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let encoded = if multi_thread {
+        tokio::task::block_in_place(|| snapshot::encode(&snap))
+    } else {
+        snapshot::encode(&snap)
+    };
+    let bytes = match encoded {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(cause = %e, "encoding the engine snapshot failed");
+            return;
+        }
+    };
+    let encoded = started.elapsed();
+    let (dir, size) = (dir.to_path_buf(), bytes.len());
+    match tokio::task::spawn_blocking(move || snapshot::write(&dir, &bytes)).await {
+        Ok(Ok(())) => tracing::info!(
+            position,
+            bytes = size,
+            encode_ms = encoded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "engine snapshot written"
+        ),
+        Ok(Err(e)) => tracing::error!(cause = %e, "writing the engine snapshot failed"),
+        Err(e) => tracing::error!(cause = %e, "writing the engine snapshot failed"),
     }
 }
 

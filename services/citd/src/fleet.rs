@@ -10,6 +10,7 @@ use cit_domain::{LatLon, Millis};
 use cit_engine::RunStanding;
 use cit_engine::frame::haversine_m;
 use cit_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
 
 use crate::anomalies::Anomalies;
 use crate::grpc::{anomaly_to_pb, pb_latlon, severity_to_pb, ts};
@@ -17,7 +18,7 @@ use crate::grpc::{anomaly_to_pb, pb_latlon, severity_to_pb, ts};
 /// Slowest speed an ETA assumes, m/s (30 km/h): a standing vehicle still gets an estimate.
 const ETA_MIN_SPEED_MPS: f64 = 30.0 / 3.6;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Status {
     Planned,
     Active,
@@ -25,7 +26,7 @@ enum Status {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SeenFix {
     t: Millis,
     position: LatLon,
@@ -33,8 +34,8 @@ struct SeenFix {
     heading_deg: f64,
 }
 
-#[derive(Debug, Clone)]
-struct RunEntry {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunEntry {
     vehicle_id: String,
     status: Status,
     driver_id: String,
@@ -129,6 +130,16 @@ impl Fleet {
             }
             _ => {}
         }
+    }
+
+    /// Every run's entry, for a snapshot.
+    pub fn export(&self) -> HashMap<String, RunEntry> {
+        self.read().clone()
+    }
+
+    /// Replaces the model with a snapshot's.
+    pub fn import(&self, runs: HashMap<String, RunEntry>) {
+        *self.write() = runs;
     }
 
     pub fn set_standing(&self, run_id: &str, standing: Option<RunStanding>) {

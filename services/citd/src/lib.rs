@@ -9,6 +9,7 @@
 //! - [`fleet`]: the dispatch read model (where every run is, crew, weapons, standing).
 //! - [`audit`]: a run rebuilt from the log: custody, hash chains, re-detection, state at a
 //!   moment, exports and picture.
+//! - [`snapshot`]: the engine worker's snapshot (engine + read models at a log position).
 //! - [`watch`]: live fleet changes for WatchFleet (a bounded broadcast ring).
 //! - [`grpc`]: one module per public service; validation and status mapping at the edge.
 //! - [`error`]: application errors to gRPC statuses, in one table.
@@ -32,6 +33,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod runner;
 pub mod server;
+pub mod snapshot;
 pub mod watch;
 
 /// Installs the `tracing` subscriber for a binary.

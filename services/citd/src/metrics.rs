@@ -36,6 +36,7 @@ pub struct Metrics {
     pub anomalies_reannounced: Counter,
     pub watch_fell_behind: Counter,
     pub watchers: Gauge,
+    pub engine_resumed_from: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +68,7 @@ impl Metrics {
             anomalies_reannounced: Counter::default(),
             watch_fell_behind: Counter::default(),
             watchers: Gauge::default(),
+            engine_resumed_from: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +119,11 @@ impl Metrics {
             m.watch_fell_behind.clone(),
         );
         registry.register("watchers", "Open WatchFleet streams", m.watchers.clone());
+        registry.register(
+            "engine_resumed_from",
+            "Log position the engine resumed from at start (0: replayed the whole log)",
+            m.engine_resumed_from.clone(),
+        );
         Metrics { registry, ..m }
     }
 

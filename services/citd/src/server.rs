@@ -193,11 +193,21 @@ pub async fn serve(
     // Set when shutdown begins; the engine, the metrics server and open fix streams follow it.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    let snapshots = (config.snapshot_interval_s > 0).then(|| crate::engine_worker::Snapshots {
+        dir: config.data_dir.clone(),
+        every: Duration::from_secs(config.snapshot_interval_s),
+    });
+    let start = match &snapshots {
+        Some(s) => crate::engine_worker::resume(&app, &anomalies, &fleet, &s.dir).await,
+        None => crate::engine_worker::Start::default(),
+    };
     let engine = tokio::spawn(crate::engine_worker::run(
         app.clone(),
         anomalies.clone(),
         fleet.clone(),
         hub.clone(),
+        snapshots,
+        start,
         stopped(stop_rx.clone()),
     ));
     if config.reannounce_after_s > 0 {

@@ -1,0 +1,149 @@
+//! Restart from the engine snapshot: citd writes it at shutdown at the log's head; the next start
+//! serves dispatch from it at once (anomalies, the run's standing), the engine goes on with the
+//! run it restored (a new duress is raised), and nothing is raised twice.
+
+mod common;
+
+use std::path::PathBuf;
+
+use cit_proto::v1 as pb;
+use cit_scenario::Scenario;
+use cit_store::EventStore;
+use citd::config::ClockMode;
+use citd::runner::{Clients, Play, play};
+
+async fn anomaly_ids(c: &mut Clients, run: &str, min_log_position: u64) -> Vec<String> {
+    let mut ids: Vec<String> = c
+        .dispatch
+        .list_anomalies(pb::ListAnomaliesRequest {
+            run_id: run.into(),
+            include_resolved: true,
+            min_log_position,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .anomalies
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn recorded_anomaly_events(c: &mut Clients, run: &str) -> Vec<String> {
+    let mut s = c
+        .audit
+        .read_run(pb::ReadRunRequest {
+            run_id: run.into(),
+            include_custody: false,
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(e) = s.message().await.expect("event") {
+        if e.event_type == "AnomalyRaised.v1" {
+            let v: serde_json::Value = serde_json::from_str(&e.data_json).expect("json");
+            ids.push(v["anomaly"]["id"].as_str().expect("id").to_string());
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/scenarios/gbg-r006-unplanned-stop.json");
+    let s = Scenario::load(&path).expect("scenario");
+    let run = s.runs[0].id.clone();
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
+        .await
+        .expect("start");
+    play(&server.endpoint(), &s, &Play::default(), |_| {})
+        .await
+        .expect("plays");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let before = anomaly_ids(&mut c, &run, 0).await;
+    assert!(!before.is_empty(), "the scenario raised anomalies");
+    let view_before = c
+        .dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: run.clone(),
+            min_log_position: 0,
+        })
+        .await
+        .expect("get run")
+        .into_inner();
+    let events_before = recorded_anomaly_events(&mut c, &run).await;
+    server.stop().await.expect("stop");
+
+    let snap = citd::snapshot::read(dir.path()).expect("a snapshot written at shutdown");
+    let store =
+        cit_store::embedded::EmbeddedStore::open(dir.path(), Default::default()).expect("open");
+    let log_head = store.head_position().await.expect("head");
+    store.close();
+    assert_eq!(snap.position, log_head, "the snapshot covers the whole log");
+
+    let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
+        .await
+        .expect("restart");
+    let mut c = Clients::connect(&server.endpoint())
+        .await
+        .expect("reconnect");
+    assert_eq!(
+        anomaly_ids(&mut c, &run, 0).await,
+        before,
+        "dispatch is served from the snapshot"
+    );
+    let view = c
+        .dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: run.clone(),
+            min_log_position: 0,
+        })
+        .await
+        .expect("get run")
+        .into_inner();
+    assert_eq!(view.progress_m, view_before.progress_m);
+    assert_eq!(view.position, view_before.position);
+
+    // The restored engine knows the run: a duress now is raised, once.
+    c.runs
+        .check_in(pb::CheckInRequest {
+            run_id: run.clone(),
+            person_id: s.runs[0].escorts[0].clone(),
+            code: pb::CheckInCode::Duress as i32,
+        })
+        .await
+        .expect("duress");
+    // A later write, to wait on: the engine has handled the duress once it has handled this.
+    let head = c
+        .runs
+        .report_incident(pb::ReportIncidentRequest {
+            run_id: run.clone(),
+            person_id: s.runs[0].escorts[0].clone(),
+            kind: pb::IncidentKind::Jam as i32,
+            note: "after the duress".into(),
+        })
+        .await
+        .expect("report")
+        .into_inner()
+        .log_position;
+    let after = anomaly_ids(&mut c, &run, head).await;
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    assert!(after.iter().any(|id| id.starts_with("duress:")));
+    let events_after = recorded_anomaly_events(&mut c, &run).await;
+    assert_eq!(
+        events_after.len(),
+        events_before.len() + 1,
+        "nothing raised twice"
+    );
+    let mut unique = events_after.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), events_after.len());
+    server.stop().await.expect("stop");
+}
