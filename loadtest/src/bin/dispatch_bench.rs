@@ -417,6 +417,10 @@ async fn main() {
         received.load(Ordering::Relaxed)
     );
 
+    // The watched phase may leave the engine behind: start the next one from a current citd.
+    let (_, settle) = ready(&endpoint).await;
+    println!("engine current again {settle:.1} s after the watched phase");
+
     // GetRun on random active runs while the fleet streams at the target rate.
     let probe_deadline = Instant::now() + Duration::from_secs(args.seconds);
     let n_runs = args.runs;
