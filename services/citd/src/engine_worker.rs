@@ -71,10 +71,10 @@ pub async fn run(
     let wall = !app.clock.is_scenario();
     let mut flush = tokio::time::interval(hub.interval.max(Duration::from_millis(50)));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Without snapshots the timer still needs a period; its branch is disabled.
     let every = snapshots
         .as_ref()
-        .map(|s| s.every)
-        .unwrap_or(Duration::MAX)
+        .map_or(Duration::from_secs(3600), |s| s.every)
         .max(Duration::from_secs(1));
     let mut snapshot_timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

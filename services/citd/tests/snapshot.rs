@@ -147,3 +147,48 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     assert_eq!(unique.len(), events_after.len());
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_snapshots_a_restart_replays_the_log() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = citd::config::Config {
+        snapshot_interval_s: 0,
+        ..common::config(dir.path(), ClockMode::Wall)
+    };
+    let server = citd::server::start(config.clone()).await.expect("start");
+    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    server.stop().await.expect("stop");
+    assert!(
+        citd::snapshot::read(dir.path()).is_none(),
+        "no snapshot written"
+    );
+    let server = citd::server::start(config).await.expect("restart");
+    let mut c = Clients::connect(&server.endpoint())
+        .await
+        .expect("reconnect");
+    // A write after the restart: reading at its position waits for the whole log's replay.
+    let head = c
+        .runs
+        .register_vehicle(pb::RegisterVehicleRequest {
+            vehicle_id: "V-2".into(),
+            plate: "GB 2".into(),
+            armoured: true,
+        })
+        .await
+        .expect("write")
+        .into_inner()
+        .log_position;
+    let active = c
+        .dispatch
+        .list_active_runs(pb::ListActiveRunsRequest {
+            min_log_position: head,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .runs;
+    assert_eq!(active.len(), 1, "rebuilt by replaying the log");
+    server.stop().await.expect("stop");
+}
