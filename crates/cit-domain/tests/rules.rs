@@ -156,6 +156,10 @@ fn ready(run: &str, who: &str, weapon: Option<&str>, vest: bool, helmet: bool) -
     }
 }
 
+fn depart(run: &str) -> Command {
+    Command::Depart { run_id: run.into() }
+}
+
 fn ret(serial: &str, by: &str, rounds: u32) -> Command {
     Command::ReturnWeapon {
         serial: serial.into(),
@@ -193,46 +197,17 @@ fn r2_departure_needs_every_escort_with_issued_weapon_vest_and_helmet() {
     accepted(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "AP")));
     accepted(when(&mut w, ready("R-1", "E-1", Some("G-1"), true, true)));
     // E-2 not ready at all.
-    assert_eq!(
-        refused_by(when(
-            &mut w,
-            Command::Depart {
-                run_id: "R-1".into()
-            }
-        )),
-        Rule::R2
-    );
+    assert_eq!(refused_by(when(&mut w, depart("R-1"))), Rule::R2);
     // E-2 without helmet.
     accepted(when(&mut w, issue("R-1", "G-2", "E-2", "GC", "AC", "AP")));
     accepted(when(&mut w, ready("R-1", "E-2", Some("G-2"), true, false)));
-    assert_eq!(
-        refused_by(when(
-            &mut w,
-            Command::Depart {
-                run_id: "R-1".into()
-            }
-        )),
-        Rule::R2
-    );
+    assert_eq!(refused_by(when(&mut w, depart("R-1"))), Rule::R2);
     // E-2 declaring a weapon that is not issued to them (E-1's).
     accepted(when(&mut w, ready("R-1", "E-2", Some("G-1"), true, true)));
-    assert_eq!(
-        refused_by(when(
-            &mut w,
-            Command::Depart {
-                run_id: "R-1".into()
-            }
-        )),
-        Rule::R2
-    );
+    assert_eq!(refused_by(when(&mut w, depart("R-1"))), Rule::R2);
     // The latest readiness counts.
     accepted(when(&mut w, ready("R-1", "E-2", Some("G-2"), true, true)));
-    let events = accepted(when(
-        &mut w,
-        Command::Depart {
-            run_id: "R-1".into(),
-        },
-    ));
+    let events = accepted(when(&mut w, depart("R-1")));
     assert!(matches!(events[..], [Event::RunDeparted { .. }]));
 }
 
@@ -309,12 +284,7 @@ fn r4_weapons_only_to_rostered_escorts_of_open_runs_and_never_twice() {
 #[test]
 fn r4_no_issue_for_a_closed_run() {
     let mut w = ready_run();
-    accepted(when(
-        &mut w,
-        Command::Depart {
-            run_id: "R-1".into(),
-        },
-    ));
+    accepted(when(&mut w, depart("R-1")));
     accepted(when(&mut w, ret("G-1", "E-1", 30)));
     accepted(when(&mut w, ret("G-2", "E-2", 30)));
     accepted(when(
@@ -360,12 +330,7 @@ fn r5_every_movement_is_recorded_with_persons_serials_and_rounds_and_a_second_re
 #[test]
 fn r6_two_distinct_people_hand_over_someone_receives_nobody_on_both_sides() {
     let mut w = ready_run();
-    accepted(when(
-        &mut w,
-        Command::Depart {
-            run_id: "R-1".into(),
-        },
-    ));
+    accepted(when(&mut w, depart("R-1")));
     let handover = |by: &[&str], to: &[&str]| Command::HandOverCashBoxes {
         run_id: "R-1".into(),
         stop_id: "S-1".into(),
@@ -396,12 +361,7 @@ fn r6_two_distinct_people_hand_over_someone_receives_nobody_on_both_sides() {
 #[test]
 fn r7_close_out_waits_for_every_weapon_and_names_what_is_out() {
     let mut w = ready_run();
-    accepted(when(
-        &mut w,
-        Command::Depart {
-            run_id: "R-1".into(),
-        },
-    ));
+    accepted(when(&mut w, depart("R-1")));
     accepted(when(&mut w, ret("G-1", "E-1", 30)));
     match when(
         &mut w,
@@ -488,24 +448,14 @@ fn lifecycle_planned_active_returned_closed_and_wrong_states_are_errors_not_refu
     use cit_domain::world::RunStatus;
     let mut w = ready_run();
     assert_eq!(w.runs["R-1"].status, RunStatus::Planned);
-    accepted(when(
-        &mut w,
-        Command::Depart {
-            run_id: "R-1".into(),
-        },
-    ));
+    accepted(when(&mut w, depart("R-1")));
     assert_eq!(w.runs["R-1"].status, RunStatus::Active);
     assert_eq!(
         w.active_run_of_vehicle.get("V-1").map(String::as_str),
         Some("R-1")
     );
     assert!(matches!(
-        when(
-            &mut w,
-            Command::Depart {
-                run_id: "R-1".into()
-            }
-        ),
+        when(&mut w, depart("R-1")),
         Err(InputError::WrongState(_))
     ));
     // A duress check-in is accepted exactly like an ok one.
@@ -538,12 +488,7 @@ fn lifecycle_planned_active_returned_closed_and_wrong_states_are_errors_not_refu
         Err(InputError::WrongState(_))
     ));
     assert!(matches!(
-        when(
-            &mut w,
-            Command::Depart {
-                run_id: "R-404".into()
-            }
-        ),
+        when(&mut w, depart("R-404")),
         Err(InputError::NotFound { .. })
     ));
 }

@@ -11,10 +11,7 @@ use tonic::Code;
 
 async fn setup() -> (tempfile::TempDir, citd::server::Running, Clients) {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Scenario)).await;
     c.clock
         .advance_clock(pb::AdvanceClockRequest {
             to: Some(prost_types::Timestamp {
@@ -160,10 +157,7 @@ async fn duress_checkin_answers_exactly_like_ok() {
 #[tokio::test]
 async fn scenario_clock_is_unimplemented_on_the_wall_clock() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     let err = c
         .clock
         .advance_clock(pb::AdvanceClockRequest::default())

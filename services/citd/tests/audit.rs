@@ -291,10 +291,7 @@ async fn an_edited_byte_in_storage_is_named_by_verify_run() {
     })
     .expect("edit");
 
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
-        .await
-        .expect("restart");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Scenario)).await;
     let after = verify(&mut c, &run).await;
     assert!(!after.ok, "the edit is detected");
     assert_eq!(

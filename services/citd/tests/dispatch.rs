@@ -5,17 +5,13 @@ mod common;
 
 use cit_proto::v1 as pb;
 use citd::config::ClockMode;
-use citd::runner::Clients;
 use tokio::sync::mpsc;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_run_list_active_runs_and_nearest_vehicles() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     common::departed_run(&mut c, "R-1", "V-1").await;
     // Ten fixes along the real route.
     let route = common::route();

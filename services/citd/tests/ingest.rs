@@ -17,10 +17,7 @@ type Acks = tonic::Streaming<pb::FixAck>;
 /// A citd on the wall clock with a temporary store and a departed run R-1 of vehicle V-1.
 async fn started() -> (tempfile::TempDir, citd::server::Running, Clients) {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     departed_run(&mut c, "R-1", "V-1").await;
     (dir, server, c)
 }

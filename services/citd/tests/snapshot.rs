@@ -32,6 +32,17 @@ async fn anomaly_ids(c: &mut Clients, run: &str, min_log_position: u64) -> Vec<S
     ids
 }
 
+async fn run_view(c: &mut Clients, run: &str) -> pb::RunView {
+    c.dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: run.into(),
+            min_log_position: 0,
+        })
+        .await
+        .expect("get run")
+        .into_inner()
+}
+
 async fn recorded_anomaly_events(c: &mut Clients, run: &str) -> Vec<String> {
     let mut s = c
         .audit
@@ -68,15 +79,7 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
     let before = anomaly_ids(&mut c, &run, 0).await;
     assert!(!before.is_empty(), "the scenario raised anomalies");
-    let view_before = c
-        .dispatch
-        .get_run(pb::GetRunRequest {
-            run_id: run.clone(),
-            min_log_position: 0,
-        })
-        .await
-        .expect("get run")
-        .into_inner();
+    let view_before = run_view(&mut c, &run).await;
     let events_before = recorded_anomaly_events(&mut c, &run).await;
     server.stop().await.expect("stop");
 
@@ -87,26 +90,13 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     store.close();
     assert_eq!(snap.position, log_head, "the snapshot covers the whole log");
 
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
-        .await
-        .expect("restart");
-    let mut c = Clients::connect(&server.endpoint())
-        .await
-        .expect("reconnect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Scenario)).await;
     assert_eq!(
         anomaly_ids(&mut c, &run, 0).await,
         before,
         "dispatch is served from the snapshot"
     );
-    let view = c
-        .dispatch
-        .get_run(pb::GetRunRequest {
-            run_id: run.clone(),
-            min_log_position: 0,
-        })
-        .await
-        .expect("get run")
-        .into_inner();
+    let view = run_view(&mut c, &run).await;
     assert_eq!(view.progress_m, view_before.progress_m);
     assert_eq!(view.position, view_before.position);
 
@@ -155,18 +145,14 @@ async fn without_snapshots_a_restart_replays_the_log() {
         snapshot_interval_s: 0,
         ..common::config(dir.path(), ClockMode::Wall)
     };
-    let server = citd::server::start(config.clone()).await.expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(config.clone()).await;
     common::departed_run(&mut c, "R-1", "V-1").await;
     server.stop().await.expect("stop");
     assert!(
         citd::snapshot::read(dir.path()).is_none(),
         "no snapshot written"
     );
-    let server = citd::server::start(config).await.expect("restart");
-    let mut c = Clients::connect(&server.endpoint())
-        .await
-        .expect("reconnect");
+    let (server, mut c) = common::serve(config).await;
     // A write after the restart: reading at its position waits for the whole log's replay.
     let head = c
         .runs

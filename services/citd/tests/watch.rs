@@ -95,10 +95,7 @@ async fn stream(c: &mut Clients, vehicle: &str, fixes: u64, per_batch: u64) -> p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     common::departed_run(&mut c, "R-1", "V-1").await;
     common::departed_run(&mut c, "R-2", "V-2").await;
     let mut w = watch(
@@ -176,15 +173,13 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(Config {
+    let (server, mut c) = common::serve(Config {
         watch_buffer: 16,
         // Every fix a change: the flood this test needs.
         watch_interval_ms: 0,
         ..common::config(dir.path(), ClockMode::Wall)
     })
-    .await
-    .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    .await;
     common::departed_run(&mut c, "R-1", "V-1").await;
     // Consoles on their own connections, as in the field (HTTP/2 flow control is per
     // connection too). One is opened, then not read while the fixes arrive; its stream takes
@@ -246,10 +241,7 @@ async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     common::departed_run(&mut c, "R-1", "V-1").await;
     let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
     assert!(matches!(next(&mut w).await, Fe::Snapshot(_)));
@@ -272,12 +264,7 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
         "the watch ends with the server"
     );
 
-    let server = citd::server::start(common::config(dir.path(), ClockMode::Wall))
-        .await
-        .expect("restart");
-    let mut c = Clients::connect(&server.endpoint())
-        .await
-        .expect("reconnect");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
     let Fe::Snapshot(snap) = next(&mut w).await else {
         panic!("a snapshot first")
@@ -296,13 +283,11 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_critical_anomaly_is_announced_again() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = citd::server::start(Config {
+    let (server, mut c) = common::serve(Config {
         reannounce_after_s: 60,
         ..common::config(dir.path(), ClockMode::Scenario)
     })
-    .await
-    .expect("start");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    .await;
     let start = common::now_ts();
     c.clock
         .advance_clock(pb::AdvanceClockRequest {

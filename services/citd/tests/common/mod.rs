@@ -16,6 +16,13 @@ pub fn config(dir: &std::path::Path, clock: ClockMode) -> Config {
     }
 }
 
+/// A citd on `config` (port 0) and clients connected to it.
+pub async fn serve(config: Config) -> (citd::server::Running, Clients) {
+    let server = citd::server::start(config).await.expect("start");
+    let c = Clients::connect(&server.endpoint()).await.expect("connect");
+    (server, c)
+}
+
 pub fn now_ts() -> prost_types::Timestamp {
     citd::grpc::ts(citd::clock::wall_now())
 }
