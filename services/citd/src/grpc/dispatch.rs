@@ -23,7 +23,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 /// Longest a read waits for its own writes to reach the engine.
 const READ_YOUR_WRITES_LIMIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DispatchService {
     pub app: Arc<App>,
     pub anomalies: Arc<Anomalies>,
@@ -174,13 +174,7 @@ impl Dispatch for DispatchService {
         // never lost.
         let changes = BroadcastStream::new(self.hub.subscribe());
         let first = self.snapshot(&filter);
-        let me = DispatchService {
-            app: self.app.clone(),
-            anomalies: self.anomalies.clone(),
-            fleet: self.fleet.clone(),
-            hub: self.hub.clone(),
-            stopping: self.stopping.clone(),
-        };
+        let me = self.clone();
         let watching = Watching::new(self.app.metrics.clone());
         let rest = changes.flat_map(move |c| {
             let _alive = &watching;
