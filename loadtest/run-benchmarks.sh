@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark with its peers in the same run and prints the figures recorded in
-# BENCHMARKS.md. Installs and starts what the peers need (PostgreSQL from Debian's packages) on
-# loopback only, and stops it at the end. Not part of CI: it takes minutes.
+# BENCHMARKS.md. Installs and starts what the peers need (PostgreSQL and PostGIS from Debian's
+# packages) on loopback only, and stops it at the end. Not part of CI: it takes minutes.
 #
 #   loadtest/run-benchmarks.sh            # everything
 #   SECONDS_PER_RUN=10 loadtest/run-benchmarks.sh
@@ -18,6 +18,11 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 pgbin=$(dirname "$(ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -n1)")
+pgver=$(basename "$(dirname "$pgbin")")
+if ! ls /usr/share/postgresql/"$pgver"/extension/postgis.control >/dev/null 2>&1; then
+  echo "installing PostGIS (Debian package) for the engine's peer benchmark"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$pgver-postgis-3" >/dev/null
+fi
 chown postgres "$pgdata"
 runas() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
 runas "$pgbin/initdb -D $pgdata -U postgres -A trust >/dev/null"
@@ -33,8 +38,8 @@ target/release/store-bench --events 1000000
 echo; echo "== durable streamed ingest over loopback gRPC (peer: PostgreSQL COPY)"
 target/release/ingest --seconds "$secs" --peer-postgres "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"
 
-echo; echo "== detection engine per fix (one core; PostGIS peer not wired yet)"
-cargo bench -q -p cit-engine --bench engine 2>/dev/null | grep -E '^(engine|ours|memory)' || true
+echo; echo "== detection engine per fix (one core; peer: PostGIS answering the corridor and zone questions)"
+target/release/engine-bench --peer-postgis "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"
 
 echo; echo "== dispatch and audit under load (10,000 active runs; peers: no watcher; goals)"
 target/release/dispatch-bench --runs 10000 --seconds "$secs" --watchers 100 --rate 50000 --long-run-hours 8

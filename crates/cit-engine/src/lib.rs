@@ -15,16 +15,23 @@
 //! progress along the route; [`zones`] h3o-indexed checkpoints; [`run`] per-run rule state.
 
 pub mod frame;
+mod key;
 pub mod progress;
 pub mod route;
 mod run;
 pub mod zones;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// foldhash instead of SipHash: ids are hashed several times per fix, and nothing iterates these
+// maps (output order never depends on them).
+use foldhash::{HashMap, HashSet};
 
 use cit_domain::event::{Anomaly, Event};
 use cit_domain::{CheckInCode, IncidentKind, LatLon, Millis};
 
+use crate::key::Key;
+use crate::route::Candidate;
 use crate::run::{Deadline, RunState};
 use crate::zones::ZoneIndex;
 
@@ -55,13 +62,16 @@ pub struct RunStanding {
 pub struct Engine {
     now: Millis,
     zones: ZoneIndex,
-    runs: HashMap<String, RunState>,
-    last_fix: HashMap<String, LastFix>,
+    runs: HashMap<Key, RunState>,
+    last_fix: HashMap<Key, LastFix>,
     /// Pending deadlines in firing order; stale ones are skipped when they fire.
     deadlines: BTreeMap<(Millis, u64), Deadline>,
     next_deadline: u64,
     /// Ids already raised (ours, or seen in the log), so nothing is raised twice.
     raised: HashSet<String>,
+    /// Scratch space for route candidates, shared by all runs.
+    #[serde(skip)]
+    scratch: Vec<Candidate>,
 }
 
 /// Collects what one step raised, deduplicated by id. It holds the engine's set of raised ids
@@ -105,7 +115,7 @@ impl Engine {
     /// Where a run stands along its plan, for dispatch: progress and route length (metres) and
     /// the next stop not yet reached, in order.
     pub fn standing(&self, run_id: &str) -> Option<RunStanding> {
-        let r = self.runs.get(run_id)?;
+        let r = self.runs.get(run_id.as_bytes())?;
         Some(RunStanding {
             progress_m: r.progress_m(),
             route_length_m: r.route_length_m(),
@@ -178,17 +188,20 @@ impl Engine {
                         earlier: [None, None],
                     };
                     // In place: no key clone on the hot path.
-                    match self.last_fix.get_mut(vehicle_id) {
+                    match self.last_fix.get_mut(vehicle_id.as_bytes()) {
                         Some(slot) => {
                             seen.earlier = [Some((slot.t, slot.position)), slot.earlier[0]];
                             *slot = seen;
                         }
                         None => {
-                            self.last_fix.insert(vehicle_id.clone(), seen);
+                            self.last_fix.insert(Key::from(vehicle_id.as_str()), seen);
                         }
                     }
-                    if let Some(run) = run_id.as_ref().and_then(|r| self.runs.get_mut(r)) {
-                        run.on_fix(fix, out, &mut |d, at| {
+                    if let Some(run) = run_id
+                        .as_ref()
+                        .and_then(|r| self.runs.get_mut(r.as_bytes()))
+                    {
+                        run.on_fix(fix, &mut self.scratch, out, &mut |d, at| {
                             schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
                         });
                     }
@@ -224,17 +237,17 @@ impl Engine {
                 ..
             } => {
                 self.runs.insert(
-                    run_id.clone(),
+                    Key::from(run_id.as_str()),
                     RunState::new(run_id, vehicle_id, escort_ids, route, stops, params),
                 );
             }
             Event::RunDeparted { run_id, at, .. } => {
-                if let Some(run) = self.runs.get_mut(run_id) {
+                if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
                     run.on_departed(*at, &mut sched);
                 }
             }
             Event::RunClosed { run_id, at } => {
-                if let Some(run) = self.runs.get_mut(run_id) {
+                if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
                     run.on_closed(*at);
                 }
             }
@@ -244,10 +257,10 @@ impl Engine {
                 code,
                 at,
             } => {
-                if let Some(run) = self.runs.get_mut(run_id) {
+                if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
                     run.on_checkin(person_id, *at, &mut sched);
                     if *code == CheckInCode::Duress {
-                        let last = self.last_fix.get(&run.vehicle_id).copied();
+                        let last = self.last_fix.get(run.vehicle_id.as_bytes()).copied();
                         run.raise_duress(position, person_id, *at, last, out);
                     }
                 }
@@ -259,8 +272,8 @@ impl Engine {
                 note,
                 at,
             } => {
-                if let Some(run) = self.runs.get_mut(run_id) {
-                    let last = self.last_fix.get(&run.vehicle_id).copied();
+                if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
+                    let last = self.last_fix.get(run.vehicle_id.as_bytes()).copied();
                     match kind {
                         IncidentKind::PoliceCheck => run.on_police_check(
                             position,
@@ -284,8 +297,8 @@ impl Engine {
                 at,
                 ..
             } => {
-                if let Some(run) = self.runs.get_mut(run_id) {
-                    let last = self.last_fix.get(&run.vehicle_id).copied();
+                if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
+                    let last = self.last_fix.get(run.vehicle_id.as_bytes()).copied();
                     run.on_handover(position, stop_id, *at, last, out);
                 }
             }
@@ -298,7 +311,7 @@ impl Engine {
                 at,
                 ..
             } if rounds_issued != rounds_returned => {
-                if let Some(run) = self.runs.get(run_id) {
+                if let Some(run) = self.runs.get(run_id.as_bytes()) {
                     run.raise_ammo_mismatch(
                         position,
                         serial,
@@ -318,7 +331,7 @@ impl Engine {
                 at,
                 ..
             } if rule == "R7" && command == "close_run" && !weapons_out.is_empty() => {
-                if let Some(run) = self.runs.get(run_id) {
+                if let Some(run) = self.runs.get(run_id.as_bytes()) {
                     run.raise_weapon_not_returned(position, weapons_out, *at, out);
                 }
             }
@@ -342,8 +355,8 @@ fn schedule(
 fn fire_deadlines(
     deadlines: &mut BTreeMap<(Millis, u64), Deadline>,
     next: &mut u64,
-    runs: &mut HashMap<String, RunState>,
-    last_fix: &HashMap<String, LastFix>,
+    runs: &mut HashMap<Key, RunState>,
+    last_fix: &HashMap<Key, LastFix>,
     zones: &ZoneIndex,
     to: Millis,
     inclusive: bool,
@@ -363,8 +376,8 @@ fn fire_deadlines(
             break;
         }
         let d = entry.remove();
-        if let Some(run) = runs.get_mut(d.run_id()) {
-            let last = last_fix.get(&run.vehicle_id).copied();
+        if let Some(run) = runs.get_mut(d.run()) {
+            let last = last_fix.get(run.vehicle_id.as_bytes()).copied();
             run.on_deadline(&d, at, last, zones, out, &mut |d, at| requeue.push((d, at)));
         }
         // Re-armed deadlines are later than `at`, but may still be due before `to`.

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use cit_domain::Millis;
 
 use crate::frame::angle_between;
-use crate::route::{Candidate, RouteIndex};
+use crate::route::{Candidate, NearSegments, RouteIndex};
 
 /// Below this speed the heading is noise.
 const HEADING_MIN_SPEED_MPS: f64 = 2.0;
@@ -34,12 +34,14 @@ pub struct ProgressTracker {
     last_t: Millis,
     lost: u32,
     switching: u32,
-    /// (time, progress) of the fixes of the last 60 s.
+    /// (time, progress) of the fixes of the last 60 s that no later fix has matched or passed:
+    /// progress strictly falls from front to back, so the front is the window's maximum (a
+    /// vehicle driving on keeps one entry, not sixty).
     window: VecDeque<(Millis, f64)>,
     /// Fixes in a row that showed a fall of at least the threshold.
     falling: u32,
     #[serde(skip)]
-    scratch: Vec<Candidate>,
+    near: NearSegments,
 }
 
 /// What one fix did to progress.
@@ -52,13 +54,15 @@ pub struct ProgressUpdate {
 }
 
 impl ProgressTracker {
-    /// Feeds one fix. `search_m` is how far from the route a fix may be and still count as on it.
+    /// Feeds one fix. `search_m` is how far from the route a fix may be and still count as on it;
+    /// `cands` is scratch space (one buffer for the whole engine, not one per run).
     /// Returns the progress update and the fix's distance to the route (one R-tree query serves
     /// both: the nearest candidate, or a nearest-neighbour search when none is within reach).
     #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         route: &RouteIndex,
+        cands: &mut Vec<Candidate>,
         p: [f64; 2],
         t: Millis,
         speed_mps: f64,
@@ -67,7 +71,6 @@ impl ProgressTracker {
         search_m: f64,
         fall_threshold_m: f64,
     ) -> (ProgressUpdate, f64) {
-        let mut cands = std::mem::take(&mut self.scratch);
         // Whether this fix placed the vehicle on the route (only such fixes confirm a fall).
         let mut updated = false;
         // Whether the vehicle moved against the route's direction (a U-turn or reversing), or
@@ -76,7 +79,7 @@ impl ProgressTracker {
         // the route is not a U-turn.
         let mut against = false;
         let mut switched_back = false;
-        route.candidates(p, search_m, &mut cands);
+        route.candidates(p, search_m, &mut self.near, cands);
         let distance = cands
             .iter()
             .map(|c| c.lateral)
@@ -180,7 +183,6 @@ impl ProgressTracker {
         } else if standing {
             self.last_t = t;
         }
-        self.scratch = cands;
         let Some(s) = self.s else {
             let none = ProgressUpdate {
                 fall_m: 0.0,
@@ -195,8 +197,11 @@ impl ProgressTracker {
         {
             self.window.pop_front();
         }
+        while self.window.back().is_some_and(|(_, v)| *v <= s) {
+            self.window.pop_back();
+        }
         self.window.push_back((t, s));
-        let max = self.window.iter().map(|(_, v)| *v).fold(s, f64::max);
+        let max = self.window.front().map_or(s, |(_, v)| *v);
         let fall_m = max - s;
         if fall_m < fall_threshold_m {
             self.falling = 0;

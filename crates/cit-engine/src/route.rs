@@ -1,20 +1,45 @@
-//! The planned route as segments in a local metric frame, in an `rstar` R-tree: distance from a
-//! fix to the route (A2) and candidate positions along it ("progress", for U-turns A4).
+//! The planned route as segments in a local metric frame, indexed by an `rstar` R-tree: distance
+//! from a fix to the route (A2) and candidate positions along it ("progress", for U-turns A4).
+//!
+//! The tree holds runs of consecutive segments ("chunks", as GEOS indexes monotone chains), not
+//! single segments: a road's consecutive segments lie close together, so a chunk's box is tight,
+//! the tree is an eighth of the size, and a query ends in a short scan of contiguous points. With
+//! thousands of runs taking turns, each fix meets its route cold in the cache; fewer, denser
+//! nodes are what make that cheap (BENCHMARKS.md, "Detection engine per fix").
+
+use std::ops::ControlFlow;
 
 use cit_domain::LatLon;
-use rstar::primitives::{GeomWithData, Line};
-use rstar::{PointDistance, RTree};
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::{AABB, RStarInsertionStrategy, RTree, RTreeParams};
 
 use crate::frame::{LocalFrame, dist};
 
-type SegmentGeom = GeomWithData<Line<[f64; 2]>, u32>;
+/// Segments per chunk.
+const CHUNK: usize = 8;
 
+/// A chunk's bounding box, with the chunk's number (its first segment is `CHUNK` times it).
+type ChunkGeom = GeomWithData<Rectangle<[f64; 2]>, u32>;
+
+/// Wider nodes than rstar's default (6): a route's tree is built once and only queried, and a
+/// shallower tree touches fewer cold cache lines per fix.
+struct RouteParams;
+
+impl RTreeParams for RouteParams {
+    const MIN_SIZE: usize = 4;
+    const MAX_SIZE: usize = 16;
+    const REINSERTION_COUNT: usize = 4;
+    type DefaultInsertionStrategy = RStarInsertionStrategy;
+}
+
+/// A route point in the local frame with what its segment (to the next point) needs per query,
+/// side by side so a segment's test reads one or two cache lines.
 #[derive(Debug, Clone, Copy)]
-struct Segment {
-    /// Progress (metres along the route) at the segment's start.
-    s0: f64,
-    len: f64,
-    /// Compass bearing of the segment, degrees clockwise from north.
+struct Vertex {
+    at: [f64; 2],
+    /// Progress (metres along the route) here.
+    s: f64,
+    /// Compass bearing of the segment starting here, degrees clockwise from north.
     bearing: f64,
 }
 
@@ -29,14 +54,15 @@ pub struct Candidate {
     pub bearing: f64,
 }
 
-/// Snapshots hold the route's points; the tree and segments are rebuilt from them on load
-/// (cheaper to rebuild than to store, and never out of step with the code that builds them).
+/// Snapshots hold the route's points; the tree and the local geometry are rebuilt from them on
+/// load (cheaper to rebuild than to store, and never out of step with the code that builds them).
 #[derive(Debug)]
 pub struct RouteIndex {
     points: Vec<LatLon>,
     pub frame: LocalFrame,
-    tree: RTree<SegmentGeom>,
-    segments: Vec<Segment>,
+    /// The points in the local frame; segment `i` runs from vertex `i` to vertex `i + 1`.
+    vertices: Vec<Vertex>,
+    tree: RTree<ChunkGeom, RouteParams>,
     pub length_m: f64,
 }
 
@@ -44,32 +70,40 @@ impl RouteIndex {
     /// Builds the index; `route` has at least two points (validated upstream).
     pub fn new(route: &[LatLon]) -> Self {
         let frame = LocalFrame::new(route[0]);
-        let pts: Vec<[f64; 2]> = route.iter().map(|p| frame.to_local(p.lat, p.lon)).collect();
-        let mut segments = Vec::with_capacity(pts.len().saturating_sub(1));
-        let mut geoms = Vec::with_capacity(segments.capacity());
+        let local: Vec<[f64; 2]> = route.iter().map(|p| frame.to_local(p.lat, p.lon)).collect();
+        let mut vertices = Vec::with_capacity(local.len());
         let mut s = 0.0;
-        for w in pts.windows(2) {
-            let len = dist(w[0], w[1]);
-            let bearing = (w[1][0] - w[0][0])
-                .atan2(w[1][1] - w[0][1])
-                .to_degrees()
-                .rem_euclid(360.0);
-            geoms.push(GeomWithData::new(
-                Line::new(w[0], w[1]),
-                segments.len() as u32,
-            ));
-            segments.push(Segment {
-                s0: s,
-                len,
-                bearing,
+        for (i, &at) in local.iter().enumerate() {
+            // The last vertex starts no segment; it carries the one before's bearing.
+            let next = local.get(i + 1).copied().unwrap_or(at);
+            let (from, to) = if i + 1 < local.len() {
+                (at, next)
+            } else {
+                (local[i - 1], at)
+            };
+            vertices.push(Vertex {
+                at,
+                s,
+                bearing: (to[0] - from[0])
+                    .atan2(to[1] - from[1])
+                    .to_degrees()
+                    .rem_euclid(360.0),
             });
-            s += len;
+            s += dist(at, next);
         }
+        let segments = local.len() - 1;
+        let chunks = (0..segments.div_ceil(CHUNK))
+            .map(|c| {
+                let pts = &local[c * CHUNK..=((c + 1) * CHUNK).min(segments)];
+                let aabb = AABB::from_points(pts);
+                GeomWithData::new(Rectangle::from_aabb(aabb), c as u32)
+            })
+            .collect();
         RouteIndex {
             points: route.to_vec(),
             frame,
-            tree: RTree::bulk_load(geoms),
-            segments,
+            vertices,
+            tree: RTree::bulk_load_with_params(chunks),
             length_m: s,
         }
     }
@@ -78,40 +112,138 @@ impl RouteIndex {
         self.frame.to_local(p.lat, p.lon)
     }
 
-    /// Distance from a local point to the route, metres.
+    fn segment(&self, i: usize) -> ([f64; 2], [f64; 2]) {
+        (self.vertices[i].at, self.vertices[i + 1].at)
+    }
+
+    /// The segments of chunk `c`.
+    fn chunk_segments(&self, c: u32) -> std::ops::Range<usize> {
+        let first = c as usize * CHUNK;
+        first..(first + CHUNK).min(self.vertices.len() - 1)
+    }
+
+    /// Distance from a local point to the route, metres: chunks in order of their boxes'
+    /// distance (a lower bound), until the next box is farther than the best segment found.
     pub fn distance(&self, p: [f64; 2]) -> f64 {
-        self.tree
-            .nearest_neighbor(&p)
-            .map(|g| g.geom().distance_2(&p).sqrt())
-            .unwrap_or(f64::INFINITY)
+        let mut best2 = f64::INFINITY;
+        for (g, box2) in self.tree.nearest_neighbor_iter_with_distance_2(&p) {
+            if box2 >= best2 {
+                break;
+            }
+            for i in self.chunk_segments(g.data) {
+                let (a, b) = self.segment(i);
+                let (_, q) = closest_on_segment(a, b, p);
+                best2 = best2.min((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2));
+            }
+        }
+        best2.sqrt()
     }
 
-    fn project(&self, g: &SegmentGeom, p: [f64; 2]) -> Candidate {
-        let seg = self.segments[g.data as usize];
-        let line = g.geom();
-        let (a, b) = (line.from, line.to);
-        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
-        let l2 = dx * dx + dy * dy;
-        let t = if l2 == 0.0 {
-            0.0
-        } else {
-            (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / l2).clamp(0.0, 1.0)
-        };
-        let q = [a[0] + t * dx, a[1] + t * dy];
+    fn project(&self, i: usize, p: [f64; 2]) -> Candidate {
+        let v = &self.vertices[i];
+        let (a, b) = (v.at, self.vertices[i + 1].at);
+        let (t, q) = closest_on_segment(a, b, p);
         Candidate {
-            s: seg.s0 + t * seg.len,
+            s: v.s + t * dist(a, b),
             lateral: dist(p, q),
-            bearing: seg.bearing,
+            bearing: v.bearing,
         }
     }
 
-    /// Every route position within `radius` metres of `p`, one per segment.
-    pub fn candidates(&self, p: [f64; 2], radius: f64, out: &mut Vec<Candidate>) {
+    /// Every route position within `radius` metres of `p`, one per segment, in route order.
+    /// `near` remembers the segments around an earlier query: while the query's square stays
+    /// inside the remembered one, the tree is not walked at all (a vehicle moves metres to tens
+    /// of metres between fixes, so most fixes are answered from it).
+    pub fn candidates(
+        &self,
+        p: [f64; 2],
+        radius: f64,
+        near: &mut NearSegments,
+        out: &mut Vec<Candidate>,
+    ) {
         out.clear();
-        for g in self.tree.locate_within_distance(p, radius * radius) {
-            out.push(self.project(g, p));
+        if !near.covers(p, radius) {
+            self.remember_near(p, radius + NEAR_MARGIN_M, near);
+        }
+        let (lo, hi) = (
+            [p[0] - radius, p[1] - radius],
+            [p[0] + radius, p[1] + radius],
+        );
+        for &i in &near.segments {
+            let i = i as usize;
+            if self.segment_meets(i, lo, hi) {
+                let c = self.project(i, p);
+                if c.lateral <= radius {
+                    out.push(c);
+                }
+            }
         }
     }
+
+    /// Fills `near` with the segments meeting the square of half-side `half` around `p`, in
+    /// route order (so candidates come out ordered by progress, whatever the tree's layout).
+    fn remember_near(&self, p: [f64; 2], half: f64, near: &mut NearSegments) {
+        near.centre = p;
+        near.half = half;
+        near.segments.clear();
+        let (lo, hi) = ([p[0] - half, p[1] - half], [p[0] + half, p[1] + half]);
+        // Internal iteration: no stack to allocate.
+        let _ = self
+            .tree
+            .locate_in_envelope_intersecting_int(&AABB::from_corners(lo, hi), |g| {
+                let meets = self
+                    .chunk_segments(g.data)
+                    .filter(|&i| self.segment_meets(i, lo, hi));
+                near.segments.extend(meets.map(|i| i as u32));
+                ControlFlow::<()>::Continue(())
+            });
+        near.segments.sort_unstable();
+    }
+
+    /// Whether segment `i`'s bounding box meets the box `lo`-`hi`.
+    fn segment_meets(&self, i: usize, lo: [f64; 2], hi: [f64; 2]) -> bool {
+        let (a, b) = self.segment(i);
+        a[0].max(b[0]) >= lo[0]
+            && a[0].min(b[0]) <= hi[0]
+            && a[1].max(b[1]) >= lo[1]
+            && a[1].min(b[1]) <= hi[1]
+    }
+}
+
+/// How much wider than the query the remembered square is, metres: about ten fixes of a vehicle
+/// at city speed, while still only a handful of segments.
+const NEAR_MARGIN_M: f64 = 120.0;
+
+/// The route's segments meeting a square around a recent position (see
+/// [`RouteIndex::candidates`]). Derived data: a snapshot leaves it out and it refills itself.
+#[derive(Debug, Default, Clone)]
+pub struct NearSegments {
+    centre: [f64; 2],
+    /// Half the square's side; 0 when nothing is remembered.
+    half: f64,
+    segments: Vec<u32>,
+}
+
+impl NearSegments {
+    /// Whether the square of half-side `radius` around `p` lies inside the remembered one.
+    fn covers(&self, p: [f64; 2], radius: f64) -> bool {
+        let off = (p[0] - self.centre[0])
+            .abs()
+            .max((p[1] - self.centre[1]).abs());
+        off + radius <= self.half
+    }
+}
+
+/// The point of segment `a`-`b` closest to `p`, and where it lies along it (0 at `a`, 1 at `b`).
+fn closest_on_segment(a: [f64; 2], b: [f64; 2], p: [f64; 2]) -> (f64, [f64; 2]) {
+    let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+    let l2 = dx * dx + dy * dy;
+    let t = if l2 == 0.0 {
+        0.0
+    } else {
+        (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / l2).clamp(0.0, 1.0)
+    };
+    (t, [a[0] + t * dx, a[1] + t * dy])
 }
 
 impl serde::Serialize for RouteIndex {
@@ -147,12 +279,67 @@ mod tests {
         assert!((r.length_m - 1111.9).abs() < 1.0, "{}", r.length_m);
         let p = r.frame.to_local(57.705, 11.9705);
         assert!((r.distance(p) - 29.8).abs() < 0.5, "{}", r.distance(p));
-        let mut c = Vec::new();
-        r.candidates(p, 60.0, &mut c);
+        let (mut c, mut near) = (Vec::new(), NearSegments::default());
+        r.candidates(p, 60.0, &mut near, &mut c);
         assert_eq!(c.len(), 1);
         assert!((c[0].s - 556.0).abs() < 1.0);
         assert!(c[0].bearing < 1.0 || c[0].bearing > 359.0);
-        r.candidates(p, 20.0, &mut c);
+        r.candidates(p, 20.0, &mut near, &mut c);
         assert!(c.is_empty());
+    }
+
+    /// A route that winds back on itself (a spiral of 300 points), so chunks overlap and one
+    /// position is near several parts of it.
+    fn winding() -> RouteIndex {
+        let pts: Vec<LatLon> = (0..300)
+            .map(|i| {
+                let a = i as f64 * 0.21;
+                let r = 0.0005 + i as f64 * 0.000_004;
+                ll(57.70 + r * a.sin(), 11.97 + 1.8 * r * a.cos())
+            })
+            .collect();
+        RouteIndex::new(&pts)
+    }
+
+    /// Every segment, measured: what the index must agree with.
+    fn brute_force(r: &RouteIndex, p: [f64; 2], radius: f64) -> Vec<Candidate> {
+        (0..r.vertices.len() - 1)
+            .map(|i| r.project(i, p))
+            .filter(|c| c.lateral <= radius)
+            .collect()
+    }
+
+    #[test]
+    fn candidates_and_distance_agree_with_measuring_every_segment() {
+        let r = winding();
+        // One remembered neighbourhood carried along a walk (as a run's is), one fresh each time.
+        let (mut walked, mut c, mut fresh_c) = (NearSegments::default(), Vec::new(), Vec::new());
+        let (mut several, mut none) = (0, 0);
+        for step in 0..2_000 {
+            let a = step as f64 * 0.031;
+            let p = [
+                (a * 1.7).sin() * 180.0 + step as f64 * 0.05,
+                (a * 1.3).cos() * 160.0 - 40.0,
+            ];
+            for radius in [15.0, 60.0] {
+                let expected = brute_force(&r, p, radius);
+                several += usize::from(expected.len() >= 4);
+                none += usize::from(expected.is_empty());
+                r.candidates(p, radius, &mut walked, &mut c);
+                assert_eq!(c, expected, "step {step}, radius {radius}");
+                r.candidates(p, radius, &mut NearSegments::default(), &mut fresh_c);
+                assert_eq!(fresh_c, expected, "step {step}, radius {radius}, fresh");
+            }
+            let nearest = brute_force(&r, p, f64::INFINITY)
+                .iter()
+                .map(|c| c.lateral)
+                .fold(f64::INFINITY, f64::min);
+            assert!((r.distance(p) - nearest).abs() < 1e-9, "step {step}");
+        }
+        // The walk met both hard cases: near several parts of the route, and off it.
+        assert!(
+            several > 100 && none > 100,
+            "several {several}, none {none}"
+        );
     }
 }

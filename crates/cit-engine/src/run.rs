@@ -1,13 +1,17 @@
 //! Per-run rule state: each rule of SCENARIOS.md as a small state machine fed by the run's fixes,
 //! check-ins, reports and handovers, raising anomalies into [`Out`] and scheduling deadlines.
 
+use std::ops::Deref;
+use std::sync::LazyLock;
+
 use cit_domain::event::{Anomaly, AnomalyKind, Severity};
 use cit_domain::{DetectionParams, Fix, IncidentKind, LatLon, Millis, PlannedStop};
 use serde_json::json;
 
 use crate::frame::{dist, haversine_m};
+use crate::key::Key;
 use crate::progress::{ProgressTracker, ProgressUpdate};
-use crate::route::RouteIndex;
+use crate::route::{Candidate, RouteIndex};
 use crate::zones::ZoneIndex;
 use crate::{LastFix, Out};
 
@@ -15,32 +19,53 @@ use crate::{LastFix, Out};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Deadline {
     SignalLoss {
-        run: String,
+        run: Key,
         generation: u64,
     },
     Checkin {
-        run: String,
+        run: Key,
         escort: usize,
         generation: u64,
     },
     StopJudge {
-        run: String,
+        run: Key,
         generation: u64,
     },
     LateArrival {
-        run: String,
+        run: Key,
         stop: usize,
     },
 }
 
 impl Deadline {
-    pub fn run_id(&self) -> &str {
+    pub fn run(&self) -> &Key {
         match self {
             Deadline::SignalLoss { run, .. }
             | Deadline::Checkin { run, .. }
             | Deadline::StopJudge { run, .. }
             | Deadline::LateArrival { run, .. } => run,
         }
+    }
+}
+
+/// A run's detection parameters. Most runs use the defaults, which then cost a null pointer per
+/// run instead of a copy (memory per active vehicle, BENCHMARKS.md).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Params(Option<Box<DetectionParams>>);
+
+static DEFAULT_PARAMS: LazyLock<DetectionParams> = LazyLock::new(DetectionParams::default);
+
+impl Params {
+    fn new(params: &DetectionParams) -> Self {
+        Params((*params != *DEFAULT_PARAMS).then(|| Box::new(params.clone())))
+    }
+}
+
+impl Deref for Params {
+    type Target = DetectionParams;
+
+    fn deref(&self) -> &DetectionParams {
+        self.0.as_deref().unwrap_or(&DEFAULT_PARAMS)
     }
 }
 
@@ -85,8 +110,10 @@ struct StopVisit {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
     pub run_id: String,
+    /// The run's id as the engine's maps and deadlines key it.
+    key: Key,
     pub vehicle_id: String,
-    params: DetectionParams,
+    params: Params,
     stops: Vec<PlannedStop>,
     stops_local: Vec<[f64; 2]>,
     escorts: Vec<String>,
@@ -148,8 +175,9 @@ impl RunState {
         let route = RouteIndex::new(route);
         RunState {
             run_id: run_id.to_string(),
+            key: Key::from(run_id),
             vehicle_id: vehicle_id.to_string(),
-            params: params.clone(),
+            params: Params::new(params),
             stops_local: stops.iter().map(|s| route.to_local(s.position)).collect(),
             stops: stops.to_vec(),
             escorts: escorts.to_vec(),
@@ -240,7 +268,7 @@ impl RunState {
             if let Some(by) = s.arrive_by {
                 sched(
                     Deadline::LateArrival {
-                        run: self.run_id.clone(),
+                        run: self.key.clone(),
                         stop: i,
                     },
                     by.plus_secs(self.params.late_grace_s),
@@ -261,7 +289,7 @@ impl RunState {
             self.signal_queued = true;
             sched(
                 Deadline::SignalLoss {
-                    run: self.run_id.clone(),
+                    run: self.key.clone(),
                     generation: self.signal_gen,
                 },
                 deadline,
@@ -279,7 +307,7 @@ impl RunState {
         self.checkin_gen[i] += 1;
         sched(
             Deadline::Checkin {
-                run: self.run_id.clone(),
+                run: self.key.clone(),
                 escort: i,
                 generation: self.checkin_gen[i],
             },
@@ -486,7 +514,13 @@ impl RunState {
     }
 
     /// Every rule that looks at fixes of the active run.
-    pub fn on_fix(&mut self, fix: &Fix, out: &mut Out, sched: &mut impl FnMut(Deadline, Millis)) {
+    pub fn on_fix(
+        &mut self,
+        fix: &Fix,
+        scratch: &mut Vec<Candidate>,
+        out: &mut Out,
+        sched: &mut impl FnMut(Deadline, Millis),
+    ) {
         if self.status != Status::Active {
             return;
         }
@@ -503,6 +537,7 @@ impl RunState {
         let standing = fix.speed_mps < self.params.stop_speed_mps;
         let (update, route_distance) = self.progress.update(
             &self.route,
+            scratch,
             p,
             fix.t,
             fix.speed_mps,
@@ -560,7 +595,7 @@ impl RunState {
         let wait = self.params.unplanned_stop_s.max(self.params.stop_min_s);
         sched(
             Deadline::StopJudge {
-                run: self.run_id.clone(),
+                run: self.key.clone(),
                 generation: self.episode_gen,
             },
             fix.t.plus_secs(wait),

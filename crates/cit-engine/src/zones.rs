@@ -1,15 +1,17 @@
 //! Registered police checkpoints (and any circular zone) covered by `h3o` cells: a cell -> zones
 //! map gives O(1) candidates for a position, then an exact haversine test decides.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use cit_domain::{Checkpoint, LatLon, Millis};
 use h3o::{CellIndex, LatLng, Resolution};
 
 use crate::frame::haversine_m;
 
-/// Cells of about 174 m edge: a checkpoint of 150 m plus margin covers a few dozen cells.
-const RESOLUTION: Resolution = Resolution::Nine;
+/// Cells of about 66 m edge: a checkpoint of 150 m plus margin covers a few dozen cells, and a
+/// cell lists only the zones that reach into it, so a fix meets few false candidates even where
+/// checkpoints are dense.
+const RESOLUTION: Resolution = Resolution::Ten;
 /// Extra reach every zone is indexed with, so "within radius + 50 m" queries find it.
 pub const INDEX_MARGIN_M: f64 = 50.0;
 
@@ -76,6 +78,24 @@ impl ZoneIndex {
         let reach = cp.radius_m + INDEX_MARGIN_M;
         let k = (reach / (0.75 * RESOLUTION.edge_length_m())).ceil() as u32 + 1;
         for cell in center.grid_disk::<Vec<_>>(k) {
+            // Only cells the grown circle reaches: every point of a cell lies within its
+            // circumradius (farthest vertex) of its centre.
+            let middle = LatLng::from(cell);
+            let circumradius = cell
+                .boundary()
+                .iter()
+                .map(|v| middle.distance_m(*v))
+                .fold(0.0, f64::max);
+            let apart = haversine_m(
+                cp.position,
+                LatLon {
+                    lat: middle.lat(),
+                    lon: middle.lng(),
+                },
+            );
+            if apart > reach + circumradius + 1.0 {
+                continue;
+            }
             let list = self.cells.entry(cell).or_default();
             if !list.contains(&(idx as u32)) {
                 list.push(idx as u32);
@@ -140,5 +160,56 @@ mod tests {
         );
         // A window that overlaps.
         assert_eq!(z.containing(p, 50.0, Millis(0), Millis(1_000)).count(), 1);
+    }
+
+    #[test]
+    fn cells_list_every_zone_that_reaches_them_and_no_far_ones() {
+        // Dense zones of several radii, probed on a fine grid, against measuring every zone.
+        let mut z = ZoneIndex::default();
+        let zones: Vec<Checkpoint> = (0..60)
+            .map(|i| {
+                let (row, col) = ((i / 10) as f64, (i % 10) as f64);
+                let lat = 57.70 + row * 0.0011 + (i % 3) as f64 * 0.0002;
+                let lon = 11.97 + col * 0.0019;
+                cp(&format!("PC-{i}"), lat, lon, 20.0 + (i % 7) as f64 * 25.0)
+            })
+            .collect();
+        for c in &zones {
+            z.insert(c.clone());
+        }
+        let (mut candidates, mut hits) = (0, 0);
+        for a in 0..120 {
+            for b in 0..120 {
+                let p = LatLon {
+                    lat: 57.6995 + a as f64 * 0.000_06,
+                    lon: 11.9695 + b as f64 * 0.000_17,
+                };
+                for margin in [0.0, INDEX_MARGIN_M] {
+                    let mut found: Vec<&str> = z
+                        .containing(p, margin, Millis(1_500), Millis(1_500))
+                        .map(|c| c.checkpoint_id.as_str())
+                        .collect();
+                    let mut expected: Vec<&str> = zones
+                        .iter()
+                        .filter(|c| haversine_m(p, c.position) <= c.radius_m + margin)
+                        .map(|c| c.checkpoint_id.as_str())
+                        .collect();
+                    found.sort_unstable();
+                    expected.sort_unstable();
+                    if margin > 0.0 {
+                        hits += expected.len();
+                    }
+                    assert_eq!(found, expected, "{p:?} margin {margin}");
+                }
+                candidates += cell_of(p).and_then(|c| z.cells.get(&c)).map_or(0, Vec::len);
+            }
+        }
+        // A cell lists the zones that reach into it, not the whole neighbourhood: few false
+        // candidates for each true one.
+        let ratio = candidates as f64 / hits as f64;
+        assert!(
+            ratio < 2.5,
+            "{candidates} candidates for {hits} zones within reach"
+        );
     }
 }
