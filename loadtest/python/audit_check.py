@@ -95,8 +95,15 @@ def main():
     first = seen[0]
     if isinstance(first, Exception) or first.WhichOneof("event") != "snapshot":
         fail(f"the first watch message is not a snapshot: {first}")
-    changes = [e for e in list(seen) if not isinstance(e, Exception) and e.WhichOneof("event") in ("run_changed", "run_moved")
-               and getattr(e, e.WhichOneof("event")).run_id == run_id]
+    def changes_of(e):
+        kind = e.WhichOneof("event")
+        if kind == "run_changed":
+            return [e.run_changed] if e.run_changed.run_id == run_id else []
+        if kind == "runs_moved":  # a batch of position updates
+            return [m for m in e.runs_moved.runs if m.run_id == run_id]
+        return []
+
+    changes = [c for e in list(seen) if not isinstance(e, Exception) for c in changes_of(e)]
     if not changes:
         fail("no run change watched")
     print(f"watched: snapshot, {len(changes)} changes of {run_id}, {len(ids)} anomalies")

@@ -341,7 +341,14 @@ async fn watchers(endpoint: &str, n: usize, stop: Arc<tokio::sync::Notify>) -> A
                 tokio::select! {
                     _ = stop.notified() => return,
                     m = w.message() => match m {
-                        Ok(Some(_)) => { received.fetch_add(1, Ordering::Relaxed); }
+                        Ok(Some(m)) => {
+                            // A batch of positions is one change per run in it.
+                            let n = match &m.event {
+                                Some(pb::fleet_event::Event::RunsMoved(b)) => b.runs.len() as u64,
+                                _ => 1,
+                            };
+                            received.fetch_add(n, Ordering::Relaxed);
+                        }
                         _ => return,
                     },
                 }

@@ -55,7 +55,7 @@ pub struct Config {
     pub reannounce_after_s: u64,
     /// How many changes a `WatchFleet` watcher may fall behind before it is told and resnapped.
     pub watch_buffer: usize,
-    /// Least time between two position updates of one run to watchers, ms (0: every fix).
+    /// How often watchers get a batch of position updates, ms (0: every fix at once).
     pub watch_interval_ms: u64,
     /// Seconds between two snapshots of the engine and read models (also at shutdown), so a
     /// restart resumes from there; 0: no snapshots (a restart replays the log).

@@ -98,11 +98,10 @@ pub async fn run(
                 }
             }
             _ = flush.tick() => {
-                // Positions held back by the watch interval go out now.
-                for run in hub.held_back() {
-                    if let Some(m) = fleet.moved(&run, &anomalies) {
-                        hub.run_moved(m);
-                    }
+                // The batch of positions: each run that moved since the last, at its latest.
+                let moved = hub.take_moved();
+                if !moved.is_empty() {
+                    hub.runs_moved(moved.iter().filter_map(|r| fleet.moved(r, &anomalies)).collect());
                 }
             }
             msg = sub.next() => {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use cit_proto::v1::armory_server::ArmoryServer;
 use cit_proto::v1::audit_server::AuditServer;
-use cit_proto::v1::dispatch_server::DispatchServer;
 use cit_proto::v1::police_liaison_server::PoliceLiaisonServer;
 use cit_proto::v1::runs_server::RunsServer;
 use cit_proto::v1::scenario_clock_server::ScenarioClockServer;
@@ -273,13 +272,15 @@ pub async fn serve(
         .add_service(PoliceLiaisonServer::new(grpc::liaison::LiaisonService {
             app: app.clone(),
         }))
-        .add_service(DispatchServer::new(grpc::dispatch::DispatchService {
-            app: app.clone(),
-            anomalies: anomalies.clone(),
-            fleet: fleet.clone(),
-            hub: hub.clone(),
-            stopping: stop_rx.clone(),
-        }))
+        .add_service(grpc::dispatch::DispatchRoutes::new(
+            grpc::dispatch::DispatchService {
+                app: app.clone(),
+                anomalies: anomalies.clone(),
+                fleet: fleet.clone(),
+                hub: hub.clone(),
+                stopping: stop_rx.clone(),
+            },
+        ))
         .add_service(AuditServer::new(grpc::audit::AuditService {
             app: app.clone(),
         }))

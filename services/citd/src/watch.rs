@@ -6,87 +6,163 @@
 //! oldest changes, is told how many (`fell_behind`) and gets a fresh snapshot to go on from. Views
 //! are built once per change (not per watcher) and only while someone watches.
 //!
-//! Position updates are compact (`run_moved`, a fifth of a whole view) and coalesced per run: at
-//! most one per run per interval (a dispatcher's map needs a vehicle's place each second, not each
-//! fix; sending every fix to every watcher would cost more than ingesting it), and the latest
-//! held-back position goes out at the next flush, so the last one is never lost. Everything else
-//! (status, check-ins, custody, anomalies) goes out at once as a whole view.
+//! Each change is encoded for the wire once, when published, and a watcher that takes it whole
+//! sends those bytes ([`WatchCodec`]): with a hundred consoles watching, encoding (and cloning)
+//! every change for each of them cost more than ingesting the fixes (BENCHMARKS.md).
+//!
+//! Position updates are compact (`RunMoved`, a fifth of a whole view) and batched: a run that
+//! moved is marked, and every watch interval one `runs_moved` message per 1,000 marked runs
+//! carries each one's latest position (a dispatcher's map needs a vehicle's place each second,
+//! not each fix; few large messages instead of one per run keep a watcher's cost per second, not
+//! per fix). Everything else (status, check-ins, custody, anomalies) goes out at once as a whole
+//! view.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cit_domain::LatLon;
 use cit_proto::v1 as pb;
+use prost::Message;
+use prost::bytes::{BufMut, Bytes};
 use tokio::sync::broadcast;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, ProstCodec};
 
-/// One published change, shared by every watcher.
-pub type Change = Arc<pb::FleetEvent>;
+/// Runs per `runs_moved` message.
+pub const MOVED_BATCH: usize = 1_000;
+
+/// One published change and its wire encoding, made once and shared by every watcher.
+#[derive(Debug)]
+pub struct Published {
+    pub event: pb::FleetEvent,
+    encoded: Bytes,
+}
+
+pub type Change = Arc<Published>;
+
+/// What a watch stream sends: a change as published (its encoding shared with every other
+/// watcher), or a message made for this watcher alone (its snapshot, a filtered batch).
+#[derive(Debug)]
+pub enum Outgoing {
+    Shared(Change),
+    Own(Box<pb::FleetEvent>),
+}
+
+impl Outgoing {
+    /// The message itself (for callers that are not the wire).
+    pub fn into_event(self) -> pb::FleetEvent {
+        match self {
+            Outgoing::Shared(c) => c.event.clone(),
+            Outgoing::Own(e) => *e,
+        }
+    }
+}
+
+/// The codec of the `WatchFleet` method: requests decode as prost's; responses are written from
+/// their shared encoding when they have one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WatchCodec;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutgoingEncoder;
+
+impl Encoder for OutgoingEncoder {
+    type Item = Outgoing;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outgoing, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Shared(c) => buf.put_slice(&c.encoded),
+            Outgoing::Own(e) => e
+                .encode(buf)
+                .map_err(|e| Status::internal(format!("encoding a watch message: {e}")))?,
+        }
+        Ok(())
+    }
+}
+
+/// prost's decoder for the request (a thin wrapper: tonic names its type only through the codec).
+pub struct RequestDecoder(<ProstCodec<pb::FleetEvent, pb::WatchFleetRequest> as Codec>::Decoder);
+
+impl Decoder for RequestDecoder {
+    type Item = pb::WatchFleetRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        self.0.decode(buf)
+    }
+}
+
+impl Codec for WatchCodec {
+    type Encode = Outgoing;
+    type Decode = pb::WatchFleetRequest;
+    type Encoder = OutgoingEncoder;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> OutgoingEncoder {
+        OutgoingEncoder
+    }
+
+    fn decoder(&mut self) -> RequestDecoder {
+        RequestDecoder(ProstCodec::<pb::FleetEvent, pb::WatchFleetRequest>::default().decoder())
+    }
+}
 
 #[derive(Debug)]
 pub struct Hub {
     tx: broadcast::Sender<Change>,
-    /// Least time between two position updates of one run (zero: every fix).
+    /// Time between two batches of position updates (zero: each fix's at once).
     pub interval: Duration,
-    positions: Mutex<Positions>,
-}
-
-#[derive(Debug, Default)]
-struct Positions {
-    last_sent: HashMap<String, Instant>,
-    held_back: HashSet<String>,
+    /// Runs that moved since the last batch.
+    moved: Mutex<HashSet<String>>,
 }
 
 impl Hub {
     /// A ring of `capacity` changes (how far a watcher may fall behind before it is told), and
-    /// position updates at most every `interval` per run.
+    /// position updates batched every `interval`.
     pub fn new(capacity: usize, interval: Duration) -> Hub {
         Hub {
             tx: broadcast::channel(capacity.max(1)).0,
             interval,
-            positions: Mutex::new(Positions::default()),
+            moved: Mutex::new(HashSet::new()),
         }
     }
 
-    fn positions(&self) -> std::sync::MutexGuard<'_, Positions> {
-        self.positions.lock().unwrap_or_else(|p| p.into_inner())
+    fn marked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.moved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A run's vehicle moved: its view goes out now if the run's last update is older than the
-    /// interval, otherwise at the next [`Hub::held_back`] flush.
+    /// A run's vehicle moved: its position goes out with the next batch ([`Hub::take_moved`]),
+    /// or at once when the interval is zero.
     pub fn moved(&self, run_id: &str, update: impl FnOnce() -> Option<pb::RunMoved>) {
-        let now = Instant::now();
-        {
-            let mut p = self.positions();
-            let due = p
-                .last_sent
-                .get(run_id)
-                .is_none_or(|t| now.duration_since(*t) >= self.interval);
-            if !due {
-                p.held_back.insert(run_id.to_string());
-                return;
-            }
-            p.last_sent.insert(run_id.to_string(), now);
-            p.held_back.remove(run_id);
+        if !self.watching() {
+            return;
         }
-        if let Some(m) = update() {
-            self.run_moved(m);
+        if self.interval.is_zero() {
+            self.runs_moved(update().into_iter().collect());
+            return;
+        }
+        let mut marked = self.marked();
+        if !marked.contains(run_id) {
+            marked.insert(run_id.to_string());
         }
     }
 
-    pub fn run_moved(&self, m: pb::RunMoved) {
-        self.publish(pb::fleet_event::Event::RunMoved(m));
+    /// The runs that moved since the last call, for the next batch.
+    pub fn take_moved(&self) -> Vec<String> {
+        self.marked().drain().collect()
     }
 
-    /// Runs whose latest position is held back; they count as sent now.
-    pub fn held_back(&self) -> Vec<String> {
-        let now = Instant::now();
-        let mut p = self.positions();
-        let runs: Vec<String> = p.held_back.drain().collect();
-        for r in &runs {
-            p.last_sent.insert(r.clone(), now);
+    /// Publishes position updates, [`MOVED_BATCH`] runs a message.
+    pub fn runs_moved(&self, mut runs: Vec<pb::RunMoved>) {
+        // Stable order (the set's is random): a batch reads the same whoever replays it.
+        runs.sort_unstable_by(|a, b| a.run_id.cmp(&b.run_id));
+        for batch in runs.chunks(MOVED_BATCH) {
+            self.publish(pb::fleet_event::Event::RunsMoved(pb::RunsMoved {
+                runs: batch.to_vec(),
+            }));
         }
-        runs
     }
 
     /// Whether anyone watches (views are built only then).
@@ -107,8 +183,13 @@ impl Hub {
     }
 
     fn publish(&self, e: pb::fleet_event::Event) {
-        // No receivers is not an error: nobody watches right now.
-        let _ = self.tx.send(Arc::new(pb::FleetEvent { event: Some(e) }));
+        if !self.watching() {
+            // Nobody watches right now: nothing to encode or send.
+            return;
+        }
+        let event = pb::FleetEvent { event: Some(e) };
+        let encoded = Bytes::from(event.encode_to_vec());
+        let _ = self.tx.send(Arc::new(Published { event, encoded }));
     }
 }
 
@@ -173,14 +254,37 @@ impl Filter {
             && self.min_severity.is_none_or(|m| a.severity >= m)
     }
 
-    /// Whether a published change is for this watcher.
-    pub fn matches(&self, e: &pb::FleetEvent) -> bool {
-        match &e.event {
-            Some(pb::fleet_event::Event::RunChanged(v)) => self.run_matches(v),
-            Some(pb::fleet_event::Event::RunMoved(m)) => self.moved_matches(m),
-            Some(pb::fleet_event::Event::Anomaly(a)) => self.anomaly_matches(a),
+    /// Whether the filter lets everything through.
+    fn is_everything(&self) -> bool {
+        self.runs.is_empty() && self.bbox.is_none() && self.min_severity.is_none()
+    }
+
+    /// What of a published change this watcher gets: all of it (its shared encoding), the part
+    /// of a position batch that matches (made for this watcher), or nothing.
+    pub fn select(&self, change: Change) -> Option<Outgoing> {
+        use pb::fleet_event::Event;
+        let whole = match &change.event.event {
+            _ if self.is_everything() => true,
+            Some(Event::RunChanged(v)) => self.run_matches(v),
+            Some(Event::Anomaly(a)) => self.anomaly_matches(a),
+            Some(Event::RunsMoved(batch)) => {
+                let runs: Vec<pb::RunMoved> = batch
+                    .runs
+                    .iter()
+                    .filter(|m| self.moved_matches(m))
+                    .cloned()
+                    .collect();
+                return match runs.len() {
+                    0 => None,
+                    n if n == batch.runs.len() => Some(Outgoing::Shared(change)),
+                    _ => Some(Outgoing::Own(Box::new(pb::FleetEvent {
+                        event: Some(Event::RunsMoved(pb::RunsMoved { runs })),
+                    }))),
+                };
+            }
             _ => true,
-        }
+        };
+        whole.then_some(Outgoing::Shared(change))
     }
 }
 
@@ -211,16 +315,35 @@ mod tests {
         let f = Filter::new(vec![], Some(gbg), None);
         let hub = Hub::new(16, Duration::from_secs(3600));
         let mut rx = hub.subscribe();
-        let moved = |lat| pb::RunMoved {
-            run_id: "R-1".into(),
-            position: Some(pb::LatLon { lat, lon: 11.97 }),
+        let moved = |run: &str, lat, lon| pb::RunMoved {
+            run_id: run.into(),
+            position: Some(pb::LatLon { lat, lon }),
             ..Default::default()
         };
-        hub.moved("R-1", || Some(moved(57.7)));
-        hub.moved("R-1", || Some(moved(57.71)));
-        assert!(rx.try_recv().is_ok(), "the first position goes out at once");
-        assert!(rx.try_recv().is_err(), "the second is held back");
-        assert_eq!(hub.held_back(), ["R-1"], "and flushed later");
+        hub.moved("R-1", || Some(moved("R-1", 57.7, 11.97)));
+        hub.moved("R-1", || Some(moved("R-1", 57.71, 11.97)));
+        hub.moved("R-2", || Some(moved("R-2", 60.17, 24.94)));
+        assert!(rx.try_recv().is_err(), "positions wait for the batch");
+        let mut marked = hub.take_moved();
+        marked.sort();
+        assert_eq!(marked, ["R-1", "R-2"], "each run once");
+        hub.runs_moved(vec![moved("R-2", 60.17, 24.94), moved("R-1", 57.71, 11.97)]);
+        let batch = rx.try_recv().expect("one batch");
+        // The shared encoding is the message's own.
+        let decoded = pb::FleetEvent::decode(batch.encoded.clone()).expect("decodes");
+        assert_eq!(decoded, batch.event);
+        let Some(Outgoing::Own(mine)) = f.select(batch.clone()) else {
+            panic!("a filtered watcher gets its own part of the batch");
+        };
+        let Some(pb::fleet_event::Event::RunsMoved(mine)) = mine.event else {
+            panic!("a batch");
+        };
+        assert_eq!(mine.runs, [moved("R-1", 57.71, 11.97)], "Gothenburg only");
+        let everything = Filter::new(vec![], None, None);
+        assert!(matches!(
+            everything.select(batch),
+            Some(Outgoing::Shared(_))
+        ));
         assert!(f.run_matches(&view("R-1", 57.7, 11.97)));
         assert!(
             !f.run_matches(&view("R-2", 60.17, 24.94)),

@@ -119,10 +119,13 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     );
     stream(&mut c, "V-2", 10, 10).await; // not watched
     let ack = stream(&mut c, "V-1", 10, 10).await;
-    let Fe::RunMoved(v) = next(&mut w).await else {
-        panic!("a position update")
+    let Fe::RunsMoved(batch) = next(&mut w).await else {
+        panic!("a batch of position updates")
     };
-    assert_eq!(v.run_id, "R-1", "R-2's fixes are filtered out");
+    let [v] = batch.runs.as_slice() else {
+        panic!("one run: R-2's fixes are filtered out, got {batch:?}")
+    };
+    assert_eq!(v.run_id, "R-1");
     assert!(v.position.is_some() && v.last_fix_at.is_some());
     assert_eq!(ack.acks[0].durable_seq, 10);
 
@@ -203,10 +206,12 @@ async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
     let reader = tokio::spawn(async move {
         let mut changes = 0u64;
         while let Ok(Some(m)) = reading.message().await {
-            if let Some(Fe::RunMoved(v)) = m.event
-                && v.last_fix_at.is_some()
-            {
-                changes += 1;
+            if let Some(Fe::RunsMoved(batch)) = m.event {
+                changes += batch
+                    .runs
+                    .iter()
+                    .filter(|v| v.last_fix_at.is_some())
+                    .count() as u64;
             }
         }
         changes
@@ -246,16 +251,19 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     let mut w = watch(&mut c, pb::WatchFleetRequest::default()).await;
     assert!(matches!(next(&mut w).await, Fe::Snapshot(_)));
     stream(&mut c, "V-1", 200, 20).await;
+    // The last batch's last fix is seq 200.
+    let route = common::route();
+    let want = &route[(200 / 50) % route.len()];
+    let at_last_fix = |v: &pb::RunMoved| {
+        v.position
+            .as_ref()
+            .is_some_and(|p| (p.lat - want.lat).abs() < 1e-12 && (p.lon - want.lon).abs() < 1e-12)
+    };
     let last_seen = loop {
-        if let Fe::RunMoved(v) = next(&mut w).await
-            && let Some(p) = v.position
+        if let Fe::RunsMoved(batch) = next(&mut w).await
+            && let Some(v) = batch.runs.into_iter().find(at_last_fix)
         {
-            // The last batch's last fix is seq 200.
-            let route = common::route();
-            let want = &route[(200 / 50) % route.len()];
-            if (p.lat - want.lat).abs() < 1e-12 && (p.lon - want.lon).abs() < 1e-12 {
-                break v;
-            }
+            break v;
         }
     };
     server.stop().await.expect("stop");

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use cit_domain::Command;
 use cit_proto::v1 as pb;
-use cit_proto::v1::dispatch_server::Dispatch;
+use cit_proto::v1::dispatch_server::{Dispatch, DispatchServer};
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use super::{anomaly_to_pb, latlon, severity_from_pb, write_result};
@@ -15,7 +17,7 @@ use crate::anomalies::Anomalies;
 use crate::app::App;
 use crate::error::AppError;
 use crate::fleet::Fleet;
-use crate::watch::{Filter, Hub};
+use crate::watch::{Filter, Hub, Outgoing, WatchCodec};
 use futures::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -49,6 +51,59 @@ impl DispatchService {
         }
     }
 
+    /// A watch: the snapshot, then every matching change, `fell_behind` and a fresh snapshot
+    /// when the watcher lagged out of the ring, UNAVAILABLE when citd stops.
+    async fn watch(&self, req: pb::WatchFleetRequest) -> Result<WatchStream, Status> {
+        let filter = watch_filter(req)?;
+        // The snapshot shows everything logged before the watch began when the read models
+        // catch up within the read-your-writes limit (after a restart they replay the log's
+        // tail); when the engine is further behind (overload) the watcher still gets the
+        // snapshot as it stands and every change after it, rather than an error.
+        let head = self
+            .app
+            .store
+            .head_position()
+            .await
+            .map_err(AppError::from)?;
+        if let Err(e) = self.caught_up(head).await {
+            tracing::warn!(cause = %e.message(), "WatchFleet snapshot taken before the read models caught up");
+        }
+        // Subscribe before the snapshot: a change between the two is sent (at worst twice),
+        // never lost.
+        let changes = BroadcastStream::new(self.hub.subscribe());
+        let first = Outgoing::Own(Box::new(self.snapshot(&filter)));
+        let me = self.clone();
+        let watching = Watching::new(self.app.metrics.clone());
+        let rest = changes.flat_map(move |c| {
+            let _alive = &watching;
+            let out: Vec<Result<Outgoing, Status>> = match c {
+                Ok(change) => filter.select(change).into_iter().map(Ok).collect(),
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    me.app.metrics.watch_fell_behind.inc();
+                    vec![
+                        Ok(Outgoing::Own(Box::new(pb::FleetEvent {
+                            event: Some(pb::fleet_event::Event::FellBehind(n)),
+                        }))),
+                        Ok(Outgoing::Own(Box::new(me.snapshot(&filter)))),
+                    ]
+                }
+            };
+            futures::stream::iter(out)
+        });
+        let stopping = crate::server::stopped(self.stopping.clone());
+        let closing = futures::stream::once(async {
+            Err(Status::unavailable(
+                "citd is shutting down; watch again to resume from a snapshot",
+            ))
+        });
+        Ok(Box::pin(
+            futures::stream::once(async move { Ok(first) })
+                .chain(rest)
+                .take_until(stopping)
+                .chain(closing),
+        ))
+    }
+
     /// Read-your-writes: waits until the read models have processed `position` (0: no wait).
     async fn caught_up(&self, position: u64) -> Result<(), Status> {
         if position > 0 {
@@ -61,6 +116,69 @@ impl DispatchService {
 }
 
 type Res<T> = Result<Response<T>, Status>;
+
+type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Outgoing, Status>> + Send>>;
+
+/// The Dispatch service as served: the generated server for every method but `WatchFleet`,
+/// which is served here with [`WatchCodec`], so a change is encoded once for all watchers
+/// instead of cloned and encoded for each.
+#[derive(Debug, Clone)]
+pub struct DispatchRoutes {
+    generated: DispatchServer<DispatchService>,
+    service: DispatchService,
+}
+
+impl DispatchRoutes {
+    pub fn new(service: DispatchService) -> Self {
+        DispatchRoutes {
+            generated: DispatchServer::new(service.clone()),
+            service,
+        }
+    }
+}
+
+impl NamedService for DispatchRoutes {
+    const NAME: &'static str = <DispatchServer<DispatchService> as NamedService>::NAME;
+}
+
+/// `WatchFleet` as a server-streaming method of [`WatchCodec`]'s messages.
+struct WatchMethod(DispatchService);
+
+impl tonic::server::ServerStreamingService<pb::WatchFleetRequest> for WatchMethod {
+    type Response = Outgoing;
+    type ResponseStream = WatchStream;
+    type Future = BoxFuture<Response<WatchStream>, Status>;
+
+    fn call(&mut self, req: Request<pb::WatchFleetRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(Response::new(service.watch(req.into_inner()).await?)) })
+    }
+}
+
+impl<B> Service<http::Request<B>> for DispatchRoutes
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/cit.v1.Dispatch/WatchFleet" {
+            return self.generated.call(req);
+        }
+        let method = WatchMethod(self.service.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(WatchCodec);
+            Ok(grpc.server_streaming(method, req).await)
+        })
+    }
+}
 
 fn watch_filter(r: pb::WatchFleetRequest) -> Result<Filter, Status> {
     let bbox = match &r.bbox {
@@ -156,54 +274,11 @@ impl Dispatch for DispatchService {
         &self,
         req: Request<pb::WatchFleetRequest>,
     ) -> Res<Self::WatchFleetStream> {
-        let filter = watch_filter(req.into_inner())?;
-        // The snapshot shows everything logged before the watch began when the read models
-        // catch up within the read-your-writes limit (after a restart they replay the log's
-        // tail); when the engine is further behind (overload) the watcher still gets the
-        // snapshot as it stands and every change after it, rather than an error.
-        let head = self
-            .app
-            .store
-            .head_position()
-            .await
-            .map_err(AppError::from)?;
-        if let Err(e) = self.caught_up(head).await {
-            tracing::warn!(cause = %e.message(), "WatchFleet snapshot taken before the read models caught up");
-        }
-        // Subscribe before the snapshot: a change between the two is sent (at worst twice),
-        // never lost.
-        let changes = BroadcastStream::new(self.hub.subscribe());
-        let first = self.snapshot(&filter);
-        let me = self.clone();
-        let watching = Watching::new(self.app.metrics.clone());
-        let rest = changes.flat_map(move |c| {
-            let _alive = &watching;
-            let out: Vec<Result<pb::FleetEvent, Status>> = match c {
-                Ok(change) if filter.matches(&change) => vec![Ok((*change).clone())],
-                Ok(_) => Vec::new(),
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    me.app.metrics.watch_fell_behind.inc();
-                    vec![
-                        Ok(pb::FleetEvent {
-                            event: Some(pb::fleet_event::Event::FellBehind(n)),
-                        }),
-                        Ok(me.snapshot(&filter)),
-                    ]
-                }
-            };
-            futures::stream::iter(out)
-        });
-        let stopping = crate::server::stopped(self.stopping.clone());
-        let closing = futures::stream::once(async {
-            Err(Status::unavailable(
-                "citd is shutting down; watch again to resume from a snapshot",
-            ))
-        });
+        // Served by [`DispatchRoutes`] with the shared-encoding codec; this is the same stream
+        // as plain messages, for callers of the trait.
+        let stream = self.watch(req.into_inner()).await?;
         Ok(Response::new(Box::pin(
-            futures::stream::once(async move { Ok(first) })
-                .chain(rest)
-                .take_until(stopping)
-                .chain(closing),
+            stream.map(|o| o.map(Outgoing::into_event)),
         )))
     }
 
