@@ -14,6 +14,8 @@ use crate::route::{Candidate, NearSegments, RouteIndex};
 
 /// Below this speed the heading is noise.
 const HEADING_MIN_SPEED_MPS: f64 = 2.0;
+/// A candidate within this angle of the vehicle's heading runs its way (first acquisition).
+const ALONG_HEADING_DEG: f64 = 45.0;
 /// Cost, in metres, of a candidate against the vehicle's heading.
 const AGAINST_HEADING_PENALTY_M: f64 = 25.0;
 /// Consecutive fixes on the route but out of reach before progress is re-acquired.
@@ -103,19 +105,24 @@ impl ProgressTracker {
         if !cands.is_empty() {
             match self.s {
                 None => {
-                    // First acquisition: best match, ties to the earliest part of the route (a
-                    // depot is both the start and the end of a round trip).
+                    // First acquisition: best match; among near-equal ones, those running the
+                    // way the vehicle is heading (a vehicle just past the turnaround of an
+                    // out-and-back road is on the way back, not on the crossing segment), then
+                    // the earliest part of the route (a depot is both the start and the end of a
+                    // round trip).
                     let min_cost = cands
                         .iter()
                         .map(|c| c.lateral + heading_cost(c))
                         .fold(f64::INFINITY, f64::min);
-                    let s = cands
+                    let aside = |c: &Candidate| {
+                        use_heading && angle_between(c.bearing, heading_deg) > ALONG_HEADING_DEG
+                    };
+                    let best = cands
                         .iter()
                         .filter(|c| c.lateral + heading_cost(c) <= min_cost + 5.0)
-                        .map(|c| c.s)
-                        .fold(f64::INFINITY, f64::min);
-                    if s.is_finite() {
-                        self.jump_to(s);
+                        .min_by(|a, b| aside(a).cmp(&aside(b)).then(a.s.total_cmp(&b.s)));
+                    if let Some(c) = best {
+                        self.jump_to(c.s);
                     }
                 }
                 Some(prev) => {

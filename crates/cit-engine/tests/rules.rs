@@ -13,9 +13,13 @@ const T0: Millis = Millis(1_773_000_000_000);
 const M_PER_DEG: f64 = 111_195.08;
 
 fn route() -> Vec<LatLon> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/gothenburg/routes/GBG-R001.geojson"
+    route_named("GBG-R001")
+}
+
+fn route_named(name: &str) -> Vec<LatLon> {
+    let path = format!(
+        "{}/../../../shared/data/gothenburg/routes/{name}.geojson",
+        env!("CARGO_MANIFEST_DIR")
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("route file")).expect("json");
@@ -68,9 +72,13 @@ struct World {
 
 impl World {
     fn new(params: DetectionParams, stops: Vec<PlannedStop>) -> World {
+        World::on(route(), params, stops)
+    }
+
+    fn on(route: Vec<LatLon>, params: DetectionParams, stops: Vec<PlannedStop>) -> World {
         let mut w = World {
             engine: Engine::new(),
-            route: route(),
+            route,
             pos: 0,
             seq: 0,
             raised: vec![],
@@ -307,6 +315,23 @@ fn a4_u_turn_on_the_route_is_a_roadblock_and_driving_on_is_not() {
     let at = w.at(AnomalyKind::Roadblock);
     assert_eq!(at.len(), 1, "{:?}", w.raised);
     assert!((65.0..=70.0).contains(&at[0]), "raised at {at:?}");
+}
+
+#[test]
+fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
+    // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
+    // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
+    // the turnaround, heading back, must be placed on the way back, not on the segment across
+    // (as near, and earlier), or driving on down the road looks like a U-turn.
+    let mut w = World::on(route_named("GBG-CIT01"), quiet(), vec![]);
+    let end = w.drive(0.0, 11_094.0, 11.0, 30);
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+    let progress = w.engine.standing("R-1").and_then(|s| s.progress_m);
+    assert!(
+        progress.is_some_and(|p| (p - (end - 11.0)).abs() < 5.0),
+        "progress {progress:?}, last fix at {}",
+        end - 11.0
+    );
 }
 
 #[test]
