@@ -11,8 +11,9 @@
 //! - anomaly ids are deterministic (kind, run, and the triggering input: log position, fix seq,
 //!   or deadline), so a restart or replay never raises the same anomaly twice.
 //!
-//! Code map: [`frame`] local metric frame; [`route`] route R-tree; [`progress`] continuous
-//! progress along the route; [`zones`] h3o-indexed checkpoints; [`run`] per-run rule state.
+//! Code map: [`frame`] local metric frame; [`route`] route R-tree (chunks of segments, with each
+//! run's remembered neighbourhood); [`progress`] continuous progress along the route; [`zones`]
+//! h3o-indexed checkpoints; `key` inline map keys; [`run`] per-run rule state.
 
 pub mod frame;
 mod key;
