@@ -129,6 +129,7 @@ pub fn fleet(n: usize, routes: &[Route]) -> Vec<SimVehicle> {
 }
 
 /// The next fix of a vehicle, 1 s after its previous one.
+#[derive(Debug, Clone)]
 pub struct FixSample {
     pub seq: u64,
     pub t_ms: i64,
@@ -150,6 +151,24 @@ impl SimVehicle {
             lon,
             speed_mps: self.speed_mps,
             heading_deg: heading,
+        }
+    }
+}
+
+impl FixSample {
+    /// The fix as the domain records it (for fixtures written straight into a store, and for
+    /// in-process engine runs).
+    pub fn to_domain(&self) -> cit_domain::Fix {
+        cit_domain::Fix {
+            seq: self.seq,
+            t: cit_domain::Millis(self.t_ms),
+            lat: self.lat,
+            lon: self.lon,
+            speed_mps: self.speed_mps,
+            heading_deg: self.heading_deg,
+            accuracy_m: 4.8,
+            ignition: true,
+            door_open: false,
         }
     }
 }

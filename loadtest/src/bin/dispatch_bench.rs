@@ -28,6 +28,7 @@ use cit_store::embedded::{EmbeddedStore, Options};
 use cit_store::{EventStore, ExpectedVersion};
 use citd::runner::Clients;
 use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use prost::bytes::Buf;
 use tonic::codec::{Codec, DecodeBuf, Decoder, ProstCodec};
@@ -263,20 +264,7 @@ async fn write_fixture(dir: &std::path::Path, args: &Args, routes: &[Route], fle
         seq: 0,
     };
     let fixes: Vec<Fix> = (0..args.long_run_hours * 3600)
-        .map(|_| {
-            let f = unit.next_fix(routes, long_start.0);
-            Fix {
-                seq: f.seq,
-                t: Millis(f.t_ms),
-                lat: f.lat,
-                lon: f.lon,
-                speed_mps: f.speed_mps,
-                heading_deg: f.heading_deg,
-                accuracy_m: 4.8,
-                ignition: true,
-                door_open: false,
-            }
-        })
+        .map(|_| unit.next_fix(routes, long_start.0).to_domain())
         .collect();
     let batches: Vec<cit_store::NewEvent> = fixes
         .chunks(10)
@@ -379,8 +367,8 @@ async fn watchers(
 ) -> Arc<Received> {
     let received = Arc::new(Received::default());
     for _ in 0..n {
-        let (received, stop) = (received.clone(), stop.clone());
-        if raw {
+        // Each stream yields the changes a message carried (or, raw, its bytes).
+        let w: futures::stream::BoxStream<'static, Result<u64, tonic::Status>> = if raw {
             let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
                 .expect("endpoint")
                 .connect()
@@ -391,45 +379,33 @@ async fn watchers(
             let path =
                 tonic::codegen::http::uri::PathAndQuery::from_static("/cit.v1.Dispatch/WatchFleet");
             let request = tonic::Request::new(pb::WatchFleetRequest::default());
-            let mut w = grpc
-                .server_streaming(request, path, RawWatchCodec)
+            grpc.server_streaming(request, path, RawWatchCodec)
                 .await
                 .expect("watch")
-                .into_inner();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.notified() => return,
-                        m = w.message() => match m {
-                            Ok(Some(bytes)) => {
-                                received.messages.fetch_add(1, Ordering::Relaxed);
-                                received.changes.fetch_add(bytes, Ordering::Relaxed);
-                            }
-                            _ => return,
-                        },
-                    }
-                }
-            });
-            continue;
-        }
-        let mut c = Clients::connect(endpoint).await.expect("connect");
-        let mut w = c
-            .dispatch
-            .watch_fleet(pb::WatchFleetRequest::default())
-            .await
-            .expect("watch")
-            .into_inner();
+                .into_inner()
+                .boxed()
+        } else {
+            let mut c = Clients::connect(endpoint).await.expect("connect");
+            c.dispatch
+                .watch_fleet(pb::WatchFleetRequest::default())
+                .await
+                .expect("watch")
+                .into_inner()
+                // A batch of positions is one change per run in it.
+                .map_ok(|m| match &m.event {
+                    Some(pb::fleet_event::Event::RunsMoved(b)) => b.runs.len() as u64,
+                    _ => 1,
+                })
+                .boxed()
+        };
+        let (received, stop) = (received.clone(), stop.clone());
         tokio::spawn(async move {
+            let mut w = w;
             loop {
                 tokio::select! {
                     _ = stop.notified() => return,
-                    m = w.message() => match m {
-                        Ok(Some(m)) => {
-                            // A batch of positions is one change per run in it.
-                            let n = match &m.event {
-                                Some(pb::fleet_event::Event::RunsMoved(b)) => b.runs.len() as u64,
-                                _ => 1,
-                            };
+                    m = w.next() => match m {
+                        Some(Ok(n)) => {
                             received.messages.fetch_add(1, Ordering::Relaxed);
                             received.changes.fetch_add(n, Ordering::Relaxed);
                         }
@@ -440,6 +416,27 @@ async fn watchers(
         });
     }
     received
+}
+
+/// Ingest at full speed for `--seconds`: fixes/s acked.
+async fn full_speed(
+    endpoint: &str,
+    vehicles: &mut Vec<SimVehicle>,
+    routes: &Arc<Vec<Route>>,
+    args: &Args,
+    drive: Drive,
+) -> f64 {
+    let secs = args.seconds as f64;
+    drive_fleet(
+        endpoint,
+        vehicles,
+        routes.clone(),
+        args.streams,
+        drive,
+        secs,
+    )
+    .await
+    .0
 }
 
 #[tokio::main]
@@ -480,27 +477,11 @@ async fn main() {
         rate: None,
     };
     let secs = args.seconds as f64;
-    let (bare, _) = drive_fleet(
-        &endpoint,
-        &mut vehicles,
-        routes.clone(),
-        args.streams,
-        drive,
-        secs,
-    )
-    .await;
+    let bare = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
     for raw in [false, true] {
         let stop = Arc::new(tokio::sync::Notify::new());
         let received = watchers(&endpoint, args.watchers, raw, stop.clone()).await;
-        let (watched, _) = drive_fleet(
-            &endpoint,
-            &mut vehicles,
-            routes.clone(),
-            args.streams,
-            drive,
-            secs,
-        )
-        .await;
+        let watched = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
         stop.notify_waiters();
         let (messages, changes) = (
             received.messages.load(Ordering::Relaxed),

@@ -143,20 +143,6 @@ fn next_step(
         .collect()
 }
 
-fn domain_fix(f: &FixSample) -> Fix {
-    Fix {
-        seq: f.seq,
-        t: Millis(f.t_ms),
-        lat: f.lat,
-        lon: f.lon,
-        speed_mps: f.speed_mps,
-        heading_deg: f.heading_deg,
-        accuracy_m: 4.0,
-        ignition: true,
-        door_open: false,
-    }
-}
-
 fn plan(engine: &mut Engine, pos: &mut u64, i: usize, route: Vec<LatLon>) {
     let run_id = format!("R-{i}");
     let vehicle_id = format!("V-{i}");
@@ -210,7 +196,7 @@ fn state_only(args: &Args) {
             .enumerate()
         {
             pos += 1;
-            engine.handle(pos, &fixes_event(i, vec![domain_fix(f)]));
+            engine.handle(pos, &fixes_event(i, vec![f.to_domain()]));
         }
     }
     let per_run = (rss_kib() - before) as f64 / args.runs as f64;
@@ -340,7 +326,7 @@ fn main() {
         let mut events = Vec::new();
         for chunk in samples.chunks(per_event) {
             for run in 0..args.runs {
-                let fixes = chunk.iter().map(|step| domain_fix(&step[run])).collect();
+                let fixes = chunk.iter().map(|step| step[run].to_domain()).collect();
                 events.push((fixes_event(run, fixes), chunk.len()));
             }
         }
@@ -375,7 +361,7 @@ fn main() {
         for step in &samples {
             for (run, f) in step.iter().enumerate() {
                 if peer_fixes.len() < args.peer_fixes.max(args.peer_single) {
-                    peer_fixes.push((run, clone_sample(f)));
+                    peer_fixes.push((run, f.clone()));
                 }
             }
         }
@@ -456,17 +442,6 @@ fn main() {
     }
     #[cfg(not(feature = "peers"))]
     let _ = peer_fixes;
-}
-
-fn clone_sample(f: &FixSample) -> FixSample {
-    FixSample {
-        seq: f.seq,
-        t_ms: f.t_ms,
-        lat: f.lat,
-        lon: f.lon,
-        speed_mps: f.speed_mps,
-        heading_deg: f.heading_deg,
-    }
 }
 
 /// Runs this binary again with `--state-only` and reads the KiB per run it prints.
