@@ -95,6 +95,13 @@ impl StopEpisode {
     }
 }
 
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Escort {
+    id: String,
+    last_checkin: Option<Millis>,
+    generation: u64,
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct StopVisit {
     /// Inside the radius since this fix (not yet confirmed as an arrival).
@@ -116,7 +123,9 @@ pub struct RunState {
     params: Params,
     stops: Vec<PlannedStop>,
     stops_local: Vec<[f64; 2]>,
-    escorts: Vec<String>,
+    /// A6: each escort with their latest check-in and its deadline's generation (one
+    /// allocation for all three).
+    escorts: Vec<Escort>,
     route: RouteIndex,
     status: Status,
     departed_at: Option<Millis>,
@@ -127,9 +136,6 @@ pub struct RunState {
     signal_deadline: Option<Millis>,
     signal_queued: bool,
     last_route_distance: f64,
-    // A6 check-ins: latest check-in and generation per escort
-    checkin_last: Vec<Option<Millis>>,
-    checkin_gen: Vec<u64>,
     // A1 stops
     episode: Option<StopEpisode>,
     episode_gen: u64,
@@ -180,7 +186,14 @@ impl RunState {
             params: Params::new(params),
             stops_local: stops.iter().map(|s| route.to_local(s.position)).collect(),
             stops: stops.to_vec(),
-            escorts: escorts.to_vec(),
+            escorts: escorts
+                .iter()
+                .map(|id| Escort {
+                    id: id.clone(),
+                    last_checkin: None,
+                    generation: 0,
+                })
+                .collect(),
             route,
             status: Status::Planned,
             departed_at: None,
@@ -189,8 +202,6 @@ impl RunState {
             signal_deadline: None,
             signal_queued: false,
             last_route_distance: 0.0,
-            checkin_last: vec![None; escorts.len()],
-            checkin_gen: vec![0; escorts.len()],
             episode: None,
             episode_gen: 0,
             reports: Vec::new(),
@@ -301,15 +312,16 @@ impl RunState {
         let Some(departed) = self.departed_at else {
             return;
         };
-        let from = self.checkin_last[i]
+        let from = self.escorts[i]
+            .last_checkin
             .map_or(departed, |c| c.max(departed))
             .max(now.min(departed));
-        self.checkin_gen[i] += 1;
+        self.escorts[i].generation += 1;
         sched(
             Deadline::Checkin {
                 run: self.key.clone(),
                 escort: i,
-                generation: self.checkin_gen[i],
+                generation: self.escorts[i].generation,
             },
             from.plus_secs(self.params.checkin_interval_s + self.params.checkin_grace_s),
         );
@@ -327,8 +339,9 @@ impl RunState {
         at: Millis,
         sched: &mut impl FnMut(Deadline, Millis),
     ) {
-        if let Some(i) = self.escorts.iter().position(|e| e == person) {
-            self.checkin_last[i] = Some(self.checkin_last[i].map_or(at, |c| c.max(at)));
+        if let Some(i) = self.escorts.iter().position(|e| e.id == person) {
+            let last = &mut self.escorts[i].last_checkin;
+            *last = Some(last.map_or(at, |c| c.max(at)));
             if self.status == Status::Active {
                 self.arm_checkin(i, at, sched);
             }
@@ -838,8 +851,8 @@ impl RunState {
             }
             Deadline::Checkin {
                 escort, generation, ..
-            } if self.checkin_gen[*escort] == *generation => {
-                let person = &self.escorts[*escort];
+            } if self.escorts[*escort].generation == *generation => {
+                let person = &self.escorts[*escort].id;
                 out.push(self.anomaly(
                     AnomalyKind::MissedCheckin,
                     format!("{person}@t{}", at.0),
@@ -847,7 +860,7 @@ impl RunState {
                     Severity::Medium,
                     format!("escort {person} missed the check-in"),
                     last.map(|l| l.position),
-                    json!({"person": person, "last_checkin": self.checkin_last[*escort].map(|t| t.0),
+                    json!({"person": person, "last_checkin": self.escorts[*escort].last_checkin.map(|t| t.0),
                            "interval_s": self.params.checkin_interval_s,
                            "grace_s": self.params.checkin_grace_s}),
                 ));
