@@ -79,7 +79,8 @@ impl ZoneIndex {
         let k = (reach / (0.75 * RESOLUTION.edge_length_m())).ceil() as u32 + 1;
         for cell in center.grid_disk::<Vec<_>>(k) {
             // Only cells the grown circle reaches: every point of a cell lies within its
-            // circumradius (farthest vertex) of its centre.
+            // circumradius (farthest vertex) of its centre. (1 m of slack: h3o and our haversine
+            // need not use the same earth radius.)
             let middle = LatLng::from(cell);
             let circumradius = cell
                 .boundary()
