@@ -3,6 +3,8 @@
 //! the streaming load driver and small reporting helpers shared by the benchmark binaries (our
 //! figure, the peer's, the ratio).
 
+pub mod engine_drive;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;

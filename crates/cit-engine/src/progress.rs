@@ -26,6 +26,10 @@ const LOST_FIXES_BEFORE_REACQUIRE: u32 = 2;
 /// (driving back along it) does, and that is a fall.
 const SWITCH_FIXES: u32 = 2;
 const SWITCH_MARGIN_M: f64 = 20.0;
+/// First acquisition: equally good positions this far apart along the route are different
+/// parts of it, and up to this many fixes wait for one that tells them apart.
+const AMBIGUOUS_APART_M: f64 = 100.0;
+const AMBIGUOUS_FIXES: u32 = 3;
 /// The U-turn window of SCENARIOS.md.
 pub const UTURN_WINDOW_S: f64 = 60.0;
 
@@ -42,6 +46,9 @@ pub struct ProgressTracker {
     window: VecDeque<(Millis, f64)>,
     /// Fixes in a row that showed a fall of at least the threshold.
     falling: u32,
+    /// Fixes that could not place the vehicle yet (see first acquisition).
+    #[serde(default)]
+    ambiguous_fixes: u32,
     #[serde(skip)]
     near: NearSegments,
 }
@@ -117,11 +124,25 @@ impl ProgressTracker {
                     let aside = |c: &Candidate| {
                         use_heading && angle_between(c.bearing, heading_deg) > ALONG_HEADING_DEG
                     };
-                    let best = cands
-                        .iter()
-                        .filter(|c| c.lateral + heading_cost(c) <= min_cost + 5.0)
+                    let near_best = || {
+                        cands
+                            .iter()
+                            .filter(|c| c.lateral + heading_cost(c) <= min_cost + 5.0)
+                    };
+                    let best = near_best()
                         .min_by(|a, b| aside(a).cmp(&aside(b)).then(a.s.total_cmp(&b.s)));
-                    if let Some(c) = best {
+                    // Where two parts of the route that both run the vehicle's way meet (a round
+                    // trip's last leg crossing its first), one fix cannot tell which the vehicle
+                    // is on: wait for the next ones (up to a few), which can; meanwhile no
+                    // progress means no U-turn is judged, and the other rules do not need it.
+                    let ambiguous = best.is_some_and(|b| {
+                        near_best()
+                            .any(|c| aside(c) == aside(b) && (c.s - b.s).abs() > AMBIGUOUS_APART_M)
+                    });
+                    if ambiguous && self.ambiguous_fixes < AMBIGUOUS_FIXES {
+                        self.ambiguous_fixes += 1;
+                    } else if let Some(c) = best {
+                        self.ambiguous_fixes = 0;
                         self.jump_to(c.s);
                     }
                 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use cit_domain::event::Event;
 use cit_domain::{DetectionParams, Fix, LatLon, Millis, Role};
+use cit_loadtest::engine_drive::latlons;
 use cit_loadtest::{Drive, Route, SimVehicle, drive_fleet, fleet, gothenburg_routes};
 use cit_proto::v1 as pb;
 use cit_store::embedded::{EmbeddedStore, Options};
@@ -145,16 +146,6 @@ async fn append_all(store: &EmbeddedStore, events: Vec<Event>) {
             r.expect("append");
         }
     }
-}
-
-fn latlons(r: &Route) -> Vec<LatLon> {
-    r.coords
-        .iter()
-        .map(|c| LatLon {
-            lat: c[1],
-            lon: c[0],
-        })
-        .collect()
 }
 
 /// The log of `n` armed, departed runs plus one long run with its fixes.
