@@ -1,7 +1,8 @@
 //! Load-test support: a fleet simulator that drives vehicles along the real Gothenburg routes of
 //! ../shared/data at road speeds and emits the fixes their telematics units would send, and
 //! the streaming load driver and small reporting helpers shared by the benchmark binaries (our
-//! figure, the peer's, the ratio).
+//! figure, the peer's, the ratio), and [`engine_drive`], the same fleet fed straight to a
+//! detection engine (engine-bench and the clean-drive tests).
 
 pub mod engine_drive;
 
