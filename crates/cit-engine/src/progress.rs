@@ -26,6 +26,9 @@ const LOST_FIXES_BEFORE_REACQUIRE: u32 = 2;
 /// (driving back along it) does, and that is a fall.
 const SWITCH_FIXES: u32 = 2;
 const SWITCH_MARGIN_M: f64 = 20.0;
+/// First acquisition: positions this much worse than the best still count as near-equal (then
+/// the one running the vehicle's way wins); about GPS noise at its worst in a street canyon.
+const ACQUIRE_SLACK_M: f64 = 20.0;
 /// First acquisition: equally good positions this far apart along the route are different
 /// parts of it, and up to this many fixes wait for one that tells them apart.
 const AMBIGUOUS_APART_M: f64 = 100.0;
@@ -124,10 +127,12 @@ impl ProgressTracker {
                     let aside = |c: &Candidate| {
                         use_heading && angle_between(c.bearing, heading_deg) > ALONG_HEADING_DEG
                     };
+                    // Near-equal: within GPS noise of the best (a fix 15 m off the road it is on
+                    // can lie nearer a segment crossing it, which runs another way).
                     let near_best = || {
                         cands
                             .iter()
-                            .filter(|c| c.lateral + heading_cost(c) <= min_cost + 5.0)
+                            .filter(|c| c.lateral + heading_cost(c) <= min_cost + ACQUIRE_SLACK_M)
                     };
                     let best = near_best()
                         .min_by(|a, b| aside(a).cmp(&aside(b)).then(a.s.total_cmp(&b.s)));
