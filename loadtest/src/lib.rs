@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use cit_proto::v1 as pb;
 use citd::runner::Clients;
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
 
 /// Where the shared data is when running from a checkout.
 pub fn shared_data() -> PathBuf {
@@ -229,13 +228,7 @@ pub async fn drive_stream(
 ) -> (Histogram<u64>, Vec<SimVehicle>) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
     let mut c = Clients::connect(&endpoint).await.expect("connect");
-    let (tx, mut rx) = mpsc::channel::<pb::FixBatch>(drive.inflight);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut acks) = c.fix_stream(drive.inflight).await.expect("stream");
     let mut sent: VecDeque<Instant> = VecDeque::new();
     let started = Instant::now();
     let start_ms = citd::clock::wall_now().0;

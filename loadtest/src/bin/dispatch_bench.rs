@@ -86,13 +86,7 @@ async fn fix_to_anomaly(endpoint: &str, start: LatLon) -> Histogram<u64> {
         .await
         .expect("watch")
         .into_inner();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::FixBatch>(1);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut acks) = c.fix_stream(1).await.expect("stream");
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
     for k in 0..PROBES {
         let now = citd::clock::wall_now();

@@ -69,6 +69,21 @@ impl Clients {
             clock: ScenarioClockClient::new(channel),
         })
     }
+
+    /// Opens a `StreamFixes` stream: batches sent on the returned sender go out in order (at
+    /// most `capacity` waiting), one ack per batch comes back on the returned stream.
+    pub async fn fix_stream(
+        &mut self,
+        capacity: usize,
+    ) -> Result<(mpsc::Sender<pb::FixBatch>, tonic::Streaming<pb::FixAck>), Status> {
+        let (tx, mut rx) = mpsc::channel(capacity);
+        let acks = self
+            .telemetry
+            .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+            .await?
+            .into_inner();
+        Ok((tx, acks))
+    }
 }
 
 /// Options of one play.
@@ -390,16 +405,7 @@ pub async fn play(
     register(&mut c, s).await?;
 
     // One fix stream for the whole play; acks come back in order.
-    let (fix_tx, fix_rx) = mpsc::channel::<pb::FixBatch>(4);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn({
-            let mut rx = fix_rx;
-            move |cx| rx.poll_recv(cx)
-        }))
-        .await
-        .map_err(call("StreamFixes"))?
-        .into_inner();
+    let (fix_tx, mut acks) = c.fix_stream(4).await.map_err(call("StreamFixes"))?;
 
     let wall_start = Instant::now();
     let pace = |t: Millis| {

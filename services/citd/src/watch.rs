@@ -156,7 +156,8 @@ impl Hub {
 
     /// Publishes position updates, [`MOVED_BATCH`] runs a message.
     pub fn runs_moved(&self, mut runs: Vec<pb::RunMoved>) {
-        // Stable order (the set's is random): a batch reads the same whoever replays it.
+        // Stable order (the set's is random): consecutive batches list runs the same way, so a
+        // console can compare them.
         runs.sort_unstable_by(|a, b| a.run_id.cmp(&b.run_id));
         for batch in runs.chunks(MOVED_BATCH) {
             self.publish(pb::fleet_event::Event::RunsMoved(pb::RunsMoved {

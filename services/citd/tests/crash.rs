@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use cit_proto::v1 as pb;
 use citd::runner::Clients;
 use common::{departed_run, fix, recorded_seqs};
-use tokio::sync::mpsc;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -82,15 +81,9 @@ impl Unit {
 
     /// Streams until the connection breaks (or `until`), resending the unacked first.
     async fn stream(&mut self, c: &mut Clients, until: Option<u64>) {
-        let (tx, mut rx) = mpsc::channel::<pb::FixBatch>(2);
-        let Ok(resp) = c
-            .telemetry
-            .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-            .await
-        else {
+        let Ok((tx, mut acks)) = c.fix_stream(2).await else {
             return;
         };
-        let mut acks = resp.into_inner();
         let mut resend: Vec<pb::Fix> = self.unacked.iter().cloned().collect();
         loop {
             let batch: Vec<pb::Fix> = if !resend.is_empty() {

@@ -5,7 +5,6 @@ mod common;
 
 use cit_proto::v1 as pb;
 use citd::config::ClockMode;
-use tokio::sync::mpsc;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,13 +26,7 @@ async fn get_run_list_active_runs_and_nearest_vehicles() {
         })
         .collect();
     let last = fixes[9].clone();
-    let (tx, mut rx) = mpsc::channel(2);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut acks) = c.fix_stream(2).await.expect("stream");
     tx.send(pb::FixBatch { fixes, batch_id: 1 })
         .await
         .expect("send");

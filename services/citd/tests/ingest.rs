@@ -23,14 +23,7 @@ async fn started() -> (tempfile::TempDir, citd::server::Running, Clients) {
 }
 
 async fn open(c: &mut Clients) -> (mpsc::Sender<pb::FixBatch>, Acks) {
-    let (tx, mut rx) = mpsc::channel(8);
-    let acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
-    (tx, acks)
+    c.fix_stream(8).await.expect("stream")
 }
 
 async fn send(tx: &mpsc::Sender<pb::FixBatch>, acks: &mut Acks, fixes: Vec<pb::Fix>) -> pb::FixAck {
@@ -194,13 +187,7 @@ async fn oversized_message_is_resource_exhausted_naming_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_batches_of_one_vehicle_stay_in_order_and_acks_come_in_order() {
     let (_dir, server, mut c) = started().await;
-    let (tx, mut rx) = mpsc::channel(64);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut acks) = c.fix_stream(64).await.expect("stream");
     // 40 batches sent without waiting, the last 10 fixes of each resent in the next one.
     for b in 0..40u64 {
         let from = (b * 50).saturating_sub(10) + 1;

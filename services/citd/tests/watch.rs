@@ -9,7 +9,6 @@ use cit_proto::v1 as pb;
 use citd::config::{ClockMode, Config};
 use citd::runner::Clients;
 use pb::fleet_event::Event as Fe;
-use tokio::sync::mpsc;
 use tonic::Streaming;
 
 async fn watch(c: &mut Clients, req: pb::WatchFleetRequest) -> Streaming<pb::FleetEvent> {
@@ -51,13 +50,7 @@ async fn duress(c: &mut Clients, w: &mut Streaming<pb::FleetEvent>, escort: &str
 /// Streams `fixes` of `vehicle` in batches of `per_batch` along the route; returns the last ack.
 async fn stream(c: &mut Clients, vehicle: &str, fixes: u64, per_batch: u64) -> pb::FixAck {
     let route = common::route();
-    let (tx, mut rx) = mpsc::channel(4);
-    let mut acks = c
-        .telemetry
-        .stream_fixes(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut acks) = c.fix_stream(4).await.expect("stream");
     let vehicle = vehicle.to_string();
     let sender = tokio::spawn(async move {
         for b in 0..fixes / per_batch {
