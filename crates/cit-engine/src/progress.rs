@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use cit_domain::Millis;
+use cit_domain::{DetectionParams, Fix, Millis};
 
 use crate::frame::angle_between;
 use crate::route::{Candidate, NearSegments, RouteIndex};
@@ -16,7 +16,8 @@ use crate::route::{Candidate, NearSegments, RouteIndex};
 const HEADING_MIN_SPEED_MPS: f64 = 2.0;
 /// A candidate within this angle of the vehicle's heading runs its way (first acquisition).
 const ALONG_HEADING_DEG: f64 = 45.0;
-/// Cost, in metres, of a candidate against the vehicle's heading.
+/// Cost, in metres, of a candidate running exactly against the vehicle's heading (less as the angle
+/// closes).
 const AGAINST_HEADING_PENALTY_M: f64 = 25.0;
 /// Consecutive fixes on the route but out of reach before progress is re-acquired.
 const LOST_FIXES_BEFORE_REACQUIRE: u32 = 2;
@@ -26,6 +27,8 @@ const LOST_FIXES_BEFORE_REACQUIRE: u32 = 2;
 /// (driving back along it) does, and that is a fall.
 const SWITCH_FIXES: u32 = 2;
 const SWITCH_MARGIN_M: f64 = 20.0;
+/// ... or this many times the fix's reported accuracy, when that is more.
+const SWITCH_ACCURACIES: f64 = 2.5;
 /// First acquisition: positions this much worse than the best still count as near-equal (then
 /// the one running the vehicle's way wins); about GPS noise at its worst in a street canyon.
 const ACQUIRE_SLACK_M: f64 = 20.0;
@@ -47,8 +50,11 @@ pub struct ProgressTracker {
     /// progress strictly falls from front to back, so the front is the window's maximum (a
     /// vehicle driving on keeps one entry, not sixty).
     window: VecDeque<(Millis, f64)>,
-    /// Fixes in a row that showed a fall of at least the threshold.
+    /// How many fixes confirm the current fall (see `update`).
     falling: u32,
+    /// Fixes in a row placed on the route while running against it.
+    #[serde(default)]
+    backing: u32,
     /// Fixes that could not place the vehicle yet (see first acquisition).
     #[serde(default)]
     ambiguous_fixes: u32,
@@ -61,28 +67,32 @@ pub struct ProgressTracker {
 pub struct ProgressUpdate {
     /// How far progress is below its maximum of the last 60 s.
     pub fall_m: f64,
-    /// Fixes in a row with `fall_m` at or above the caller's threshold.
+    /// Fixes confirming a fall of at least the caller's threshold: this one and those in a row
+    /// before it that ran against the route (or 2 for a confirmed switch back).
     pub falling_fixes: u32,
 }
 
 impl ProgressTracker {
-    /// Feeds one fix. `search_m` is how far from the route a fix may be and still count as on it;
-    /// `cands` is scratch space (one buffer for the whole engine, not one per run).
-    /// Returns the progress update and the fix's distance to the route (one R-tree query serves
-    /// both: the nearest candidate, or a nearest-neighbour search when none is within reach).
-    #[allow(clippy::too_many_arguments)]
+    /// Feeds one fix, at `p` in the route's frame, under the run's parameters (`corridor_m`: how
+    /// far from the route a fix may be and still count as on it; `uturn_m`: the fall that counts;
+    /// `stop_speed_mps`: below it the vehicle stands). `cands` is scratch space (one buffer for
+    /// the whole engine, not one per run). Returns the progress update and the fix's distance to
+    /// the route (one R-tree query serves both: the nearest candidate, or a nearest-neighbour
+    /// search when none is within reach).
     pub fn update(
         &mut self,
         route: &RouteIndex,
         cands: &mut Vec<Candidate>,
+        fix: &Fix,
         p: [f64; 2],
-        t: Millis,
-        speed_mps: f64,
-        heading_deg: f64,
-        standing: bool,
-        search_m: f64,
-        fall_threshold_m: f64,
+        params: &DetectionParams,
     ) -> (ProgressUpdate, f64) {
+        let (search_m, fall_threshold_m) = (params.corridor_m, params.uturn_m);
+        let standing = fix.speed_mps < params.stop_speed_mps;
+        let (t, speed_mps, heading_deg) = (fix.t, fix.speed_mps, fix.heading_deg);
+        // Two parts of the route a fix cannot tell apart are not told apart by it: the margin a
+        // switch needs grows with the error the unit reports.
+        let switch_margin_m = SWITCH_MARGIN_M.max(SWITCH_ACCURACIES * fix.accuracy_m);
         // Whether this fix placed the vehicle on the route (only such fixes confirm a fall).
         let mut updated = false;
         // Whether the vehicle moved against the route's direction (a U-turn or reversing), or
@@ -105,9 +115,13 @@ impl ProgressTracker {
             cands.clear();
         }
         let use_heading = speed_mps >= HEADING_MIN_SPEED_MPS;
+        // Grows with the angle (nothing running the vehicle's way, half across it, all against
+        // it): in a turn the heading lies between two segments' bearings, and a part of the
+        // route 70° off it is a worse match than one 10° off, not an equal one.
         let heading_cost = |c: &Candidate| {
-            if use_heading && angle_between(c.bearing, heading_deg) > 90.0 {
-                AGAINST_HEADING_PENALTY_M
+            if use_heading {
+                let cos = (c.bearing - heading_deg).to_radians().cos();
+                AGAINST_HEADING_PENALTY_M * (1.0 - cos) / 2.0
             } else {
                 0.0
             }
@@ -155,10 +169,20 @@ impl ProgressTracker {
                     let dt = t.secs_since(self.last_t).clamp(0.0, 600.0);
                     let reach = (speed_mps.max(3.0) + 5.0) * dt + 30.0;
                     // Positions a little beyond reach stay possible at a cost, so a vehicle that
-                    // stopped short of a turnaround can still follow the route back out.
+                    // stopped short of a turnaround can still follow the route back out; but
+                    // only where its heading shows it running that part's way: a fix beyond
+                    // reach on a part running against it, or from a vehicle too slow to have a
+                    // heading, is GPS error onto a nearby part (a loop, the other side of a
+                    // block), not a place the vehicle reached.
                     let best = cands
                         .iter()
-                        .filter(|c| (c.s - prev).abs() <= 3.0 * reach + 60.0)
+                        .filter(|c| {
+                            let step = (c.s - prev).abs();
+                            step <= reach
+                                || (step <= 3.0 * reach + 60.0
+                                    && use_heading
+                                    && angle_between(c.bearing, heading_deg) <= 90.0)
+                        })
                         .map(|c| {
                             let excess = ((c.s - prev).abs() - reach).max(0.0);
                             (c.lateral + heading_cost(c) + 0.3 * excess, *c)
@@ -171,8 +195,9 @@ impl ProgressTracker {
                         Some((_, here)) => {
                             self.lost = 0;
                             let elsewhere = global.filter(|g| {
-                                here.lateral >= SWITCH_MARGIN_M
-                                    && g.lateral + SWITCH_MARGIN_M <= here.lateral
+                                here.lateral >= switch_margin_m
+                                    && g.lateral + heading_cost(g) + switch_margin_m
+                                        <= here.lateral + heading_cost(&here)
                                     && (g.s - here.s).abs() > reach
                             });
                             match elsewhere {
@@ -236,13 +261,19 @@ impl ProgressTracker {
         self.window.push_back((t, s));
         let max = self.window.front().map_or(s, |(_, v)| *v);
         let fall_m = max - s;
+        if updated {
+            self.backing = if against { self.backing + 1 } else { 0 };
+        }
         if fall_m < fall_threshold_m {
             self.falling = 0;
         } else if switched_back {
             // Already confirmed by the switch itself (two fixes in a row).
             self.falling = self.falling.max(2);
         } else if updated && against {
-            self.falling += 1;
+            // The fixes before it that ran against the route confirm the fall too: a multipath
+            // fix can jump, but not turn the vehicle's heading round, and a unit reporting every
+            // 5 s may send only one or two fixes between 50 m back and leaving the route.
+            self.falling = self.backing.max(self.falling + 1);
         }
         let update = ProgressUpdate {
             fall_m,
@@ -257,11 +288,13 @@ impl ProgressTracker {
         self.switching = 0;
         self.window.clear();
         self.falling = 0;
+        self.backing = 0;
     }
 
     /// Forget the fall history (after a U-turn was raised: the same occurrence).
     pub fn reset_window(&mut self) {
         self.window.clear();
         self.falling = 0;
+        self.backing = 0;
     }
 }

@@ -548,17 +548,9 @@ impl RunState {
         let departed = self.departed_at.unwrap_or(newest);
         self.arm_signal(newest.max(departed).plus_secs(self.params.max_gap_s), sched);
         let standing = fix.speed_mps < self.params.stop_speed_mps;
-        let (update, route_distance) = self.progress.update(
-            &self.route,
-            scratch,
-            p,
-            fix.t,
-            fix.speed_mps,
-            fix.heading_deg,
-            standing,
-            self.params.corridor_m,
-            self.params.uturn_m,
-        );
+        let (update, route_distance) =
+            self.progress
+                .update(&self.route, scratch, fix, p, &self.params);
         self.last_route_distance = route_distance;
         self.stop_rule(fix, p, standing, sched);
         self.deviation_rule(fix, latlon, route_distance, out);

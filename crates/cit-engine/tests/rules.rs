@@ -318,6 +318,33 @@ fn a4_u_turn_on_the_route_is_a_roadblock_and_driving_on_is_not() {
 }
 
 #[test]
+fn a4_a_u_turn_seen_every_5_s_is_raised_from_the_fixes_running_back() {
+    // A unit reporting every 5 s: the vehicle turns at a roadblock and is 20 m back at the first
+    // fix, 70 m back at the second, then off the route on its detour. Two fixes running back
+    // confirm the fall; waiting for two fixes 50 m back would miss it.
+    let mut w = World::new(quiet(), vec![]);
+    let mut s = 0.0;
+    for i in 0..12 {
+        let (p, bearing) = along(&w.route, s, 0.0);
+        w.fix_at(5.0 * f64::from(i), p, 10.0, bearing, true, false);
+        s += 50.0;
+    }
+    let turned_at = s - 50.0;
+    for (k, back) in [(12, 20.0), (13, 70.0)] {
+        let (p, bearing) = along(&w.route, turned_at - back, 0.0);
+        w.fix_at(
+            5.0 * f64::from(k),
+            p,
+            9.0,
+            (bearing + 180.0) % 360.0,
+            true,
+            false,
+        );
+    }
+    assert_eq!(w.at(AnomalyKind::Roadblock), [65.0], "{:?}", w.raised);
+}
+
+#[test]
 fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
     // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
     // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
