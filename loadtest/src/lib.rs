@@ -2,9 +2,11 @@
 //! ../shared/data at road speeds and emits the fixes their telematics units would send, and
 //! the streaming load driver and small reporting helpers shared by the benchmark binaries (our
 //! figure, the peer's, the ratio), and [`engine_drive`], the same fleet fed straight to a
-//! detection engine (engine-bench and the clean-drive tests).
+//! detection engine (engine-bench and the clean-drive tests), and [`field_drive`], whole runs
+//! with the scenario generator's kind of GPS error at any strength (the false-alarm sweeps).
 
 pub mod engine_drive;
+pub mod field_drive;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

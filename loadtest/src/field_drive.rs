@@ -1,0 +1,239 @@
+//! Whole runs driven the way the scenario generator drives them (shared/data/scenarios/README.md),
+//! with its GPS error turned up or down: road speed with braking and accelerating at 1.5 m/s²,
+//! traffic stops of 15–90 s, correlated Gaussian position error of a chosen sigma, one-fix
+//! multipath outliers of 30–80 m, a bounded random walk and speed noise while standing, fixes every
+//! 1, 2 or 5 s, and the escorts checking in. A clean run: anything the engine raises on it is a
+//! false alarm. Used by the field-drive tests and the `noise-sweep` binary.
+
+use cit_domain::event::{Anomaly, Event};
+use cit_domain::{CheckInCode, Fix, LatLon, Millis};
+use cit_engine::Engine;
+
+use crate::Route;
+use crate::engine_drive::{T0, fixes_event, latlons, plan};
+
+/// The GPS error of a drive.
+#[derive(Debug, Clone, Copy)]
+pub struct Gps {
+    /// Standard deviation of the position error on each axis, metres.
+    pub sigma_m: f64,
+    /// Share of fixes thrown 30–80 m off by multipath.
+    pub multipath: f64,
+    /// Seconds between fixes.
+    pub interval_s: u32,
+}
+
+/// How long the position error takes to forget itself (it is correlated: a receiver's error
+/// drifts, it does not jump from fix to fix).
+const ERROR_TIME_CONSTANT_S: f64 = 20.0;
+const BRAKE_MPS2: f64 = 1.5;
+/// The simulation's step, seconds.
+const DT: f64 = 0.1;
+
+/// A small deterministic random source (splitmix64): the same drive on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn gauss(&mut self) -> f64 {
+        let u = self.unit().max(f64::MIN_POSITIVE);
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
+    }
+}
+
+/// One whole drive: the fixes the unit sent and where the vehicle really was at each.
+pub struct Track {
+    pub fixes: Vec<Fix>,
+    pub truth: Vec<LatLon>,
+    /// With a U-turn: when the vehicle was back `UTURN_M` along the route from where it turned.
+    pub uturn_due: Option<Millis>,
+}
+
+/// How far back along the route a U-turn must take the vehicle to be one (SCENARIOS.md).
+pub const UTURN_M: f64 = 50.0;
+/// How far a turned vehicle drives back along the route before the drive ends.
+const DRIVE_BACK_M: f64 = 150.0;
+
+/// One whole drive of `route` at `cruise_mps`, departing at [`T0`]. With `uturn_at_m`, the
+/// vehicle stops there as at a roadblock, turns and drives back along the route, and the drive
+/// ends 150 m back.
+pub fn drive(
+    route: &Route,
+    cruise_mps: f64,
+    gps: Gps,
+    seed: u64,
+    uturn_at_m: Option<f64>,
+) -> Track {
+    let mut rng = Rng::new(seed);
+    let len = route.length();
+    let (mut s, mut v, mut t) = (0.0f64, 0.0f64, 0.0f64);
+    // The next traffic light after `s`; the U-turn's stop replaces one due less than 100 m before
+    // it (two stops in a row at 5 s fixes would be one long stop, and rightly raised).
+    let light = |rng: &mut Rng, s: f64| {
+        let at = s + rng.between(300.0, 1_200.0);
+        match uturn_at_m {
+            Some(u) if s < u && at > u - 100.0 => u,
+            _ => at,
+        }
+    };
+    let mut next_light = light(&mut rng, 0.0);
+    let mut standing_until: Option<f64> = None;
+    // +1 along the route, -1 back along it after the U-turn.
+    let mut direction = 1.0;
+    let mut uturn_due = None;
+    // Position error (east, north), correlated from fix to fix, and the standing walk.
+    let (mut err, mut walk) = ([0.0f64; 2], [0.0f64; 2]);
+    let rho = (-(gps.interval_s as f64) / ERROR_TIME_CONSTANT_S).exp();
+    let (mut fixes, mut truth) = (Vec::new(), Vec::new());
+    let mut next_fix = 1.0;
+    loop {
+        match uturn_at_m {
+            Some(u) if direction < 0.0 => {
+                if uturn_due.is_none() && s <= u - UTURN_M {
+                    uturn_due = Some(T0.plus_secs(t));
+                }
+                if s <= u - DRIVE_BACK_M || s <= 0.0 {
+                    break;
+                }
+            }
+            _ if s >= len => break,
+            _ => {}
+        }
+        // Kinematics: brake for the next traffic light, stand, pull away, cruise.
+        match standing_until {
+            Some(until) if t < until => v = 0.0,
+            Some(_) => {
+                standing_until = None;
+                if uturn_at_m.is_some_and(|u| (s - u).abs() < 1.0) {
+                    direction = -1.0;
+                    next_light = f64::INFINITY;
+                } else {
+                    next_light = light(&mut rng, s);
+                }
+            }
+            None => {
+                let to_light = next_light - s;
+                if to_light <= 0.5 && next_light < len - 50.0 {
+                    v = 0.0;
+                    standing_until = Some(t + rng.between(15.0, 90.0));
+                } else if v * v / (2.0 * BRAKE_MPS2) >= to_light && next_light < len - 50.0 {
+                    v = (v - BRAKE_MPS2 * DT).max(0.8);
+                } else {
+                    v = (v + BRAKE_MPS2 * DT).min(cruise_mps);
+                }
+            }
+        }
+        s += direction * v * DT;
+        t += DT;
+        if t + 1e-9 < next_fix {
+            continue;
+        }
+        next_fix += gps.interval_s as f64;
+        let standing = v == 0.0;
+        for e in &mut err {
+            *e = rho * *e + (1.0 - rho * rho).sqrt() * gps.sigma_m * rng.gauss();
+        }
+        if standing {
+            for w in &mut walk {
+                *w = (*w + 0.7 * rng.gauss()).clamp(-8.0, 8.0);
+            }
+        } else {
+            walk = [0.0; 2];
+        }
+        let (mut east, mut north) = (err[0] + walk[0], err[1] + walk[1]);
+        if rng.unit() < gps.multipath {
+            let (d, a) = (
+                rng.between(30.0, 80.0),
+                rng.between(0.0, std::f64::consts::TAU),
+            );
+            east += d * a.sin();
+            north += d * a.cos();
+        }
+        let (lat, lon, bearing) = route.at(s.clamp(0.0, len - 0.01));
+        let bearing = if direction < 0.0 {
+            bearing + 180.0
+        } else {
+            bearing
+        };
+        let lat_m = 111_195.0;
+        let (speed_mps, heading_deg) = if standing {
+            (rng.between(0.0, 0.5), rng.between(0.0, 360.0))
+        } else {
+            (
+                (v + 0.3 * rng.gauss()).max(0.0),
+                (bearing + 3.0 * rng.gauss()).rem_euclid(360.0),
+            )
+        };
+        truth.push(LatLon { lat, lon });
+        fixes.push(Fix {
+            seq: fixes.len() as u64 + 1,
+            t: T0.plus_secs(t.round()),
+            lat: lat + north / lat_m,
+            lon: lon + east / (lat_m * lat.to_radians().cos()),
+            speed_mps,
+            heading_deg,
+            accuracy_m: 1.2 * gps.sigma_m,
+            ignition: true,
+            door_open: false,
+        });
+    }
+    Track {
+        fixes,
+        truth,
+        uturn_due,
+    }
+}
+
+/// Plans and departs a run on `route` as run 0 of a fresh engine, feeds it `fixes` with both
+/// escorts checking in every five minutes, and returns what the engine raised.
+pub fn run(route: &Route, fixes: &[Fix]) -> Vec<Anomaly> {
+    let mut engine = Engine::new();
+    let mut pos = 0;
+    plan(&mut engine, &mut pos, 0, latlons(route));
+    let mut raised = Vec::new();
+    let mut next_checkin = T0.plus_secs(300.0);
+    for f in fixes {
+        while next_checkin <= f.t {
+            for person in ["E-1", "E-2"] {
+                pos += 1;
+                let checkin = Event::CheckedIn {
+                    run_id: "R-0".into(),
+                    person_id: person.into(),
+                    code: CheckInCode::Ok,
+                    at: next_checkin,
+                };
+                raised.extend(engine.handle(pos, &checkin));
+            }
+            next_checkin = next_checkin.plus_secs(300.0);
+        }
+        pos += 1;
+        raised.extend(engine.handle(pos, &fixes_event(0, vec![f.clone()])));
+    }
+    raised
+}
+
+/// Millis since departure, for reports.
+pub fn since_departure(t: Millis) -> f64 {
+    t.secs_since(T0)
+}
