@@ -1,11 +1,15 @@
 //! The engine's drive: runs planned on the public Gothenburg routes and departed, registered
 //! checkpoints over the city, and every vehicle driving its route at road speed with GPS noise,
 //! fed straight to a detection engine (no I/O). Shared by `engine-bench` and the clean-drive
-//! test (no false alarm on any public route).
+//! test (no false alarm on any public route), with the corridor and zone questions the peers
+//! answer: by our indexes ([`Questions`]) and by a plain scan ([`Scan`]).
 
 use cit_domain::event::Event;
 use cit_domain::{Checkpoint, DetectionParams, Fix, LatLon, Millis};
 use cit_engine::Engine;
+use cit_engine::frame::{LocalFrame, dist, haversine_m};
+use cit_engine::route::{Candidate, NearSegments, RouteIndex};
+use cit_engine::zones::ZoneIndex;
 
 use crate::{FixSample, Route, SimVehicle, fleet};
 
@@ -119,5 +123,129 @@ pub fn fixes_event(run: usize, fixes: Vec<Fix>) -> Event {
         vehicle_id: format!("V-{run}"),
         run_id: Some(format!("R-{run}")),
         fixes,
+    }
+}
+
+/// Registers `n` checkpoints (see [`checkpoints`]) with the engine.
+pub fn register_checkpoints(engine: &mut Engine, pos: &mut u64, n: usize) {
+    for checkpoint in checkpoints(n) {
+        *pos += 1;
+        engine.handle(*pos, &Event::CheckpointRegistered { checkpoint, at: T0 });
+    }
+}
+
+/// The margin of the "registered checkpoint here?" question (SCENARIOS.md, A3).
+pub const ZONE_MARGIN_M: f64 = 50.0;
+
+/// The corridor and zone questions a peer is asked for a fix: the distance to the run's route,
+/// the progress of the nearest route position (NaN when none is within the corridor), and how
+/// many registered checkpoints are within radius + margin at the fix's time.
+pub type Answer = (f64, f64, usize);
+
+/// Our indexes alone, answering the peers' questions per fix.
+pub struct Questions {
+    routes: Vec<RouteIndex>,
+    near: Vec<NearSegments>,
+    zones: ZoneIndex,
+    scratch: Vec<Candidate>,
+}
+
+impl Questions {
+    /// The routes of the fleet's runs, in run order, and `zones` checkpoints.
+    pub fn new(zones: usize, routes: &[Route], fleet: &[SimVehicle]) -> Self {
+        let mut index = ZoneIndex::default();
+        for cp in checkpoints(zones) {
+            index.insert(cp);
+        }
+        Questions {
+            routes: fleet
+                .iter()
+                .map(|v| RouteIndex::new(&latlons(&routes[v.route])))
+                .collect(),
+            near: vec![NearSegments::default(); fleet.len()],
+            zones: index,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn ask(&mut self, run: usize, f: &FixSample, corridor_m: f64) -> Answer {
+        let route = &self.routes[run];
+        let p = route.frame.to_local(f.lat, f.lon);
+        route.candidates(p, corridor_m, &mut self.near[run], &mut self.scratch);
+        let nearest = self
+            .scratch
+            .iter()
+            .min_by(|a, b| a.lateral.total_cmp(&b.lateral));
+        let (distance, progress) = match nearest {
+            Some(c) => (c.lateral, c.s),
+            None => (route.distance(p), f64::NAN),
+        };
+        let t = Millis(f.t_ms);
+        let zones = self
+            .zones
+            .containing(f.latlon(), ZONE_MARGIN_M, t, t)
+            .count();
+        (distance, progress, zones)
+    }
+}
+
+/// The same questions answered without an index, by scanning every segment of the route and
+/// every checkpoint: the in-process peer of the criterion bench (what a tracker without spatial
+/// indexes does), and a check of the indexes' answers.
+pub struct Scan {
+    routes: Vec<(LocalFrame, Vec<[f64; 2]>)>,
+    zones: Vec<Checkpoint>,
+}
+
+impl Scan {
+    pub fn new(zones: usize, routes: &[Route], fleet: &[SimVehicle]) -> Self {
+        Scan {
+            routes: fleet
+                .iter()
+                .map(|v| {
+                    let points = latlons(&routes[v.route]);
+                    let frame = LocalFrame::new(points[0]);
+                    let local = points
+                        .iter()
+                        .map(|p| frame.to_local(p.lat, p.lon))
+                        .collect();
+                    (frame, local)
+                })
+                .collect(),
+            zones: checkpoints(zones),
+        }
+    }
+
+    pub fn ask(&self, run: usize, f: &FixSample, corridor_m: f64) -> Answer {
+        let (frame, points) = &self.routes[run];
+        let p = frame.to_local(f.lat, f.lon);
+        let (mut best, mut at, mut s) = (f64::INFINITY, f64::NAN, 0.0);
+        for w in points.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+            let len2 = dx * dx + dy * dy;
+            let k = if len2 > 0.0 {
+                (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let d = dist(p, [a[0] + k * dx, a[1] + k * dy]);
+            if d < best {
+                (best, at) = (d, s + k * len2.sqrt());
+            }
+            s += len2.sqrt();
+        }
+        let t = Millis(f.t_ms);
+        let here = f.latlon();
+        let zones = self
+            .zones
+            .iter()
+            .filter(|z| {
+                z.valid_from <= t
+                    && t <= z.valid_to
+                    && haversine_m(here, z.position) <= z.radius_m + ZONE_MARGIN_M
+            })
+            .count();
+        (best, if best <= corridor_m { at } else { f64::NAN }, zones)
     }
 }

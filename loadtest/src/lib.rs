@@ -160,6 +160,13 @@ impl SimVehicle {
 }
 
 impl FixSample {
+    pub fn latlon(&self) -> cit_domain::LatLon {
+        cit_domain::LatLon {
+            lat: self.lat,
+            lon: self.lon,
+        }
+    }
+
     /// The fix as the domain records it (for fixtures written straight into a store, and for
     /// in-process engine runs).
     pub fn to_domain(&self) -> cit_domain::Fix {

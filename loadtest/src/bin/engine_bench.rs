@@ -17,15 +17,12 @@
 
 use std::time::Instant;
 
-use cit_domain::event::Event;
-use cit_domain::{DetectionParams, LatLon, Millis};
+use cit_domain::{DetectionParams, LatLon};
 use cit_engine::Engine;
-use cit_engine::route::{Candidate, NearSegments, RouteIndex};
-use cit_engine::zones::ZoneIndex;
 use cit_loadtest::engine_drive::{
-    T0, checkpoints, fixes_event, latlons, next_step, plan, vehicles,
+    Questions, fixes_event, latlons, next_step, plan, register_checkpoints, vehicles,
 };
-use cit_loadtest::{FixSample, Route, SimVehicle, gothenburg_routes};
+use cit_loadtest::{FixSample, gothenburg_routes};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -56,13 +53,13 @@ struct Args {
     /// GPS noise, metres on each axis at most.
     #[arg(long, default_value_t = 4.0)]
     noise_m: f64,
+    /// Print every anomaly raised (on a clean drive, each is a false alarm).
+    #[arg(long)]
+    show_anomalies: bool,
     /// Internal: measure per-vehicle state on 2-point routes and print KiB.
     #[arg(long, hide = true)]
     state_only: bool,
 }
-
-/// The margin of the "registered checkpoint here?" question (SCENARIOS.md, A3).
-const ZONE_MARGIN_M: f64 = 50.0;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -117,54 +114,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Our indexes alone, for the peer's questions: per fix, the distance to the run's route and
-/// the progress of the nearest route position, and the checkpoints within radius + margin.
-struct Questions {
-    routes: Vec<RouteIndex>,
-    near: Vec<NearSegments>,
-    zones: ZoneIndex,
-    scratch: Vec<Candidate>,
-}
-
-impl Questions {
-    fn new(args: &Args, routes: &[Route], fleet: &[SimVehicle]) -> Self {
-        let mut zones = ZoneIndex::default();
-        for cp in checkpoints(args.zones) {
-            zones.insert(cp);
-        }
-        Questions {
-            routes: fleet
-                .iter()
-                .map(|v| RouteIndex::new(&latlons(&routes[v.route])))
-                .collect(),
-            near: vec![NearSegments::default(); fleet.len()],
-            zones,
-            scratch: Vec::new(),
-        }
-    }
-
-    fn ask(&mut self, run: usize, f: &FixSample, corridor_m: f64) -> (f64, f64, usize) {
-        let route = &self.routes[run];
-        let p = route.frame.to_local(f.lat, f.lon);
-        route.candidates(p, corridor_m, &mut self.near[run], &mut self.scratch);
-        let nearest = self
-            .scratch
-            .iter()
-            .min_by(|a, b| a.lateral.total_cmp(&b.lateral));
-        let (distance, progress) = match nearest {
-            Some(c) => (c.lateral, c.s),
-            None => (route.distance(p), f64::NAN),
-        };
-        let t = Millis(f.t_ms);
-        let here = LatLon {
-            lat: f.lat,
-            lon: f.lon,
-        };
-        let zones = self.zones.containing(here, ZONE_MARGIN_M, t, t).count();
-        (distance, progress, zones)
-    }
-}
-
 fn main() {
     let args = Args::parse();
     if args.state_only {
@@ -175,16 +124,7 @@ fn main() {
     let corridor_m = DetectionParams::default().corridor_m;
     let mut engine = Engine::new();
     let mut pos = 0u64;
-    for cp in checkpoints(args.zones) {
-        pos += 1;
-        engine.handle(
-            pos,
-            &Event::CheckpointRegistered {
-                checkpoint: cp,
-                at: T0,
-            },
-        );
-    }
+    register_checkpoints(&mut engine, &mut pos, args.zones);
     let mut fleet = vehicles(args.runs, args.fixes.div_ceil(args.runs), &routes);
     let before_runs = rss_kib();
     let mut route_points = 0;
@@ -193,7 +133,7 @@ fn main() {
         plan(&mut engine, &mut pos, i, latlons(&routes[v.route]));
     }
     let per_run_with_route = (rss_kib() - before_runs) as f64 / args.runs as f64;
-    let mut questions = Questions::new(&args, &routes, &fleet);
+    let mut questions = Questions::new(args.zones, &routes, &fleet);
     println!(
         "engine: {} active runs on {} real routes ({:.0} route points each on average), {} zones, {} fixes on one core, {} per event",
         args.runs,
@@ -232,8 +172,8 @@ fn main() {
             let t = Instant::now();
             pos += 1;
             for a in engine.handle(pos, e) {
-                if std::env::var("DBG").is_ok() {
-                    eprintln!("{} {} {}", a.id, a.summary, a.evidence);
+                if args.show_anomalies {
+                    println!("  raised {} {}: {}", a.id, a.summary, a.evidence);
                 }
                 *raised.entry(a.kind.as_str().to_string()).or_default() += 1;
             }
@@ -367,9 +307,11 @@ mod postgis {
     use hdrhistogram::Histogram;
     use postgres::{Client, NoTls};
 
-    use cit_loadtest::engine_drive::ZONE_RADIUS_M;
+    use cit_loadtest::engine_drive::{Questions, ZONE_MARGIN_M, ZONE_RADIUS_M, checkpoints};
 
-    use super::{Args, FixSample, Questions, Route, ZONE_MARGIN_M, checkpoints};
+    use cit_loadtest::Route;
+
+    use super::{Args, FixSample};
 
     pub struct Peer {
         pub batched_rate: f64,
