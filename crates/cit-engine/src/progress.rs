@@ -16,6 +16,12 @@ use crate::route::{Candidate, NearSegments, RouteIndex};
 const HEADING_MIN_SPEED_MPS: f64 = 2.0;
 /// A candidate within this angle of the vehicle's heading runs its way (first acquisition).
 const ALONG_HEADING_DEG: f64 = 45.0;
+/// How far ahead of the last progress a fix running against the route may still be placed (GPS
+/// error along the road where the vehicle turned round).
+const AGAINST_AHEAD_M: f64 = 30.0;
+/// A vehicle heading more than this off the route's direction (and less than 90°) is turning: its
+/// fix neither confirms nor breaks a run of fixes going back along the route.
+const TURNING_DEG: f64 = 60.0;
 /// Cost, in metres, of a candidate running exactly against the vehicle's heading (less as the angle
 /// closes).
 const AGAINST_HEADING_PENALTY_M: f64 = 25.0;
@@ -100,6 +106,9 @@ impl ProgressTracker {
         // progress that corrects backward after a noisy fix while the vehicle drives on along
         // the route is not a U-turn.
         let mut against = false;
+        // Whether the vehicle ran across the route's direction rather than along or against it:
+        // in a turn, or turning round at a corner.
+        let mut turning = false;
         let mut switched_back = false;
         route.candidates(p, search_m, &mut self.near, cands);
         let distance = cands
@@ -175,14 +184,18 @@ impl ProgressTracker {
                     // reach on a part running against it, or from a vehicle too slow to have a
                     // heading, is GPS error onto a nearby part (a loop, the other side of a
                     // block), not a place the vehicle reached.
+                    // Nor is a position well ahead on a part running against the vehicle: running
+                    // against the route takes progress back, never forward.
                     let best = cands
                         .iter()
                         .filter(|c| {
                             let step = (c.s - prev).abs();
-                            step <= reach
-                                || (step <= 3.0 * reach + 60.0
-                                    && use_heading
-                                    && angle_between(c.bearing, heading_deg) <= 90.0)
+                            let runs_its_way =
+                                use_heading && angle_between(c.bearing, heading_deg) <= 90.0;
+                            let against = use_heading && !runs_its_way;
+                            let possible =
+                                step <= reach || (step <= 3.0 * reach + 60.0 && runs_its_way);
+                            possible && !(against && c.s - prev > AGAINST_AHEAD_M)
                         })
                         .map(|c| {
                             let excess = ((c.s - prev).abs() - reach).max(0.0);
@@ -215,8 +228,9 @@ impl ProgressTracker {
                                 None => {
                                     self.switching = 0;
                                     self.s = Some(here.s);
-                                    against = use_heading
-                                        && angle_between(here.bearing, heading_deg) > 90.0;
+                                    let angle = angle_between(here.bearing, heading_deg);
+                                    against = use_heading && angle > 90.0;
+                                    turning = use_heading && angle > TURNING_DEG && !against;
                                 }
                             }
                             updated = true;
@@ -262,8 +276,10 @@ impl ProgressTracker {
         self.window.push_back((t, s));
         let max = self.window.front().map_or(s, |(_, v)| *v);
         let fall_m = max - s;
-        if updated {
-            self.backing = if against { self.backing + 1 } else { 0 };
+        if against {
+            self.backing += 1;
+        } else if updated && !turning {
+            self.backing = 0;
         }
         if fall_m < fall_threshold_m {
             self.falling = 0;
