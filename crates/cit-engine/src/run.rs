@@ -53,6 +53,9 @@ impl Deadline {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Params(Option<Box<DetectionParams>>);
 
+/// How many times its reported accuracy a standing fix may lie beyond the stop radius.
+const STOP_ACCURACIES: f64 = 2.0;
+
 static DEFAULT_PARAMS: LazyLock<DetectionParams> = LazyLock::new(DetectionParams::default);
 
 impl Params {
@@ -571,8 +574,14 @@ impl RunState {
             self.episode = None;
             return;
         }
+        // A standing vehicle's fixes wander with the receiver's error, not only within the
+        // radius: a fix counts as still here within the radius plus twice its reported
+        // accuracy (at most twice the radius), or a noisy unit's one long stop would break
+        // into pieces, raised late or twice.
+        let radius = self.params.stop_radius_m
+            + (STOP_ACCURACIES * fix.accuracy_m).clamp(0.0, self.params.stop_radius_m);
         if let Some(ep) = &mut self.episode {
-            if dist(p, ep.mean()) <= self.params.stop_radius_m {
+            if dist(p, ep.mean()) <= radius {
                 ep.sum[0] += p[0];
                 ep.sum[1] += p[1];
                 ep.n += 1;
