@@ -2,8 +2,9 @@
 //! with its GPS error turned up or down: road speed with braking and accelerating at 1.5 m/s²,
 //! traffic stops of 15–90 s, correlated Gaussian position error of a chosen sigma, one-fix
 //! multipath outliers of 30–80 m, a bounded random walk and speed noise while standing, fixes every
-//! 1, 2 or 5 s, and the escorts checking in. A clean run: anything the engine raises on it is a
-//! false alarm. Used by the field-drive tests and the `noise-sweep` binary.
+//! 1, 2 or 5 s, and the escorts checking in; optionally one incident (a U-turn at a roadblock, a
+//! long stop). Apart from the incident's anomaly, anything the engine raises is a false alarm.
+//! Used by the field-drive tests and the `noise-sweep` binary.
 
 use cit_domain::event::{Anomaly, Event};
 use cit_domain::{CheckInCode, Fix, LatLon, Millis};
@@ -66,54 +67,82 @@ impl Rng {
 pub struct Track {
     pub fixes: Vec<Fix>,
     pub truth: Vec<LatLon>,
-    /// With a U-turn: when the vehicle was back `UTURN_M` along the route from where it turned.
-    pub uturn_due: Option<Millis>,
+    /// With an incident: when its anomaly is due (see [`Incident`]).
+    pub due: Option<Millis>,
+}
+
+/// Something that happens on the drive, and the anomaly it must raise.
+#[derive(Debug, Clone, Copy)]
+pub enum Incident {
+    /// The vehicle stops `at_m` along the route as at a roadblock, turns and drives back along
+    /// it; the drive ends 150 m back. A `roadblock`, due when the vehicle is [`UTURN_M`] back.
+    UTurn { at_m: f64 },
+    /// The vehicle stands `secs` `at_m` along the route, engine running, then drives on. An
+    /// `unplanned_stop`, due `unplanned_stop_s` (120 s) after it came to a stand.
+    Stop { at_m: f64, secs: f64 },
+}
+
+impl Incident {
+    pub fn at_m(self) -> f64 {
+        match self {
+            Incident::UTurn { at_m } | Incident::Stop { at_m, .. } => at_m,
+        }
+    }
+
+    /// The kind of anomaly it must raise.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Incident::UTurn { .. } => "roadblock",
+            Incident::Stop { .. } => "unplanned_stop",
+        }
+    }
 }
 
 /// How far back along the route a U-turn must take the vehicle to be one (SCENARIOS.md).
 pub const UTURN_M: f64 = 50.0;
 /// How far a turned vehicle drives back along the route before the drive ends.
 const DRIVE_BACK_M: f64 = 150.0;
+/// The default `unplanned_stop_s` (SCENARIOS.md).
+const UNPLANNED_STOP_S: f64 = 120.0;
 
-/// One whole drive of `route` at `cruise_mps`, departing at [`T0`]. With `uturn_at_m`, the
-/// vehicle stops there as at a roadblock, turns and drives back along the route, and the drive
-/// ends 150 m back.
+/// One whole drive of `route` at `cruise_mps`, departing at [`T0`], with an incident or none.
 pub fn drive(
     route: &Route,
     cruise_mps: f64,
     gps: Gps,
     seed: u64,
-    uturn_at_m: Option<f64>,
+    incident: Option<Incident>,
 ) -> Track {
     let mut rng = Rng::new(seed);
     let len = route.length();
     let (mut s, mut v, mut t) = (0.0f64, 0.0f64, 0.0f64);
-    // The next traffic light after `s`; the U-turn's stop replaces one due less than 100 m before
-    // it (two stops in a row at 5 s fixes would be one long stop, and rightly raised).
+    let incident_at = incident.map(Incident::at_m);
+    // The next traffic light after `s`; the incident's stop replaces one due less than 100 m
+    // before it (two stops in a row at 5 s fixes would be one long stop, and rightly raised).
     let light = |rng: &mut Rng, s: f64| {
         let at = s + rng.between(300.0, 1_200.0);
-        match uturn_at_m {
-            Some(u) if s < u && at > u - 100.0 => u,
+        match incident_at {
+            Some(u) if s < u - 1.0 && at > u - 100.0 => u,
             _ => at,
         }
     };
     let mut next_light = light(&mut rng, 0.0);
     let mut standing_until: Option<f64> = None;
-    // +1 along the route, -1 back along it after the U-turn.
+    // +1 along the route, -1 back along it after a U-turn.
     let mut direction = 1.0;
-    let mut uturn_due = None;
+    let mut due = None;
     // Position error (east, north), correlated from fix to fix, and the standing walk.
     let (mut err, mut walk) = ([0.0f64; 2], [0.0f64; 2]);
     let rho = (-(gps.interval_s as f64) / ERROR_TIME_CONSTANT_S).exp();
     let (mut fixes, mut truth) = (Vec::new(), Vec::new());
     let mut next_fix = 1.0;
     loop {
-        match uturn_at_m {
-            Some(u) if direction < 0.0 => {
-                if uturn_due.is_none() && s <= u - UTURN_M {
-                    uturn_due = Some(T0.plus_secs(t));
+        match incident {
+            Some(Incident::UTurn { at_m }) if direction < 0.0 => {
+                if due.is_none() && s <= at_m - UTURN_M {
+                    due = Some(T0.plus_secs(t));
                 }
-                if s <= u - DRIVE_BACK_M || s <= 0.0 {
+                if s <= at_m - DRIVE_BACK_M || s <= 0.0 {
                     break;
                 }
             }
@@ -125,7 +154,8 @@ pub fn drive(
             Some(until) if t < until => v = 0.0,
             Some(_) => {
                 standing_until = None;
-                if uturn_at_m.is_some_and(|u| (s - u).abs() < 1.0) {
+                let here = incident.filter(|i| (s - i.at_m()).abs() < 1.0);
+                if let Some(Incident::UTurn { .. }) = here {
                     direction = -1.0;
                     next_light = f64::INFINITY;
                 } else {
@@ -136,7 +166,14 @@ pub fn drive(
                 let to_light = next_light - s;
                 if to_light <= 0.5 && next_light < len - 50.0 {
                     v = 0.0;
-                    standing_until = Some(t + rng.between(15.0, 90.0));
+                    let secs = match incident.filter(|i| (s - i.at_m()).abs() < 1.0) {
+                        Some(Incident::Stop { secs, .. }) => {
+                            due = Some(T0.plus_secs(t + UNPLANNED_STOP_S));
+                            secs
+                        }
+                        _ => rng.between(15.0, 90.0),
+                    };
+                    standing_until = Some(t + secs);
                 } else if v * v / (2.0 * BRAKE_MPS2) >= to_light && next_light < len - 50.0 {
                     v = (v - BRAKE_MPS2 * DT).max(0.8);
                 } else {
@@ -198,11 +235,7 @@ pub fn drive(
             door_open: false,
         });
     }
-    Track {
-        fixes,
-        truth,
-        uturn_due,
-    }
+    Track { fixes, truth, due }
 }
 
 /// Plans and departs a run on `route` as run 0 of a fresh engine, feeds it `fixes` with both

@@ -2,15 +2,17 @@
 //! escorts checking in) at each GPS sigma, fix interval and seed asked for, through the
 //! detection engine. Prints, per sigma and interval, the drives, the fixes and every anomaly
 //! raised on a clean drive (each one a false alarm), so the engine's noise margin is a measured
-//! figure. With `--uturns`, every drive instead stops somewhere along its route as at a
-//! roadblock, turns and drives back: it prints how many U-turns were raised as a roadblock
-//! (recall), how late after the vehicle was 50 m back, and any other anomaly (a false alarm).
+//! figure. With `--incident uturn`, every drive instead stops somewhere along its route as at a
+//! roadblock, turns and drives back; with `--incident stop`, it stands there 3–6 minutes. Then
+//! it prints how many incidents raised their anomaly (recall: `roadblock`, `unplanned_stop`),
+//! how late against when it was due, and any other anomaly (a false alarm).
 //!
-//! cargo run --release -p cit-loadtest --bin noise-sweep -- --sigma 4,8,12,16 --seeds 5 [--uturns]
+//! cargo run --release -p cit-loadtest --bin noise-sweep -- --sigma 4,8,12,16 --seeds 5 \
+//!     [--incident uturn|stop]
 
 use std::collections::BTreeMap;
 
-use cit_loadtest::field_drive::{Gps, Rng, drive, run, since_departure};
+use cit_loadtest::field_drive::{Gps, Incident, Rng, drive, run, since_departure};
 use cit_loadtest::gothenburg_routes;
 use clap::Parser;
 
@@ -28,12 +30,20 @@ struct Args {
     /// Share of fixes thrown 30–80 m off by multipath.
     #[arg(long, default_value_t = 0.01)]
     multipath: f64,
-    /// Drive U-turns instead of clean runs.
-    #[arg(long)]
-    uturns: bool,
+    /// Drive this incident on every run instead of clean runs.
+    #[arg(long, value_enum)]
+    incident: Option<Kind>,
     /// Print every anomaly raised, not only the counts.
     #[arg(long)]
     verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    /// Turned back at a roadblock: a `roadblock`.
+    Uturn,
+    /// Standing 3–6 minutes, engine running: an `unplanned_stop`.
+    Stop,
 }
 
 fn main() {
@@ -59,21 +69,35 @@ fn main() {
                 for seed in 0..args.seeds {
                     let cruise = 9.0 + (seed % 5) as f64;
                     let seed = seed * 1_000 + r as u64;
-                    let uturn_at = args
-                        .uturns
-                        .then(|| 300.0 + (route.length() - 600.0) * Rng::new(seed ^ 0x5eed).unit());
-                    let track = drive(route, cruise, gps, seed, uturn_at);
+                    let incident = args.incident.map(|kind| {
+                        let mut rng = Rng::new(seed ^ 0x5eed);
+                        let at_m = 300.0 + (route.length() - 600.0) * rng.unit();
+                        match kind {
+                            Kind::Uturn => Incident::UTurn { at_m },
+                            Kind::Stop => Incident::Stop {
+                                at_m,
+                                secs: rng.between(180.0, 360.0),
+                            },
+                        }
+                    });
+                    let track = drive(route, cruise, gps, seed, incident);
                     drives += 1;
                     fixes += track.fixes.len();
                     let mut raised = run(route, &track.fixes);
-                    // The U-turn's roadblock (the first one) is the one expected.
-                    if let Some(due) = track.uturn_due {
-                        if let Some(i) = raised.iter().position(|a| a.kind.as_str() == "roadblock")
+                    // The incident's anomaly (the first of its kind) is the one expected.
+                    if let (Some(incident), Some(due)) = (incident, track.due) {
+                        match raised
+                            .iter()
+                            .position(|a| a.kind.as_str() == incident.kind())
                         {
-                            caught += 1;
-                            late_s.push(raised.remove(i).at.secs_since(due));
-                        } else if args.verbose {
-                            println!("  route {r} seed {seed}: U-turn at {uturn_at:?} m missed");
+                            Some(i) => {
+                                caught += 1;
+                                late_s.push(raised.remove(i).at.secs_since(due));
+                            }
+                            None if args.verbose => {
+                                println!("  route {r} seed {seed}: {incident:?} missed")
+                            }
+                            None => {}
                         }
                     }
                     for a in raised {
@@ -91,10 +115,10 @@ fn main() {
                 }
             }
             let total: usize = by_kind.values().sum();
-            let uturns = if args.uturns {
+            let recall = if args.incident.is_some() {
                 late_s.sort_by(f64::total_cmp);
                 format!(
-                    "{caught} of {drives} U-turns raised, seconds after 50 m back: min {:.0} median {:.0} max {:.0}; ",
+                    "{caught} of {drives} incidents raised, seconds after due: min {:.0} median {:.0} max {:.0}; ",
                     late_s.first().unwrap_or(&f64::NAN),
                     late_s.get(late_s.len() / 2).unwrap_or(&f64::NAN),
                     late_s.last().unwrap_or(&f64::NAN)
@@ -104,7 +128,7 @@ fn main() {
             };
             println!(
                 "sigma {sigma_m:>4.1} m, every {interval_s} s: {drives} drives, {fixes} fixes, \
-                 {uturns}{total} false alarms {by_kind:?}"
+                 {recall}{total} false alarms {by_kind:?}"
             );
         }
     }
