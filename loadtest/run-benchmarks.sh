@@ -41,5 +41,13 @@ target/release/ingest --seconds "$secs" --peer-postgres "host=127.0.0.1 port=$pg
 echo; echo "== detection engine per fix (one core; peer: PostGIS answering the corridor and zone questions)"
 target/release/engine-bench --peer-postgis "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"
 
+echo; echo "== detection engine per fix, criterion (peer: the same questions by scanning every segment and zone)"
+cargo bench -q -p cit-loadtest --bench engine
+
+echo; echo "== detection under GPS error: false alarms on clean runs, then U-turns and long stops raised"
+target/release/noise-sweep --sigma 4,8,12,16 --seeds 10
+target/release/noise-sweep --sigma 4,8,12 --seeds 10 --incident uturn
+target/release/noise-sweep --sigma 4,8,12 --seeds 10 --incident stop
+
 echo; echo "== dispatch and audit under load (10,000 active runs; peers: no watcher; goals)"
 target/release/dispatch-bench --runs 10000 --seconds "$secs" --watchers 100 --rate 50000 --long-run-hours 8
