@@ -183,9 +183,9 @@ impl ProgressTracker {
                     // only where its heading shows it running that part's way: a fix beyond
                     // reach on a part running against it, or from a vehicle too slow to have a
                     // heading, is GPS error onto a nearby part (a loop, the other side of a
-                    // block), not a place the vehicle reached.
-                    // Nor is a position well ahead on a part running against the vehicle: running
-                    // against the route takes progress back, never forward.
+                    // block), not a place the vehicle reached. Nor is a position well ahead on a
+                    // part running against the vehicle: running against the route takes progress
+                    // back, never forward.
                     let best = cands
                         .iter()
                         .filter(|c| {
@@ -238,15 +238,7 @@ impl ProgressTracker {
                         None => {
                             self.lost += 1;
                             if self.lost >= LOST_FIXES_BEFORE_REACQUIRE {
-                                let s = cands
-                                    .iter()
-                                    .min_by(|a, b| {
-                                        (a.lateral + heading_cost(a))
-                                            .total_cmp(&(b.lateral + heading_cost(b)))
-                                    })
-                                    .map(|c| c.s)
-                                    .unwrap_or(prev);
-                                self.jump_to(s);
+                                self.jump_to(global.map_or(prev, |c| c.s));
                             }
                         }
                     }
