@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cit_domain::DetectionParams;
 use cit_engine::Engine;
 use cit_loadtest::engine_drive::{
-    Questions, Scan, fixes_event, latlons, next_step, plan, register_checkpoints, vehicles,
+    Answer, Questions, Scan, fixes_event, latlons, next_step, plan, register_checkpoints, vehicles,
 };
 use cit_loadtest::{FixSample, Route, SimVehicle, gothenburg_routes};
 use criterion::{Criterion, Throughput};
@@ -97,6 +97,22 @@ fn timed<T>(
     total
 }
 
+/// Times `ask` answering the questions for `iters` fixes of the drive.
+fn asked(
+    drive: &mut Drive,
+    iters: u64,
+    mut ask: impl FnMut(usize, &FixSample) -> Answer,
+) -> Duration {
+    timed(
+        drive,
+        iters,
+        |_, f| f.clone(),
+        |_, run, f| {
+            black_box(ask(run, f));
+        },
+    )
+}
+
 /// Time and fixes over every timed iteration of one measurement (warm-up included).
 #[derive(Default, Clone, Copy)]
 struct Total {
@@ -145,29 +161,34 @@ fn per_fix(c: &mut Criterion) -> [Total; 3] {
     let mut questions = Questions::new(ZONES, &routes, &fleet);
     group.bench_function("corridor + zone questions, indexed", |b| {
         b.iter_custom(|iters| {
-            let time = timed(
-                &mut drive,
-                iters,
-                |_, f| f.clone(),
-                |_, run, f| {
-                    black_box(questions.ask(run, f, corridor_m));
-                },
-            );
+            let time = asked(&mut drive, iters, |run, f| {
+                questions.ask(run, f, corridor_m)
+            });
             totals[1].add(time, iters)
         })
     });
 
     let scan = Scan::new(ZONES, &routes, &fleet);
+    // The peer must answer the same questions the same way: one step of the fleet, compared.
+    let step = drive.step();
+    let agree = step
+        .iter()
+        .enumerate()
+        .filter(|(run, f)| {
+            let (ours, theirs) = (
+                questions.ask(*run, f, corridor_m),
+                scan.ask(*run, f, corridor_m),
+            );
+            (ours.0 - theirs.0).abs() <= 1.0 && ours.2 == theirs.2
+        })
+        .count();
+    println!(
+        "answers agree with the scan on {agree} of {} fixes (distance within 1 m, same checkpoints)",
+        step.len()
+    );
     group.bench_function("corridor + zone questions, scan (peer)", |b| {
         b.iter_custom(|iters| {
-            let time = timed(
-                &mut drive,
-                iters,
-                |_, f| f.clone(),
-                |_, run, f| {
-                    black_box(scan.ask(run, f, corridor_m));
-                },
-            );
+            let time = asked(&mut drive, iters, |run, f| scan.ask(run, f, corridor_m));
             totals[2].add(time, iters)
         })
     });
