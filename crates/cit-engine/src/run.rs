@@ -55,6 +55,8 @@ struct Params(Option<Box<DetectionParams>>);
 
 /// How many times its reported accuracy a standing fix may lie beyond the stop radius.
 const STOP_ACCURACIES: f64 = 2.0;
+/// Far fixes in a row, agreeing with each other, that end a stop.
+const STOP_END_FIXES: u32 = 3;
 
 static DEFAULT_PARAMS: LazyLock<DetectionParams> = LazyLock::new(DetectionParams::default);
 
@@ -80,13 +82,22 @@ enum Status {
 }
 
 /// A1: the vehicle standing still (speed below `stop_speed_mps`, within `stop_radius_m` of the
-/// episode's mean position). A single fix far off (multipath) is set aside; two in a row end it.
+/// episode's mean position, widened by the fixes' reported accuracy). A single fix far off
+/// (multipath) is set aside; three in a row that agree with each other end it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct StopEpisode {
     start: Millis,
     sum: [f64; 2],
     n: u32,
     outlier_pending: bool,
+    /// Where the first far fix set aside lay (absent in snapshots written before it was kept),
+    /// how many far fixes in a row agree with it, and the sum of their positions.
+    #[serde(default)]
+    pending_at: Option<[f64; 2]>,
+    #[serde(default)]
+    far_fixes: u32,
+    #[serde(default)]
+    far_sum: [f64; 2],
     door_opened: bool,
     engine_off: bool,
     generation: u64,
@@ -590,9 +601,27 @@ impl RunState {
                 ep.engine_off |= !fix.ignition;
                 return;
             }
-            if !ep.outlier_pending {
-                // One far fix may be multipath; wait for the next one.
+            // A far fix may be multipath: the stop ends only after three in a row that agree
+            // with each other (the vehicle crept off, still too slowly to count as moving).
+            // Far fixes scattered apart are multipath, and so, at 1 % a fix, are two in a row.
+            if !ep.outlier_pending || ep.pending_at.is_some_and(|q| dist(p, q) > radius) {
                 ep.outlier_pending = true;
+                ep.pending_at = Some(p);
+                ep.far_fixes = 1;
+                ep.far_sum = p;
+                return;
+            }
+            ep.far_fixes += 1;
+            ep.far_sum = [ep.far_sum[0] + p[0], ep.far_sum[1] + p[1]];
+            if ep.far_fixes < STOP_END_FIXES {
+                return;
+            }
+            if ep.n < ep.far_fixes {
+                // The stop's first fixes were the multipath ones (the speed says the vehicle has
+                // been standing all along): the same stop, placed where the others agree.
+                ep.sum = ep.far_sum;
+                ep.n = ep.far_fixes;
+                ep.outlier_pending = false;
                 return;
             }
         }
@@ -602,6 +631,9 @@ impl RunState {
             sum: p,
             n: 1,
             outlier_pending: false,
+            pending_at: None,
+            far_fixes: 0,
+            far_sum: [0.0; 2],
             door_opened: fix.door_open,
             engine_off: !fix.ignition,
             generation: self.episode_gen,

@@ -165,14 +165,15 @@ fn quiet() -> DetectionParams {
     }
 }
 
-/// Stands at `s` from second `t0` for `secs`, drifting a few metres (and optionally one jump).
-fn park(w: &mut World, t0: f64, s: f64, secs: u32, jump_at: Option<u32>) {
+/// Stands at `s` from second `t0` for `secs`, drifting a few metres, with an 80 m multipath jump
+/// at each of the fixes `jumps` (counted from 0).
+fn park(w: &mut World, t0: f64, s: f64, secs: u32, jumps: &[u32]) {
     for i in 0..secs {
         let drift = (
             (f64::from(i) * 0.7).sin() * 6.0,
             (f64::from(i) * 0.3).cos() * 5.0,
         );
-        let east = if Some(i) == jump_at { 80.0 } else { drift.0 };
+        let east = if jumps.contains(&i) { 80.0 } else { drift.0 };
         let (p, _) = along(&w.route, s + drift.1, east);
         w.fix_at(t0 + f64::from(i), p, 0.2, 90.0, true, false);
     }
@@ -182,16 +183,30 @@ fn park(w: &mut World, t0: f64, s: f64, secs: u32, jump_at: Option<u32>) {
 fn a1_unplanned_stop_with_parked_drift_and_one_multipath_jump_is_one_anomaly_at_start_plus_120s() {
     let mut w = World::new(quiet(), vec![]);
     let s = w.drive(0.0, 0.0, 10.0, 30);
-    park(&mut w, 30.0, s, 300, Some(60));
+    park(&mut w, 30.0, s, 300, &[60]);
     w.drive(330.0, s, 10.0, 10);
     assert_eq!(w.at(AnomalyKind::UnplannedStop), [150.0]);
+}
+
+#[test]
+fn a1_multipath_fixes_in_a_row_while_parked_or_first_do_not_split_the_stop() {
+    // Two 80 m jumps in a row, the same way, mid-stop; and two as the stop's very first fixes
+    // (its position then rests on them until the others outvote them). One stop each, judged
+    // from its first slow fix.
+    for (jumps, at) in [(&[60, 61][..], 150.0), (&[0, 1][..], 150.0)] {
+        let mut w = World::new(quiet(), vec![]);
+        let s = w.drive(0.0, 0.0, 10.0, 30);
+        park(&mut w, 30.0, s, 300, jumps);
+        w.drive(330.0, s, 10.0, 10);
+        assert_eq!(w.at(AnomalyKind::UnplannedStop), [at], "jumps at {jumps:?}");
+    }
 }
 
 #[test]
 fn a1_traffic_light_stop_just_under_the_threshold_raises_nothing() {
     let mut w = World::new(quiet(), vec![]);
     let s = w.drive(0.0, 0.0, 10.0, 30);
-    park(&mut w, 30.0, s, 119, None);
+    park(&mut w, 30.0, s, 119, &[]);
     w.drive(149.0, s, 10.0, 10);
     assert!(w.kinds().is_empty(), "{:?}", w.raised);
 }
@@ -207,7 +222,7 @@ fn a1_a_reported_jam_covers_the_stop() {
         note: String::new(),
         at: T0.plus_secs(100.0),
     });
-    park(&mut w, 30.0, s, 300, None);
+    park(&mut w, 30.0, s, 300, &[]);
     assert!(
         w.at(AnomalyKind::UnplannedStop).is_empty(),
         "{:?}",
@@ -231,7 +246,7 @@ fn a1_a_stop_inside_a_registered_checkpoint_is_exempt_and_outside_its_window_is_
             },
             at: T0,
         });
-        park(&mut w, 30.0, s, 200, None);
+        park(&mut w, 30.0, s, 200, &[]);
         assert_eq!(
             w.at(AnomalyKind::UnplannedStop).len(),
             expected,
@@ -476,7 +491,7 @@ fn a8_handover_away_from_the_stop_and_not_for_one_multipath_fix() {
     };
     let mut w = World::new(quiet(), vec![stop]);
     w.drive(0.0, 0.0, 10.0, 30);
-    park(&mut w, 30.0, 300.0, 10, Some(9));
+    park(&mut w, 30.0, 300.0, 10, &[9]);
     let handover = |w: &mut World, t: f64| {
         w.feed(Event::CashBoxesHandedOver {
             run_id: "R-1".into(),
@@ -516,7 +531,7 @@ fn replaying_the_same_log_yields_the_same_anomaly_ids() {
     let run = || {
         let mut w = World::new(DetectionParams::default(), vec![]);
         let s = w.drive(0.0, 0.0, 10.0, 30);
-        park(&mut w, 30.0, s, 200, Some(50));
+        park(&mut w, 30.0, s, 200, &[50]);
         w.feed(Event::ClockTicked {
             at: T0.plus_secs(2000.0),
         });
@@ -533,7 +548,7 @@ fn a_snapshot_mid_run_resumes_exactly() {
     // engine raises exactly what the original raises from there.
     let mut w = World::new(DetectionParams::default(), vec![]);
     let s = w.drive(0.0, 0.0, 10.0, 30);
-    park(&mut w, 30.0, s, 60, None);
+    park(&mut w, 30.0, s, 60, &[]);
     let mut bytes = Vec::new();
     ciborium::into_writer(&w.engine, &mut bytes).expect("snapshot");
     let restored: Engine = ciborium::from_reader(bytes.as_slice()).expect("restore");
@@ -546,7 +561,7 @@ fn a_snapshot_mid_run_resumes_exactly() {
         raised: vec![],
     };
     for x in [&mut w, &mut twin] {
-        park(x, 90.0, s, 120, Some(20));
+        park(x, 90.0, s, 120, &[20]);
         x.drive(210.0, s, 10.0, 30);
         x.feed(Event::ClockTicked {
             at: T0.plus_secs(2000.0),
