@@ -3,10 +3,12 @@
 //! the streaming load driver and small reporting helpers shared by the benchmark binaries (our
 //! figure, the peer's, the ratio), and [`engine_drive`], the same fleet fed straight to a
 //! detection engine (engine-bench and the clean-drive tests), and [`field_drive`], whole runs
-//! with the scenario generator's kind of GPS error at any strength (the false-alarm sweeps).
+//! with the scenario generator's kind of GPS error at any strength (the false-alarm sweeps), on
+//! the public routes or on new ones planned over the drivable network ([`network`]).
 
 pub mod engine_drive;
 pub mod field_drive;
+pub mod network;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
-//! Detection against GPS error: every public Gothenburg route driven whole (traffic stops,
-//! escorts checking in) at each GPS sigma, fix interval and seed asked for, through the
-//! detection engine. Prints, per sigma and interval, the drives, the fixes and every anomaly
+//! Detection against GPS error: every public Gothenburg route (or, with `--network N`, N new
+//! fastest routes over the drivable network) driven whole (traffic stops, escorts checking in)
+//! at each GPS sigma, fix interval and seed asked for, through the detection engine. Prints, per sigma and interval, the drives, the fixes and every anomaly
 //! raised on a clean drive (each one a false alarm), so the engine's noise margin is a measured
 //! figure. With `--incident uturn`, every drive instead stops somewhere along its route as at a
 //! roadblock, turns and drives back; with `--incident stop`, it stands there 3–6 minutes. Then
@@ -8,12 +8,13 @@
 //! how late against when it was due, and any other anomaly (a false alarm).
 //!
 //! cargo run --release -p cit-loadtest --bin noise-sweep -- --sigma 4,8,12,16 --seeds 5 \
-//!     [--incident uturn|stop]
+//!     [--incident uturn|stop] [--network 100]
 
 use std::collections::BTreeMap;
 
 use cit_loadtest::field_drive::{Gps, Incident, Rng, drive, run, since_departure};
 use cit_loadtest::gothenburg_routes;
+use cit_loadtest::network::Network;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,11 @@ struct Args {
     /// Drive this incident on every run instead of clean runs.
     #[arg(long, value_enum)]
     incident: Option<Kind>,
+    /// Drive this many new routes, fastest paths between random places 2–8 km apart over the
+    /// Gothenburg drivable network (as the held-out routes are planned), instead of the 20
+    /// public ones.
+    #[arg(long)]
+    network: Option<usize>,
     /// Print every anomaly raised, not only the counts.
     #[arg(long)]
     verbose: bool,
@@ -48,7 +54,12 @@ enum Kind {
 
 fn main() {
     let args = Args::parse();
-    let routes = gothenburg_routes().expect("the shared data's Gothenburg routes");
+    let routes = match args.network {
+        Some(n) => Network::gothenburg()
+            .expect("the shared data's Gothenburg network")
+            .random_routes(n, 42, 2_000.0, 8_000.0),
+        None => gothenburg_routes().expect("the shared data's Gothenburg routes"),
+    };
     println!(
         "{} routes, {} seeds each, multipath {:.1} %",
         routes.len(),
@@ -92,7 +103,13 @@ fn main() {
                         {
                             Some(i) => {
                                 caught += 1;
-                                late_s.push(raised.remove(i).at.secs_since(due));
+                                let late = raised.remove(i).at.secs_since(due);
+                                if args.verbose {
+                                    println!(
+                                        "  route {r} seed {seed}: {incident:?} raised {late:+.0} s"
+                                    );
+                                }
+                                late_s.push(late);
                             }
                             None if args.verbose => {
                                 println!("  route {r} seed {seed}: {incident:?} missed")
