@@ -93,6 +93,17 @@ pub fn next_step(
 /// Plans run `R-{i}` for vehicle `V-{i}` on `route` (two escorts, default parameters, no stops)
 /// and departs it at [`T0`].
 pub fn plan(engine: &mut Engine, pos: &mut u64, i: usize, route: Vec<LatLon>) {
+    plan_with(engine, pos, i, route, DetectionParams::default());
+}
+
+/// [`plan`] with the run's own detection parameters.
+pub fn plan_with(
+    engine: &mut Engine,
+    pos: &mut u64,
+    i: usize,
+    route: Vec<LatLon>,
+    params: DetectionParams,
+) {
     let run_id = format!("R-{i}");
     let vehicle_id = format!("V-{i}");
     let planned = Event::RunPlanned {
@@ -102,7 +113,7 @@ pub fn plan(engine: &mut Engine, pos: &mut u64, i: usize, route: Vec<LatLon>) {
         escort_ids: vec!["E-1".into(), "E-2".into()],
         route,
         stops: vec![],
-        params: DetectionParams::default(),
+        params,
         cash_boxes: vec![],
         at: T0,
     };

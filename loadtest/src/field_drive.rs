@@ -7,11 +7,11 @@
 //! Used by the field-drive tests and the `noise-sweep` binary.
 
 use cit_domain::event::{Anomaly, Event};
-use cit_domain::{CheckInCode, Fix, LatLon, Millis};
+use cit_domain::{CheckInCode, DetectionParams, Fix, LatLon, Millis};
 use cit_engine::Engine;
 
 use crate::Route;
-use crate::engine_drive::{T0, fixes_event, latlons, plan};
+use crate::engine_drive::{T0, fixes_event, latlons, plan_with};
 
 /// The GPS error of a drive.
 #[derive(Debug, Clone, Copy)]
@@ -75,10 +75,11 @@ pub struct Track {
 #[derive(Debug, Clone, Copy)]
 pub enum Incident {
     /// The vehicle stops `at_m` along the route as at a roadblock, turns and drives back along
-    /// it; the drive ends 150 m back. A `roadblock`, due when the vehicle is [`UTURN_M`] back.
+    /// it; the drive ends 150 m back (or `uturn_m` + 100 m, when more). A `roadblock`, due when
+    /// the vehicle is `uturn_m` back.
     UTurn { at_m: f64 },
     /// The vehicle stands `secs` `at_m` along the route, engine running, then drives on. An
-    /// `unplanned_stop`, due `unplanned_stop_s` (120 s) after it came to a stand.
+    /// `unplanned_stop`, due `unplanned_stop_s` after it came to a stand.
     Stop { at_m: f64, secs: f64 },
 }
 
@@ -98,21 +99,20 @@ impl Incident {
     }
 }
 
-/// How far back along the route a U-turn must take the vehicle to be one (SCENARIOS.md).
-pub const UTURN_M: f64 = 50.0;
 /// How far a turned vehicle drives back along the route before the drive ends.
 const DRIVE_BACK_M: f64 = 150.0;
-/// The default `unplanned_stop_s` (SCENARIOS.md).
-const UNPLANNED_STOP_S: f64 = 120.0;
 
-/// One whole drive of `route` at `cruise_mps`, departing at [`T0`], with an incident or none.
+/// One whole drive of `route` at `cruise_mps`, departing at [`T0`], with an incident or none;
+/// its anomaly is due by the run's `params`.
 pub fn drive(
     route: &Route,
     cruise_mps: f64,
     gps: Gps,
     seed: u64,
     incident: Option<Incident>,
+    params: &DetectionParams,
 ) -> Track {
+    let drive_back_m = DRIVE_BACK_M.max(params.uturn_m + 100.0);
     let mut rng = Rng::new(seed);
     let len = route.length();
     let (mut s, mut v, mut t) = (0.0f64, 0.0f64, 0.0f64);
@@ -139,10 +139,10 @@ pub fn drive(
     loop {
         match incident {
             Some(Incident::UTurn { at_m }) if direction < 0.0 => {
-                if due.is_none() && s <= at_m - UTURN_M {
+                if due.is_none() && s <= at_m - params.uturn_m {
                     due = Some(T0.plus_secs(t));
                 }
-                if s <= at_m - DRIVE_BACK_M || s <= 0.0 {
+                if s <= at_m - drive_back_m || s <= 0.0 {
                     break;
                 }
             }
@@ -168,10 +168,11 @@ pub fn drive(
                     v = 0.0;
                     let secs = match incident.filter(|i| (s - i.at_m()).abs() < 1.0) {
                         Some(Incident::Stop { secs, .. }) => {
-                            due = Some(T0.plus_secs(t + UNPLANNED_STOP_S));
+                            due = Some(T0.plus_secs(t + params.unplanned_stop_s));
                             secs
                         }
-                        _ => rng.between(15.0, 90.0),
+                        // A traffic light is never long enough for an unplanned stop.
+                        _ => rng.between(15.0, 90f64.min(params.unplanned_stop_s - 15.0).max(16.0)),
                     };
                     standing_until = Some(t + secs);
                 } else if v * v / (2.0 * BRAKE_MPS2) >= to_light && next_light < len - 50.0 {
@@ -238,14 +239,16 @@ pub fn drive(
     Track { fixes, truth, due }
 }
 
-/// Plans and departs a run on `route` as run 0 of a fresh engine, feeds it `fixes` with both
-/// escorts checking in every five minutes, and returns what the engine raised.
-pub fn run(route: &Route, fixes: &[Fix]) -> Vec<Anomaly> {
+/// Plans and departs a run on `route` with `params` as run 0 of a fresh engine, feeds it `fixes`
+/// with both escorts checking in twice per check-in interval (at most every five minutes), and
+/// returns what the engine raised.
+pub fn run(route: &Route, fixes: &[Fix], params: &DetectionParams) -> Vec<Anomaly> {
     let mut engine = Engine::new();
     let mut pos = 0;
-    plan(&mut engine, &mut pos, 0, latlons(route));
+    plan_with(&mut engine, &mut pos, 0, latlons(route), params.clone());
     let mut raised = Vec::new();
-    let mut next_checkin = T0.plus_secs(300.0);
+    let every_s = (params.checkin_interval_s / 2.0).min(300.0);
+    let mut next_checkin = T0.plus_secs(every_s);
     for f in fixes {
         while next_checkin <= f.t {
             for person in ["E-1", "E-2"] {
@@ -258,7 +261,7 @@ pub fn run(route: &Route, fixes: &[Fix]) -> Vec<Anomaly> {
                 };
                 raised.extend(engine.handle(pos, &checkin));
             }
-            next_checkin = next_checkin.plus_secs(300.0);
+            next_checkin = next_checkin.plus_secs(every_s);
         }
         pos += 1;
         raised.extend(engine.handle(pos, &fixes_event(0, vec![f.clone()])));

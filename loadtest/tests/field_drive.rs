@@ -6,11 +6,16 @@
 //! unplanned stop (A1), once and no later than the rule's time plus one fix interval.
 //! (`noise-sweep` drives more seeds, routes and sigmas and prints the counts.)
 
-use cit_domain::LatLon;
+use std::sync::LazyLock;
+
+use cit_domain::{DetectionParams, LatLon};
 use cit_engine::frame::haversine_m;
 use cit_loadtest::field_drive::{Gps, Incident, Rng, Track, drive, run};
 use cit_loadtest::network::Network;
 use cit_loadtest::{Route, gothenburg_routes};
+
+/// The runs' detection parameters: SCENARIOS.md's defaults.
+static DEFAULT: LazyLock<DetectionParams> = LazyLock::new(DetectionParams::default);
 
 fn gps(sigma_m: f64, interval_s: u32) -> Gps {
     Gps {
@@ -43,9 +48,10 @@ fn sweep(routes: &[Route], sigma_m: f64) -> Vec<String> {
                 gps(sigma_m, interval_s),
                 seed,
                 None,
+                &DEFAULT,
             );
             raised.extend(
-                run(route, &track.fixes)
+                run(route, &track.fixes, &DEFAULT)
                     .into_iter()
                     .map(|a| format!("route {r} every {interval_s} s: {} {}", a.id, a.summary)),
             );
@@ -89,10 +95,11 @@ fn u_turns_with_sigma_4_m_gps_error_are_raised_as_roadblocks() {
                 gps(4.0, interval_s),
                 seed,
                 Some(Incident::UTurn { at_m: at }),
+                &DEFAULT,
             );
             let due = track.due.expect("the drive turned back");
             let mut seen = false;
-            for a in run(route, &track.fixes) {
+            for a in run(route, &track.fixes, &DEFAULT) {
                 let late_s = a.at.secs_since(due);
                 if a.kind.as_str() == "roadblock" && !seen && late_s.abs() <= 30.0 {
                     seen = true;
@@ -129,9 +136,16 @@ fn stops_not_raised_once_in_time(routes: &[Route]) -> Vec<String> {
                 at_m,
                 secs: rng.between(180.0, 360.0),
             };
-            let track = drive(route, 11.0, gps(8.0, interval_s), seed, Some(stop));
+            let track = drive(
+                route,
+                11.0,
+                gps(8.0, interval_s),
+                seed,
+                Some(stop),
+                &DEFAULT,
+            );
             let due = track.due.expect("the drive stopped");
-            let anomalies = run(route, &track.fixes);
+            let anomalies = run(route, &track.fixes, &DEFAULT);
             // Due counts from when the vehicle stood; the rule's start is the first slow fix.
             let in_time = |late: f64| (-1.0..=f64::from(interval_s) + 1.0).contains(&late);
             let once_in_time = matches!(anomalies.as_slice(), [a]
@@ -166,7 +180,7 @@ fn long_stops_on_new_routes_over_the_network_are_raised_once_in_time() {
 #[test]
 fn the_simulated_gps_has_the_error_stops_and_outliers_asked_for() {
     let routes = public_routes();
-    let Track { fixes, truth, .. } = drive(&routes[0], 11.0, gps(8.0, 1), 7, None);
+    let Track { fixes, truth, .. } = drive(&routes[0], 11.0, gps(8.0, 1), 7, None, &DEFAULT);
     let errors: Vec<f64> = fixes
         .iter()
         .zip(&truth)

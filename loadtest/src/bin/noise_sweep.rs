@@ -3,7 +3,7 @@
 //! at each GPS sigma, fix interval and seed asked for, through the detection engine. Prints, per sigma and interval, the drives, the fixes and every anomaly
 //! raised on a clean drive (each one a false alarm), so the engine's noise margin is a measured
 //! figure. With `--incident uturn`, every drive instead stops somewhere along its route as at a
-//! roadblock, turns and drives back; with `--incident stop`, it stands there 3–6 minutes. Then
+//! roadblock, turns and drives back; with `--incident stop`, it stands there 1–4 minutes longer than `unplanned_stop_s`. Then
 //! it prints how many incidents raised their anomaly (recall: `roadblock`, `unplanned_stop`),
 //! how late against when it was due, and any other anomaly (a false alarm).
 //!
@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use cit_domain::DetectionParams;
 use cit_loadtest::field_drive::{Gps, Incident, Rng, drive, run, since_departure};
 use cit_loadtest::gothenburg_routes;
 use cit_loadtest::network::Network;
@@ -39,6 +40,10 @@ struct Args {
     /// public ones.
     #[arg(long)]
     network: Option<usize>,
+    /// Detection parameters of every run, as SCENARIOS.md's `params` (JSON, e.g.
+    /// '{"uturn_m": 80, "corridor_m": 40}'); the rest keep their defaults.
+    #[arg(long)]
+    params: Option<String>,
     /// Print every anomaly raised, not only the counts.
     #[arg(long)]
     verbose: bool,
@@ -52,8 +57,23 @@ enum Kind {
     Stop,
 }
 
+/// The defaults with the overrides given, as a scenario's `params` object.
+fn detection_params(overrides: Option<&str>) -> DetectionParams {
+    let mut value = serde_json::to_value(DetectionParams::default()).expect("params serialize");
+    if let Some(text) = overrides {
+        let given: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).expect("--params: a JSON object");
+        for (k, v) in given {
+            assert!(value.get(&k).is_some(), "--params: no parameter {k}");
+            value[k] = v;
+        }
+    }
+    serde_json::from_value(value).expect("--params: numbers")
+}
+
 fn main() {
     let args = Args::parse();
+    let params = detection_params(args.params.as_deref());
     let routes = match args.network {
         Some(n) => Network::gothenburg()
             .expect("the shared data's Gothenburg network")
@@ -87,14 +107,14 @@ fn main() {
                             Kind::Uturn => Incident::UTurn { at_m },
                             Kind::Stop => Incident::Stop {
                                 at_m,
-                                secs: rng.between(180.0, 360.0),
+                                secs: params.unplanned_stop_s + rng.between(60.0, 240.0),
                             },
                         }
                     });
-                    let track = drive(route, cruise, gps, seed, incident);
+                    let track = drive(route, cruise, gps, seed, incident, &params);
                     drives += 1;
                     fixes += track.fixes.len();
-                    let mut raised = run(route, &track.fixes);
+                    let mut raised = run(route, &track.fixes, &params);
                     // The incident's anomaly (the first of its kind) is the one expected.
                     if let (Some(incident), Some(due)) = (incident, track.due) {
                         match raised
