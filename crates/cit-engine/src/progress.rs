@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use cit_domain::{DetectionParams, Fix, Millis};
 
-use crate::frame::angle_between;
+use crate::frame::{angle_between, dist};
 use crate::route::{Candidate, NearSegments, RouteIndex};
 
 /// Below this speed the heading is noise.
@@ -64,6 +64,12 @@ pub struct ProgressTracker {
     /// Fixes that could not place the vehicle yet (see first acquisition).
     #[serde(default)]
     ambiguous_fixes: u32,
+    /// Where and when the last fix near the route lay (one set aside as a jump aside), and
+    /// whether the latest fix was set aside as a jump (see `update`).
+    #[serde(default)]
+    last_placed: Option<([f64; 2], Millis)>,
+    #[serde(default)]
+    jumped: bool,
     #[serde(skip)]
     near: NearSegments,
 }
@@ -122,6 +128,23 @@ impl ProgressTracker {
         };
         if standing {
             cands.clear();
+            // Standing fixes break a run of fixes "in a row" towards another part of the route.
+            self.switching = 0;
+        }
+        // A fix farther from the last one near the route than the vehicle could have driven
+        // since is a multipath jump (along the road it looks like progress far ahead): it moves
+        // nothing. Only one: a second in a row is believed (the first may have been the bad one).
+        let jump = !standing
+            && !self.jumped
+            && self.last_placed.is_some_and(|(q, at)| {
+                let dt = t.secs_since(at).clamp(0.0, 600.0);
+                dist(p, q) > (speed_mps.max(3.0) + 5.0) * dt + 30.0
+            });
+        self.jumped = jump;
+        if jump {
+            cands.clear();
+        } else if !cands.is_empty() {
+            self.last_placed = Some((p, t));
         }
         let use_heading = speed_mps >= HEADING_MIN_SPEED_MPS;
         // Grows with the angle (nothing running the vehicle's way, half across it, all against
