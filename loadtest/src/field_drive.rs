@@ -117,6 +117,8 @@ pub fn drive(
     let len = route.length();
     let (mut s, mut v, mut t) = (0.0f64, 0.0f64, 0.0f64);
     let incident_at = incident.map(Incident::at_m);
+    // The incident, when the vehicle is at its place.
+    let incident_here = |s: f64| incident.filter(|i| (s - i.at_m()).abs() < 1.0);
     // The next traffic light after `s`; the incident's stop replaces one due less than 100 m
     // before it (two stops in a row at 5 s fixes would be one long stop, and rightly raised).
     let light = |rng: &mut Rng, s: f64| {
@@ -154,8 +156,7 @@ pub fn drive(
             Some(until) if t < until => v = 0.0,
             Some(_) => {
                 standing_until = None;
-                let here = incident.filter(|i| (s - i.at_m()).abs() < 1.0);
-                if let Some(Incident::UTurn { .. }) = here {
+                if let Some(Incident::UTurn { .. }) = incident_here(s) {
                     direction = -1.0;
                     next_light = f64::INFINITY;
                 } else {
@@ -166,7 +167,7 @@ pub fn drive(
                 let to_light = next_light - s;
                 if to_light <= 0.5 && next_light < len - 50.0 {
                     v = 0.0;
-                    let secs = match incident.filter(|i| (s - i.at_m()).abs() < 1.0) {
+                    let secs = match incident_here(s) {
                         Some(Incident::Stop { secs, .. }) => {
                             due = Some(T0.plus_secs(t + params.unplanned_stop_s));
                             secs
