@@ -84,6 +84,12 @@ pub struct ProgressUpdate {
     pub falling_fixes: u32,
 }
 
+/// How far along the route a vehicle at this speed can have come in `dt_s` seconds, with room
+/// for GPS error and for its speed changing.
+fn reach_m(speed_mps: f64, dt_s: f64) -> f64 {
+    (speed_mps.max(3.0) + 5.0) * dt_s.clamp(0.0, 600.0) + 30.0
+}
+
 impl ProgressTracker {
     /// Feeds one fix, at `p` in the route's frame, under the run's parameters (`corridor_m`: how
     /// far from the route a fix may be and still count as on it; `uturn_m`: the fall that counts;
@@ -136,10 +142,9 @@ impl ProgressTracker {
         // nothing. Only one: a second in a row is believed (the first may have been the bad one).
         let jump = !standing
             && !self.jumped
-            && self.last_placed.is_some_and(|(q, at)| {
-                let dt = t.secs_since(at).clamp(0.0, 600.0);
-                dist(p, q) > (speed_mps.max(3.0) + 5.0) * dt + 30.0
-            });
+            && self
+                .last_placed
+                .is_some_and(|(q, at)| dist(p, q) > reach_m(speed_mps, t.secs_since(at)));
         self.jumped = jump;
         if jump {
             cands.clear();
@@ -151,14 +156,15 @@ impl ProgressTracker {
         // it): in a turn the heading lies between two segments' bearings, and a part of the
         // route 70° off it is a worse match than one 10° off, not an equal one. The curve is a
         // smoothstep, within 0.02 of (1 - cos) / 2 and without trigonometry on the hot path.
-        let heading_cost = |c: &Candidate| {
+        let angle_cost = |angle: f64| {
             if use_heading {
-                let x = angle_between(c.bearing, heading_deg) / 180.0;
+                let x = angle / 180.0;
                 AGAINST_HEADING_PENALTY_M * x * x * (3.0 - 2.0 * x)
             } else {
                 0.0
             }
         };
+        let heading_cost = |c: &Candidate| angle_cost(angle_between(c.bearing, heading_deg));
         if !cands.is_empty() {
             match self.s {
                 None => {
@@ -199,8 +205,9 @@ impl ProgressTracker {
                     }
                 }
                 Some(prev) => {
-                    let dt = t.secs_since(self.last_t).clamp(0.0, 600.0);
-                    let reach = (speed_mps.max(3.0) + 5.0) * dt + 30.0;
+                    let reach = reach_m(speed_mps, t.secs_since(self.last_t));
+                    // One pass, each candidate's angle and cost measured once: the best
+                    // overall, and the best the vehicle can have reached.
                     // Positions a little beyond reach stay possible at a cost, so a vehicle that
                     // stopped short of a turnaround can still follow the route back out; but
                     // only where its heading shows it running that part's way: a fix beyond
@@ -209,36 +216,36 @@ impl ProgressTracker {
                     // block), not a place the vehicle reached. Nor is a position well ahead on a
                     // part running against the vehicle: running against the route takes progress
                     // back, never forward.
-                    let best = cands
-                        .iter()
-                        .filter(|c| {
-                            let step = (c.s - prev).abs();
-                            let runs_its_way =
-                                use_heading && angle_between(c.bearing, heading_deg) <= 90.0;
-                            let against = use_heading && !runs_its_way;
-                            let possible =
-                                step <= reach || (step <= 3.0 * reach + 60.0 && runs_its_way);
-                            possible && !(against && c.s - prev > AGAINST_AHEAD_M)
-                        })
-                        .map(|c| {
-                            let excess = ((c.s - prev).abs() - reach).max(0.0);
-                            (c.lateral + heading_cost(c) + 0.3 * excess, *c)
-                        })
-                        .min_by(|a, b| a.0.total_cmp(&b.0));
-                    let global = cands.iter().min_by(|a, b| {
-                        (a.lateral + heading_cost(a)).total_cmp(&(b.lateral + heading_cost(b)))
-                    });
+                    let mut global: Option<(f64, Candidate)> = None;
+                    let mut best: Option<(f64, f64, Candidate)> = None;
+                    for c in cands.iter() {
+                        let angle = angle_between(c.bearing, heading_deg);
+                        let cost = c.lateral + angle_cost(angle);
+                        if global.is_none_or(|(g, _)| cost < g) {
+                            global = Some((cost, *c));
+                        }
+                        let step = (c.s - prev).abs();
+                        let runs_its_way = use_heading && angle <= 90.0;
+                        let runs_against = use_heading && !runs_its_way;
+                        let possible =
+                            step <= reach || (step <= 3.0 * reach + 60.0 && runs_its_way);
+                        if possible && !(runs_against && c.s - prev > AGAINST_AHEAD_M) {
+                            let score = cost + 0.3 * (step - reach).max(0.0);
+                            if best.is_none_or(|(b, ..)| score < b) {
+                                best = Some((score, cost, *c));
+                            }
+                        }
+                    }
                     match best {
-                        Some((_, here)) => {
+                        Some((_, here_cost, here)) => {
                             self.lost = 0;
-                            let elsewhere = global.filter(|g| {
+                            let elsewhere = global.filter(|(g_cost, g)| {
                                 here.lateral >= switch_margin_m
-                                    && g.lateral + heading_cost(g) + switch_margin_m
-                                        <= here.lateral + heading_cost(&here)
+                                    && g_cost + switch_margin_m <= here_cost
                                     && (g.s - here.s).abs() > reach
                             });
                             match elsewhere {
-                                Some(g) => {
+                                Some((_, g)) => {
                                     self.switching += 1;
                                     if self.switching >= SWITCH_FIXES {
                                         self.switching = 0;
@@ -261,7 +268,7 @@ impl ProgressTracker {
                         None => {
                             self.lost += 1;
                             if self.lost >= LOST_FIXES_BEFORE_REACQUIRE {
-                                self.jump_to(global.map_or(prev, |c| c.s));
+                                self.jump_to(global.map_or(prev, |(_, c)| c.s));
                             }
                         }
                     }

@@ -89,18 +89,21 @@ struct StopEpisode {
     start: Millis,
     sum: [f64; 2],
     n: u32,
-    outlier_pending: bool,
-    /// Where the first far fix set aside lay (absent in snapshots written before it was kept),
-    /// how many far fixes in a row agree with it, and the sum of their positions.
+    /// The far fixes set aside since the last fix within the stop, if any.
     #[serde(default)]
-    pending_at: Option<[f64; 2]>,
-    #[serde(default)]
-    far_fixes: u32,
-    #[serde(default)]
-    far_sum: [f64; 2],
+    far: Option<FarFixes>,
     door_opened: bool,
     engine_off: bool,
     generation: u64,
+}
+
+/// Far fixes in a row during a stop: where the first lay, and how many agree with it (lie within
+/// the stop's radius of it) and the sum of their positions.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct FarFixes {
+    first: [f64; 2],
+    n: u32,
+    sum: [f64; 2],
 }
 
 impl StopEpisode {
@@ -596,7 +599,7 @@ impl RunState {
                 ep.sum[0] += p[0];
                 ep.sum[1] += p[1];
                 ep.n += 1;
-                ep.outlier_pending = false;
+                ep.far = None;
                 ep.door_opened |= fix.door_open;
                 ep.engine_off |= !fix.ignition;
                 return;
@@ -604,24 +607,30 @@ impl RunState {
             // A far fix may be multipath: the stop ends only after three in a row that agree
             // with each other (the vehicle crept off, still too slowly to count as moving).
             // Far fixes scattered apart are multipath, and so, at 1 % a fix, are two in a row.
-            if !ep.outlier_pending || ep.pending_at.is_some_and(|q| dist(p, q) > radius) {
-                ep.outlier_pending = true;
-                ep.pending_at = Some(p);
-                ep.far_fixes = 1;
-                ep.far_sum = p;
+            let far = match &mut ep.far {
+                Some(far) if dist(p, far.first) <= radius => {
+                    far.n += 1;
+                    far.sum = [far.sum[0] + p[0], far.sum[1] + p[1]];
+                    *far
+                }
+                _ => {
+                    ep.far = Some(FarFixes {
+                        first: p,
+                        n: 1,
+                        sum: p,
+                    });
+                    return;
+                }
+            };
+            if far.n < STOP_END_FIXES {
                 return;
             }
-            ep.far_fixes += 1;
-            ep.far_sum = [ep.far_sum[0] + p[0], ep.far_sum[1] + p[1]];
-            if ep.far_fixes < STOP_END_FIXES {
-                return;
-            }
-            if ep.n < ep.far_fixes {
+            if ep.n < far.n {
                 // The stop's first fixes were the multipath ones (the speed says the vehicle has
                 // been standing all along): the same stop, placed where the others agree.
-                ep.sum = ep.far_sum;
-                ep.n = ep.far_fixes;
-                ep.outlier_pending = false;
+                ep.sum = far.sum;
+                ep.n = far.n;
+                ep.far = None;
                 return;
             }
         }
@@ -630,10 +639,7 @@ impl RunState {
             start: fix.t,
             sum: p,
             n: 1,
-            outlier_pending: false,
-            pending_at: None,
-            far_fixes: 0,
-            far_sum: [0.0; 2],
+            far: None,
             door_opened: fix.door_open,
             engine_off: !fix.ignition,
             generation: self.episode_gen,
