@@ -8,10 +8,10 @@ use cit_domain::event::Event;
 use cit_domain::{Checkpoint, DetectionParams, Fix, LatLon, Millis};
 use cit_engine::Engine;
 use cit_engine::frame::{LocalFrame, dist, haversine_m};
-use cit_engine::route::{Candidate, NearSegments, RouteIndex};
+use cit_engine::route::{Candidate, NearSegments, RouteIndex, closest_on_segment};
 use cit_engine::zones::ZoneIndex;
 
-use crate::{FixSample, Route, SimVehicle, fleet};
+use crate::{FixSample, Rng, Route, SimVehicle, fleet};
 
 /// When every run departs.
 pub const T0: Millis = Millis(1_773_000_000_000);
@@ -50,10 +50,7 @@ pub fn latlons(route: &Route) -> Vec<LatLon> {
 
 /// Two numbers in [-1, 1) from `n` (splitmix64): GPS noise that is the same on every run.
 pub fn noise(n: u64) -> (f64, f64) {
-    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = Rng::new(n).next_u64();
     let unit = |bits: u64| (bits as f64 / u32::MAX as f64) * 2.0 - 1.0;
     (unit(z & 0xFFFF_FFFF), unit(z >> 32))
 }
@@ -232,19 +229,13 @@ impl Scan {
         let p = frame.to_local(f.lat, f.lon);
         let (mut best, mut at, mut s) = (f64::INFINITY, f64::NAN, 0.0);
         for w in points.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
-            let len2 = dx * dx + dy * dy;
-            let k = if len2 > 0.0 {
-                (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / len2).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let d = dist(p, [a[0] + k * dx, a[1] + k * dy]);
+            let (k, closest) = closest_on_segment(w[0], w[1], p);
+            let len = dist(w[0], w[1]);
+            let d = dist(p, closest);
             if d < best {
-                (best, at) = (d, s + k * len2.sqrt());
+                (best, at) = (d, s + k * len);
             }
-            s += len2.sqrt();
+            s += len;
         }
         let t = Millis(f.t_ms);
         let here = f.latlon();

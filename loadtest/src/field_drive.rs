@@ -10,8 +10,8 @@ use cit_domain::event::{Anomaly, Event};
 use cit_domain::{CheckInCode, DetectionParams, Fix, LatLon, Millis};
 use cit_engine::Engine;
 
-use crate::Route;
 use crate::engine_drive::{T0, fixes_event, latlons, plan_with};
+use crate::{Rng, Route};
 
 /// The GPS error of a drive.
 #[derive(Debug, Clone, Copy)]
@@ -30,38 +30,6 @@ const ERROR_TIME_CONSTANT_S: f64 = 20.0;
 const BRAKE_MPS2: f64 = 1.5;
 /// The simulation's step, seconds.
 const DT: f64 = 0.1;
-
-/// A small deterministic random source (splitmix64): the same drive on every machine.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn between(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-
-    /// Standard normal (Box–Muller).
-    pub fn gauss(&mut self) -> f64 {
-        let u = self.unit().max(f64::MIN_POSITIVE);
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
-    }
-}
 
 /// One whole drive: the fixes the unit sent and where the vehicle really was at each.
 pub struct Track {
@@ -84,6 +52,23 @@ pub enum Incident {
 }
 
 impl Incident {
+    /// A U-turn somewhere along `route`, at least 300 m from either end.
+    pub fn uturn_on(route: &Route, rng: &mut Rng) -> Incident {
+        Incident::UTurn {
+            at_m: somewhere_on(route, rng),
+        }
+    }
+
+    /// A stop somewhere along `route`, at least 300 m from either end, 1–4 minutes longer than
+    /// the run's `unplanned_stop_s`.
+    pub fn stop_on(route: &Route, rng: &mut Rng, params: &DetectionParams) -> Incident {
+        let at_m = somewhere_on(route, rng);
+        Incident::Stop {
+            at_m,
+            secs: params.unplanned_stop_s + rng.between(60.0, 240.0),
+        }
+    }
+
     pub fn at_m(self) -> f64 {
         match self {
             Incident::UTurn { at_m } | Incident::Stop { at_m, .. } => at_m,
@@ -97,6 +82,10 @@ impl Incident {
             Incident::Stop { .. } => "unplanned_stop",
         }
     }
+}
+
+fn somewhere_on(route: &Route, rng: &mut Rng) -> f64 {
+    300.0 + (route.length() - 600.0) * rng.unit()
 }
 
 /// How far a turned vehicle drives back along the route before the drive ends.

@@ -36,7 +36,7 @@ pub struct Route {
     cum: Vec<f64>,
 }
 
-const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+pub(crate) const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
 
 impl Route {
     pub fn new(coords: &[[f64; 2]]) -> Route {
@@ -109,6 +109,38 @@ pub fn gothenburg_routes() -> Result<Vec<Route>, String> {
         }
     }
     Ok(routes)
+}
+
+/// A small deterministic random source (splitmix64): the same drive, the same noise, on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn gauss(&mut self) -> f64 {
+        let u = self.unit().max(f64::MIN_POSITIVE);
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
+    }
 }
 
 /// One simulated vehicle: a route, a speed, and its fix sequence.

@@ -7,8 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use crate::field_drive::Rng;
-use crate::{Route, shared_data};
+use crate::{M_PER_DEG, Rng, Route, shared_data};
 
 /// The drivable network: nodes where ways meet or bend, directed edges with travel times.
 pub struct Network {
@@ -100,8 +99,7 @@ impl Network {
     fn metres(&self, a: u32, b: u32) -> f64 {
         let (a, b) = (self.nodes[a as usize], self.nodes[b as usize]);
         let k = ((a[1] + b[1]) / 2.0).to_radians().cos();
-        let m_per_deg = 6_371_008.8 * std::f64::consts::PI / 180.0;
-        ((b[0] - a[0]) * k * m_per_deg).hypot((b[1] - a[1]) * m_per_deg)
+        ((b[0] - a[0]) * k * M_PER_DEG).hypot((b[1] - a[1]) * M_PER_DEG)
     }
 
     /// The fastest path from `from` to `to` ([lon, lat] of every node on it), if there is one.

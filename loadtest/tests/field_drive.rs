@@ -10,9 +10,9 @@ use std::sync::LazyLock;
 
 use cit_domain::{DetectionParams, LatLon};
 use cit_engine::frame::haversine_m;
-use cit_loadtest::field_drive::{Gps, Incident, Rng, Track, drive, run};
+use cit_loadtest::field_drive::{Gps, Incident, Track, drive, run};
 use cit_loadtest::network::Network;
-use cit_loadtest::{Route, gothenburg_routes};
+use cit_loadtest::{Rng, Route, gothenburg_routes};
 
 /// The runs' detection parameters: SCENARIOS.md's defaults.
 static DEFAULT: LazyLock<DetectionParams> = LazyLock::new(DetectionParams::default);
@@ -60,22 +60,24 @@ fn sweep(routes: &[Route], sigma_m: f64) -> Vec<String> {
     raised
 }
 
+fn assert_nothing_raised(routes: &[Route], sigma_m: f64) {
+    let raised = sweep(routes, sigma_m);
+    assert!(raised.is_empty(), "false alarms: {raised:#?}");
+}
+
 #[test]
 fn whole_runs_with_sigma_4_m_gps_error_raise_nothing() {
-    let raised = sweep(&public_routes(), 4.0);
-    assert!(raised.is_empty(), "false alarms: {raised:#?}");
+    assert_nothing_raised(&public_routes(), 4.0);
 }
 
 #[test]
 fn whole_runs_with_sigma_8_m_gps_error_raise_nothing() {
-    let raised = sweep(&public_routes(), 8.0);
-    assert!(raised.is_empty(), "false alarms: {raised:#?}");
+    assert_nothing_raised(&public_routes(), 8.0);
 }
 
 #[test]
 fn whole_runs_on_new_routes_over_the_network_with_sigma_8_m_gps_error_raise_nothing() {
-    let raised = sweep(&network_routes(), 8.0);
-    assert!(raised.is_empty(), "false alarms: {raised:#?}");
+    assert_nothing_raised(&network_routes(), 8.0);
 }
 
 /// A4: every route, turned back somewhere along it, at each fix interval; the engine must raise
@@ -88,13 +90,14 @@ fn u_turns_with_sigma_4_m_gps_error_are_raised_as_roadblocks() {
         let (mut other, mut missed) = (Vec::new(), Vec::new());
         for (r, route) in routes.iter().enumerate() {
             let seed = r as u64 * 10 + interval_s as u64;
-            let at = 300.0 + (route.length() - 600.0) * Rng::new(seed).unit();
+            let uturn = Incident::uturn_on(route, &mut Rng::new(seed));
+            let at = uturn.at_m();
             let track = drive(
                 route,
                 11.0,
                 gps(4.0, interval_s),
                 seed,
-                Some(Incident::UTurn { at_m: at }),
+                Some(uturn),
                 &DEFAULT,
             );
             let due = track.due.expect("the drive turned back");
@@ -130,12 +133,8 @@ fn stops_not_raised_once_in_time(routes: &[Route]) -> Vec<String> {
     for interval_s in [1, 2, 5] {
         for (r, route) in routes.iter().enumerate() {
             let seed = r as u64 * 10 + interval_s as u64;
-            let mut rng = Rng::new(seed);
-            let at_m = 300.0 + (route.length() - 600.0) * rng.unit();
-            let stop = Incident::Stop {
-                at_m,
-                secs: rng.between(180.0, 360.0),
-            };
+            let stop = Incident::stop_on(route, &mut Rng::new(seed), &DEFAULT);
+            let at_m = stop.at_m();
             let track = drive(
                 route,
                 11.0,

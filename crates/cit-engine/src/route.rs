@@ -235,7 +235,7 @@ impl NearSegments {
 }
 
 /// The point of segment `a`-`b` closest to `p`, and where it lies along it (0 at `a`, 1 at `b`).
-fn closest_on_segment(a: [f64; 2], b: [f64; 2], p: [f64; 2]) -> (f64, [f64; 2]) {
+pub fn closest_on_segment(a: [f64; 2], b: [f64; 2], p: [f64; 2]) -> (f64, [f64; 2]) {
     let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
     let l2 = dx * dx + dy * dy;
     let t = if l2 == 0.0 {

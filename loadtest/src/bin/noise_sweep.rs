@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 
 use cit_domain::DetectionParams;
-use cit_loadtest::field_drive::{Gps, Incident, Rng, drive, run, since_departure};
-use cit_loadtest::gothenburg_routes;
+use cit_loadtest::field_drive::{Gps, Incident, drive, run, since_departure};
 use cit_loadtest::network::Network;
+use cit_loadtest::{Rng, gothenburg_routes};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -93,7 +93,7 @@ fn main() {
                 multipath: args.multipath,
                 interval_s,
             };
-            let (mut drives, mut fixes, mut caught) = (0, 0, 0);
+            let (mut drives, mut fixes) = (0, 0);
             let mut late_s: Vec<f64> = Vec::new();
             let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
             for (r, route) in routes.iter().enumerate() {
@@ -102,13 +102,9 @@ fn main() {
                     let seed = seed * 1_000 + r as u64;
                     let incident = args.incident.map(|kind| {
                         let mut rng = Rng::new(seed ^ 0x5eed);
-                        let at_m = 300.0 + (route.length() - 600.0) * rng.unit();
                         match kind {
-                            Kind::Uturn => Incident::UTurn { at_m },
-                            Kind::Stop => Incident::Stop {
-                                at_m,
-                                secs: params.unplanned_stop_s + rng.between(60.0, 240.0),
-                            },
+                            Kind::Uturn => Incident::uturn_on(route, &mut rng),
+                            Kind::Stop => Incident::stop_on(route, &mut rng, &params),
                         }
                     });
                     let track = drive(route, cruise, gps, seed, incident, &params);
@@ -122,7 +118,6 @@ fn main() {
                             .position(|a| a.kind.as_str() == incident.kind())
                         {
                             Some(i) => {
-                                caught += 1;
                                 let late = raised.remove(i).at.secs_since(due);
                                 if args.verbose {
                                     println!(
@@ -155,7 +150,8 @@ fn main() {
             let recall = if args.incident.is_some() {
                 late_s.sort_by(f64::total_cmp);
                 format!(
-                    "{caught} of {drives} incidents raised, seconds after due: min {:.0} median {:.0} max {:.0}; ",
+                    "{} of {drives} incidents raised, seconds after due: min {:.0} median {:.0} max {:.0}; ",
+                    late_s.len(),
                     late_s.first().unwrap_or(&f64::NAN),
                     late_s.get(late_s.len() / 2).unwrap_or(&f64::NAN),
                     late_s.last().unwrap_or(&f64::NAN)
