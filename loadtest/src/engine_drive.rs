@@ -5,7 +5,7 @@
 //! answer: by our indexes ([`Questions`]) and by a plain scan ([`Scan`]).
 
 use cit_domain::event::Event;
-use cit_domain::{Checkpoint, DetectionParams, Fix, LatLon, Millis};
+use cit_domain::{Checkpoint, DetectionParams, Fix, LatLon, Millis, PlannedStop};
 use cit_engine::Engine;
 use cit_engine::frame::{LocalFrame, dist, haversine_m};
 use cit_engine::route::{Candidate, NearSegments, RouteIndex, closest_on_segment};
@@ -90,15 +90,16 @@ pub fn next_step(
 /// Plans run `R-{i}` for vehicle `V-{i}` on `route` (two escorts, default parameters, no stops)
 /// and departs it at [`T0`].
 pub fn plan(engine: &mut Engine, pos: &mut u64, i: usize, route: Vec<LatLon>) {
-    plan_with(engine, pos, i, route, DetectionParams::default());
+    plan_with(engine, pos, i, route, vec![], DetectionParams::default());
 }
 
-/// [`plan`] with the run's own detection parameters.
+/// [`plan`] with planned stops and the run's own detection parameters.
 pub fn plan_with(
     engine: &mut Engine,
     pos: &mut u64,
     i: usize,
     route: Vec<LatLon>,
+    stops: Vec<PlannedStop>,
     params: DetectionParams,
 ) {
     let run_id = format!("R-{i}");
@@ -109,7 +110,7 @@ pub fn plan_with(
         driver_id: "D".into(),
         escort_ids: vec!["E-1".into(), "E-2".into()],
         route,
-        stops: vec![],
+        stops,
         params,
         cash_boxes: vec![],
         at: T0,

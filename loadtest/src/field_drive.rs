@@ -2,16 +2,121 @@
 //! with its GPS error turned up or down: road speed with braking and accelerating at 1.5 m/s²,
 //! traffic stops of 15–90 s, correlated Gaussian position error of a chosen sigma, one-fix
 //! multipath outliers of 30–80 m, a bounded random walk and speed noise while standing, fixes every
-//! 1, 2 or 5 s, and the escorts checking in; optionally one incident (a U-turn at a roadblock, a
-//! long stop). Apart from the incident's anomaly, anything the engine raises is a false alarm.
-//! Used by the field-drive tests and the `noise-sweep` binary.
+//! 1, 2 or 5 s, and the escorts checking in. Runs are planned as the scenarios plan theirs: a
+//! point-to-point run's destination is its one stop (a vault), a multi-stop run leaves its depot,
+//! stands minutes at each stop (the escorts hand the boxes over there) and returns. A drive may
+//! carry one incident (a U-turn at a roadblock, a long stop); apart from the incident's anomaly,
+//! anything the engine raises is a false alarm. Used by the field-drive tests and `noise-sweep`.
 
 use cit_domain::event::{Anomaly, Event};
-use cit_domain::{CheckInCode, DetectionParams, Fix, LatLon, Millis};
+use cit_domain::{CheckInCode, DetectionParams, Fix, LatLon, Millis, PlannedStop};
 use cit_engine::Engine;
+use cit_engine::frame::haversine_m;
 
 use crate::engine_drive::{T0, fixes_event, latlons, plan_with};
 use crate::{Rng, Route};
+
+/// A planned stop of a run: how far along the route it is, its geofence, and how long the
+/// vehicle stands there.
+#[derive(Debug, Clone)]
+pub struct Visit {
+    pub stop_id: String,
+    pub kind: &'static str,
+    pub at_m: f64,
+    pub position: LatLon,
+    pub radius_m: f64,
+    pub dwell_s: f64,
+}
+
+/// What a run follows: its route and the stops planned on it, in order.
+#[derive(Debug, Clone)]
+pub struct Course {
+    pub route: Route,
+    pub visits: Vec<Visit>,
+}
+
+/// Stop radii as in the public scenarios: a point-to-point run's vault, a multi-stop run's stops.
+const VAULT_RADIUS_M: f64 = 75.0;
+const TOUR_STOP_RADIUS_M: f64 = 50.0;
+/// How long the vehicle stands where its run ends before the drive stops.
+const FINAL_DWELL_S: f64 = 30.0;
+
+impl Course {
+    /// A point-to-point route plans its destination as a vault; a multi-stop one (with
+    /// `stop_vertices`) each of its stops, the depot return last, with a dwell of 3–7 minutes at
+    /// each (by `seed`).
+    pub fn of(route: Route, seed: u64) -> Course {
+        let mut rng = Rng::new(seed ^ 0xd0e11);
+        let visit = |route: &Route, n: usize, i: usize, last: bool, dwell_s: f64| {
+            let (lon, lat) = (route.coords[i][0], route.coords[i][1]);
+            let (stop_id, kind, radius_m) = match (n, last) {
+                (0, _) => ("VAULT".to_string(), "vault", VAULT_RADIUS_M),
+                (_, true) => ("DEPOT".to_string(), "depot", TOUR_STOP_RADIUS_M),
+                (n, false) => (format!("S{n}"), "outlet", TOUR_STOP_RADIUS_M),
+            };
+            Visit {
+                stop_id,
+                kind,
+                at_m: route.s_at_vertex(i),
+                position: LatLon { lat, lon },
+                radius_m,
+                dwell_s: if last { FINAL_DWELL_S } else { dwell_s },
+            }
+        };
+        let visits = if route.stop_vertices.len() >= 2 {
+            let stops = &route.stop_vertices[1..];
+            stops
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| {
+                    let dwell_s = rng.between(180.0, 420.0);
+                    visit(&route, n + 1, i, n + 1 == stops.len(), dwell_s)
+                })
+                .collect()
+        } else {
+            vec![visit(&route, 0, route.coords.len() - 1, true, 0.0)]
+        };
+        Course { route, visits }
+    }
+
+    /// The run's planned stops, each due 10 minutes after the drive reached it, rounded up to
+    /// the minute (as the scenario generator sets `arrive_by`); one the drive never reached has
+    /// no deadline.
+    pub fn planned_stops(&self, track: &Track) -> Vec<PlannedStop> {
+        self.visits
+            .iter()
+            .zip(&track.arrivals)
+            .map(|(v, arrived)| PlannedStop {
+                stop_id: v.stop_id.clone(),
+                name: v.stop_id.clone(),
+                position: v.position,
+                radius_m: v.radius_m,
+                arrive_by: arrived.map(|t| {
+                    let due = t.plus_secs(600.0).0;
+                    Millis((due + 59_999).div_euclid(60_000) * 60_000)
+                }),
+                kind: v.kind.to_string(),
+            })
+            .collect()
+    }
+
+    /// A place for an incident: at least 300 m from either end of the route and clear of every
+    /// stop (an incident inside a stop's geofence would be that stop, not an incident).
+    fn incident_place(&self, rng: &mut Rng) -> f64 {
+        loop {
+            let at_m = 300.0 + (self.route.length() - 600.0) * rng.unit();
+            let (lat, lon, _) = self.route.at(at_m);
+            let here = LatLon { lat, lon };
+            if self
+                .visits
+                .iter()
+                .all(|v| haversine_m(here, v.position) > v.radius_m + 150.0)
+            {
+                return at_m;
+            }
+        }
+    }
+}
 
 /// The GPS error of a drive.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +142,11 @@ pub struct Track {
     pub truth: Vec<LatLon>,
     /// With an incident: when its anomaly is due (see [`Incident`]).
     pub due: Option<Millis>,
+    /// When the vehicle came to stand at each of the course's stops (none where the drive ended
+    /// before it).
+    pub arrivals: Vec<Option<Millis>>,
+    /// The escorts' handovers, each at the middle of a stop's dwell: (time, index of the stop).
+    pub handovers: Vec<(Millis, usize)>,
 }
 
 /// Something that happens on the drive, and the anomaly it must raise.
@@ -52,17 +162,17 @@ pub enum Incident {
 }
 
 impl Incident {
-    /// A U-turn somewhere along `route`, at least 300 m from either end.
-    pub fn uturn_on(route: &Route, rng: &mut Rng) -> Incident {
+    /// A U-turn somewhere along the course, at least 300 m from either end and clear of its stops.
+    pub fn uturn_on(course: &Course, rng: &mut Rng) -> Incident {
         Incident::UTurn {
-            at_m: somewhere_on(route, rng),
+            at_m: course.incident_place(rng),
         }
     }
 
-    /// A stop somewhere along `route`, at least 300 m from either end, 1–4 minutes longer than
-    /// the run's `unplanned_stop_s`.
-    pub fn stop_on(route: &Route, rng: &mut Rng, params: &DetectionParams) -> Incident {
-        let at_m = somewhere_on(route, rng);
+    /// A stop somewhere along the course, at least 300 m from either end and clear of its stops,
+    /// 1–4 minutes longer than the run's `unplanned_stop_s`.
+    pub fn stop_on(course: &Course, rng: &mut Rng, params: &DetectionParams) -> Incident {
+        let at_m = course.incident_place(rng);
         Incident::Stop {
             at_m,
             secs: params.unplanned_stop_s + rng.between(60.0, 240.0),
@@ -84,17 +194,13 @@ impl Incident {
     }
 }
 
-fn somewhere_on(route: &Route, rng: &mut Rng) -> f64 {
-    300.0 + (route.length() - 600.0) * rng.unit()
-}
-
 /// How far a turned vehicle drives back along the route before the drive ends.
 const DRIVE_BACK_M: f64 = 150.0;
 
-/// One whole drive of `route` at `cruise_mps`, departing at [`T0`], with an incident or none;
+/// One whole drive of a course at `cruise_mps`, departing at [`T0`], with an incident or none;
 /// its anomaly is due by the run's `params`.
 pub fn drive(
-    route: &Route,
+    course: &Course,
     cruise_mps: f64,
     gps: Gps,
     seed: u64,
@@ -103,6 +209,7 @@ pub fn drive(
 ) -> Track {
     let drive_back_m = DRIVE_BACK_M.max(params.uturn_m + 100.0);
     let mut rng = Rng::new(seed);
+    let route = &course.route;
     let len = route.length();
     let (mut s, mut v, mut t) = (0.0f64, 0.0f64, 0.0f64);
     let incident_at = incident.map(Incident::at_m);
@@ -122,6 +229,10 @@ pub fn drive(
     // +1 along the route, -1 back along it after a U-turn.
     let mut direction = 1.0;
     let mut due = None;
+    // The next stop of the course, the one the vehicle stands at (if it does), and the record.
+    let (mut next_visit, mut at_visit) = (0, None);
+    let mut arrivals = vec![None; course.visits.len()];
+    let mut handovers = Vec::new();
     // Position error (east, north), correlated from fix to fix, and the standing walk.
     let (mut err, mut walk) = ([0.0f64; 2], [0.0f64; 2]);
     let rho = (-(gps.interval_s as f64) / ERROR_TIME_CONSTANT_S).exp();
@@ -140,12 +251,15 @@ pub fn drive(
             _ if s >= len => break,
             _ => {}
         }
-        // Kinematics: brake for the next traffic light, stand, pull away, cruise.
+        // Kinematics: brake for the next traffic light or stop, stand, pull away, cruise.
         match standing_until {
             Some(until) if t < until => v = 0.0,
             Some(_) => {
                 standing_until = None;
-                if let Some(Incident::UTurn { .. }) = incident_here(s) {
+                if let Some(n) = at_visit.take() {
+                    next_visit = n + 1;
+                    next_light = light(&mut rng, s);
+                } else if let Some(Incident::UTurn { .. }) = incident_here(s) {
                     direction = -1.0;
                     next_light = f64::INFINITY;
                 } else {
@@ -153,11 +267,27 @@ pub fn drive(
                 }
             }
             None => {
-                let to_light = next_light - s;
-                if to_light <= 0.5 && next_light < len - 50.0 {
+                // The next stop, while the vehicle drives the route's way; a traffic light less
+                // than 100 m before it is not there.
+                let visit = course.visits.get(next_visit).filter(|_| direction > 0.0);
+                let light_first = next_light < len - 50.0
+                    && visit.is_none_or(|visit| next_light < visit.at_m - 100.0);
+                let stand_at = match visit {
+                    Some(visit) if !light_first => visit.at_m,
+                    _ => next_light,
+                };
+                let to_stand = stand_at - s;
+                if to_stand <= 0.5 && (light_first || visit.is_some()) {
                     v = 0.0;
-                    let secs = match incident_here(s) {
-                        Some(Incident::Stop { secs, .. }) => {
+                    let secs = match (visit, incident_here(s)) {
+                        (Some(visit), _) if !light_first => {
+                            at_visit = Some(next_visit);
+                            arrivals[next_visit] = Some(T0.plus_secs(t));
+                            let handover = T0.plus_secs((t + visit.dwell_s / 2.0).round());
+                            handovers.push((handover, next_visit));
+                            visit.dwell_s
+                        }
+                        (_, Some(Incident::Stop { secs, .. })) => {
                             due = Some(T0.plus_secs(t + params.unplanned_stop_s));
                             secs
                         }
@@ -165,7 +295,8 @@ pub fn drive(
                         _ => rng.between(15.0, 90f64.min(params.unplanned_stop_s - 15.0).max(16.0)),
                     };
                     standing_until = Some(t + secs);
-                } else if v * v / (2.0 * BRAKE_MPS2) >= to_light && next_light < len - 50.0 {
+                } else if v * v / (2.0 * BRAKE_MPS2) >= to_stand && (light_first || visit.is_some())
+                {
                     v = (v - BRAKE_MPS2 * DT).max(0.8);
                 } else {
                     v = (v + BRAKE_MPS2 * DT).min(cruise_mps);
@@ -179,6 +310,8 @@ pub fn drive(
         }
         next_fix += gps.interval_s as f64;
         let standing = v == 0.0;
+        // At a stop the crew switches the engine off and opens the door.
+        let at_stop = standing && at_visit.is_some();
         for e in &mut err {
             *e = rho * *e + (1.0 - rho * rho).sqrt() * gps.sigma_m * rng.gauss();
         }
@@ -222,24 +355,53 @@ pub fn drive(
             speed_mps,
             heading_deg,
             accuracy_m: 1.2 * gps.sigma_m,
-            ignition: true,
-            door_open: false,
+            ignition: !at_stop,
+            door_open: at_stop,
         });
     }
-    Track { fixes, truth, due }
+    Track {
+        fixes,
+        truth,
+        due,
+        arrivals,
+        handovers,
+    }
 }
 
-/// Plans and departs a run on `route` with `params` as run 0 of a fresh engine, feeds it `fixes`
-/// with both escorts checking in twice per check-in interval (at most every five minutes), and
-/// returns what the engine raised.
-pub fn run(route: &Route, fixes: &[Fix], params: &DetectionParams) -> Vec<Anomaly> {
+/// Plans and departs a run on the course with `params` as run 0 of a fresh engine, its stops due
+/// as [`Course::planned_stops`] says, feeds it the track's fixes and handovers with both escorts
+/// checking in twice per check-in interval (at most every five minutes), and returns what the
+/// engine raised.
+pub fn run(course: &Course, track: &Track, params: &DetectionParams) -> Vec<Anomaly> {
     let mut engine = Engine::new();
     let mut pos = 0;
-    plan_with(&mut engine, &mut pos, 0, latlons(route), params.clone());
+    let stops = course.planned_stops(track);
+    plan_with(
+        &mut engine,
+        &mut pos,
+        0,
+        latlons(&course.route),
+        stops,
+        params.clone(),
+    );
     let mut raised = Vec::new();
     let every_s = (params.checkin_interval_s / 2.0).min(300.0);
     let mut next_checkin = T0.plus_secs(every_s);
-    for f in fixes {
+    let mut handovers = track.handovers.iter().peekable();
+    let handover = |engine: &mut Engine, pos: &mut u64, at: Millis, n: usize| {
+        *pos += 1;
+        let event = Event::CashBoxesHandedOver {
+            run_id: "R-0".into(),
+            stop_id: course.visits[n].stop_id.clone(),
+            boxes: vec![format!("B-{n}")],
+            seals: vec![n as u64],
+            handed_by: vec!["E-1".into(), "E-2".into()],
+            received_by: vec!["STAFF".into()],
+            at,
+        };
+        engine.handle(*pos, &event)
+    };
+    for f in &track.fixes {
         while next_checkin <= f.t {
             for person in ["E-1", "E-2"] {
                 pos += 1;
@@ -253,8 +415,15 @@ pub fn run(route: &Route, fixes: &[Fix], params: &DetectionParams) -> Vec<Anomal
             }
             next_checkin = next_checkin.plus_secs(every_s);
         }
+        while let Some(&&(at, n)) = handovers.peek().filter(|(at, _)| *at < f.t) {
+            handovers.next();
+            raised.extend(handover(&mut engine, &mut pos, at, n));
+        }
         pos += 1;
         raised.extend(engine.handle(pos, &fixes_event(0, vec![f.clone()])));
+    }
+    for &(at, n) in handovers {
+        raised.extend(handover(&mut engine, &mut pos, at, n));
     }
     raised
 }

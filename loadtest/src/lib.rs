@@ -34,6 +34,10 @@ pub struct Route {
     lon0: f64,
     pts: Vec<[f64; 2]>,
     cum: Vec<f64>,
+    /// A multi-stop route's visits as indices into `coords`: the depot it leaves from, each stop
+    /// in order, the depot it returns to (the routes file's `stop_vertex_indices`). Empty for a
+    /// point-to-point route.
+    pub stop_vertices: Vec<usize>,
 }
 
 pub(crate) const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
@@ -57,11 +61,23 @@ impl Route {
             lon0,
             pts,
             cum,
+            stop_vertices: Vec::new(),
         }
+    }
+
+    /// The route with its multi-stop visits (see `stop_vertices`).
+    pub fn with_stops(mut self, stop_vertices: Vec<usize>) -> Route {
+        self.stop_vertices = stop_vertices;
+        self
     }
 
     pub fn length(&self) -> f64 {
         self.cum.last().copied().unwrap_or(0.0)
+    }
+
+    /// Distance along the route to vertex `i`.
+    pub fn s_at_vertex(&self, i: usize) -> f64 {
+        self.cum[i.min(self.cum.len() - 1)]
     }
 
     /// Position (lat, lon) and heading at distance `s` along the route (wrapping around).
@@ -90,7 +106,7 @@ impl Route {
     }
 }
 
-/// The public Gothenburg routes (real OSM roads).
+/// The public Gothenburg routes (real OSM roads), the multi-stop ones with their visits.
 pub fn gothenburg_routes() -> Result<Vec<Route>, String> {
     let path = shared_data().join("gothenburg/gothenburg_routes.geojson");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -104,8 +120,16 @@ pub fn gothenburg_routes() -> Result<Vec<Route>, String> {
             .iter()
             .filter_map(|c| Some([c[0].as_f64()?, c[1].as_f64()?]))
             .collect();
+        let stops = f["properties"]["stop_vertex_indices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| Some(i.as_u64()? as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
         if coords.len() >= 2 {
-            routes.push(Route::new(&coords));
+            routes.push(Route::new(&coords).with_stops(stops));
         }
     }
     Ok(routes)

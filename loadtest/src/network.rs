@@ -140,6 +140,62 @@ impl Network {
         Some(path)
     }
 
+    /// `n` multi-stop routes planned as the public GBG-CIT ones are: a depot, 3–5 stops 0.5–3 km
+    /// from it, visited nearest first, and back to the depot, each leg the fastest path. A tour
+    /// whose route passes within [`TOUR_CLEARANCE_M`] of a stop before it is due there (or of the
+    /// depot on the way) is planned anew: driving it would be a skipped stop (A7), not a
+    /// clean run.
+    pub fn random_tours(&self, n: usize, seed: u64) -> Vec<Route> {
+        let mut rng = Rng::new(seed);
+        let pick = |rng: &mut Rng| (rng.unit() * self.nodes.len() as f64) as u32;
+        let mut tours = Vec::with_capacity(n);
+        'tour: while tours.len() < n {
+            let depot = pick(&mut rng);
+            let k = 3 + (rng.unit() * 3.0) as usize;
+            let mut left = Vec::with_capacity(k);
+            for _ in 0..10_000 {
+                let c = pick(&mut rng);
+                if (500.0..=3_000.0).contains(&self.metres(depot, c))
+                    && left
+                        .iter()
+                        .all(|&o| self.metres(o, c) > 4.0 * TOUR_CLEARANCE_M)
+                {
+                    left.push(c);
+                    if left.len() == k {
+                        break;
+                    }
+                }
+            }
+            if left.len() < k {
+                continue;
+            }
+            let mut order = vec![depot];
+            while let Some(i) = (0..left.len()).min_by(|&a, &b| {
+                let at = order[order.len() - 1];
+                self.metres(at, left[a])
+                    .total_cmp(&self.metres(at, left[b]))
+            }) {
+                order.push(left.swap_remove(i));
+            }
+            order.push(depot);
+            let (mut coords, mut visits) = (Vec::new(), vec![0]);
+            for leg in order.windows(2) {
+                let Some(path) = self.fastest(leg[0], leg[1]).filter(|p| p.len() >= 2) else {
+                    continue 'tour;
+                };
+                let skip = usize::from(!coords.is_empty());
+                coords.extend_from_slice(&path[skip..]);
+                visits.push(coords.len() - 1);
+            }
+            let route = Route::new(&coords).with_stops(visits);
+            if passes_stops_early(&route) {
+                continue;
+            }
+            tours.push(route);
+        }
+        tours
+    }
+
     /// `n` routes between random places `min_m`..`max_m` apart in a straight line, each the
     /// fastest path between them (deterministic for a seed).
     pub fn random_routes(&self, n: usize, seed: u64, min_m: f64, max_m: f64) -> Vec<Route> {
@@ -157,4 +213,33 @@ impl Network {
         }
         routes
     }
+}
+
+/// How near a tour's route may pass a stop it is not at (the public tours' stop radius, 50 m,
+/// plus room for GPS error).
+pub const TOUR_CLEARANCE_M: f64 = 100.0;
+
+/// Whether `route`, sampled every 10 m, comes within [`TOUR_CLEARANCE_M`] of a stop before its
+/// last 150 m towards it (or of the depot away from its first and last 150 m).
+fn passes_stops_early(route: &Route) -> bool {
+    let stops: Vec<(f64, [f64; 2])> = route.stop_vertices[1..]
+        .iter()
+        .map(|&i| (route.s_at_vertex(i), route.coords[i]))
+        .collect();
+    let k = route.coords[0][1].to_radians().cos();
+    let near = |p: (f64, f64), c: [f64; 2]| {
+        ((p.1 - c[0]) * k * M_PER_DEG).hypot((p.0 - c[1]) * M_PER_DEG) < TOUR_CLEARANCE_M
+    };
+    let mut s = 150.0;
+    while s < route.length() - 150.0 {
+        let (lat, lon, _) = route.at(s);
+        if stops
+            .iter()
+            .any(|&(at, c)| s < at - 150.0 && near((lat, lon), c))
+        {
+            return true;
+        }
+        s += 10.0;
+    }
+    false
 }

@@ -1,16 +1,17 @@
 //! Detection under the scenario generator's kind of GPS error, up to twice the public scenarios'
-//! (sigma 4 m): every public Gothenburg route, and 20 new ones planned over the drivable network
-//! as the held-out routes are, driven whole, with traffic stops, multipath outliers and escorts
-//! checking in, at fixes every 1, 2 and 5 s. On a clean drive anything raised is a false alarm;
+//! (sigma 4 m): every public Gothenburg route, 20 new ones planned over the drivable network as
+//! the held-out routes are, and 8 new multi-stop runs, driven whole with their planned stops,
+//! traffic stops, multipath outliers, escorts checking in and handing over, at fixes every 1, 2
+//! and 5 s. On a clean drive anything raised is a false alarm;
 //! a drive that turns back at a roadblock must raise it (A4), and one that stands for minutes an
 //! unplanned stop (A1), once and no later than the rule's time plus one fix interval.
 //! (`noise-sweep` drives more seeds, routes and sigmas and prints the counts.)
 
 use std::sync::LazyLock;
 
-use cit_domain::{DetectionParams, LatLon};
+use cit_domain::{DetectionParams, Fix, LatLon, Millis};
 use cit_engine::frame::haversine_m;
-use cit_loadtest::field_drive::{Gps, Incident, Track, drive, run};
+use cit_loadtest::field_drive::{Course, Gps, Incident, Track, drive, run};
 use cit_loadtest::network::Network;
 use cit_loadtest::{Rng, Route, gothenburg_routes};
 
@@ -25,25 +26,40 @@ fn gps(sigma_m: f64, interval_s: u32) -> Gps {
     }
 }
 
-fn public_routes() -> Vec<Route> {
-    gothenburg_routes().expect("the shared data's Gothenburg routes")
+fn courses(routes: Vec<Route>) -> Vec<Course> {
+    routes
+        .into_iter()
+        .enumerate()
+        .map(|(r, route)| Course::of(route, r as u64))
+        .collect()
+}
+
+fn public_routes() -> Vec<Course> {
+    courses(gothenburg_routes().expect("the shared data's Gothenburg routes"))
+}
+
+fn network() -> Network {
+    Network::gothenburg().expect("the shared data's Gothenburg network")
 }
 
 /// 20 fastest routes between random places 2–8 km apart over the drivable network.
-fn network_routes() -> Vec<Route> {
-    Network::gothenburg()
-        .expect("the shared data's Gothenburg network")
-        .random_routes(20, 7, 2_000.0, 8_000.0)
+fn network_routes() -> Vec<Course> {
+    courses(network().random_routes(20, 7, 2_000.0, 8_000.0))
 }
 
-/// Every route once at `sigma_m` and each interval; what the engine raised.
-fn sweep(routes: &[Route], sigma_m: f64) -> Vec<String> {
+/// 8 multi-stop runs over the drivable network: a depot, 3–5 stops, back to the depot.
+fn network_tours() -> Vec<Course> {
+    courses(network().random_tours(8, 7))
+}
+
+/// Every course once at `sigma_m` and each interval; what the engine raised.
+fn sweep(courses: &[Course], sigma_m: f64) -> Vec<String> {
     let mut raised = Vec::new();
     for interval_s in [1, 2, 5] {
-        for (r, route) in routes.iter().enumerate() {
+        for (r, course) in courses.iter().enumerate() {
             let seed = r as u64 * 10 + interval_s as u64;
             let track = drive(
-                route,
+                course,
                 9.0 + (r % 5) as f64,
                 gps(sigma_m, interval_s),
                 seed,
@@ -51,7 +67,7 @@ fn sweep(routes: &[Route], sigma_m: f64) -> Vec<String> {
                 &DEFAULT,
             );
             raised.extend(
-                run(route, &track.fixes, &DEFAULT)
+                run(course, &track, &DEFAULT)
                     .into_iter()
                     .map(|a| format!("route {r} every {interval_s} s: {} {}", a.id, a.summary)),
             );
@@ -60,8 +76,8 @@ fn sweep(routes: &[Route], sigma_m: f64) -> Vec<String> {
     raised
 }
 
-fn assert_nothing_raised(routes: &[Route], sigma_m: f64) {
-    let raised = sweep(routes, sigma_m);
+fn assert_nothing_raised(courses: &[Course], sigma_m: f64) {
+    let raised = sweep(courses, sigma_m);
     assert!(raised.is_empty(), "false alarms: {raised:#?}");
 }
 
@@ -80,6 +96,13 @@ fn whole_runs_on_new_routes_over_the_network_with_sigma_8_m_gps_error_raise_noth
     assert_nothing_raised(&network_routes(), 8.0);
 }
 
+/// Minutes standing (engine off, door open) at each planned stop, handovers there, routes that
+/// turn round at a stop and come back along the same street: none of it is an anomaly.
+#[test]
+fn whole_multi_stop_runs_over_the_network_with_sigma_8_m_gps_error_raise_nothing() {
+    assert_nothing_raised(&network_tours(), 8.0);
+}
+
 /// A4: every route, turned back somewhere along it, at each fix interval; the engine must raise
 /// the U-turn as a roadblock within the scenarios' 30 s of the vehicle being 50 m back, and
 /// nothing else.
@@ -88,12 +111,12 @@ fn u_turns_with_sigma_4_m_gps_error_are_raised_as_roadblocks() {
     let routes = public_routes();
     for interval_s in [1, 2, 5] {
         let (mut other, mut missed) = (Vec::new(), Vec::new());
-        for (r, route) in routes.iter().enumerate() {
+        for (r, course) in routes.iter().enumerate() {
             let seed = r as u64 * 10 + interval_s as u64;
-            let uturn = Incident::uturn_on(route, &mut Rng::new(seed));
+            let uturn = Incident::uturn_on(course, &mut Rng::new(seed));
             let at = uturn.at_m();
             let track = drive(
-                route,
+                course,
                 11.0,
                 gps(4.0, interval_s),
                 seed,
@@ -102,7 +125,7 @@ fn u_turns_with_sigma_4_m_gps_error_are_raised_as_roadblocks() {
             );
             let due = track.due.expect("the drive turned back");
             let mut seen = false;
-            for a in run(route, &track.fixes, &DEFAULT) {
+            for a in run(course, &track, &DEFAULT) {
                 let late_s = a.at.secs_since(due);
                 if a.kind.as_str() == "roadblock" && !seen && late_s.abs() <= 30.0 {
                     seen = true;
@@ -128,15 +151,15 @@ fn u_turns_with_sigma_4_m_gps_error_are_raised_as_roadblocks() {
 /// A1: every route with a 3–6 minute stop somewhere along it, engine running, at sigma 8 m (the
 /// standing fixes wander tens of metres); what was not raised exactly once, no later than
 /// start + 120 s plus one fix interval, or came with anything else.
-fn stops_not_raised_once_in_time(routes: &[Route]) -> Vec<String> {
+fn stops_not_raised_once_in_time(courses: &[Course]) -> Vec<String> {
     let mut wrong = Vec::new();
     for interval_s in [1, 2, 5] {
-        for (r, route) in routes.iter().enumerate() {
+        for (r, course) in courses.iter().enumerate() {
             let seed = r as u64 * 10 + interval_s as u64;
-            let stop = Incident::stop_on(route, &mut Rng::new(seed), &DEFAULT);
+            let stop = Incident::stop_on(course, &mut Rng::new(seed), &DEFAULT);
             let at_m = stop.at_m();
             let track = drive(
-                route,
+                course,
                 11.0,
                 gps(8.0, interval_s),
                 seed,
@@ -144,7 +167,7 @@ fn stops_not_raised_once_in_time(routes: &[Route]) -> Vec<String> {
                 &DEFAULT,
             );
             let due = track.due.expect("the drive stopped");
-            let anomalies = run(route, &track.fixes, &DEFAULT);
+            let anomalies = run(course, &track, &DEFAULT);
             // Due counts from when the vehicle stood; the rule's start is the first slow fix.
             let in_time = |late: f64| (-1.0..=f64::from(interval_s) + 1.0).contains(&late);
             let once_in_time = matches!(anomalies.as_slice(), [a]
@@ -175,11 +198,13 @@ fn long_stops_on_new_routes_over_the_network_are_raised_once_in_time() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
-/// The simulator does what the sweeps rely on: errors of the asked size, outliers, stops.
+/// The simulator does what the sweeps rely on: errors of the asked size, outliers, stops, and a
+/// multi-stop run standing at each of its stops in order, handing over there, back at its depot.
 #[test]
 fn the_simulated_gps_has_the_error_stops_and_outliers_asked_for() {
-    let routes = public_routes();
-    let Track { fixes, truth, .. } = drive(&routes[0], 11.0, gps(8.0, 1), 7, None, &DEFAULT);
+    let courses = public_routes();
+    let course = &courses[0];
+    let Track { fixes, truth, .. } = drive(course, 11.0, gps(8.0, 1), 7, None, &DEFAULT);
     let errors: Vec<f64> = fixes
         .iter()
         .zip(&truth)
@@ -203,16 +228,46 @@ fn the_simulated_gps_has_the_error_stops_and_outliers_asked_for() {
     );
     let standing = fixes.iter().filter(|f| f.speed_mps < 0.5).count();
     assert!(standing >= 30, "{standing} standing fixes");
-    let last = fixes.last().expect("fixes");
+    let end = course.visits.last().expect("the vault").position;
     assert!(
-        haversine_m(*truth.last().expect("truth"), {
-            let c = routes[0].coords.last().expect("route");
-            LatLon {
-                lat: c[1],
-                lon: c[0],
-            }
-        }) < 15.0,
-        "the drive ends at the route's end (last fix {:?})",
-        last.t
+        haversine_m(*truth.last().expect("truth"), end) < 15.0,
+        "the drive ends at the route's end"
     );
+
+    let tour = courses
+        .iter()
+        .find(|c| c.visits.len() > 1)
+        .expect("a public multi-stop route");
+    let track = drive(tour, 11.0, gps(4.0, 2), 7, None, &DEFAULT);
+    let mut last = None;
+    for (visit, arrived) in tour.visits.iter().zip(&track.arrivals) {
+        let arrived = arrived.unwrap_or_else(|| panic!("{} not reached", visit.stop_id));
+        assert!(last < Some(arrived), "{} out of order", visit.stop_id);
+        last = Some(arrived);
+        // Standing there, engine off and door open, for its dwell (less the fix interval).
+        let there: Vec<_> = fixes_between(&track, arrived, visit.dwell_s);
+        let dwell_s = there.len() as f64 * 2.0;
+        assert!(
+            dwell_s >= visit.dwell_s - 4.0,
+            "{}: {dwell_s} s standing of {}",
+            visit.stop_id,
+            visit.dwell_s
+        );
+        assert!(
+            there
+                .iter()
+                .all(|(f, t)| !f.ignition && f.door_open && haversine_m(**t, visit.position) < 2.0)
+        );
+    }
+    assert_eq!(track.handovers.len(), tour.visits.len());
+}
+
+/// The fixes of `track` in the `secs` after `from`, with where the vehicle really was.
+fn fixes_between(track: &Track, from: Millis, secs: f64) -> Vec<(&Fix, &LatLon)> {
+    track
+        .fixes
+        .iter()
+        .zip(&track.truth)
+        .filter(|(f, _)| f.t >= from && f.t.secs_since(from) < secs)
+        .collect()
 }

@@ -43,6 +43,9 @@ pub struct LastFix {
     pub position: LatLon,
     pub door_open: bool,
     pub ignition: bool,
+    /// The unit's reported accuracy, metres (f32: it fits beside the flags, no wider record).
+    #[serde(default)]
+    pub accuracy_m: f32,
     pub speed_mps: f64,
     /// The two fixes before it (newest first), so a place can be judged on more than one
     /// possibly multipath-displaced fix.
@@ -188,6 +191,7 @@ impl Engine {
                         },
                         door_open: fix.door_open,
                         ignition: fix.ignition,
+                        accuracy_m: fix.accuracy_m as f32,
                         speed_mps: fix.speed_mps,
                         earlier: [None, None],
                     };

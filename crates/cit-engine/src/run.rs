@@ -53,8 +53,14 @@ impl Deadline {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Params(Option<Box<DetectionParams>>);
 
-/// How many times its reported accuracy a standing fix may lie beyond the stop radius.
-const STOP_ACCURACIES: f64 = 2.0;
+/// How many times its reported accuracy a fix may lie beyond a radius and still count as inside
+/// it (at most the radius again): a standing vehicle's fixes wander with the receiver's error.
+const RADIUS_ACCURACIES: f64 = 2.0;
+
+/// `radius_m` widened for a fix's reported accuracy (see [`RADIUS_ACCURACIES`]).
+fn widened(radius_m: f64, accuracy_m: f64) -> f64 {
+    radius_m + (RADIUS_ACCURACIES * accuracy_m).clamp(0.0, radius_m)
+}
 /// Far fixes in a row, agreeing with each other, that end a stop.
 const STOP_END_FIXES: u32 = 3;
 
@@ -470,11 +476,15 @@ impl RunState {
             return;
         };
         let distance = last.map(|l| haversine_m(l.position, stop.position));
+        // Any of the last three fixes of the last minute within the radius, widened for the
+        // unit's reported accuracy: a vehicle standing at the stop with a noisy receiver is at
+        // the stop; one handing over a street away (hundreds of metres) is not.
         let inside_recently = last.is_some_and(|l| {
+            let radius = widened(stop.radius_m, f64::from(l.accuracy_m));
             std::iter::once((l.t, l.position))
                 .chain(l.earlier.iter().flatten().copied())
                 .filter(|(t, _)| l.t.secs_since(*t) <= 60.0)
-                .any(|(_, p)| haversine_m(p, stop.position) <= stop.radius_m)
+                .any(|(_, p)| haversine_m(p, stop.position) <= radius)
         });
         if inside_recently {
             return;
@@ -589,11 +599,9 @@ impl RunState {
             return;
         }
         // A standing vehicle's fixes wander with the receiver's error, not only within the
-        // radius: a fix counts as still here within the radius plus twice its reported
-        // accuracy (at most twice the radius), or a noisy unit's one long stop would break
-        // into pieces, raised late or twice.
-        let radius = self.params.stop_radius_m
-            + (STOP_ACCURACIES * fix.accuracy_m).clamp(0.0, self.params.stop_radius_m);
+        // radius: a fix counts as still here within the widened radius, or a noisy unit's one
+        // long stop would break into pieces, raised late or twice.
+        let radius = widened(self.params.stop_radius_m, fix.accuracy_m);
         if let Some(ep) = &mut self.episode {
             if dist(p, ep.mean()) <= radius {
                 ep.sum[0] += p[0];

@@ -68,6 +68,8 @@ struct World {
     pos: u64,
     seq: u64,
     raised: Vec<(AnomalyKind, Millis)>,
+    /// The accuracy the unit reports with each fix, metres.
+    accuracy_m: f64,
 }
 
 impl World {
@@ -82,6 +84,7 @@ impl World {
             pos: 0,
             seq: 0,
             raised: vec![],
+            accuracy_m: 5.0,
         };
         let route = w.route.clone();
         w.feed(Event::RunPlanned {
@@ -128,7 +131,7 @@ impl World {
                 lon: p.lon,
                 speed_mps: speed,
                 heading_deg: heading,
-                accuracy_m: 5.0,
+                accuracy_m: self.accuracy_m,
                 ignition,
                 door_open: door,
             }],
@@ -514,6 +517,42 @@ fn a8_handover_away_from_the_stop_and_not_for_one_multipath_fix() {
 }
 
 #[test]
+fn a8_a_noisy_unit_standing_at_the_stop_is_there_and_a_precise_one_65_m_off_is_not() {
+    // Stop radius 50 m; the vehicle stands with every fix 65 m to the side of the stop. With
+    // the unit reporting 20 m accuracy that is within its error of the stop (radius plus twice
+    // the accuracy, at most twice the radius); reporting 3 m, it is 65 m away.
+    for (accuracy_m, raised) in [(20.0, false), (3.0, true)] {
+        let route = route();
+        let (s1, _) = along(&route, 300.0, 0.0);
+        let stop = PlannedStop {
+            stop_id: "S1".into(),
+            name: "S1".into(),
+            position: s1,
+            radius_m: 50.0,
+            arrive_by: None,
+            kind: "outlet".into(),
+        };
+        let mut w = World::new(quiet(), vec![stop]);
+        w.accuracy_m = accuracy_m;
+        w.drive(0.0, 0.0, 10.0, 30);
+        for i in 0..10 {
+            w.fix(30.0 + f64::from(i), 300.0, 65.0, 0.0);
+        }
+        w.feed(Event::CashBoxesHandedOver {
+            run_id: "R-1".into(),
+            stop_id: "S1".into(),
+            boxes: vec!["B-1".into()],
+            seals: vec![1],
+            handed_by: vec!["E-1".into(), "E-2".into()],
+            received_by: vec!["O-1".into()],
+            at: T0.plus_secs(40.0),
+        });
+        let at = w.at(AnomalyKind::HandoverOutOfPlace);
+        assert_eq!(!at.is_empty(), raised, "accuracy {accuracy_m} m: {at:?}");
+    }
+}
+
+#[test]
 fn a10_overspeed_is_raised_once_per_episode_after_the_sustained_time() {
     let params = DetectionParams {
         speed_limit_kmh: 60.0,
@@ -559,6 +598,7 @@ fn a_snapshot_mid_run_resumes_exactly() {
         pos: w.pos,
         seq: w.seq,
         raised: vec![],
+        accuracy_m: w.accuracy_m,
     };
     for x in [&mut w, &mut twin] {
         park(x, 90.0, s, 120, &[20]);

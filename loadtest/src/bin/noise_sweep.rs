@@ -1,5 +1,6 @@
 //! Detection against GPS error: every public Gothenburg route (or, with `--network N`, N new
-//! fastest routes over the drivable network) driven whole (traffic stops, escorts checking in)
+//! fastest routes over the drivable network; with `--tours N`, N new multi-stop runs over it)
+//! driven whole (traffic stops, minutes at each planned stop, escorts checking in and handing over)
 //! at each GPS sigma, fix interval and seed asked for, through the detection engine. Prints, per sigma and interval, the drives, the fixes and every anomaly
 //! raised on a clean drive (each one a false alarm), so the engine's noise margin is a measured
 //! figure. With `--incident uturn`, every drive instead stops somewhere along its route as at a
@@ -8,12 +9,12 @@
 //! how late against when it was due, and any other anomaly (a false alarm).
 //!
 //! cargo run --release -p cit-loadtest --bin noise-sweep -- --sigma 4,8,12,16 --seeds 5 \
-//!     [--incident uturn|stop] [--network 100]
+//!     [--incident uturn|stop] [--network 100 | --tours 50]
 
 use std::collections::BTreeMap;
 
 use cit_domain::DetectionParams;
-use cit_loadtest::field_drive::{Gps, Incident, drive, run, since_departure};
+use cit_loadtest::field_drive::{Course, Gps, Incident, drive, run, since_departure};
 use cit_loadtest::network::Network;
 use cit_loadtest::{Rng, gothenburg_routes};
 use clap::Parser;
@@ -38,8 +39,13 @@ struct Args {
     /// Drive this many new routes, fastest paths between random places 2–8 km apart over the
     /// Gothenburg drivable network (as the held-out routes are planned), instead of the 20
     /// public ones.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tours")]
     network: Option<usize>,
+    /// Drive this many new multi-stop runs (a depot, 3–5 stops 0.5–3 km from it visited nearest
+    /// first, and back; fastest legs over the drivable network, as GBG-CIT01/02 are planned)
+    /// instead of the public routes.
+    #[arg(long)]
+    tours: Option<usize>,
     /// Detection parameters of every run, as SCENARIOS.md's `params` (JSON, e.g.
     /// '{"uturn_m": 80, "corridor_m": 40}'); the rest keep their defaults.
     #[arg(long)]
@@ -74,15 +80,21 @@ fn detection_params(overrides: Option<&str>) -> DetectionParams {
 fn main() {
     let args = Args::parse();
     let params = detection_params(args.params.as_deref());
-    let routes = match args.network {
-        Some(n) => Network::gothenburg()
-            .expect("the shared data's Gothenburg network")
-            .random_routes(n, 42, 2_000.0, 8_000.0),
-        None => gothenburg_routes().expect("the shared data's Gothenburg routes"),
+    let network = || Network::gothenburg().expect("the shared data's Gothenburg network");
+    let routes = match (args.network, args.tours) {
+        (Some(n), _) => network().random_routes(n, 42, 2_000.0, 8_000.0),
+        (_, Some(n)) => network().random_tours(n, 42),
+        _ => gothenburg_routes().expect("the shared data's Gothenburg routes"),
     };
+    let courses: Vec<Course> = routes
+        .into_iter()
+        .enumerate()
+        .map(|(r, route)| Course::of(route, r as u64))
+        .collect();
     println!(
-        "{} routes, {} seeds each, multipath {:.1} %",
-        routes.len(),
+        "{} routes ({} multi-stop), {} seeds each, multipath {:.1} %",
+        courses.len(),
+        courses.iter().filter(|c| c.visits.len() > 1).count(),
         args.seeds,
         100.0 * args.multipath
     );
@@ -96,21 +108,21 @@ fn main() {
             let (mut drives, mut fixes) = (0, 0);
             let mut late_s: Vec<f64> = Vec::new();
             let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
-            for (r, route) in routes.iter().enumerate() {
+            for (r, course) in courses.iter().enumerate() {
                 for seed in 0..args.seeds {
                     let cruise = 9.0 + (seed % 5) as f64;
                     let seed = seed * 1_000 + r as u64;
                     let incident = args.incident.map(|kind| {
                         let mut rng = Rng::new(seed ^ 0x5eed);
                         match kind {
-                            Kind::Uturn => Incident::uturn_on(route, &mut rng),
-                            Kind::Stop => Incident::stop_on(route, &mut rng, &params),
+                            Kind::Uturn => Incident::uturn_on(course, &mut rng),
+                            Kind::Stop => Incident::stop_on(course, &mut rng, &params),
                         }
                     });
-                    let track = drive(route, cruise, gps, seed, incident, &params);
+                    let track = drive(course, cruise, gps, seed, incident, &params);
                     drives += 1;
                     fixes += track.fixes.len();
-                    let mut raised = run(route, &track.fixes, &params);
+                    let mut raised = run(course, &track, &params);
                     // The incident's anomaly (the first of its kind) is the one expected.
                     if let (Some(incident), Some(due)) = (incident, track.due) {
                         match raised
