@@ -61,6 +61,7 @@ pub struct ProgressTracker {
     /// Fixes in a row placed on the route while running against it.
     #[serde(default)]
     backing: u32,
+
     /// Fixes that could not place the vehicle yet (see first acquisition).
     #[serde(default)]
     ambiguous_fixes: u32,
@@ -268,7 +269,26 @@ impl ProgressTracker {
                         None => {
                             self.lost += 1;
                             if self.lost >= LOST_FIXES_BEFORE_REACQUIRE {
-                                self.jump_to(global.map_or(prev, |(_, c)| c.s));
+                                match global {
+                                    // Found again behind, running back along the route: it
+                                    // turned round where progress hung on a part near the
+                                    // turn (a bend, a corner) and drove back faster than the
+                                    // reach allowed to follow. A fall, not a jump (a vehicle
+                                    // rejoining after a detour or shortcut runs the route's
+                                    // way).
+                                    Some((_, g))
+                                        if g.s < prev
+                                            && use_heading
+                                            && angle_between(g.bearing, heading_deg) > 90.0 =>
+                                    {
+                                        self.lost = 0;
+                                        self.switching = 0;
+                                        self.s = Some(g.s);
+                                        switched_back = true;
+                                        updated = true;
+                                    }
+                                    _ => self.jump_to(global.map_or(prev, |(_, c)| c.s)),
+                                }
                             }
                         }
                     }

@@ -363,6 +363,102 @@ fn a4_a_u_turn_seen_every_5_s_is_raised_from_the_fixes_running_back() {
 }
 
 #[test]
+fn a4_a_u_turn_just_past_a_sharp_bend_is_raised_when_the_fixes_running_back_are_found_again() {
+    // From a sweep over new network routes (sigma 4 m, 1 s fixes): the route bends round from
+    // west to south-east; the vehicle stops just past the bend, turns, and drives back west at
+    // 9 m/s. Its fixes in the turn match the bend (its heading sweeps across it), so progress
+    // hangs there while the vehicle drives away, until no reachable position is left. Found
+    // again behind, running back along the route, that is the fall, not a jump that forgets it.
+    let base = LatLon {
+        lat: 57.7,
+        lon: 11.97,
+    };
+    let k = base.lat.to_radians().cos();
+    let local = |x: f64, y: f64| LatLon {
+        lat: base.lat + y / M_PER_DEG,
+        lon: base.lon + x / (M_PER_DEG * k),
+    };
+    let route: Vec<LatLon> = [
+        [381.9, 106.2],
+        [326.3, 84.8],
+        [75.4, 20.1],
+        [-9.2, -2.5],
+        [-28.0, -7.7],
+        [-53.9, -14.6],
+        [-64.8, -16.8],
+        [-69.1, -17.7],
+        [-76.9, -18.0],
+        [-81.5, -13.6],
+        [-85.3, -11.8],
+        [-91.5, -10.9],
+        [-95.6, -11.5],
+        [-98.9, -12.9],
+        [-103.4, -16.3],
+        [-106.6, -21.1],
+        [-108.0, -27.1],
+        [-107.6, -32.1],
+        [-104.5, -38.5],
+        [-99.2, -43.1],
+        [-95.2, -44.7],
+        [-93.5, -50.1],
+        [-93.7, -57.4],
+        [-94.1, -71.2],
+        [-95.4, -80.5],
+        [-98.5, -93.3],
+        [-104.6, -109.6],
+        [-107.6, -115.9],
+    ]
+    .iter()
+    .map(|&[x, y]| local(x, y))
+    .collect();
+    let mut w = World::on(route, quiet(), vec![]);
+    // Drive in at 9 m/s to the stop (about 563 m along), then stand half a minute.
+    let end = w.drive(0.0, 0.0, 9.0, 62);
+    assert!((555.0..570.0).contains(&end), "{end}");
+    // (second, east, north, speed, heading) as the unit sent them, from the stand on.
+    let fixes = [
+        (615, -102.6, -39.2, 0.1, 172),
+        (617, -103.3, -39.8, 0.1, 226),
+        (619, -102.4, -39.6, 0.4, 118),
+        (621, -102.1, -40.0, 0.1, 303),
+        (623, -100.5, -40.0, 0.4, 63),
+        (625, -96.7, -39.7, 0.2, 7),
+        (627, -101.9, -40.9, 0.0, 334),
+        (628, -102.2, -39.2, 2.2, 359),
+        (629, -101.0, -35.9, 3.6, 355),
+        (630, -100.1, -30.2, 5.1, 14),
+        (631, -100.2, -24.9, 6.8, 34),
+        (632, -95.8, -19.9, 7.0, 56),
+        (633, -90.8, -16.0, 8.8, 75),
+        (634, -81.5, -16.3, 8.8, 117),
+        (635, -74.0, -21.6, 9.1, 136),
+        (636, -65.8, -22.8, 9.2, 76),
+        (637, -57.1, -20.6, 9.1, 85),
+        (638, -47.3, -19.2, 8.8, 75),
+        (639, -36.5, -18.2, 8.8, 76),
+        (640, -29.6, -14.8, 9.4, 78),
+        (641, -22.1, -11.6, 9.4, 77),
+        (642, -14.8, -7.6, 8.7, 73),
+        (643, -6.7, -6.0, 8.6, 73),
+        (644, 1.8, -3.9, 8.9, 70),
+    ];
+    for (t, x, y, speed, heading) in fixes {
+        w.fix_at(
+            f64::from(t) - 550.0,
+            local(x, y),
+            speed,
+            f64::from(heading),
+            true,
+            false,
+        );
+    }
+    // 50 m back from the stop at about second 636 (86 after the stand began at 550).
+    let at = w.at(AnomalyKind::Roadblock);
+    assert_eq!(at.len(), 1, "{:?}", w.raised);
+    assert!((85.0..=95.0).contains(&at[0]), "raised at {at:?}");
+}
+
+#[test]
 fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
     // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
     // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
