@@ -123,6 +123,9 @@ impl ProgressTracker {
         // in a turn, or turning round at a corner.
         let mut turning = false;
         let mut switched_back = false;
+        // Whether this fix took progress back by more than the vehicle's reach (possible only on
+        // a part running its way: see below).
+        let mut leapt_back = false;
         route.candidates(p, search_m, &mut self.near, cands);
         let distance = cands
             .iter()
@@ -259,6 +262,7 @@ impl ProgressTracker {
                                 None => {
                                     self.switching = 0;
                                     self.s = Some(here.s);
+                                    leapt_back = prev - here.s > reach;
                                     let angle = angle_between(here.bearing, heading_deg);
                                     against = use_heading && angle > 90.0;
                                     turning = use_heading && angle > TURNING_DEG && !against;
@@ -318,9 +322,14 @@ impl ProgressTracker {
         self.window.push_back((t, s));
         let max = self.window.front().map_or(s, |(_, v)| *v);
         let fall_m = max - s;
+        // A fix that took progress back beyond reach after fixes in a row running back along
+        // the route continues their run, though on a part running its way: driving back along
+        // one side of a block loop, the other side runs the vehicle's way, and a fix may land
+        // there.
+        let further_back = leapt_back && self.backing >= 2;
         if against {
             self.backing += 1;
-        } else if updated && !turning {
+        } else if updated && !turning && !further_back {
             self.backing = 0;
         }
         if fall_m < fall_threshold_m {
@@ -328,7 +337,7 @@ impl ProgressTracker {
         } else if switched_back {
             // Already confirmed by the switch itself (two fixes in a row).
             self.falling = self.falling.max(2);
-        } else if updated && against {
+        } else if updated && (against || further_back) {
             // The fixes before it that ran against the route confirm the fall too: a multipath
             // fix can jump, but not turn the vehicle's heading round, and a unit reporting every
             // 5 s may send only one or two fixes between 50 m back and leaving the route.

@@ -459,6 +459,87 @@ fn a4_a_u_turn_just_past_a_sharp_bend_is_raised_when_the_fixes_running_back_are_
 }
 
 #[test]
+fn a4_a_u_turn_in_a_block_loop_is_raised_when_a_fix_lands_on_the_loops_other_side() {
+    // From a sweep over new network routes (sigma 4 m, 2 s fixes): the route runs round a
+    // block, south-east down one street and back north-west up the next, 20 m apart. The
+    // vehicle stops on the way up, turns and drives back down: its fixes run against the route
+    // (47 m back, under the threshold), then one lands on the first street, which runs the
+    // vehicle's way. That fix carries on their run back, and the fall is raised there.
+    let base = LatLon {
+        lat: 57.7,
+        lon: 11.97,
+    };
+    let k = base.lat.to_radians().cos();
+    let local = |x: f64, y: f64| LatLon {
+        lat: base.lat + y / M_PER_DEG,
+        lon: base.lon + x / (M_PER_DEG * k),
+    };
+    let route: Vec<LatLon> = [
+        [27.9, -121.1],
+        [0.7, -55.8],
+        [-3.3, -49.0],
+        [-9.4, -44.1],
+        [-24.8, -37.2],
+        [-22.3, -28.5],
+        [-18.3, -16.7],
+        [-12.7, -8.9],
+        [-4.0, -2.7],
+        [19.0, 12.5],
+        [23.4, 14.6],
+        [38.1, 11.6],
+        [59.7, -28.8],
+        [64.3, -37.1],
+        [73.9, -33.8],
+        [77.6, -32.5],
+        [83.0, -30.7],
+        [78.6, -22.4],
+        [53.9, 21.4],
+        [34.0, 57.0],
+        [9.3, 101.0],
+        [-12.3, 139.5],
+        [-24.6, 160.4],
+    ]
+    .iter()
+    .map(|&[x, y]| local(x, y))
+    .collect();
+    let mut w = World::on(route, quiet(), vec![]);
+    // Drive in at 9 m/s to about 367 m along.
+    let end = w.drive(0.0, 0.0, 9.0, 41);
+    assert!((365.0..375.0).contains(&end), "{end}");
+    // (second, east, north, speed, heading) as the unit sent them, from the stand on.
+    let fixes = [
+        (117, 24.7, 58.2, 0.5, 58),
+        (119, 25.0, 58.4, 0.4, 348),
+        (121, 27.2, 58.8, 0.2, 30),
+        (123, 25.1, 59.8, 0.2, 26),
+        (125, 31.9, 54.2, 0.0, 151),
+        (127, 33.4, 49.8, 3.3, 157),
+        (129, 36.0, 40.4, 5.8, 152),
+        (131, 43.3, 28.9, 9.5, 148),
+        (133, 53.5, 13.1, 8.9, 152),
+        (135, 61.7, -4.1, 8.7, 154),
+        (137, 70.5, -20.1, 9.8, 149),
+        (139, 81.7, -32.6, 8.5, 151),
+    ];
+    for (t, x, y, speed, heading) in fixes {
+        w.fix_at(
+            f64::from(t) - 72.0,
+            local(x, y),
+            speed,
+            f64::from(heading),
+            true,
+            false,
+        );
+    }
+    assert_eq!(
+        w.at(AnomalyKind::Roadblock),
+        [135.0 - 72.0],
+        "{:?}",
+        w.raised
+    );
+}
+
+#[test]
 fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
     // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
     // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
