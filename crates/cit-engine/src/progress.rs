@@ -42,6 +42,9 @@ const ACQUIRE_SLACK_M: f64 = 20.0;
 /// parts of it, and up to this many fixes wait for one that tells them apart.
 const AMBIGUOUS_APART_M: f64 = 100.0;
 const AMBIGUOUS_FIXES: u32 = 3;
+/// The least step back that counts as the vehicle moving back (more than GPS error moves progress
+/// from one fix to the next).
+const STEPPED_BACK_M: f64 = 20.0;
 /// The U-turn window of SCENARIOS.md.
 pub const UTURN_WINDOW_S: f64 = 60.0;
 
@@ -126,6 +129,7 @@ impl ProgressTracker {
         // Whether this fix took progress back by more than the vehicle's reach (possible only on
         // a part running its way: see below).
         let mut leapt_back = false;
+        let (before, dt_s) = (self.s, t.secs_since(self.last_t));
         route.candidates(p, search_m, &mut self.near, cands);
         let distance = cands
             .iter()
@@ -322,14 +326,20 @@ impl ProgressTracker {
         self.window.push_back((t, s));
         let max = self.window.front().map_or(s, |(_, v)| *v);
         let fall_m = max - s;
-        // A fix that took progress back beyond reach after fixes in a row running back along
-        // the route continues their run, though on a part running its way: driving back along
-        // one side of a block loop, the other side runs the vehicle's way, and a fix may land
-        // there.
-        let further_back = leapt_back && self.backing >= 2;
-        if against {
+        // Whether the fix carries on a run of fixes going back along the route: it runs against
+        // the route where it was placed; or, after one that did, it was placed in a turn (a
+        // corner of the route, where the part running across matches a heading as well as the
+        // part behind) and took progress back by about as far as the vehicle drove; or, after
+        // two, it took progress back beyond reach onto a part running its way (the other side
+        // of a block loop).
+        let stepped_back =
+            before.is_some_and(|b| b - s >= (0.5 * speed_mps * dt_s).max(STEPPED_BACK_M));
+        let runs_back = against
+            || (updated && turning && stepped_back && self.backing >= 1)
+            || (leapt_back && self.backing >= 2);
+        if runs_back {
             self.backing += 1;
-        } else if updated && !turning && !further_back {
+        } else if updated && !turning {
             self.backing = 0;
         }
         if fall_m < fall_threshold_m {
@@ -337,7 +347,7 @@ impl ProgressTracker {
         } else if switched_back {
             // Already confirmed by the switch itself (two fixes in a row).
             self.falling = self.falling.max(2);
-        } else if updated && (against || further_back) {
+        } else if updated && runs_back {
             // The fixes before it that ran against the route confirm the fall too: a multipath
             // fix can jump, but not turn the vehicle's heading round, and a unit reporting every
             // 5 s may send only one or two fixes between 50 m back and leaving the route.

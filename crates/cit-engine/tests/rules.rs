@@ -540,6 +540,90 @@ fn a4_a_u_turn_in_a_block_loop_is_raised_when_a_fix_lands_on_the_loops_other_sid
 }
 
 #[test]
+fn a4_a_u_turn_at_a_corner_seen_every_5_s_is_raised_from_a_fix_placed_in_the_corner() {
+    // From a sweep over new network routes (sigma 4 m, 5 s fixes): the vehicle stops just past
+    // a corner of the route, turns and drives back. Its first fix going back runs against the
+    // route; the next lies at the next corner back, nearer the part running across (88° off its
+    // heading, a turn) than the part it is on, and the drive leaves the route after it. Placed
+    // in a turn, 53 m further back, after a fix running back: that carries on the run.
+    let base = LatLon {
+        lat: 57.7,
+        lon: 11.97,
+    };
+    let k = base.lat.to_radians().cos();
+    let local = |x: f64, y: f64| LatLon {
+        lat: base.lat + y / M_PER_DEG,
+        lon: base.lon + x / (M_PER_DEG * k),
+    };
+    let route: Vec<LatLon> = [
+        [-20.2, -382.1],
+        [-18.4, -352.6],
+        [-15.9, -329.6],
+        [-12.7, -309.6],
+        [-4.4, -274.6],
+        [11.3, -237.7],
+        [20.2, -218.5],
+        [25.7, -202.3],
+        [29.6, -183.8],
+        [32.8, -157.2],
+        [32.8, -138.5],
+        [31.9, -124.4],
+        [26.7, -93.9],
+        [13.3, -53.9],
+        [8.0, -38.0],
+        [0.5, -5.7],
+        [-2.6, 28.7],
+        [-0.0, 56.4],
+        [5.9, 69.5],
+        [57.5, 48.2],
+        [85.1, 36.3],
+        [106.9, 27.4],
+        [124.9, 92.5],
+        [129.0, 112.4],
+        [131.4, 121.6],
+        [135.3, 134.4],
+        [136.6, 138.4],
+    ]
+    .iter()
+    .map(|&[x, y]| local(x, y))
+    .collect();
+    let mut w = World::on(route, quiet(), vec![]);
+    // (second, east, north, speed, heading) as the unit sent them.
+    let fixes = [
+        (606, 14.0, -52.4, 8.9, 340),
+        (611, 0.0, -11.3, 9.5, 357),
+        (616, -2.3, 33.7, 8.9, 7),
+        (621, 15.3, 53.4, 8.6, 108),
+        (626, 57.2, 39.5, 9.2, 113),
+        (631, 94.4, 21.5, 7.4, 114),
+        (636, 106.8, 21.8, 0.0, 240),
+        (641, 109.1, 20.9, 0.1, 3),
+        (646, 107.2, 24.4, 0.2, 65),
+        (651, 102.0, 25.7, 0.1, 292),
+        (656, 104.6, 30.8, 0.0, 122),
+        (661, 106.4, 30.9, 0.1, 38),
+        (666, 102.8, 34.1, 0.2, 87),
+        (671, 107.7, 35.1, 0.1, 87),
+        (676, 108.5, 40.4, 0.4, 44),
+        (681, 111.9, 38.2, 0.9, 192),
+        (686, 97.8, 36.3, 8.8, 291),
+        (691, 56.0, 52.8, 8.6, 291),
+        (696, 11.7, 70.6, 9.0, 296),
+    ];
+    for (t, x, y, speed, heading) in fixes {
+        w.fix_at(
+            f64::from(t) - 600.0,
+            local(x, y),
+            speed,
+            f64::from(heading),
+            true,
+            false,
+        );
+    }
+    assert_eq!(w.at(AnomalyKind::Roadblock), [96.0], "{:?}", w.raised);
+}
+
+#[test]
 fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
     // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
     // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
