@@ -15,6 +15,17 @@ impl From<&str> for Key {
     }
 }
 
+impl Key {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The id as given (keys are made only from `&str`).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// Lookups take `id.as_bytes()`; a `Key` hashes exactly as its bytes do.
 impl Borrow<[u8]> for Key {
     fn borrow(&self) -> &[u8] {

@@ -33,7 +33,7 @@ use cit_domain::{CheckInCode, IncidentKind, LatLon, Millis};
 
 use crate::key::Key;
 use crate::route::Candidate;
-use crate::run::{Deadline, RunState};
+use crate::run::RunState;
 use crate::zones::ZoneIndex;
 
 /// Where a vehicle was last seen (any fix, on a run or not).
@@ -48,8 +48,54 @@ pub struct LastFix {
     pub accuracy_m: f32,
     pub speed_mps: f64,
     /// The two fixes before it (newest first), so a place can be judged on more than one
-    /// possibly multipath-displaced fix.
-    pub earlier: [Option<(Millis, LatLon)>; 2],
+    /// possibly multipath-displaced fix. See [`LastFix::recent`].
+    earlier: [Earlier; 2],
+}
+
+/// A fix before the last one, relative to it: 12 bytes instead of 32 (one such pair per vehicle
+/// the engine has seen). An f32 offset in degrees is exact to well under a millimetre at the
+/// distances one fix is from the next.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Earlier {
+    /// Milliseconds before the last fix; `u32::MAX` when there is none.
+    ms_before: u32,
+    dlat: f32,
+    dlon: f32,
+}
+
+impl Earlier {
+    const NONE: Earlier = Earlier {
+        ms_before: u32::MAX,
+        dlat: 0.0,
+        dlon: 0.0,
+    };
+
+    /// `(t, position)` relative to the fix at `(t0, p0)`.
+    fn relative_to(t0: Millis, p0: LatLon, fix: Option<(Millis, LatLon)>) -> Earlier {
+        match fix {
+            Some((t, p)) => Earlier {
+                ms_before: u32::try_from(t0.0 - t.0).unwrap_or(u32::MAX - 1),
+                dlat: (p.lat - p0.lat) as f32,
+                dlon: (p.lon - p0.lon) as f32,
+            },
+            None => Earlier::NONE,
+        }
+    }
+}
+
+impl LastFix {
+    /// The last fix and the (up to) two before it, newest first, as (time, position).
+    pub fn recent(&self) -> impl Iterator<Item = (Millis, LatLon)> + '_ {
+        let earlier = self.earlier.iter().filter(|e| e.ms_before != u32::MAX);
+        std::iter::once((self.t, self.position)).chain(earlier.map(|e| {
+            let t = Millis(self.t.0 - i64::from(e.ms_before));
+            let p = LatLon {
+                lat: self.position.lat + f64::from(e.dlat),
+                lon: self.position.lon + f64::from(e.dlon),
+            };
+            (t, p)
+        }))
+    }
 }
 
 /// A run's standing along its plan (see [`Engine::standing`]).
@@ -71,8 +117,9 @@ pub struct Engine {
     /// for ~4 % of per-fix speed; BENCHMARKS.md).
     runs: HashMap<Key, Box<RunState>>,
     last_fix: HashMap<Key, LastFix>,
-    /// Pending deadlines in firing order; stale ones are skipped when they fire.
-    deadlines: BTreeMap<(Millis, u64), Deadline>,
+    /// Runs with a time rule pending, in firing order: one entry per run, at or before its
+    /// earliest due time (see `RunState::queued`).
+    deadlines: BTreeMap<(Millis, u64), Key>,
     next_deadline: u64,
     /// Ids already raised (ours, or seen in the log), so nothing is raised twice.
     raised: HashSet<String>,
@@ -193,12 +240,17 @@ impl Engine {
                         ignition: fix.ignition,
                         accuracy_m: fix.accuracy_m as f32,
                         speed_mps: fix.speed_mps,
-                        earlier: [None, None],
+                        earlier: [Earlier::NONE; 2],
                     };
                     // In place: no key clone on the hot path.
                     match self.last_fix.get_mut(vehicle_id.as_bytes()) {
                         Some(slot) => {
-                            seen.earlier = [Some((slot.t, slot.position)), slot.earlier[0]];
+                            let (t, p) = (seen.t, seen.position);
+                            seen.earlier = {
+                                let mut before = slot.recent();
+                                [before.next(), before.next()]
+                                    .map(|fix| Earlier::relative_to(t, p, fix))
+                            };
                             *slot = seen;
                         }
                         None => {
@@ -209,9 +261,8 @@ impl Engine {
                         .as_ref()
                         .and_then(|r| self.runs.get_mut(r.as_bytes()))
                     {
-                        run.on_fix(fix, &mut self.scratch, out, &mut |d, at| {
-                            schedule(&mut self.deadlines, &mut self.next_deadline, d, at)
-                        });
+                        run.on_fix(fix, &mut self.scratch, out);
+                        requeue(&mut self.deadlines, &mut self.next_deadline, run);
                     }
                     self.fire(fix.t, true, out);
                 }
@@ -231,8 +282,6 @@ impl Engine {
         let t = event.time();
         self.fire(t, false, out);
         self.now = self.now.max(t);
-        let mut sched =
-            |d: Deadline, at: Millis| schedule(&mut self.deadlines, &mut self.next_deadline, d, at);
         match event {
             Event::CheckpointRegistered { checkpoint, .. } => self.zones.insert(checkpoint.clone()),
             Event::RunPlanned {
@@ -253,7 +302,8 @@ impl Engine {
             }
             Event::RunDeparted { run_id, at, .. } => {
                 if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
-                    run.on_departed(*at, &mut sched);
+                    run.on_departed(*at);
+                    requeue(&mut self.deadlines, &mut self.next_deadline, run);
                 }
             }
             Event::RunClosed { run_id, at } => {
@@ -268,7 +318,8 @@ impl Engine {
                 at,
             } => {
                 if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
-                    run.on_checkin(person_id, *at, &mut sched);
+                    run.on_checkin(person_id, *at);
+                    requeue(&mut self.deadlines, &mut self.next_deadline, run);
                     if *code == CheckInCode::Duress {
                         let last = self.last_fix.get(run.vehicle_id.as_bytes()).copied();
                         run.raise_duress(position, person_id, *at, last, out);
@@ -351,19 +402,27 @@ impl Engine {
     }
 }
 
-fn schedule(
-    deadlines: &mut BTreeMap<(Millis, u64), Deadline>,
-    next: &mut u64,
-    d: Deadline,
-    at: Millis,
-) {
+/// Queues `run` at its earliest due time, unless its entry is already at or before it (an early
+/// entry costs one wake-up that finds nothing due; re-queueing on every fix would cost a queue
+/// removal and insert per fix, as each moves the signal-loss deadline).
+fn requeue(deadlines: &mut BTreeMap<(Millis, u64), Key>, next: &mut u64, run: &mut RunState) {
+    let Some(due) = run.next_due() else {
+        return;
+    };
+    if run.queued.is_some_and(|(at, _)| at <= due) {
+        return;
+    }
+    if let Some(entry) = run.queued.take() {
+        deadlines.remove(&entry);
+    }
     *next += 1;
-    deadlines.insert((at, *next), d);
+    deadlines.insert((due, *next), run.key.clone());
+    run.queued = Some((due, *next));
 }
 
 #[allow(clippy::too_many_arguments)]
 fn fire_deadlines(
-    deadlines: &mut BTreeMap<(Millis, u64), Deadline>,
+    deadlines: &mut BTreeMap<(Millis, u64), Key>,
     next: &mut u64,
     runs: &mut HashMap<Key, Box<RunState>>,
     last_fix: &HashMap<Key, LastFix>,
@@ -379,20 +438,20 @@ fn fire_deadlines(
     {
         return;
     }
-    let mut requeue = Vec::new();
     while let Some(entry) = deadlines.first_entry() {
         let (at, _) = *entry.key();
         if at > to || (at == to && !inclusive) {
             break;
         }
-        let d = entry.remove();
-        if let Some(run) = runs.get_mut(d.run()) {
+        let (queued, key) = entry.remove_entry();
+        if let Some(run) = runs.get_mut(&key) {
+            if run.queued == Some(queued) {
+                run.queued = None;
+            }
             let last = last_fix.get(run.vehicle_id.as_bytes()).copied();
-            run.on_deadline(&d, at, last, zones, out, &mut |d, at| requeue.push((d, at)));
-        }
-        // Re-armed deadlines are later than `at`, but may still be due before `to`.
-        for (d, at) in requeue.drain(..) {
-            schedule(deadlines, next, d, at);
+            run.on_due(at, last, zones, out);
+            // Its next due time is later than `at`, but may still be before `to`.
+            requeue(deadlines, next, run);
         }
     }
 }

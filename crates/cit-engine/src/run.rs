@@ -1,5 +1,7 @@
 //! Per-run rule state: each rule of SCENARIOS.md as a small state machine fed by the run's fixes,
-//! check-ins, reports and handovers, raising anomalies into [`Out`] and scheduling deadlines.
+//! check-ins, reports and handovers, raising anomalies into [`Out`]. Time rules keep their own
+//! due times here; the engine queues each run once, at the earliest of them (see
+//! [`RunState::next_due`]).
 
 use std::ops::Deref;
 use std::sync::LazyLock;
@@ -14,39 +16,6 @@ use crate::progress::{ProgressTracker, ProgressUpdate};
 use crate::route::{Candidate, RouteIndex};
 use crate::zones::ZoneIndex;
 use crate::{LastFix, Out};
-
-/// A time rule waiting for its moment. `generation` invalidates deadlines that were re-armed.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum Deadline {
-    SignalLoss {
-        run: Key,
-        generation: u64,
-    },
-    Checkin {
-        run: Key,
-        escort: usize,
-        generation: u64,
-    },
-    StopJudge {
-        run: Key,
-        generation: u64,
-    },
-    LateArrival {
-        run: Key,
-        stop: usize,
-    },
-}
-
-impl Deadline {
-    pub fn run(&self) -> &Key {
-        match self {
-            Deadline::SignalLoss { run, .. }
-            | Deadline::Checkin { run, .. }
-            | Deadline::StopJudge { run, .. }
-            | Deadline::LateArrival { run, .. } => run,
-        }
-    }
-}
 
 /// A run's detection parameters. Most runs use the defaults, which then cost a null pointer per
 /// run instead of a copy (memory per active vehicle, BENCHMARKS.md).
@@ -100,7 +69,8 @@ struct StopEpisode {
     far: Option<FarFixes>,
     door_opened: bool,
     engine_off: bool,
-    generation: u64,
+    /// When it is judged (A1); none once it was.
+    judge_at: Option<Millis>,
 }
 
 /// Far fixes in a row during a stop: where the first lay, and how many agree with it (lie within
@@ -120,13 +90,20 @@ impl StopEpisode {
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Escort {
-    id: String,
+    /// Boxed `str`: no spare capacity to carry per escort.
+    id: Box<str>,
     last_checkin: Option<Millis>,
-    generation: u64,
+    /// When their silence becomes a missed check-in (A6); none once it did, until they check in.
+    due: Option<Millis>,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct StopVisit {
+/// A planned stop of the run and the vehicle's visit to it (A7): one record per stop, so a run
+/// holds one allocation for all its stops.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Stop {
+    plan: PlannedStop,
+    /// Its position in the route's frame.
+    local: [f64; 2],
     /// Inside the radius since this fix (not yet confirmed as an arrival).
     inside_since: Option<Millis>,
     arrived: Option<Millis>,
@@ -135,33 +112,31 @@ struct StopVisit {
     /// vehicle has been farther than 2 x its radius.
     armed: bool,
     skip_reported: bool,
+    /// When not being there yet is late (A7: `arrive_by` + grace); none once judged.
+    late_due: Option<Millis>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
-    pub run_id: String,
-    /// The run's id as the engine's maps and deadlines key it.
-    key: Key,
-    pub vehicle_id: String,
+    /// The run's id, as the engine's maps and deadline queue key it (inline: no allocation).
+    pub(crate) key: Key,
+    /// The vehicle's id, as the engine's last-fix map keys it.
+    pub(crate) vehicle_id: Key,
     params: Params,
-    stops: Vec<PlannedStop>,
-    stops_local: Vec<[f64; 2]>,
-    /// A6: each escort with their latest check-in and its deadline's generation (one
-    /// allocation for all three).
+    stops: Vec<Stop>,
+    /// A6: each escort with their latest check-in and when their silence is due.
     escorts: Vec<Escort>,
     route: RouteIndex,
     status: Status,
     departed_at: Option<Millis>,
-    // A5 signal loss: the current deadline lives here; the queue holds at most one entry per
-    // run (`signal_queued`), re-armed when it comes due early, so a fix costs no queue insert.
+    // A5 signal loss: the gap's deadline, moved by every fix; none once raised, until the next
+    // fix starts a new gap.
     last_fix_t: Option<Millis>,
-    signal_gen: u64,
     signal_deadline: Option<Millis>,
-    signal_queued: bool,
     last_route_distance: f64,
     // A1 stops
-    episode: Option<StopEpisode>,
-    episode_gen: u64,
+    /// Boxed: most of the time a vehicle is moving and this is a null pointer, not ~100 bytes.
+    episode: Option<Box<StopEpisode>>,
     reports: Vec<(Millis, IncidentKind)>,
     // A2 route deviation
     streak: u32,
@@ -174,13 +149,16 @@ pub struct RunState {
     // A4 roadblock
     progress: ProgressTracker,
     last_roadblock: Option<Millis>,
-    // A7 stops
-    visits: Vec<StopVisit>,
+    // A7 stops (their visits live in `stops`)
     visits_started: bool,
     // A10 overspeed
     over_since: Option<Millis>,
     over_raised: bool,
     over_max_mps: f64,
+    /// The run's entry in the engine's deadline queue (time, sequence), if it has one: at or
+    /// before its earliest due time (a fix moves the signal deadline later without re-queueing;
+    /// an entry that comes due early finds nothing due and is queued again).
+    pub(crate) queued: Option<(Millis, u64)>,
 }
 
 /// Severity rises one step, capped at critical.
@@ -203,30 +181,36 @@ impl RunState {
     ) -> Self {
         let route = RouteIndex::new(route);
         RunState {
-            run_id: run_id.to_string(),
             key: Key::from(run_id),
-            vehicle_id: vehicle_id.to_string(),
+            vehicle_id: Key::from(vehicle_id),
             params: Params::new(params),
-            stops_local: stops.iter().map(|s| route.to_local(s.position)).collect(),
-            stops: stops.to_vec(),
+            stops: stops
+                .iter()
+                .map(|plan| Stop {
+                    plan: plan.clone(),
+                    local: route.to_local(plan.position),
+                    inside_since: None,
+                    arrived: None,
+                    armed: false,
+                    skip_reported: false,
+                    late_due: None,
+                })
+                .collect(),
             escorts: escorts
                 .iter()
                 .map(|id| Escort {
-                    id: id.clone(),
+                    id: id.as_str().into(),
                     last_checkin: None,
-                    generation: 0,
+                    due: None,
                 })
                 .collect(),
             route,
             status: Status::Planned,
             departed_at: None,
             last_fix_t: None,
-            signal_gen: 0,
             signal_deadline: None,
-            signal_queued: false,
             last_route_distance: 0.0,
             episode: None,
-            episode_gen: 0,
             reports: Vec::new(),
             streak: 0,
             streak_start: Millis(0),
@@ -236,14 +220,10 @@ impl RunState {
             progress: ProgressTracker::default(),
             last_roadblock: None,
             visits_started: false,
-            visits: stops
-                .iter()
-                .enumerate()
-                .map(|_| StopVisit::default())
-                .collect(),
             over_since: None,
             over_raised: false,
             over_max_mps: 0.0,
+            queued: None,
         }
     }
 
@@ -259,9 +239,8 @@ impl RunState {
     pub fn next_stop(&self) -> Option<&PlannedStop> {
         self.stops
             .iter()
-            .zip(&self.visits)
-            .find(|(_, v)| v.arrived.is_none())
-            .map(|(s, _)| s)
+            .find(|s| s.arrived.is_none())
+            .map(|s| &s.plan)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -276,10 +255,10 @@ impl RunState {
         evidence: serde_json::Value,
     ) -> Anomaly {
         Anomaly {
-            id: format!("{}:{}:{}", kind.as_str(), self.run_id, discriminator),
+            id: format!("{}:{}:{}", kind.as_str(), self.key.as_str(), discriminator),
             kind,
-            run_id: self.run_id.clone(),
-            vehicle_id: self.vehicle_id.clone(),
+            run_id: self.key.as_str().to_string(),
+            vehicle_id: self.vehicle_id.as_str().to_string(),
             at,
             severity,
             summary,
@@ -288,50 +267,39 @@ impl RunState {
         }
     }
 
-    pub fn on_departed(&mut self, at: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+    pub fn on_departed(&mut self, at: Millis) {
         if self.status != Status::Planned {
             return;
         }
         self.status = Status::Active;
         self.departed_at = Some(at);
-        self.arm_signal(at.plus_secs(self.params.max_gap_s), sched);
+        self.signal_deadline = Some(at.plus_secs(self.params.max_gap_s));
         for i in 0..self.escorts.len() {
-            self.arm_checkin(i, at, sched);
+            self.arm_checkin(i, at);
         }
-        for (i, s) in self.stops.iter().enumerate() {
-            if let Some(by) = s.arrive_by {
-                sched(
-                    Deadline::LateArrival {
-                        run: self.key.clone(),
-                        stop: i,
-                    },
-                    by.plus_secs(self.params.late_grace_s),
-                );
-            }
+        let grace_s = self.params.late_grace_s;
+        for stop in &mut self.stops {
+            stop.late_due = stop.plan.arrive_by.map(|by| by.plus_secs(grace_s));
         }
     }
 
-    /// Sets the signal-loss deadline; queues an entry only when none is pending (a pending one
-    /// that comes due before the deadline re-queues itself, see `on_deadline`).
-    fn arm_signal(&mut self, deadline: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
-        if self.signal_deadline.is_none() {
-            // A new gap (after departure or after the last one fired).
-            self.signal_gen += 1;
+    /// The earliest time a time rule of the run comes due (none unless it is active).
+    pub fn next_due(&self) -> Option<Millis> {
+        if self.status != Status::Active {
+            return None;
         }
-        self.signal_deadline = Some(deadline);
-        if !self.signal_queued {
-            self.signal_queued = true;
-            sched(
-                Deadline::SignalLoss {
-                    run: self.key.clone(),
-                    generation: self.signal_gen,
-                },
-                deadline,
-            );
-        }
+        let episode = self.episode.as_ref().and_then(|e| e.judge_at);
+        let escorts = self.escorts.iter().filter_map(|e| e.due);
+        let stops = self.stops.iter().filter_map(|s| s.late_due);
+        [self.signal_deadline, episode]
+            .into_iter()
+            .flatten()
+            .chain(escorts)
+            .chain(stops)
+            .min()
     }
 
-    fn arm_checkin(&mut self, i: usize, now: Millis, sched: &mut impl FnMut(Deadline, Millis)) {
+    fn arm_checkin(&mut self, i: usize, now: Millis) {
         let Some(departed) = self.departed_at else {
             return;
         };
@@ -339,15 +307,8 @@ impl RunState {
             .last_checkin
             .map_or(departed, |c| c.max(departed))
             .max(now.min(departed));
-        self.escorts[i].generation += 1;
-        sched(
-            Deadline::Checkin {
-                run: self.key.clone(),
-                escort: i,
-                generation: self.escorts[i].generation,
-            },
-            from.plus_secs(self.params.checkin_interval_s + self.params.checkin_grace_s),
-        );
+        self.escorts[i].due =
+            Some(from.plus_secs(self.params.checkin_interval_s + self.params.checkin_grace_s));
     }
 
     pub fn on_closed(&mut self, _at: Millis) {
@@ -356,17 +317,12 @@ impl RunState {
         self.episode = None;
     }
 
-    pub fn on_checkin(
-        &mut self,
-        person: &str,
-        at: Millis,
-        sched: &mut impl FnMut(Deadline, Millis),
-    ) {
-        if let Some(i) = self.escorts.iter().position(|e| e.id == person) {
+    pub fn on_checkin(&mut self, person: &str, at: Millis) {
+        if let Some(i) = self.escorts.iter().position(|e| &*e.id == person) {
             let last = &mut self.escorts[i].last_checkin;
             *last = Some(last.map_or(at, |c| c.max(at)));
             if self.status == Status::Active {
-                self.arm_checkin(i, at, sched);
+                self.arm_checkin(i, at);
             }
         }
     }
@@ -472,17 +428,17 @@ impl RunState {
         last: Option<LastFix>,
         out: &mut Out,
     ) {
-        let Some(stop) = self.stops.iter().find(|s| s.stop_id == stop_id) else {
+        let Some(stop) = self.stops.iter().find(|s| s.plan.stop_id == stop_id) else {
             return;
         };
+        let stop = &stop.plan;
         let distance = last.map(|l| haversine_m(l.position, stop.position));
         // Any of the last three fixes of the last minute within the radius, widened for the
         // unit's reported accuracy: a vehicle standing at the stop with a noisy receiver is at
         // the stop; one handing over a street away (hundreds of metres) is not.
         let inside_recently = last.is_some_and(|l| {
             let radius = widened(stop.radius_m, f64::from(l.accuracy_m));
-            std::iter::once((l.t, l.position))
-                .chain(l.earlier.iter().flatten().copied())
+            l.recent()
                 .filter(|(t, _)| l.t.secs_since(*t) <= 60.0)
                 .any(|(_, p)| haversine_m(p, stop.position) <= radius)
         });
@@ -554,13 +510,7 @@ impl RunState {
     }
 
     /// Every rule that looks at fixes of the active run.
-    pub fn on_fix(
-        &mut self,
-        fix: &Fix,
-        scratch: &mut Vec<Candidate>,
-        out: &mut Out,
-        sched: &mut impl FnMut(Deadline, Millis),
-    ) {
+    pub fn on_fix(&mut self, fix: &Fix, scratch: &mut Vec<Candidate>, out: &mut Out) {
         if self.status != Status::Active {
             return;
         }
@@ -573,13 +523,13 @@ impl RunState {
         let newest = self.last_fix_t.map_or(fix.t, |t| t.max(fix.t));
         self.last_fix_t = Some(newest);
         let departed = self.departed_at.unwrap_or(newest);
-        self.arm_signal(newest.max(departed).plus_secs(self.params.max_gap_s), sched);
+        self.signal_deadline = Some(newest.max(departed).plus_secs(self.params.max_gap_s));
         let standing = fix.speed_mps < self.params.stop_speed_mps;
         let (update, route_distance) =
             self.progress
                 .update(&self.route, scratch, fix, p, &self.params);
         self.last_route_distance = route_distance;
-        self.stop_rule(fix, p, standing, sched);
+        self.stop_rule(fix, p, standing);
         self.deviation_rule(fix, latlon, route_distance, out);
         self.uturn_rule(fix, update, latlon, out);
         self.visit_rule(fix, p, out);
@@ -587,13 +537,7 @@ impl RunState {
     }
 
     /// A1 bookkeeping; the judgement happens at the deadline.
-    fn stop_rule(
-        &mut self,
-        fix: &Fix,
-        p: [f64; 2],
-        standing: bool,
-        sched: &mut impl FnMut(Deadline, Millis),
-    ) {
+    fn stop_rule(&mut self, fix: &Fix, p: [f64; 2], standing: bool) {
         if !standing {
             self.episode = None;
             return;
@@ -642,24 +586,16 @@ impl RunState {
                 return;
             }
         }
-        self.episode_gen += 1;
-        self.episode = Some(StopEpisode {
+        let wait = self.params.unplanned_stop_s.max(self.params.stop_min_s);
+        self.episode = Some(Box::new(StopEpisode {
             start: fix.t,
             sum: p,
             n: 1,
             far: None,
             door_opened: fix.door_open,
             engine_off: !fix.ignition,
-            generation: self.episode_gen,
-        });
-        let wait = self.params.unplanned_stop_s.max(self.params.stop_min_s);
-        sched(
-            Deadline::StopJudge {
-                run: self.key.clone(),
-                generation: self.episode_gen,
-            },
-            fix.t.plus_secs(wait),
-        );
+            judge_at: Some(fix.t.plus_secs(wait)),
+        }));
     }
 
     /// A2: a streak of fixes beyond the corridor; hysteresis clears it below 0.7 x corridor.
@@ -752,17 +688,16 @@ impl RunState {
         if !self.visits_started {
             // The first fix of the active run tells which stops the vehicle starts inside.
             self.visits_started = true;
-            for (i, stop) in self.stops.iter().enumerate() {
-                let inside = dist(p, self.stops_local[i]) <= stop.radius_m;
-                self.visits[i].armed = i == 0 || !inside;
+            for (i, stop) in self.stops.iter_mut().enumerate() {
+                let inside = dist(p, stop.local) <= stop.plan.radius_m;
+                stop.armed = i == 0 || !inside;
             }
         }
         let mut arrived_now = None;
-        for (i, stop) in self.stops.iter().enumerate() {
-            let v = &mut self.visits[i];
-            let d = dist(p, self.stops_local[i]);
+        for (i, v) in self.stops.iter_mut().enumerate() {
+            let (d, radius_m) = (dist(p, v.local), v.plan.radius_m);
             if !v.armed {
-                if d > 2.0 * stop.radius_m {
+                if d > 2.0 * radius_m {
                     v.armed = true;
                 }
                 continue;
@@ -770,10 +705,10 @@ impl RunState {
             if v.arrived.is_some() {
                 continue;
             }
-            if d <= stop.radius_m {
+            if d <= radius_m {
                 let since = *v.inside_since.get_or_insert(fix.t);
                 // Confirmed by a second fix inside, or one well inside (beyond multipath reach).
-                let confirmed = since != fix.t || d <= 0.5 * stop.radius_m;
+                let confirmed = since != fix.t || d <= 0.5 * radius_m;
                 if confirmed {
                     v.arrived = Some(since);
                     arrived_now.get_or_insert((i, since));
@@ -786,21 +721,22 @@ impl RunState {
             return;
         };
         for i in 0..j {
-            if self.visits[i].arrived.is_some() || self.visits[i].skip_reported {
+            if self.stops[i].arrived.is_some() || self.stops[i].skip_reported {
                 continue;
             }
-            self.visits[i].skip_reported = true;
+            self.stops[i].skip_reported = true;
+            let (skipped, reached) = (&self.stops[i].plan, &self.stops[j].plan);
             let a = self.anomaly(
                 AnomalyKind::StopSkipped,
-                format!("{}@{}", self.stops[i].stop_id, self.stops[j].stop_id),
+                format!("{}@{}", skipped.stop_id, reached.stop_id),
                 at,
                 Severity::Medium,
                 format!(
                     "arrived at {} before visiting {}",
-                    self.stops[j].stop_id, self.stops[i].stop_id
+                    reached.stop_id, skipped.stop_id
                 ),
-                Some(self.stops[j].position),
-                json!({"skipped": self.stops[i].stop_id, "arrived_at": self.stops[j].stop_id}),
+                Some(reached.position),
+                json!({"skipped": skipped.stop_id, "arrived_at": reached.stop_id}),
             );
             out.push(a);
         }
@@ -839,110 +775,117 @@ impl RunState {
         }
     }
 
-    /// A deadline came due at `at`.
-    pub fn on_deadline(
-        &mut self,
-        d: &Deadline,
-        at: Millis,
-        last: Option<LastFix>,
-        zones: &ZoneIndex,
-        out: &mut Out,
-        sched: &mut impl FnMut(Deadline, Millis),
-    ) {
-        if let Deadline::SignalLoss { .. } = d {
-            self.signal_queued = false;
-        }
+    /// The run's queue entry came due at `at`: raises what is due by then, each at its own
+    /// time (A5 signal loss, A6 missed check-ins, A1 the stop's judgement, A7 late arrivals).
+    pub fn on_due(&mut self, at: Millis, last: Option<LastFix>, zones: &ZoneIndex, out: &mut Out) {
         if self.status != Status::Active {
             return;
         }
-        match d {
-            Deadline::SignalLoss { generation, .. }
-                if *generation == self.signal_gen
-                    && self.signal_deadline.is_some_and(|real| real > at) =>
-            {
-                // Fixes moved the deadline since this entry was queued: wait for the real one.
-                if let Some(real) = self.signal_deadline {
-                    self.signal_queued = true;
-                    sched(d.clone(), real);
-                }
-            }
-            Deadline::SignalLoss { generation, .. } if *generation == self.signal_gen => {
-                // Once per gap: the next fix starts a new one.
-                self.signal_deadline = None;
-                let off_route =
-                    self.last_fix_t.is_some() && self.last_route_distance > self.params.corridor_m;
-                let moving =
-                    last.is_some_and(|l| l.speed_mps >= self.params.stop_speed_mps || l.ignition);
-                let mut severity = if moving {
-                    Severity::High
-                } else {
-                    Severity::Medium
-                };
-                if off_route {
-                    severity = escalate(severity);
-                }
-                out.push(self.anomaly(
-                    AnomalyKind::SignalLoss,
-                    format!("t{}", at.0),
-                    at,
-                    severity,
-                    format!(
-                        "no GPS fix for {:.0} s{}",
-                        self.params.max_gap_s,
-                        if off_route { " (last seen off-route)" } else { "" }
-                    ),
-                    last.map(|l| l.position),
-                    json!({"max_gap_s": self.params.max_gap_s, "last_fix_at": self.last_fix_t.map(|t| t.0),
-                           "off_route": off_route, "last_moving_or_engine_on": moving}),
-                ));
-            }
-            Deadline::Checkin {
-                escort, generation, ..
-            } if self.escorts[*escort].generation == *generation => {
-                let person = &self.escorts[*escort].id;
-                out.push(self.anomaly(
-                    AnomalyKind::MissedCheckin,
-                    format!("{person}@t{}", at.0),
-                    at,
-                    Severity::Medium,
-                    format!("escort {person} missed the check-in"),
-                    last.map(|l| l.position),
-                    json!({"person": person, "last_checkin": self.escorts[*escort].last_checkin.map(|t| t.0),
-                           "interval_s": self.params.checkin_interval_s,
-                           "grace_s": self.params.checkin_grace_s}),
-                ));
-            }
-            Deadline::StopJudge { generation, .. } => {
-                let Some(ep) = self.episode.clone().filter(|e| e.generation == *generation) else {
-                    return;
-                };
-                self.judge_stop(&ep, at, zones, out);
-            }
-            Deadline::LateArrival { stop, .. } => {
-                let v = &self.visits[*stop];
-                let departed = self.departed_at.unwrap_or(at);
-                // An arrival awaiting its confirming fix counts from its first fix inside.
-                let reached = v.arrived.or(v.inside_since);
-                if reached.is_some_and(|a| a <= at) || at < departed {
-                    return;
-                }
-                let s = &self.stops[*stop];
-                out.push(self.anomaly(
-                    AnomalyKind::LateArrival,
-                    s.stop_id.to_string(),
-                    at,
-                    Severity::Low,
-                    format!(
-                        "not at {} by its window (+{:.0} s grace)",
-                        s.stop_id, self.params.late_grace_s
-                    ),
-                    Some(s.position),
-                    json!({"stop": s.stop_id, "arrive_by": s.arrive_by.map(|t| t.0),
-                           "grace_s": self.params.late_grace_s}),
-                ));
-            }
-            _ => {}
+        let due = |d: Option<Millis>| d.filter(|d| *d <= at);
+        if let Some(at) = due(self.signal_deadline) {
+            // Once per gap: the next fix starts a new one.
+            self.signal_deadline = None;
+            self.raise_signal_loss(at, last, out);
         }
+        for i in 0..self.escorts.len() {
+            if let Some(at) = due(self.escorts[i].due) {
+                self.escorts[i].due = None;
+                self.raise_missed_checkin(i, at, last, out);
+            }
+        }
+        if let Some(ep) = self.episode.as_mut()
+            && let Some(at) = due(ep.judge_at)
+        {
+            ep.judge_at = None;
+            let ep = ep.clone();
+            self.judge_stop(&ep, at, zones, out);
+        }
+        for i in 0..self.stops.len() {
+            if let Some(at) = due(self.stops[i].late_due) {
+                self.stops[i].late_due = None;
+                self.judge_arrival(i, at, out);
+            }
+        }
+    }
+
+    /// A5.
+    fn raise_signal_loss(&self, at: Millis, last: Option<LastFix>, out: &mut Out) {
+        let off_route =
+            self.last_fix_t.is_some() && self.last_route_distance > self.params.corridor_m;
+        let moving = last.is_some_and(|l| l.speed_mps >= self.params.stop_speed_mps || l.ignition);
+        let mut severity = if moving {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        if off_route {
+            severity = escalate(severity);
+        }
+        out.push(self.anomaly(
+            AnomalyKind::SignalLoss,
+            format!("t{}", at.0),
+            at,
+            severity,
+            format!(
+                "no GPS fix for {:.0} s{}",
+                self.params.max_gap_s,
+                if off_route {
+                    " (last seen off-route)"
+                } else {
+                    ""
+                }
+            ),
+            last.map(|l| l.position),
+            json!({"max_gap_s": self.params.max_gap_s, "last_fix_at": self.last_fix_t.map(|t| t.0),
+                   "off_route": off_route, "last_moving_or_engine_on": moving}),
+        ));
+    }
+
+    /// A6.
+    fn raise_missed_checkin(
+        &self,
+        escort: usize,
+        at: Millis,
+        last: Option<LastFix>,
+        out: &mut Out,
+    ) {
+        let person = &self.escorts[escort].id;
+        out.push(self.anomaly(
+            AnomalyKind::MissedCheckin,
+            format!("{person}@t{}", at.0),
+            at,
+            Severity::Medium,
+            format!("escort {person} missed the check-in"),
+            last.map(|l| l.position),
+            json!({"person": person, "last_checkin": self.escorts[escort].last_checkin.map(|t| t.0),
+                   "interval_s": self.params.checkin_interval_s,
+                   "grace_s": self.params.checkin_grace_s}),
+        ));
+    }
+
+    /// A7: not at stop `i` by its `arrive_by` + grace.
+    fn judge_arrival(&self, i: usize, at: Millis, out: &mut Out) {
+        let v = &self.stops[i];
+        let departed = self.departed_at.unwrap_or(at);
+        // An arrival awaiting its confirming fix counts from its first fix inside.
+        let reached = v.arrived.or(v.inside_since);
+        if reached.is_some_and(|a| a <= at) || at < departed {
+            return;
+        }
+        let s = &v.plan;
+        out.push(self.anomaly(
+            AnomalyKind::LateArrival,
+            s.stop_id.to_string(),
+            at,
+            Severity::Low,
+            format!(
+                "not at {} by its window (+{:.0} s grace)",
+                s.stop_id, self.params.late_grace_s
+            ),
+            Some(s.position),
+            json!({"stop": s.stop_id, "arrive_by": s.arrive_by.map(|t| t.0),
+                   "grace_s": self.params.late_grace_s}),
+        ));
     }
 
     fn judge_stop(&self, ep: &StopEpisode, at: Millis, zones: &ZoneIndex, out: &mut Out) {
@@ -950,7 +893,7 @@ impl RunState {
         let at_stop = self
             .stops
             .iter()
-            .any(|s| haversine_m(mean, s.position) <= s.radius_m);
+            .any(|s| haversine_m(mean, s.plan.position) <= s.plan.radius_m);
         if at_stop {
             return;
         }

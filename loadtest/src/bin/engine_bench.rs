@@ -6,8 +6,9 @@
 //! - our indexes alone answering the corridor and zone questions for the same fixes (distance
 //!   to the run's route and progress along it; registered checkpoints within radius + 50 m,
 //!   valid at the fix's time);
-//! - memory: per run with its route index, and per active vehicle without its route (measured
-//!   in a child process of the same binary, so freed memory of one phase cannot hide another's);
+//! - memory: per run with its route index, and per active vehicle aside its route (measured in
+//!   a child process of the same binary, so freed memory of one phase cannot hide another's: runs
+//!   on 2-point routes after a minute of fixes, less the same 2-point route indexes built alone);
 //! - the peer in the same run, with `--peer-postgis`: PostGIS answering the same corridor and
 //!   zone questions for the same fixes, batched (unnest, 1,000 fixes per query) for throughput
 //!   and one fix per query for latency, on one backend with parallel query off.
@@ -19,10 +20,11 @@ use std::time::Instant;
 
 use cit_domain::{DetectionParams, LatLon};
 use cit_engine::Engine;
+use cit_engine::route::RouteIndex;
 use cit_loadtest::engine_drive::{
     Questions, fixes_event, latlons, next_step, plan, register_checkpoints, vehicles,
 };
-use cit_loadtest::{FixSample, gothenburg_routes};
+use cit_loadtest::{FixSample, SimVehicle, gothenburg_routes};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -69,18 +71,21 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Child process: runs on 2-point routes, a minute of fixes each, then RSS delta per run.
+/// Child process: runs on 2-point routes, a minute of fixes each, then RSS delta per run; then
+/// the same routes' indexes built alone, RSS delta per index. Prints both, KiB.
 fn state_only(args: &Args) {
     let routes = gothenburg_routes().expect("routes");
     let mut fleet = vehicles(args.runs, args.fixes.div_ceil(args.runs), &routes);
     let mut engine = Engine::new();
     let mut pos = 0;
-    let before = rss_kib();
-    for (i, v) in fleet.iter().enumerate() {
+    let two_points = |v: &SimVehicle| {
         let r = &routes[v.route];
         let (a, b) = (r.at(0.0), r.at(r.length()));
-        let two = vec![LatLon { lat: a.0, lon: a.1 }, LatLon { lat: b.0, lon: b.1 }];
-        plan(&mut engine, &mut pos, i, two);
+        vec![LatLon { lat: a.0, lon: a.1 }, LatLon { lat: b.0, lon: b.1 }]
+    };
+    let before = rss_kib();
+    for (i, v) in fleet.iter().enumerate() {
+        plan(&mut engine, &mut pos, i, two_points(v));
     }
     let mut n = 0;
     for _ in 0..60 {
@@ -93,7 +98,13 @@ fn state_only(args: &Args) {
         }
     }
     let per_run = (rss_kib() - before) as f64 / args.runs as f64;
-    println!("{per_run:.3}");
+    let before = rss_kib();
+    let indexes: Vec<RouteIndex> = fleet
+        .iter()
+        .map(|v| RouteIndex::new(&two_points(v)))
+        .collect();
+    let per_index = (rss_kib() - before) as f64 / indexes.len() as f64;
+    println!("{per_run:.3} {per_index:.3}");
 }
 
 fn percentiles(h: &Histogram<u64>) -> String {
@@ -224,9 +235,11 @@ fn main() {
         "memory per run, its route index included: {per_run_with_route:.1} KiB (RSS delta / runs)"
     );
     match state_child(&args) {
-        Some(kib) => println!(
-            "memory per active vehicle, route aside: {:.0} bytes (runs on 2-point routes after a minute of fixes; RSS delta / runs, child process)",
-            kib * 1024.0
+        Some((run_kib, index_kib)) => println!(
+            "memory per active vehicle, route aside: {:.0} bytes ({:.0} B per run on a 2-point route after a minute of fixes, less {:.0} B for a 2-point route index; RSS deltas, child process)",
+            (run_kib - index_kib) * 1024.0,
+            run_kib * 1024.0,
+            index_kib * 1024.0
         ),
         None => println!("memory per active vehicle: the child measurement failed"),
     }
@@ -280,8 +293,9 @@ fn main() {
     let _ = peer_fixes;
 }
 
-/// Runs this binary again with `--state-only` and reads the KiB per run it prints.
-fn state_child(args: &Args) -> Option<f64> {
+/// Runs this binary again with `--state-only` and reads the KiB per run and per route index it
+/// prints.
+fn state_child(args: &Args) -> Option<(f64, f64)> {
     let out = std::process::Command::new(std::env::current_exe().ok()?)
         .args([
             "--state-only",
@@ -292,7 +306,9 @@ fn state_child(args: &Args) -> Option<f64> {
         ])
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut kib = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some((kib.next()??, kib.next()??))
 }
 
 #[cfg(feature = "peers")]
