@@ -48,6 +48,10 @@ echo; echo "== detection under GPS error: false alarms on clean runs, then U-tur
 target/release/noise-sweep --sigma 4,8,12,16 --seeds 10
 target/release/noise-sweep --sigma 4,8,12 --seeds 10 --incident uturn
 target/release/noise-sweep --sigma 4,8,12 --seeds 10 --incident stop
+echo "-- the same on 100 new multi-stop runs over the network (as GBG-CIT03 is planned)"
+target/release/noise-sweep --tours 100 --seeds 2 --sigma 4,8,12
+target/release/noise-sweep --tours 100 --seeds 1 --sigma 4,8,12 --incident uturn
+target/release/noise-sweep --tours 100 --seeds 1 --sigma 4,8,12 --incident stop
 
 echo; echo "== dispatch and audit under load (10,000 active runs; peers: no watcher; goals)"
 target/release/dispatch-bench --runs 10000 --seconds "$secs" --watchers 100 --rate 50000 --long-run-hours 8
