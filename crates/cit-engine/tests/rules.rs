@@ -62,6 +62,18 @@ fn along(r: &[LatLon], s: f64, right: f64) -> (LatLon, f64) {
     (r[r.len() - 1], 0.0)
 }
 
+/// The point `east`, `north` metres from a fixed point in Gothenburg (the frame of traced drives).
+fn local(east: f64, north: f64) -> LatLon {
+    let base = LatLon {
+        lat: 57.7,
+        lon: 11.97,
+    };
+    LatLon {
+        lat: base.lat + north / M_PER_DEG,
+        lon: base.lon + east / (M_PER_DEG * base.lat.to_radians().cos()),
+    }
+}
+
 struct World {
     engine: Engine,
     route: Vec<LatLon>,
@@ -136,6 +148,31 @@ impl World {
                 door_open: door,
             }],
         });
+    }
+
+    /// A run on a route given in metres east and north of a fixed point (routes and fixes
+    /// copied from drives traced in the sweeps are given so), quiet parameters, no stops.
+    fn traced(route: &[[f64; 2]]) -> World {
+        World::on(
+            route.iter().map(|&[x, y]| local(x, y)).collect(),
+            quiet(),
+            vec![],
+        )
+    }
+
+    /// Feeds traced fixes, (second, east, north, speed, heading), each at `second - offset`.
+    fn feed_traced(&mut self, fixes: &[(u32, f64, f64, f64, u32)], offset: f64) {
+        for &(t, x, y, speed, heading) in fixes {
+            let heading = f64::from(heading);
+            self.fix_at(
+                f64::from(t) - offset,
+                local(x, y),
+                speed,
+                heading,
+                true,
+                false,
+            );
+        }
     }
 
     /// Drives from `s0` at `v` m/s, one fix a second, from second `t0` for `secs` seconds.
@@ -369,16 +406,7 @@ fn a4_a_u_turn_just_past_a_sharp_bend_is_raised_when_the_fixes_running_back_are_
     // 9 m/s. Its fixes in the turn match the bend (its heading sweeps across it), so progress
     // hangs there while the vehicle drives away, until no reachable position is left. Found
     // again behind, running back along the route, that is the fall, not a jump that forgets it.
-    let base = LatLon {
-        lat: 57.7,
-        lon: 11.97,
-    };
-    let k = base.lat.to_radians().cos();
-    let local = |x: f64, y: f64| LatLon {
-        lat: base.lat + y / M_PER_DEG,
-        lon: base.lon + x / (M_PER_DEG * k),
-    };
-    let route: Vec<LatLon> = [
+    let mut w = World::traced(&[
         [381.9, 106.2],
         [326.3, 84.8],
         [75.4, 20.1],
@@ -407,11 +435,7 @@ fn a4_a_u_turn_just_past_a_sharp_bend_is_raised_when_the_fixes_running_back_are_
         [-98.5, -93.3],
         [-104.6, -109.6],
         [-107.6, -115.9],
-    ]
-    .iter()
-    .map(|&[x, y]| local(x, y))
-    .collect();
-    let mut w = World::on(route, quiet(), vec![]);
+    ]);
     // Drive in at 9 m/s to the stop (about 563 m along), then stand half a minute.
     let end = w.drive(0.0, 0.0, 9.0, 62);
     assert!((555.0..570.0).contains(&end), "{end}");
@@ -442,16 +466,7 @@ fn a4_a_u_turn_just_past_a_sharp_bend_is_raised_when_the_fixes_running_back_are_
         (643, -6.7, -6.0, 8.6, 73),
         (644, 1.8, -3.9, 8.9, 70),
     ];
-    for (t, x, y, speed, heading) in fixes {
-        w.fix_at(
-            f64::from(t) - 550.0,
-            local(x, y),
-            speed,
-            f64::from(heading),
-            true,
-            false,
-        );
-    }
+    w.feed_traced(&fixes, 550.0);
     // 50 m back from the stop at about second 636 (86 after the stand began at 550).
     let at = w.at(AnomalyKind::Roadblock);
     assert_eq!(at.len(), 1, "{:?}", w.raised);
@@ -465,16 +480,7 @@ fn a4_a_u_turn_in_a_block_loop_is_raised_when_a_fix_lands_on_the_loops_other_sid
     // vehicle stops on the way up, turns and drives back down: its fixes run against the route
     // (47 m back, under the threshold), then one lands on the first street, which runs the
     // vehicle's way. That fix carries on their run back, and the fall is raised there.
-    let base = LatLon {
-        lat: 57.7,
-        lon: 11.97,
-    };
-    let k = base.lat.to_radians().cos();
-    let local = |x: f64, y: f64| LatLon {
-        lat: base.lat + y / M_PER_DEG,
-        lon: base.lon + x / (M_PER_DEG * k),
-    };
-    let route: Vec<LatLon> = [
+    let mut w = World::traced(&[
         [27.9, -121.1],
         [0.7, -55.8],
         [-3.3, -49.0],
@@ -498,11 +504,7 @@ fn a4_a_u_turn_in_a_block_loop_is_raised_when_a_fix_lands_on_the_loops_other_sid
         [9.3, 101.0],
         [-12.3, 139.5],
         [-24.6, 160.4],
-    ]
-    .iter()
-    .map(|&[x, y]| local(x, y))
-    .collect();
-    let mut w = World::on(route, quiet(), vec![]);
+    ]);
     // Drive in at 9 m/s to about 367 m along.
     let end = w.drive(0.0, 0.0, 9.0, 41);
     assert!((365.0..375.0).contains(&end), "{end}");
@@ -521,16 +523,7 @@ fn a4_a_u_turn_in_a_block_loop_is_raised_when_a_fix_lands_on_the_loops_other_sid
         (137, 70.5, -20.1, 9.8, 149),
         (139, 81.7, -32.6, 8.5, 151),
     ];
-    for (t, x, y, speed, heading) in fixes {
-        w.fix_at(
-            f64::from(t) - 72.0,
-            local(x, y),
-            speed,
-            f64::from(heading),
-            true,
-            false,
-        );
-    }
+    w.feed_traced(&fixes, 72.0);
     assert_eq!(
         w.at(AnomalyKind::Roadblock),
         [135.0 - 72.0],
@@ -546,16 +539,7 @@ fn a4_a_u_turn_at_a_corner_seen_every_5_s_is_raised_from_a_fix_placed_in_the_cor
     // route; the next lies at the next corner back, nearer the part running across (88° off its
     // heading, a turn) than the part it is on, and the drive leaves the route after it. Placed
     // in a turn, 53 m further back, after a fix running back: that carries on the run.
-    let base = LatLon {
-        lat: 57.7,
-        lon: 11.97,
-    };
-    let k = base.lat.to_radians().cos();
-    let local = |x: f64, y: f64| LatLon {
-        lat: base.lat + y / M_PER_DEG,
-        lon: base.lon + x / (M_PER_DEG * k),
-    };
-    let route: Vec<LatLon> = [
+    let mut w = World::traced(&[
         [-20.2, -382.1],
         [-18.4, -352.6],
         [-15.9, -329.6],
@@ -583,11 +567,7 @@ fn a4_a_u_turn_at_a_corner_seen_every_5_s_is_raised_from_a_fix_placed_in_the_cor
         [131.4, 121.6],
         [135.3, 134.4],
         [136.6, 138.4],
-    ]
-    .iter()
-    .map(|&[x, y]| local(x, y))
-    .collect();
-    let mut w = World::on(route, quiet(), vec![]);
+    ]);
     // (second, east, north, speed, heading) as the unit sent them.
     let fixes = [
         (606, 14.0, -52.4, 8.9, 340),
@@ -610,16 +590,7 @@ fn a4_a_u_turn_at_a_corner_seen_every_5_s_is_raised_from_a_fix_placed_in_the_cor
         (691, 56.0, 52.8, 8.6, 291),
         (696, 11.7, 70.6, 9.0, 296),
     ];
-    for (t, x, y, speed, heading) in fixes {
-        w.fix_at(
-            f64::from(t) - 600.0,
-            local(x, y),
-            speed,
-            f64::from(heading),
-            true,
-            false,
-        );
-    }
+    w.feed_traced(&fixes, 600.0);
     assert_eq!(w.at(AnomalyKind::Roadblock), [96.0], "{:?}", w.raised);
 }
 
@@ -741,39 +712,47 @@ fn a7_a_stop_near_the_start_but_not_at_it_is_armed_from_the_first_fix() {
     assert_eq!(w.at(AnomalyKind::StopSkipped).len(), 1, "{:?}", w.raised);
 }
 
-#[test]
-fn a8_handover_away_from_the_stop_and_not_for_one_multipath_fix() {
-    let route = route();
-    let (s1, _) = along(&route, 300.0, 0.0);
+/// A8: a run with one stop, S1, 300 m along the route, of `radius_m`; the vehicle drives 30 s
+/// towards it at 10 m/s (so it is there at second 30).
+fn a8_world(radius_m: f64) -> World {
+    let (s1, _) = along(&route(), 300.0, 0.0);
     let stop = PlannedStop {
         stop_id: "S1".into(),
         name: "S1".into(),
         position: s1,
-        radius_m: 75.0,
+        radius_m,
         arrive_by: None,
         kind: "outlet".into(),
     };
     let mut w = World::new(quiet(), vec![stop]);
     w.drive(0.0, 0.0, 10.0, 30);
+    w
+}
+
+/// A8: the escorts hand S1's boxes over at second `t`.
+fn hand_over_at_s1(w: &mut World, t: f64) {
+    w.feed(Event::CashBoxesHandedOver {
+        run_id: "R-1".into(),
+        stop_id: "S1".into(),
+        boxes: vec!["B-1".into()],
+        seals: vec![1],
+        handed_by: vec!["E-1".into(), "E-2".into()],
+        received_by: vec!["O-1".into()],
+        at: T0.plus_secs(t),
+    });
+}
+
+#[test]
+fn a8_handover_away_from_the_stop_and_not_for_one_multipath_fix() {
+    let mut w = a8_world(75.0);
     park(&mut w, 30.0, 300.0, 10, &[9]);
-    let handover = |w: &mut World, t: f64| {
-        w.feed(Event::CashBoxesHandedOver {
-            run_id: "R-1".into(),
-            stop_id: "S1".into(),
-            boxes: vec!["B-1".into()],
-            seals: vec![1],
-            handed_by: vec!["E-1".into(), "E-2".into()],
-            received_by: vec!["O-1".into()],
-            at: T0.plus_secs(t),
-        })
-    };
-    handover(&mut w, 40.0);
+    hand_over_at_s1(&mut w, 40.0);
     assert!(
         w.at(AnomalyKind::HandoverOutOfPlace).is_empty(),
         "last fix was one multipath jump"
     );
     w.drive(41.0, 800.0, 10.0, 5);
-    handover(&mut w, 47.0);
+    hand_over_at_s1(&mut w, 47.0);
     assert_eq!(w.at(AnomalyKind::HandoverOutOfPlace), [47.0]);
 }
 
@@ -783,31 +762,12 @@ fn a8_a_noisy_unit_standing_at_the_stop_is_there_and_a_precise_one_65_m_off_is_n
     // the unit reporting 20 m accuracy that is within its error of the stop (radius plus twice
     // the accuracy, at most twice the radius); reporting 3 m, it is 65 m away.
     for (accuracy_m, raised) in [(20.0, false), (3.0, true)] {
-        let route = route();
-        let (s1, _) = along(&route, 300.0, 0.0);
-        let stop = PlannedStop {
-            stop_id: "S1".into(),
-            name: "S1".into(),
-            position: s1,
-            radius_m: 50.0,
-            arrive_by: None,
-            kind: "outlet".into(),
-        };
-        let mut w = World::new(quiet(), vec![stop]);
+        let mut w = a8_world(50.0);
         w.accuracy_m = accuracy_m;
-        w.drive(0.0, 0.0, 10.0, 30);
         for i in 0..10 {
             w.fix(30.0 + f64::from(i), 300.0, 65.0, 0.0);
         }
-        w.feed(Event::CashBoxesHandedOver {
-            run_id: "R-1".into(),
-            stop_id: "S1".into(),
-            boxes: vec!["B-1".into()],
-            seals: vec![1],
-            handed_by: vec!["E-1".into(), "E-2".into()],
-            received_by: vec!["O-1".into()],
-            at: T0.plus_secs(40.0),
-        });
+        hand_over_at_s1(&mut w, 40.0);
         let at = w.at(AnomalyKind::HandoverOutOfPlace);
         assert_eq!(!at.is_empty(), raised, "accuracy {accuracy_m} m: {at:?}");
     }
