@@ -3,47 +3,43 @@
 //! line instead of following a `String` to its heap buffer, a cache miss per fix per map.
 
 use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 
-use smallvec::SmallVec;
+use compact_str::CompactString;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Key(SmallVec<[u8; 24]>);
+/// 24 bytes, the id inline when it fits (ids of up to 24 bytes); it is in every run's state, in
+/// both the run and the last-fix tables and in every queue entry, so its size is paid four times
+/// a vehicle (a `SmallVec<[u8; 24]>` was 40 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Key(CompactString);
 
 impl From<&str> for Key {
     fn from(id: &str) -> Self {
-        Key(SmallVec::from_slice(id.as_bytes()))
+        Key(CompactString::new(id))
     }
 }
 
 impl Key {
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_bytes()
     }
 
-    /// The id as given (keys are made only from `&str`).
     pub(crate) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        self.0.as_str()
     }
 }
 
 /// Lookups take `id.as_bytes()`; a `Key` hashes exactly as its bytes do.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_bytes().hash(h);
+    }
+}
+
 impl Borrow<[u8]> for Key {
     fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl serde::Serialize for Key {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Keys are made only from `&str`.
-        s.serialize_str(&String::from_utf8_lossy(&self.0))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Key {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let id = String::deserialize(d)?;
-        Ok(Key::from(id.as_str()))
+        self.as_bytes()
     }
 }
 

@@ -20,6 +20,7 @@ mod key;
 pub mod progress;
 pub mod route;
 mod run;
+mod runs;
 pub mod zones;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use cit_domain::{CheckInCode, IncidentKind, LatLon, Millis};
 use crate::key::Key;
 use crate::route::Candidate;
 use crate::run::RunState;
+use crate::runs::Runs;
 use crate::zones::ZoneIndex;
 
 /// Where a vehicle was last seen (any fix, on a run or not).
@@ -112,10 +114,10 @@ pub struct RunStanding {
 pub struct Engine {
     now: Millis,
     zones: ZoneIndex,
-    /// Boxed: the table keeps a pointer per slot instead of a whole state, so its power-of-two
-    /// headroom costs 40 bytes a run, not 700 (measured: 2.52 -> 1.97 KiB per active vehicle,
-    /// for ~4 % of per-fix speed; BENCHMARKS.md).
-    runs: HashMap<Key, Box<RunState>>,
+    /// Boxed states keyed by their own ids: the table keeps a pointer per slot, so its
+    /// power-of-two headroom costs 8 bytes a run, not 700 (measured: 2.52 -> 1.97 KiB per
+    /// active vehicle, for ~4 % of per-fix speed; BENCHMARKS.md).
+    runs: Runs,
     last_fix: HashMap<Key, LastFix>,
     /// Runs with a time rule pending, in firing order: one entry per run, at or before its
     /// earliest due time (see `RunState::queued`).
@@ -293,12 +295,9 @@ impl Engine {
                 params,
                 ..
             } => {
-                self.runs.insert(
-                    Key::from(run_id.as_str()),
-                    Box::new(RunState::new(
-                        run_id, vehicle_id, escort_ids, route, stops, params,
-                    )),
-                );
+                self.runs.insert(Box::new(RunState::new(
+                    run_id, vehicle_id, escort_ids, route, stops, params,
+                )));
             }
             Event::RunDeparted { run_id, at, .. } => {
                 if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
@@ -424,7 +423,7 @@ fn requeue(deadlines: &mut BTreeMap<(Millis, u64), Key>, next: &mut u64, run: &m
 fn fire_deadlines(
     deadlines: &mut BTreeMap<(Millis, u64), Key>,
     next: &mut u64,
-    runs: &mut HashMap<Key, Box<RunState>>,
+    runs: &mut Runs,
     last_fix: &HashMap<Key, LastFix>,
     zones: &ZoneIndex,
     to: Millis,
@@ -444,7 +443,7 @@ fn fire_deadlines(
             break;
         }
         let (queued, key) = entry.remove_entry();
-        if let Some(run) = runs.get_mut(&key) {
+        if let Some(run) = runs.get_mut(key.as_bytes()) {
             if run.queued == Some(queued) {
                 run.queued = None;
             }

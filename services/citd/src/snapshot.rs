@@ -23,7 +23,7 @@ use crate::anomalies::Book;
 use crate::fleet::RunEntry;
 
 /// Bump when the layout of anything inside changes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 pub const FILE_NAME: &str = "engine.snapshot";
 
 /// What a snapshot holds (borrowed when written, owned when read).
