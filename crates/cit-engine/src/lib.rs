@@ -13,7 +13,8 @@
 //!
 //! Code map: [`frame`] local metric frame; [`route`] route R-tree (chunks of segments, with each
 //! run's remembered neighbourhood); [`progress`] continuous progress along the route; [`zones`]
-//! h3o-indexed checkpoints; `key` inline map keys; [`run`] per-run rule state.
+//! h3o-indexed checkpoints; `key` inline ids; [`run`] per-run rule state; `runs` the table of
+//! runs keyed by their own ids.
 
 pub mod frame;
 mod key;
