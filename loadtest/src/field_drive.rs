@@ -101,20 +101,20 @@ impl Course {
     }
 
     /// A place for an incident: at least 300 m from either end of the route and clear of every
-    /// stop (an incident inside a stop's geofence would be that stop, not an incident).
+    /// stop (an incident inside a stop's geofence would be that stop, not an incident); the
+    /// route's middle if a thousand draws find none (a route too short or all stops).
     fn incident_place(&self, rng: &mut Rng) -> f64 {
-        loop {
-            let at_m = 300.0 + (self.route.length() - 600.0) * rng.unit();
-            let (lat, lon, _) = self.route.at(at_m);
-            let here = LatLon { lat, lon };
-            if self
-                .visits
-                .iter()
-                .all(|v| haversine_m(here, v.position) > v.radius_m + 150.0)
-            {
-                return at_m;
-            }
-        }
+        let len = self.route.length();
+        (0..1_000)
+            .map(|_| 300.0 + (len - 600.0).max(0.0) * rng.unit())
+            .find(|&at_m| {
+                let (lat, lon, _) = self.route.at(at_m);
+                let here = LatLon { lat, lon };
+                self.visits
+                    .iter()
+                    .all(|v| haversine_m(here, v.position) > v.radius_m + 150.0)
+            })
+            .unwrap_or(len / 2.0)
     }
 }
 
