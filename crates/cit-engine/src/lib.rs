@@ -265,7 +265,9 @@ impl Engine {
                         .and_then(|r| self.runs.get_mut(r.as_bytes()))
                     {
                         run.on_fix(fix, &mut self.scratch, out);
-                        requeue(&mut self.deadlines, &mut self.next_deadline, run);
+                        if !run.queued.is_some_and(|(at, _)| run.fix_dues_after(at)) {
+                            requeue(&mut self.deadlines, &mut self.next_deadline, run);
+                        }
                     }
                     self.fire(fix.t, true, out);
                 }

@@ -299,6 +299,18 @@ impl RunState {
             .min()
     }
 
+    /// Whether the due times a fix can set (the gap's deadline, a new stop's judgement) are all
+    /// at or after `queued`: then the run's queue entry still comes first, and the escorts' and
+    /// stops' due times, which a fix never moves, need not be looked at (they live in allocations
+    /// of their own: a cache miss per fix).
+    pub fn fix_dues_after(&self, queued: Millis) -> bool {
+        let episode = self.episode.as_ref().and_then(|e| e.judge_at);
+        [self.signal_deadline, episode]
+            .into_iter()
+            .flatten()
+            .all(|due| due >= queued)
+    }
+
     fn arm_checkin(&mut self, i: usize, now: Millis) {
         let Some(departed) = self.departed_at else {
             return;
