@@ -47,7 +47,6 @@ pub struct LastFix {
     pub door_open: bool,
     pub ignition: bool,
     /// The unit's reported accuracy, metres (f32: it fits beside the flags, no wider record).
-    #[serde(default)]
     pub accuracy_m: f32,
     pub speed_mps: f64,
     /// The two fixes before it (newest first), so a place can be judged on more than one
@@ -265,9 +264,7 @@ impl Engine {
                         .and_then(|r| self.runs.get_mut(r.as_bytes()))
                     {
                         run.on_fix(fix, &mut self.scratch, out);
-                        if !run.queued.is_some_and(|(at, _)| run.fix_dues_after(at)) {
-                            requeue(&mut self.deadlines, &mut self.next_deadline, run);
-                        }
+                        requeue_after_fix(&mut self.deadlines, &mut self.next_deadline, run);
                     }
                     self.fire(fix.t, true, out);
                 }
@@ -420,6 +417,22 @@ fn requeue(deadlines: &mut BTreeMap<(Millis, u64), Key>, next: &mut u64, run: &m
     *next += 1;
     deadlines.insert((due, *next), run.key.clone());
     run.queued = Some((due, *next));
+}
+
+/// [`requeue`] after a fix, which can move only the run's fix dues (`RunState::fix_dues`): while
+/// those are at or after its queue entry the entry still comes first, and the escorts' and stops'
+/// due times (allocations of their own, a cache miss per fix) are not read.
+fn requeue_after_fix(
+    deadlines: &mut BTreeMap<(Millis, u64), Key>,
+    next: &mut u64,
+    run: &mut RunState,
+) {
+    let queued_first = run
+        .queued
+        .is_some_and(|(at, _)| run.fix_dues().all(|due| due >= at));
+    if !queued_first {
+        requeue(deadlines, next, run);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -62,17 +62,13 @@ pub struct ProgressTracker {
     /// How many fixes confirm the current fall (see `update`).
     falling: u32,
     /// Fixes in a row placed on the route while running against it.
-    #[serde(default)]
     backing: u32,
-
     /// Fixes that could not place the vehicle yet (see first acquisition).
     #[serde(default)]
     ambiguous_fixes: u32,
     /// Where and when the last fix near the route lay (one set aside as a jump aside), and
     /// whether the latest fix was set aside as a jump (see `update`).
-    #[serde(default)]
     last_placed: Option<([f64; 2], Millis)>,
-    #[serde(default)]
     jumped: bool,
     #[serde(skip)]
     near: NearSegments,
@@ -224,13 +220,14 @@ impl ProgressTracker {
                     // block), not a place the vehicle reached. Nor is a position well ahead on a
                     // part running against the vehicle: running against the route takes progress
                     // back, never forward.
-                    let mut global: Option<(f64, Candidate)> = None;
-                    let mut best: Option<(f64, f64, Candidate)> = None;
+                    // (cost, angle to the heading, candidate); the best also with its score.
+                    let mut global: Option<(f64, f64, Candidate)> = None;
+                    let mut best: Option<(f64, f64, f64, Candidate)> = None;
                     for c in cands.iter() {
                         let angle = angle_between(c.bearing, heading_deg);
                         let cost = c.lateral + angle_cost(angle);
-                        if global.is_none_or(|(g, _)| cost < g) {
-                            global = Some((cost, *c));
+                        if global.is_none_or(|(g, ..)| cost < g) {
+                            global = Some((cost, angle, *c));
                         }
                         let step = (c.s - prev).abs();
                         let runs_its_way = use_heading && angle <= 90.0;
@@ -240,20 +237,20 @@ impl ProgressTracker {
                         if possible && !(runs_against && c.s - prev > AGAINST_AHEAD_M) {
                             let score = cost + 0.3 * (step - reach).max(0.0);
                             if best.is_none_or(|(b, ..)| score < b) {
-                                best = Some((score, cost, *c));
+                                best = Some((score, cost, angle, *c));
                             }
                         }
                     }
                     match best {
-                        Some((_, here_cost, here)) => {
+                        Some((_, here_cost, here_angle, here)) => {
                             self.lost = 0;
-                            let elsewhere = global.filter(|(g_cost, g)| {
+                            let elsewhere = global.filter(|(g_cost, _, g)| {
                                 here.lateral >= switch_margin_m
                                     && g_cost + switch_margin_m <= here_cost
                                     && (g.s - here.s).abs() > reach
                             });
                             match elsewhere {
-                                Some((_, g)) => {
+                                Some((.., g)) => {
                                     self.switching += 1;
                                     if self.switching >= SWITCH_FIXES {
                                         self.switching = 0;
@@ -267,9 +264,8 @@ impl ProgressTracker {
                                     self.switching = 0;
                                     self.s = Some(here.s);
                                     leapt_back = prev - here.s > reach;
-                                    let angle = angle_between(here.bearing, heading_deg);
-                                    against = use_heading && angle > 90.0;
-                                    turning = use_heading && angle > TURNING_DEG && !against;
+                                    against = use_heading && here_angle > 90.0;
+                                    turning = use_heading && here_angle > TURNING_DEG && !against;
                                 }
                             }
                             updated = true;
@@ -284,10 +280,8 @@ impl ProgressTracker {
                                     // reach allowed to follow. A fall, not a jump (a vehicle
                                     // rejoining after a detour or shortcut runs the route's
                                     // way).
-                                    Some((_, g))
-                                        if g.s < prev
-                                            && use_heading
-                                            && angle_between(g.bearing, heading_deg) > 90.0 =>
+                                    Some((_, angle, g))
+                                        if g.s < prev && use_heading && angle > 90.0 =>
                                     {
                                         self.lost = 0;
                                         self.switching = 0;
@@ -295,7 +289,7 @@ impl ProgressTracker {
                                         switched_back = true;
                                         updated = true;
                                     }
-                                    _ => self.jump_to(global.map_or(prev, |(_, c)| c.s)),
+                                    _ => self.jump_to(global.map_or(prev, |(.., c)| c.s)),
                                 }
                             }
                         }

@@ -30,6 +30,7 @@ const RADIUS_ACCURACIES: f64 = 2.0;
 fn widened(radius_m: f64, accuracy_m: f64) -> f64 {
     radius_m + (RADIUS_ACCURACIES * accuracy_m).clamp(0.0, radius_m)
 }
+
 /// Far fixes in a row, agreeing with each other, that end a stop.
 const STOP_END_FIXES: u32 = 3;
 
@@ -65,7 +66,6 @@ struct StopEpisode {
     sum: [f64; 2],
     n: u32,
     /// The far fixes set aside since the last fix within the stop, if any.
-    #[serde(default)]
     far: Option<FarFixes>,
     door_opened: bool,
     engine_off: bool,
@@ -288,27 +288,16 @@ impl RunState {
         if self.status != Status::Active {
             return None;
         }
-        let episode = self.episode.as_ref().and_then(|e| e.judge_at);
         let escorts = self.escorts.iter().filter_map(|e| e.due);
         let stops = self.stops.iter().filter_map(|s| s.late_due);
-        [self.signal_deadline, episode]
-            .into_iter()
-            .flatten()
-            .chain(escorts)
-            .chain(stops)
-            .min()
+        self.fix_dues().chain(escorts).chain(stops).min()
     }
 
-    /// Whether the due times a fix can set (the gap's deadline, a new stop's judgement) are all
-    /// at or after `queued`: then the run's queue entry still comes first, and the escorts' and
-    /// stops' due times, which a fix never moves, need not be looked at (they live in allocations
-    /// of their own: a cache miss per fix).
-    pub fn fix_dues_after(&self, queued: Millis) -> bool {
+    /// The due times a fix can set: the gap's deadline and a new stop's judgement (the escorts'
+    /// and stops' due times only check-ins and departure move).
+    pub fn fix_dues(&self) -> impl Iterator<Item = Millis> {
         let episode = self.episode.as_ref().and_then(|e| e.judge_at);
-        [self.signal_deadline, episode]
-            .into_iter()
-            .flatten()
-            .all(|due| due >= queued)
+        [self.signal_deadline, episode].into_iter().flatten()
     }
 
     fn arm_checkin(&mut self, i: usize, now: Millis) {
@@ -805,12 +794,13 @@ impl RunState {
                 self.raise_missed_checkin(i, at, last, out);
             }
         }
-        if let Some(ep) = self.episode.as_mut()
+        if let Some(ep) = self.episode.as_deref_mut()
             && let Some(at) = due(ep.judge_at)
         {
             ep.judge_at = None;
-            let ep = ep.clone();
-            self.judge_stop(&ep, at, zones, out);
+            if let Some(ep) = self.episode.as_deref() {
+                self.judge_stop(ep, at, zones, out);
+            }
         }
         for i in 0..self.stops.len() {
             if let Some(at) = due(self.stops[i].late_due) {
