@@ -14,7 +14,7 @@ use cit_engine::Engine;
 use cit_engine::frame::haversine_m;
 
 use crate::engine_drive::{T0, fixes_event, latlons, plan_with};
-use crate::{Rng, Route};
+use crate::{M_PER_DEG, Rng, Route};
 
 /// A planned stop of a run: how far along the route it is, its geofence, and how long the
 /// vehicle stands there.
@@ -47,34 +47,50 @@ impl Course {
     /// each (by `seed`).
     pub fn of(route: Route, seed: u64) -> Course {
         let mut rng = Rng::new(seed ^ 0xd0e11);
-        let visit = |route: &Route, n: usize, i: usize, last: bool, dwell_s: f64| {
-            let (lon, lat) = (route.coords[i][0], route.coords[i][1]);
-            let (stop_id, kind, radius_m) = match (n, last) {
-                (0, _) => ("VAULT".to_string(), "vault", VAULT_RADIUS_M),
-                (_, true) => ("DEPOT".to_string(), "depot", TOUR_STOP_RADIUS_M),
-                (n, false) => (format!("S{n}"), "outlet", TOUR_STOP_RADIUS_M),
-            };
+        // The stop at vertex `i` of the route.
+        let visit = |i: usize, stop_id: String, kind, radius_m, dwell_s| {
+            let [lon, lat] = route.coords[i];
             Visit {
                 stop_id,
                 kind,
                 at_m: route.s_at_vertex(i),
                 position: LatLon { lat, lon },
                 radius_m,
-                dwell_s: if last { FINAL_DWELL_S } else { dwell_s },
+                dwell_s,
             }
         };
-        let visits = if route.stop_vertices.len() >= 2 {
-            let stops = &route.stop_vertices[1..];
-            stops
+        let visits = match route.stop_vertices.get(1..).and_then(<[usize]>::split_last) {
+            Some((&depot, outlets)) => outlets
                 .iter()
                 .enumerate()
                 .map(|(n, &i)| {
                     let dwell_s = rng.between(180.0, 420.0);
-                    visit(&route, n + 1, i, n + 1 == stops.len(), dwell_s)
+                    visit(
+                        i,
+                        format!("S{}", n + 1),
+                        "outlet",
+                        TOUR_STOP_RADIUS_M,
+                        dwell_s,
+                    )
                 })
-                .collect()
-        } else {
-            vec![visit(&route, 0, route.coords.len() - 1, true, 0.0)]
+                .chain([visit(
+                    depot,
+                    "DEPOT".into(),
+                    "depot",
+                    TOUR_STOP_RADIUS_M,
+                    FINAL_DWELL_S,
+                )])
+                .collect(),
+            None => {
+                let vault = route.coords.len() - 1;
+                vec![visit(
+                    vault,
+                    "VAULT".into(),
+                    "vault",
+                    VAULT_RADIUS_M,
+                    FINAL_DWELL_S,
+                )]
+            }
         };
         Course { route, visits }
     }
@@ -267,39 +283,42 @@ pub fn drive(
                 }
             }
             None => {
-                // The next stop, while the vehicle drives the route's way; a traffic light less
-                // than 100 m before it is not there.
+                // Where the vehicle stands next: the next stop, while it drives the route's way,
+                // or a traffic light before it (one less than 100 m before the stop is not
+                // there), and which stop, if it is one.
                 let visit = course.visits.get(next_visit).filter(|_| direction > 0.0);
-                let light_first = next_light < len - 50.0
-                    && visit.is_none_or(|visit| next_light < visit.at_m - 100.0);
-                let stand_at = match visit {
-                    Some(visit) if !light_first => visit.at_m,
-                    _ => next_light,
+                let target = match visit {
+                    Some(visit) if next_light >= visit.at_m - 100.0 => {
+                        Some((visit.at_m, Some(visit)))
+                    }
+                    _ if next_light < len - 50.0 => Some((next_light, None)),
+                    _ => None,
                 };
-                let to_stand = stand_at - s;
-                if to_stand <= 0.5 && (light_first || visit.is_some()) {
-                    v = 0.0;
-                    let secs = match (visit, incident_here(s)) {
-                        (Some(visit), _) if !light_first => {
-                            at_visit = Some(next_visit);
-                            arrivals[next_visit] = Some(T0.plus_secs(t));
-                            let handover = T0.plus_secs((t + visit.dwell_s / 2.0).round());
-                            handovers.push((handover, next_visit));
-                            visit.dwell_s
-                        }
-                        (_, Some(Incident::Stop { secs, .. })) => {
-                            due = Some(T0.plus_secs(t + params.unplanned_stop_s));
-                            secs
-                        }
-                        // A traffic light is never long enough for an unplanned stop.
-                        _ => rng.between(15.0, 90f64.min(params.unplanned_stop_s - 15.0).max(16.0)),
-                    };
-                    standing_until = Some(t + secs);
-                } else if v * v / (2.0 * BRAKE_MPS2) >= to_stand && (light_first || visit.is_some())
-                {
-                    v = (v - BRAKE_MPS2 * DT).max(0.8);
-                } else {
-                    v = (v + BRAKE_MPS2 * DT).min(cruise_mps);
+                match target {
+                    Some((at, stop)) if at - s <= 0.5 => {
+                        v = 0.0;
+                        let secs = match (stop, incident_here(s)) {
+                            (Some(visit), _) => {
+                                at_visit = Some(next_visit);
+                                arrivals[next_visit] = Some(T0.plus_secs(t));
+                                let handover = T0.plus_secs((t + visit.dwell_s / 2.0).round());
+                                handovers.push((handover, next_visit));
+                                visit.dwell_s
+                            }
+                            (None, Some(Incident::Stop { secs, .. })) => {
+                                due = Some(T0.plus_secs(t + params.unplanned_stop_s));
+                                secs
+                            }
+                            // A traffic light is never long enough for an unplanned stop.
+                            _ => rng
+                                .between(15.0, 90f64.min(params.unplanned_stop_s - 15.0).max(16.0)),
+                        };
+                        standing_until = Some(t + secs);
+                    }
+                    Some((at, _)) if v * v / (2.0 * BRAKE_MPS2) >= at - s => {
+                        v = (v - BRAKE_MPS2 * DT).max(0.8);
+                    }
+                    _ => v = (v + BRAKE_MPS2 * DT).min(cruise_mps),
                 }
             }
         }
@@ -337,7 +356,6 @@ pub fn drive(
         } else {
             bearing
         };
-        let lat_m = 111_195.0;
         let (speed_mps, heading_deg) = if standing {
             (rng.between(0.0, 0.5), rng.between(0.0, 360.0))
         } else {
@@ -350,8 +368,8 @@ pub fn drive(
         fixes.push(Fix {
             seq: fixes.len() as u64 + 1,
             t: T0.plus_secs(t.round()),
-            lat: lat + north / lat_m,
-            lon: lon + east / (lat_m * lat.to_radians().cos()),
+            lat: lat + north / M_PER_DEG,
+            lon: lon + east / (M_PER_DEG * lat.to_radians().cos()),
             speed_mps,
             heading_deg,
             accuracy_m: 1.2 * gps.sigma_m,
@@ -384,46 +402,44 @@ pub fn run(course: &Course, track: &Track, params: &DetectionParams) -> Vec<Anom
         stops,
         params.clone(),
     );
+    // Every input in log order, each at the next log position.
+    let mut feed = |event: Event| {
+        pos += 1;
+        engine.handle(pos, &event)
+    };
+    let handover = |at: Millis, n: usize| Event::CashBoxesHandedOver {
+        run_id: "R-0".into(),
+        stop_id: course.visits[n].stop_id.clone(),
+        boxes: vec![format!("B-{n}")],
+        seals: vec![n as u64],
+        handed_by: vec!["E-1".into(), "E-2".into()],
+        received_by: vec!["STAFF".into()],
+        at,
+    };
     let mut raised = Vec::new();
     let every_s = (params.checkin_interval_s / 2.0).min(300.0);
     let mut next_checkin = T0.plus_secs(every_s);
     let mut handovers = track.handovers.iter().peekable();
-    let handover = |engine: &mut Engine, pos: &mut u64, at: Millis, n: usize| {
-        *pos += 1;
-        let event = Event::CashBoxesHandedOver {
-            run_id: "R-0".into(),
-            stop_id: course.visits[n].stop_id.clone(),
-            boxes: vec![format!("B-{n}")],
-            seals: vec![n as u64],
-            handed_by: vec!["E-1".into(), "E-2".into()],
-            received_by: vec!["STAFF".into()],
-            at,
-        };
-        engine.handle(*pos, &event)
-    };
     for f in &track.fixes {
         while next_checkin <= f.t {
             for person in ["E-1", "E-2"] {
-                pos += 1;
-                let checkin = Event::CheckedIn {
+                raised.extend(feed(Event::CheckedIn {
                     run_id: "R-0".into(),
                     person_id: person.into(),
                     code: CheckInCode::Ok,
                     at: next_checkin,
-                };
-                raised.extend(engine.handle(pos, &checkin));
+                }));
             }
             next_checkin = next_checkin.plus_secs(every_s);
         }
         while let Some(&&(at, n)) = handovers.peek().filter(|(at, _)| *at < f.t) {
             handovers.next();
-            raised.extend(handover(&mut engine, &mut pos, at, n));
+            raised.extend(feed(handover(at, n)));
         }
-        pos += 1;
-        raised.extend(engine.handle(pos, &fixes_event(0, vec![f.clone()])));
+        raised.extend(feed(fixes_event(0, vec![f.clone()])));
     }
     for &(at, n) in handovers {
-        raised.extend(handover(&mut engine, &mut pos, at, n));
+        raised.extend(feed(handover(at, n)));
     }
     raised
 }

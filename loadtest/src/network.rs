@@ -8,6 +8,9 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use cit_domain::LatLon;
+use cit_engine::frame::haversine_m;
+
 use crate::{M_PER_DEG, Rng, Route, shared_data};
 
 /// The drivable network: nodes where ways meet or bend, directed edges with travel times.
@@ -223,20 +226,20 @@ pub const TOUR_CLEARANCE_M: f64 = 100.0;
 /// Whether `route`, sampled every 10 m, comes within [`TOUR_CLEARANCE_M`] of a stop before its
 /// last 150 m towards it (or of the depot away from its first and last 150 m).
 fn passes_stops_early(route: &Route) -> bool {
-    let stops: Vec<(f64, [f64; 2])> = route.stop_vertices[1..]
+    let stops: Vec<(f64, LatLon)> = route.stop_vertices[1..]
         .iter()
-        .map(|&i| (route.s_at_vertex(i), route.coords[i]))
+        .map(|&i| {
+            let [lon, lat] = route.coords[i];
+            (route.s_at_vertex(i), LatLon { lat, lon })
+        })
         .collect();
-    let k = route.coords[0][1].to_radians().cos();
-    let near = |p: (f64, f64), c: [f64; 2]| {
-        ((p.1 - c[0]) * k * M_PER_DEG).hypot((p.0 - c[1]) * M_PER_DEG) < TOUR_CLEARANCE_M
-    };
     let mut s = 150.0;
     while s < route.length() - 150.0 {
         let (lat, lon, _) = route.at(s);
+        let here = LatLon { lat, lon };
         if stops
             .iter()
-            .any(|&(at, c)| s < at - 150.0 && near((lat, lon), c))
+            .any(|&(at, stop)| s < at - 150.0 && haversine_m(here, stop) < TOUR_CLEARANCE_M)
         {
             return true;
         }
