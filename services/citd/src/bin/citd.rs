@@ -5,6 +5,12 @@ use clap::{Parser, Subcommand};
 
 use citd::config::{Config, Overrides};
 
+/// mimalloc instead of glibc's malloc: ingest allocates and frees a request, its events and
+/// their encodings per batch from many threads, and glibc's arenas spent a fifth of citd's CPU
+/// in malloc, free and consolidation under the dispatch benchmark (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "citd",
