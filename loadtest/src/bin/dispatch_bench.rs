@@ -3,8 +3,9 @@
 //! of their planning, arming and departure, so setup takes seconds, then loaded by citd like any
 //! log), and one 8-hour run recorded at 1 Hz. Then, in one run:
 //!
-//! 1. ingest at full speed with no watcher, then with `--watchers` WatchFleet streams attached
-//!    (each reading everything); the ratio is the cost of watching (goal: < 10 % slower). Twice:
+//! 1. ingest at full speed with `--watchers` WatchFleet streams attached (each reading everything,
+//!    counted from when each has its snapshot) against ingest with none attached just before and
+//!    just after; the ratio is the cost of watching (goal: < 10 % slower). Twice:
 //!    with watchers that decode every message, and with watchers that take each message's bytes
 //!    without decoding them, so the 100 clients' own decoding (on the same two cores as citd
 //!    here; on the consoles' machines in the field) does not count as citd's cost;
@@ -343,7 +344,8 @@ impl Codec for RawWatchCodec {
 }
 
 /// `n` WatchFleet streams, each on its own connection, reading everything until `stop`:
-/// decoding each message, or (`raw`) taking its bytes only.
+/// decoding each message, or (`raw`) taking its bytes only. Returns once every watcher has its
+/// snapshot (the first message), so the measured phase is watching, not attaching.
 async fn watchers(
     endpoint: &str,
     n: usize,
@@ -351,6 +353,7 @@ async fn watchers(
     stop: Arc<tokio::sync::Notify>,
 ) -> Arc<Received> {
     let received = Arc::new(Received::default());
+    let (attached, mut snapshots) = tokio::sync::mpsc::channel::<()>(n.max(1));
     for _ in 0..n {
         // Each stream yields the changes a message carried (or, raw, its bytes).
         let w: futures::stream::BoxStream<'static, Result<u64, tonic::Status>> = if raw {
@@ -383,9 +386,14 @@ async fn watchers(
                 })
                 .boxed()
         };
-        let (received, stop) = (received.clone(), stop.clone());
+        let (received, stop, attached) = (received.clone(), stop.clone(), attached.clone());
         tokio::spawn(async move {
             let mut w = w;
+            // The snapshot is not counted: it is what attaching costs, reported apart.
+            if !matches!(w.next().await, Some(Ok(_))) {
+                return;
+            }
+            let _ = attached.send(()).await;
             loop {
                 tokio::select! {
                     _ = stop.notified() => return,
@@ -399,6 +407,13 @@ async fn watchers(
                 }
             }
         });
+    }
+    drop(attached);
+    for _ in 0..n {
+        // None: a watcher ended before its snapshot (every sender is gone).
+        if snapshots.recv().await.is_none() {
+            break;
+        }
     }
     received
 }
@@ -462,12 +477,19 @@ async fn main() {
         rate: None,
     };
     let secs = args.seconds as f64;
-    let bare = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
+    // Ingest slows as the store grows (more streams' index pages dirtied per commit), so each
+    // watched phase is compared with the unwatched phases just before and just after it.
+    let mut before = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
     for raw in [false, true] {
         let stop = Arc::new(tokio::sync::Notify::new());
+        let t = Instant::now();
         let received = watchers(&endpoint, args.watchers, raw, stop.clone()).await;
+        let attach = t.elapsed().as_secs_f64();
         let watched = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
         stop.notify_waiters();
+        ready(&endpoint).await;
+        let after = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
+        let bare = (before + after) / 2.0;
         let (messages, changes) = (
             received.messages.load(Ordering::Relaxed),
             received.changes.load(Ordering::Relaxed),
@@ -481,13 +503,14 @@ async fn main() {
             format!("{messages} messages, {changes} changes, decoded")
         };
         println!(
-            "ingest with {} WatchFleet watchers{}: ours {watched:.0} fixes/s | none attached {bare:.0} fixes/s | ratio {:.2}x (goal >= 0.90); watchers received {what}",
+            "ingest with {} WatchFleet watchers{}: ours {watched:.0} fixes/s | none attached {bare:.0} fixes/s (just before {before:.0}, just after {after:.0}) | ratio {:.2}x (goal >= 0.90); watchers received {what} (after each had its snapshot; all attached in {attach:.1} s)",
             args.watchers,
             if raw { " taking bytes only" } else { "" },
             watched / bare,
         );
         // Let the engine catch up before the next phase.
         ready(&endpoint).await;
+        before = after;
     }
 
     // The watched phase may leave the engine behind: start the next one from a current citd.
