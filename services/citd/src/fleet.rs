@@ -13,7 +13,7 @@ use cit_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::anomalies::Anomalies;
-use crate::grpc::{anomaly_to_pb, pb_latlon, severity_to_pb, ts};
+use crate::grpc::{anomaly_to_pb, e7, pb_latlon, severity_to_pb, ts};
 
 /// Slowest speed an ETA assumes, m/s (30 km/h): a standing vehicle still gets an estimate.
 const ETA_MIN_SPEED_MPS: f64 = 30.0 / 3.6;
@@ -166,16 +166,16 @@ impl Fleet {
             .unwrap_or_default();
         Some(pb::RunMoved {
             run_id: run_id.to_string(),
-            vehicle_id: r.vehicle_id.clone(),
-            position: Some(pb_latlon(f.position)),
-            speed_mps: f.speed_mps,
-            heading_deg: f.heading_deg,
-            last_fix_at: Some(ts(f.t)),
+            lat_e7: e7(f.position.lat),
+            lon_e7: e7(f.position.lon),
+            speed_mps: f.speed_mps as f32,
+            heading_deg: f.heading_deg as f32,
+            last_fix_at_ms: f.t.0,
             progress_m: r
                 .standing
                 .as_ref()
                 .and_then(|s| s.progress_m)
-                .unwrap_or_default(),
+                .unwrap_or_default() as f32,
             top_open_severity: top,
         })
     }

@@ -194,6 +194,13 @@ impl Hub {
     }
 }
 
+fn latlon(p: &pb::LatLon) -> LatLon {
+    LatLon {
+        lat: p.lat,
+        lon: p.lon,
+    }
+}
+
 /// A watcher's filters (see `WatchFleetRequest`).
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -220,7 +227,7 @@ impl Filter {
         self.runs.is_empty() || self.runs.contains(run_id)
     }
 
-    fn inside(&self, p: Option<&pb::LatLon>, when_unknown: bool) -> bool {
+    fn inside(&self, p: Option<LatLon>, when_unknown: bool) -> bool {
         let Some((sw, ne)) = self.bbox else {
             return true;
         };
@@ -237,7 +244,7 @@ impl Filter {
 
     pub fn run_matches(&self, v: &pb::RunView) -> bool {
         self.run_ok(&v.run_id)
-            && self.inside(v.position.as_ref(), false)
+            && self.inside(v.position.as_ref().map(latlon), false)
             && self
                 .min_severity
                 .is_none_or(|m| v.open_anomalies.iter().any(|a| a.severity >= m))
@@ -245,13 +252,19 @@ impl Filter {
 
     pub fn moved_matches(&self, m: &pb::RunMoved) -> bool {
         self.run_ok(&m.run_id)
-            && self.inside(m.position.as_ref(), false)
+            && self.inside(
+                Some(LatLon {
+                    lat: f64::from(m.lat_e7) / 1e7,
+                    lon: f64::from(m.lon_e7) / 1e7,
+                }),
+                false,
+            )
             && self.min_severity.is_none_or(|s| m.top_open_severity >= s)
     }
 
     pub fn anomaly_matches(&self, a: &pb::Anomaly) -> bool {
         self.run_ok(&a.run_id)
-            && self.inside(a.position.as_ref(), true)
+            && self.inside(a.position.as_ref().map(latlon), true)
             && self.min_severity.is_none_or(|m| a.severity >= m)
     }
 
@@ -318,7 +331,8 @@ mod tests {
         let mut rx = hub.subscribe();
         let moved = |run: &str, lat, lon| pb::RunMoved {
             run_id: run.into(),
-            position: Some(pb::LatLon { lat, lon }),
+            lat_e7: crate::grpc::e7(lat),
+            lon_e7: crate::grpc::e7(lon),
             ..Default::default()
         };
         hub.moved("R-1", || Some(moved("R-1", 57.7, 11.97)));

@@ -119,7 +119,7 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
         panic!("one run: R-2's fixes are filtered out, got {batch:?}")
     };
     assert_eq!(v.run_id, "R-1");
-    assert!(v.position.is_some() && v.last_fix_at.is_some());
+    assert!(v.lat_e7 != 0 && v.lon_e7 != 0 && v.last_fix_at_ms > 0);
     assert_eq!(ack.acks[0].durable_seq, 10);
 
     // A duress check-in answers like ok to the crew and reaches the watcher as critical.
@@ -200,11 +200,7 @@ async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
         let mut changes = 0u64;
         while let Ok(Some(m)) = reading.message().await {
             if let Some(Fe::RunsMoved(batch)) = m.event {
-                changes += batch
-                    .runs
-                    .iter()
-                    .filter(|v| v.last_fix_at.is_some())
-                    .count() as u64;
+                changes += batch.runs.iter().filter(|v| v.last_fix_at_ms > 0).count() as u64;
             }
         }
         changes
@@ -248,9 +244,7 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     let route = common::route();
     let want = &route[(200 / 50) % route.len()];
     let at_last_fix = |v: &pb::RunMoved| {
-        v.position
-            .as_ref()
-            .is_some_and(|p| (p.lat - want.lat).abs() < 1e-12 && (p.lon - want.lon).abs() < 1e-12)
+        v.lat_e7 == (want.lat * 1e7).round() as i32 && v.lon_e7 == (want.lon * 1e7).round() as i32
     };
     let last_seen = loop {
         if let Fe::RunsMoved(batch) = next(&mut w).await
@@ -275,8 +269,16 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
         .iter()
         .find(|r| r.run_id == "R-1")
         .expect("R-1 in the snapshot after the restart");
-    assert_eq!(r1.position, last_seen.position);
-    assert_eq!(r1.last_fix_at, last_seen.last_fix_at);
+    let p = r1.position.as_ref().expect("R-1's position");
+    assert_eq!(
+        ((p.lat * 1e7).round() as i32, (p.lon * 1e7).round() as i32),
+        (last_seen.lat_e7, last_seen.lon_e7)
+    );
+    let t = r1.last_fix_at.expect("R-1's last fix time");
+    assert_eq!(
+        t.seconds * 1000 + i64::from(t.nanos / 1_000_000),
+        last_seen.last_fix_at_ms
+    );
     assert_eq!(r1.weapons_out, ["R-1-G-0", "R-1-G-1"]);
     server.stop().await.expect("stop");
 }

@@ -36,6 +36,11 @@ pub fn latlon(p: Option<&pb::LatLon>, field: &str) -> Result<LatLon, InputError>
     LatLon::new(p.lat, p.lon, field)
 }
 
+/// Degrees as integer 1e-7 degrees (about 1 cm), the compact position of `RunMoved`.
+pub fn e7(deg: f64) -> i32 {
+    (deg * 1e7).round() as i32
+}
+
 pub fn pb_latlon(p: LatLon) -> pb::LatLon {
     pb::LatLon {
         lat: p.lat,
