@@ -34,6 +34,8 @@ cargo build --release -q -p citd -p cit-loadtest --features cit-loadtest/peers
 
 echo; echo "== embedded store: batched durable appends (peers: raw redb, SQLite WAL)"
 target/release/store-bench --events 1000000
+echo; echo "== embedded store in citd's shape: 10,000 streams, one event per append (same peers)"
+target/release/store-bench --events 1000000 --batch 1 --writers 2000 --streams 10000
 
 echo; echo "== durable streamed ingest over loopback gRPC (peer: PostgreSQL COPY)"
 target/release/ingest --seconds "$secs" --peer-postgres "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"

@@ -26,6 +26,10 @@ struct Args {
     /// Concurrent appenders (their appends are group-committed together).
     #[arg(long, default_value_t = 16)]
     writers: usize,
+    /// Streams written, shared out among the appenders; each appender goes round its own.
+    /// Thousands of streams is citd's shape (a stream per active run).
+    #[arg(long, default_value_t = 800)]
+    streams: usize,
     /// Bytes of event data.
     #[arg(long, default_value_t = 200)]
     payload: usize,
@@ -70,6 +74,7 @@ async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) 
     )
     .expect("open store");
     let per_writer = args.events / args.writers;
+    let own = (args.streams / args.writers).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..args.writers {
@@ -81,7 +86,7 @@ async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) 
             while written < per_writer {
                 let events: Vec<NewEvent> =
                     (0..batch).map(|i| event(written + i, payload)).collect();
-                let stream = format!("vehicle-{w}-{}", n % 50);
+                let stream = format!("vehicle-{}", w * own + n % own);
                 store
                     .append(&stream, ExpectedVersion::Any, events)
                     .await
@@ -149,7 +154,7 @@ fn sqlite(args: &Args, dir: &std::path::Path, group: usize) -> (f64, Histogram<u
     let mut h = hist();
     let started = Instant::now();
     let mut pos = 0usize;
-    let mut versions = vec![0u64; 50];
+    let mut versions = vec![0u64; args.streams.max(1)];
     while pos < args.events {
         let c = Instant::now();
         let txn = conn.unchecked_transaction().expect("txn");
@@ -160,7 +165,7 @@ fn sqlite(args: &Args, dir: &std::path::Path, group: usize) -> (f64, Histogram<u
             for _ in 0..group.max(1) {
                 pos += 1;
                 let e = event(pos, args.payload);
-                let s = pos % 50;
+                let s = pos % versions.len();
                 versions[s] += 1;
                 stmt.execute(rusqlite::params![
                     format!("vehicle-{s}"),
@@ -185,11 +190,12 @@ async fn main() {
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).expect("dir");
     println!(
-        "store-bench: {} events of {} B, {} per append, {} concurrent appenders, dir {}",
+        "store-bench: {} events of {} B, {} per append, {} concurrent appenders, {} streams, dir {}",
         args.events,
         args.payload,
         args.batch,
         args.writers,
+        args.streams,
         dir.display()
     );
     let (ours_rate, ours_fsync, group) = ours(&args, &dir).await;

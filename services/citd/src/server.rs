@@ -64,6 +64,7 @@ pub async fn open_store(
                 Options {
                     cache_bytes: config.cache_mb << 20,
                     on_commit: Some(Arc::new(move |s| m.observe_commit(s.commit, s.events))),
+                    ..Options::default()
                 },
             )
             .map_err(|e| ServerError::Store(e.to_string()))?;
