@@ -37,6 +37,37 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("cannot start the detection engine's thread: {0}")]
+    EngineThread(std::io::Error),
+}
+
+/// Runs `work` on a thread of its own, with a single-threaded runtime; the receiver resolves
+/// when it is done.
+///
+/// Why for the engine worker: it is one sequential consumer of the log that may work a
+/// millisecond between two awaits (a hundred events' detection, read models and publishing),
+/// and on the shared workers the queries queued behind it (GetRun) waited for that; as a thread
+/// of its own the operating system shares the cores between it and the serving workers.
+fn on_own_thread(
+    name: &str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(work),
+                Err(e) => {
+                    tracing::error!(cause = %e, "cannot build the runtime of a worker thread")
+                }
+            }
+            let _ = done.send(());
+        })?;
+    Ok(finished)
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).
@@ -201,15 +232,19 @@ pub async fn serve(
         Some(s) => crate::engine_worker::resume(&app, &anomalies, &fleet, &s.dir).await,
         None => crate::engine_worker::Start::default(),
     };
-    let engine = tokio::spawn(crate::engine_worker::run(
-        app.clone(),
-        anomalies.clone(),
-        fleet.clone(),
-        hub.clone(),
-        snapshots,
-        start,
-        stopped(stop_rx.clone()),
-    ));
+    let engine = on_own_thread(
+        "cit-engine",
+        crate::engine_worker::run(
+            app.clone(),
+            anomalies.clone(),
+            fleet.clone(),
+            hub.clone(),
+            snapshots,
+            start,
+            stopped(stop_rx.clone()),
+        ),
+    )
+    .map_err(ServerError::EngineThread)?;
     if config.reannounce_after_s > 0 {
         tokio::spawn(reannounce(
             app.clone(),
