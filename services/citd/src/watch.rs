@@ -194,6 +194,7 @@ impl Hub {
     }
 }
 
+/// A wire position as the domain's, for the box test (already validated where it was made).
 fn latlon(p: &pb::LatLon) -> LatLon {
     LatLon {
         lat: p.lat,
