@@ -128,11 +128,11 @@ pub struct RunState {
     escorts: Vec<Escort>,
     route: RouteIndex,
     status: Status,
-    departed_at: Option<Millis>,
+    departed_at: When,
     // A5 signal loss: the gap's deadline, moved by every fix; none once raised, until the next
     // fix starts a new gap.
-    last_fix_t: Option<Millis>,
-    signal_deadline: Option<Millis>,
+    last_fix_t: When,
+    signal_deadline: When,
     last_route_distance: f64,
     // A1 stops
     /// Boxed: most of the time a vehicle is moving and this is a null pointer, not ~100 bytes.
@@ -148,17 +148,49 @@ pub struct RunState {
     clearing: u32,
     // A4 roadblock
     progress: ProgressTracker,
-    last_roadblock: Option<Millis>,
+    last_roadblock: When,
     // A7 stops (their visits live in `stops`)
     visits_started: bool,
     // A10 overspeed
-    over_since: Option<Millis>,
+    over_since: When,
     over_raised: bool,
     over_max_mps: f64,
     /// The run's entry in the engine's deadline queue (time, sequence), if it has one: at or
     /// before its earliest due time (a fix moves the signal deadline later without re-queueing;
     /// an entry that comes due early finds nothing due and is queued again).
     pub(crate) queued: Option<(Millis, u64)>,
+}
+
+/// An optional time in 8 bytes, where `Option<Millis>` takes 16 (an `i64` has no niche): a
+/// run's record holds five, and it is most of what an active vehicle costs (memory per vehicle,
+/// BENCHMARKS.md). `i64::MIN` stands for none; no event carries a time 292 million years back.
+/// Serialized as an `Option<Millis>`, so snapshots read the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Option<Millis>", into = "Option<Millis>")]
+struct When(i64);
+
+impl When {
+    const NONE: When = When(i64::MIN);
+
+    fn at(t: Millis) -> When {
+        When(t.0)
+    }
+
+    fn get(self) -> Option<Millis> {
+        (self != When::NONE).then_some(Millis(self.0))
+    }
+}
+
+impl From<Option<Millis>> for When {
+    fn from(t: Option<Millis>) -> When {
+        t.map_or(When::NONE, When::at)
+    }
+}
+
+impl From<When> for Option<Millis> {
+    fn from(w: When) -> Option<Millis> {
+        w.get()
+    }
 }
 
 /// Severity rises one step, capped at critical.
@@ -206,9 +238,9 @@ impl RunState {
                 .collect(),
             route,
             status: Status::Planned,
-            departed_at: None,
-            last_fix_t: None,
-            signal_deadline: None,
+            departed_at: When::NONE,
+            last_fix_t: When::NONE,
+            signal_deadline: When::NONE,
             last_route_distance: 0.0,
             episode: None,
             reports: Vec::new(),
@@ -218,9 +250,9 @@ impl RunState {
             deviated: false,
             clearing: 0,
             progress: ProgressTracker::default(),
-            last_roadblock: None,
+            last_roadblock: When::NONE,
             visits_started: false,
-            over_since: None,
+            over_since: When::NONE,
             over_raised: false,
             over_max_mps: 0.0,
             queued: None,
@@ -272,8 +304,8 @@ impl RunState {
             return;
         }
         self.status = Status::Active;
-        self.departed_at = Some(at);
-        self.signal_deadline = Some(at.plus_secs(self.params.max_gap_s));
+        self.departed_at = When::at(at);
+        self.signal_deadline = When::at(at.plus_secs(self.params.max_gap_s));
         for i in 0..self.escorts.len() {
             self.arm_checkin(i, at);
         }
@@ -297,11 +329,11 @@ impl RunState {
     /// and stops' due times only check-ins and departure move).
     pub fn fix_dues(&self) -> impl Iterator<Item = Millis> {
         let episode = self.episode.as_ref().and_then(|e| e.judge_at);
-        [self.signal_deadline, episode].into_iter().flatten()
+        [self.signal_deadline.get(), episode].into_iter().flatten()
     }
 
     fn arm_checkin(&mut self, i: usize, now: Millis) {
-        let Some(departed) = self.departed_at else {
+        let Some(departed) = self.departed_at.get() else {
             return;
         };
         let from = self.escorts[i]
@@ -406,7 +438,7 @@ impl RunState {
         out: &mut Out,
     ) {
         self.reports.push((at, IncidentKind::Roadblock));
-        self.last_roadblock = Some(at);
+        self.last_roadblock = When::at(at);
         out.push(self.anomaly(
             AnomalyKind::Roadblock,
             format!("p{position}"),
@@ -521,10 +553,10 @@ impl RunState {
             lon: fix.lon,
         };
         // A5: the gap deadline moves with this fix.
-        let newest = self.last_fix_t.map_or(fix.t, |t| t.max(fix.t));
-        self.last_fix_t = Some(newest);
-        let departed = self.departed_at.unwrap_or(newest);
-        self.signal_deadline = Some(newest.max(departed).plus_secs(self.params.max_gap_s));
+        let newest = self.last_fix_t.get().map_or(fix.t, |t| t.max(fix.t));
+        self.last_fix_t = When::at(newest);
+        let departed = self.departed_at.get().unwrap_or(newest);
+        self.signal_deadline = When::at(newest.max(departed).plus_secs(self.params.max_gap_s));
         let standing = fix.speed_mps < self.params.stop_speed_mps;
         let (update, route_distance) =
             self.progress
@@ -656,6 +688,7 @@ impl RunState {
 
     fn recent_roadblock(&self, t: Millis) -> bool {
         self.last_roadblock
+            .get()
             .is_some_and(|rb| t.secs_since(rb) <= self.params.report_cover_s && rb <= t)
     }
 
@@ -669,7 +702,7 @@ impl RunState {
         if self.recent_roadblock(fix.t) {
             return;
         }
-        self.last_roadblock = Some(fix.t);
+        self.last_roadblock = When::at(fix.t);
         out.push(self.anomaly(
             AnomalyKind::Roadblock,
             format!("v{}", fix.seq),
@@ -747,11 +780,12 @@ impl RunState {
     fn overspeed_rule(&mut self, fix: &Fix, latlon: LatLon, out: &mut Out) {
         let limit_mps = self.params.speed_limit_kmh / 3.6;
         if fix.speed_mps <= limit_mps {
-            self.over_since = None;
+            self.over_since = When::NONE;
             self.over_raised = false;
             return;
         }
-        let since = *self.over_since.get_or_insert(fix.t);
+        let since = self.over_since.get().unwrap_or(fix.t);
+        self.over_since = When::at(since);
         if since == fix.t {
             self.over_max_mps = 0.0;
         }
@@ -783,9 +817,9 @@ impl RunState {
             return;
         }
         let due = |d: Option<Millis>| d.filter(|d| *d <= at);
-        if let Some(at) = due(self.signal_deadline) {
+        if let Some(at) = due(self.signal_deadline.get()) {
             // Once per gap: the next fix starts a new one.
-            self.signal_deadline = None;
+            self.signal_deadline = When::NONE;
             self.raise_signal_loss(at, last, out);
         }
         for i in 0..self.escorts.len() {
@@ -813,7 +847,7 @@ impl RunState {
     /// A5.
     fn raise_signal_loss(&self, at: Millis, last: Option<LastFix>, out: &mut Out) {
         let off_route =
-            self.last_fix_t.is_some() && self.last_route_distance > self.params.corridor_m;
+            self.last_fix_t.get().is_some() && self.last_route_distance > self.params.corridor_m;
         let moving = last.is_some_and(|l| l.speed_mps >= self.params.stop_speed_mps || l.ignition);
         let mut severity = if moving {
             Severity::High
@@ -838,7 +872,7 @@ impl RunState {
                 }
             ),
             last.map(|l| l.position),
-            json!({"max_gap_s": self.params.max_gap_s, "last_fix_at": self.last_fix_t.map(|t| t.0),
+            json!({"max_gap_s": self.params.max_gap_s, "last_fix_at": self.last_fix_t.get().map(|t| t.0),
                    "off_route": off_route, "last_moving_or_engine_on": moving}),
         ));
     }
@@ -868,7 +902,7 @@ impl RunState {
     /// A7: not at stop `i` by its `arrive_by` + grace.
     fn judge_arrival(&self, i: usize, at: Millis, out: &mut Out) {
         let v = &self.stops[i];
-        let departed = self.departed_at.unwrap_or(at);
+        let departed = self.departed_at.get().unwrap_or(at);
         // An arrival awaiting its confirming fix counts from its first fix inside.
         let reached = v.arrived.or(v.inside_since);
         if reached.is_some_and(|a| a <= at) || at < departed {
@@ -928,5 +962,22 @@ impl RunState {
             json!({"stop_started": ep.start.0, "fixes": ep.n, "door_opened": ep.door_opened,
                    "engine_off": ep.engine_off, "distance_to_route_m": self.route.distance(ep.mean())}),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_time_is_8_bytes_and_serializes_as_an_option() {
+        assert_eq!(std::mem::size_of::<When>(), 8);
+        for t in [None, Some(Millis(0)), Some(Millis(1_796_146_021_000))] {
+            let w = When::from(t);
+            assert_eq!(w.get(), t);
+            let json = serde_json::to_string(&w).expect("serializes");
+            assert_eq!(json, serde_json::to_string(&t).expect("serializes"));
+            assert_eq!(serde_json::from_str::<When>(&json).expect("reads"), w);
+        }
     }
 }
