@@ -70,7 +70,7 @@ struct StopEpisode {
     door_opened: bool,
     engine_off: bool,
     /// When it is judged (A1); none once it was.
-    judge_at: Option<Millis>,
+    judge_at: When,
 }
 
 /// Far fixes in a row during a stop: where the first lay, and how many agree with it (lie within
@@ -92,9 +92,9 @@ impl StopEpisode {
 struct Escort {
     /// Boxed `str`: no spare capacity to carry per escort.
     id: Box<str>,
-    last_checkin: Option<Millis>,
+    last_checkin: When,
     /// When their silence becomes a missed check-in (A6); none once it did, until they check in.
-    due: Option<Millis>,
+    due: When,
 }
 
 /// A planned stop of the run and the vehicle's visit to it (A7): one record per stop, so a run
@@ -105,15 +105,15 @@ struct Stop {
     /// Its position in the route's frame.
     local: [f64; 2],
     /// Inside the radius since this fix (not yet confirmed as an arrival).
-    inside_since: Option<Millis>,
-    arrived: Option<Millis>,
+    inside_since: When,
+    arrived: When,
     /// A stop the vehicle is inside at departure (its first fix) counts only if it is first in
     /// order, or, for a later stop at the same place (the return to the depot), once the
     /// vehicle has been farther than 2 x its radius.
     armed: bool,
     skip_reported: bool,
     /// When not being there yet is late (A7: `arrive_by` + grace); none once judged.
-    late_due: Option<Millis>,
+    late_due: When,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -162,8 +162,8 @@ pub struct RunState {
 }
 
 /// An optional time in 8 bytes, where `Option<Millis>` takes 16 (an `i64` has no niche): a
-/// run's record holds five, and it is most of what an active vehicle costs (memory per vehicle,
-/// BENCHMARKS.md). `i64::MIN` stands for none; no event carries a time 292 million years back.
+/// run's record holds five, each escort two and each stop three, and they are most of what an
+/// active vehicle costs (memory per vehicle, BENCHMARKS.md). `i64::MIN` stands for none; no event carries a time 292 million years back.
 /// Serialized as an `Option<Millis>`, so snapshots read the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(from = "Option<Millis>", into = "Option<Millis>")]
@@ -221,19 +221,19 @@ impl RunState {
                 .map(|plan| Stop {
                     plan: plan.clone(),
                     local: route.to_local(plan.position),
-                    inside_since: None,
-                    arrived: None,
+                    inside_since: When::NONE,
+                    arrived: When::NONE,
                     armed: false,
                     skip_reported: false,
-                    late_due: None,
+                    late_due: When::NONE,
                 })
                 .collect(),
             escorts: escorts
                 .iter()
                 .map(|id| Escort {
                     id: id.as_str().into(),
-                    last_checkin: None,
-                    due: None,
+                    last_checkin: When::NONE,
+                    due: When::NONE,
                 })
                 .collect(),
             route,
@@ -271,7 +271,7 @@ impl RunState {
     pub fn next_stop(&self) -> Option<&PlannedStop> {
         self.stops
             .iter()
-            .find(|s| s.arrived.is_none())
+            .find(|s| s.arrived.get().is_none())
             .map(|s| &s.plan)
     }
 
@@ -311,7 +311,7 @@ impl RunState {
         }
         let grace_s = self.params.late_grace_s;
         for stop in &mut self.stops {
-            stop.late_due = stop.plan.arrive_by.map(|by| by.plus_secs(grace_s));
+            stop.late_due = stop.plan.arrive_by.map(|by| by.plus_secs(grace_s)).into();
         }
     }
 
@@ -320,15 +320,15 @@ impl RunState {
         if self.status != Status::Active {
             return None;
         }
-        let escorts = self.escorts.iter().filter_map(|e| e.due);
-        let stops = self.stops.iter().filter_map(|s| s.late_due);
+        let escorts = self.escorts.iter().filter_map(|e| e.due.get());
+        let stops = self.stops.iter().filter_map(|s| s.late_due.get());
         self.fix_dues().chain(escorts).chain(stops).min()
     }
 
     /// The due times a fix can set: the gap's deadline and a new stop's judgement (the escorts'
     /// and stops' due times only check-ins and departure move).
     pub fn fix_dues(&self) -> impl Iterator<Item = Millis> {
-        let episode = self.episode.as_ref().and_then(|e| e.judge_at);
+        let episode = self.episode.as_ref().and_then(|e| e.judge_at.get());
         [self.signal_deadline.get(), episode].into_iter().flatten()
     }
 
@@ -338,10 +338,11 @@ impl RunState {
         };
         let from = self.escorts[i]
             .last_checkin
+            .get()
             .map_or(departed, |c| c.max(departed))
             .max(now.min(departed));
         self.escorts[i].due =
-            Some(from.plus_secs(self.params.checkin_interval_s + self.params.checkin_grace_s));
+            When::at(from.plus_secs(self.params.checkin_interval_s + self.params.checkin_grace_s));
     }
 
     pub fn on_closed(&mut self, _at: Millis) {
@@ -353,7 +354,7 @@ impl RunState {
     pub fn on_checkin(&mut self, person: &str, at: Millis) {
         if let Some(i) = self.escorts.iter().position(|e| &*e.id == person) {
             let last = &mut self.escorts[i].last_checkin;
-            *last = Some(last.map_or(at, |c| c.max(at)));
+            *last = When::at(last.get().map_or(at, |c| c.max(at)));
             if self.status == Status::Active {
                 self.arm_checkin(i, at);
             }
@@ -627,7 +628,7 @@ impl RunState {
             far: None,
             door_opened: fix.door_open,
             engine_off: !fix.ignition,
-            judge_at: Some(fix.t.plus_secs(wait)),
+            judge_at: When::at(fix.t.plus_secs(wait)),
         }));
     }
 
@@ -736,26 +737,27 @@ impl RunState {
                 }
                 continue;
             }
-            if v.arrived.is_some() {
+            if v.arrived.get().is_some() {
                 continue;
             }
             if d <= radius_m {
-                let since = *v.inside_since.get_or_insert(fix.t);
+                let since = v.inside_since.get().unwrap_or(fix.t);
+                v.inside_since = When::at(since);
                 // Confirmed by a second fix inside, or one well inside (beyond multipath reach).
                 let confirmed = since != fix.t || d <= 0.5 * radius_m;
                 if confirmed {
-                    v.arrived = Some(since);
+                    v.arrived = When::at(since);
                     arrived_now.get_or_insert((i, since));
                 }
             } else {
-                v.inside_since = None;
+                v.inside_since = When::NONE;
             }
         }
         let Some((j, at)) = arrived_now else {
             return;
         };
         for i in 0..j {
-            if self.stops[i].arrived.is_some() || self.stops[i].skip_reported {
+            if self.stops[i].arrived.get().is_some() || self.stops[i].skip_reported {
                 continue;
             }
             self.stops[i].skip_reported = true;
@@ -823,22 +825,22 @@ impl RunState {
             self.raise_signal_loss(at, last, out);
         }
         for i in 0..self.escorts.len() {
-            if let Some(at) = due(self.escorts[i].due) {
-                self.escorts[i].due = None;
+            if let Some(at) = due(self.escorts[i].due.get()) {
+                self.escorts[i].due = When::NONE;
                 self.raise_missed_checkin(i, at, last, out);
             }
         }
         if let Some(ep) = self.episode.as_deref_mut()
-            && let Some(at) = due(ep.judge_at)
+            && let Some(at) = due(ep.judge_at.get())
         {
-            ep.judge_at = None;
+            ep.judge_at = When::NONE;
             if let Some(ep) = self.episode.as_deref() {
                 self.judge_stop(ep, at, zones, out);
             }
         }
         for i in 0..self.stops.len() {
-            if let Some(at) = due(self.stops[i].late_due) {
-                self.stops[i].late_due = None;
+            if let Some(at) = due(self.stops[i].late_due.get()) {
+                self.stops[i].late_due = When::NONE;
                 self.judge_arrival(i, at, out);
             }
         }
@@ -893,7 +895,7 @@ impl RunState {
             Severity::Medium,
             format!("escort {person} missed the check-in"),
             last.map(|l| l.position),
-            json!({"person": person, "last_checkin": self.escorts[escort].last_checkin.map(|t| t.0),
+            json!({"person": person, "last_checkin": self.escorts[escort].last_checkin.get().map(|t| t.0),
                    "interval_s": self.params.checkin_interval_s,
                    "grace_s": self.params.checkin_grace_s}),
         ));
@@ -904,7 +906,7 @@ impl RunState {
         let v = &self.stops[i];
         let departed = self.departed_at.get().unwrap_or(at);
         // An arrival awaiting its confirming fix counts from its first fix inside.
-        let reached = v.arrived.or(v.inside_since);
+        let reached = v.arrived.get().or(v.inside_since.get());
         if reached.is_some_and(|a| a <= at) || at < departed {
             return;
         }
