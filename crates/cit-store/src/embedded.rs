@@ -375,6 +375,23 @@ impl Heads<'_> {
         Ok(Some((version, position, chain)))
     }
 
+    /// A staged append: its versions from `first`, their positions, the chain's new head.
+    fn stage(&mut self, stream: &str, first: u64, positions: Vec<u64>, chain: Hash) {
+        match self.staged.get_mut(stream) {
+            Some(s) => s.extend(positions, chain),
+            None => {
+                self.staged.insert(
+                    stream.to_string(),
+                    StreamTail {
+                        first,
+                        positions,
+                        chain,
+                    },
+                );
+            }
+        }
+    }
+
     fn position_of(
         &self,
         stream: &str,
@@ -461,10 +478,7 @@ fn stage(
     }
     let first_version = current.map(|v| v + 1).unwrap_or(0);
     let mut prev = head.map_or(crate::chain::GENESIS, |(_, _, chain)| chain);
-    let staged = heads
-        .staged
-        .entry(job.stream.clone())
-        .or_insert_with(|| StreamTail::new(first_version));
+    let mut positions = Vec::with_capacity(job.events.len());
     let mut result = AppendResult {
         last_version: 0,
         position: 0,
@@ -494,7 +508,7 @@ fn stage(
             &e.metadata,
         );
         events.insert(position, buf.as_slice()).map_err(storage)?;
-        staged.push(version, position, prev);
+        positions.push(position);
         if version == first_version {
             ids.insert(e.id.as_u128(), position).map_err(storage)?;
         }
@@ -503,6 +517,8 @@ fn stage(
             position,
         };
     }
+    // Only a whole append joins the group's entries.
+    heads.stage(&job.stream, first_version, positions, prev);
     Ok(result)
 }
 

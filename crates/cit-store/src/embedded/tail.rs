@@ -78,6 +78,12 @@ impl StreamTail {
         self.positions.push(position);
         self.chain = chain;
     }
+
+    /// The entries that follow this stream's last ones, and the chain's new head.
+    pub fn extend(&mut self, positions: Vec<u64>, chain: Hash) {
+        self.positions.extend(positions);
+        self.chain = chain;
+    }
 }
 
 /// Every stream's entries after the `indexed` mark.
@@ -136,8 +142,7 @@ impl Tail {
             match self.streams.get_mut(&stream) {
                 Some(s) => {
                     debug_assert_eq!(new.first, s.first + s.positions.len() as u64);
-                    s.positions.extend(new.positions);
-                    s.chain = new.chain;
+                    s.extend(new.positions, new.chain);
                 }
                 None => {
                     self.streams.insert(stream, new);
