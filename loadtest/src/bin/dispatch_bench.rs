@@ -29,6 +29,7 @@ use cit_proto::v1 as pb;
 use cit_store::embedded::{EmbeddedStore, Options};
 use cit_store::{EventStore, ExpectedVersion};
 use citd::runner::Clients;
+use citd::server::on_own_thread;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
@@ -299,19 +300,6 @@ async fn timed<T>(
     (answer, t.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Runs `f` to completion on a thread of its own with its own single-threaded runtime.
-fn on_own_thread<T: Send + 'static>(
-    f: impl std::future::Future<Output = T> + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("probe runtime")
-            .block_on(f)
-    })
-}
-
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -535,7 +523,7 @@ async fn main() {
     let n_runs = args.runs;
     // Each probe on its own thread and connection: what it times is citd's answer, not its turn
     // among the load driver's tasks in this process.
-    let probe = on_own_thread({
+    let probe = on_own_thread("getrun-probe", {
         let endpoint = endpoint.clone();
         async move {
             let mut c = Clients::connect(&endpoint).await.expect("connect");
@@ -558,16 +546,18 @@ async fn main() {
             }
             h
         }
-    });
+    })
+    .expect("probe thread");
     let paced = Drive {
         rate: Some(args.rate / args.streams as f64),
         ..drive
     };
     let start = latlons(&routes[0])[0];
-    let anomaly_probe = on_own_thread({
+    let anomaly_probe = on_own_thread("anomaly-probe", {
         let endpoint = endpoint.clone();
         async move { fix_to_anomaly(&endpoint, start).await }
-    });
+    })
+    .expect("probe thread");
     let (rate, _) = drive_fleet(
         &endpoint,
         &mut vehicles,
@@ -577,8 +567,8 @@ async fn main() {
         secs,
     )
     .await;
-    let h = probe.join().expect("probe");
-    let f2a = anomaly_probe.join().expect("fix-to-anomaly probe");
+    let h = probe.await.expect("probe");
+    let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
     println!(
         "GetRun with {} active runs under {rate:.0} fixes/s of ingest: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} calls (goal p99 <= 1 ms)",
         args.runs,

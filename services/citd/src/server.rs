@@ -41,17 +41,13 @@ pub enum ServerError {
     EngineThread(std::io::Error),
 }
 
-/// Runs `work` on a thread of its own, with a single-threaded runtime; the receiver resolves
-/// when it is done.
-///
-/// Why for the engine worker: it is one sequential consumer of the log that may work a
-/// millisecond between two awaits (a hundred events' detection, read models and publishing),
-/// and on the shared workers the queries queued behind it (GetRun) waited for that; as a thread
-/// of its own the operating system shares the cores between it and the serving workers.
-fn on_own_thread(
+/// Runs `work` on a thread of its own, with a single-threaded runtime: it gets its share of the
+/// cores from the operating system instead of a turn on the shared tokio workers. The receiver
+/// gets its output (an error if the runtime could not be built).
+pub fn on_own_thread<T: Send + 'static>(
     name: &str,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
     let (done, finished) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.into())
@@ -60,12 +56,13 @@ fn on_own_thread(
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(work),
+                Ok(rt) => {
+                    let _ = done.send(rt.block_on(work));
+                }
                 Err(e) => {
                     tracing::error!(cause = %e, "cannot build the runtime of a worker thread")
                 }
             }
-            let _ = done.send(());
         })?;
     Ok(finished)
 }
@@ -232,6 +229,9 @@ pub async fn serve(
         Some(s) => crate::engine_worker::resume(&app, &anomalies, &fleet, &s.dir).await,
         None => crate::engine_worker::Start::default(),
     };
+    // The engine worker is one sequential consumer of the log that may work a millisecond
+    // between two awaits (a hundred events' detection, read models and publishing); on the
+    // shared workers the queries queued behind it (GetRun) waited for that.
     let engine = on_own_thread(
         "cit-engine",
         crate::engine_worker::run(

@@ -253,13 +253,7 @@ impl Filter {
 
     pub fn moved_matches(&self, m: &pb::RunMoved) -> bool {
         self.run_ok(&m.run_id)
-            && self.inside(
-                Some(LatLon {
-                    lat: f64::from(m.lat_e7) / 1e7,
-                    lon: f64::from(m.lon_e7) / 1e7,
-                }),
-                false,
-            )
+            && self.inside(Some(crate::grpc::from_e7(m.lat_e7, m.lon_e7)), false)
             && self.min_severity.is_none_or(|s| m.top_open_severity >= s)
     }
 

@@ -7,6 +7,7 @@ mod common;
 
 use cit_proto::v1 as pb;
 use citd::config::{ClockMode, Config};
+use citd::grpc::e7;
 use citd::runner::Clients;
 use pb::fleet_event::Event as Fe;
 use tonic::Streaming;
@@ -243,9 +244,7 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     // The last batch's last fix is seq 200.
     let route = common::route();
     let want = &route[(200 / 50) % route.len()];
-    let at_last_fix = |v: &pb::RunMoved| {
-        v.lat_e7 == (want.lat * 1e7).round() as i32 && v.lon_e7 == (want.lon * 1e7).round() as i32
-    };
+    let at_last_fix = |v: &pb::RunMoved| (v.lat_e7, v.lon_e7) == (e7(want.lat), e7(want.lon));
     let last_seen = loop {
         if let Fe::RunsMoved(batch) = next(&mut w).await
             && let Some(v) = batch.runs.into_iter().find(at_last_fix)
@@ -270,10 +269,7 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
         .find(|r| r.run_id == "R-1")
         .expect("R-1 in the snapshot after the restart");
     let p = r1.position.as_ref().expect("R-1's position");
-    assert_eq!(
-        ((p.lat * 1e7).round() as i32, (p.lon * 1e7).round() as i32),
-        (last_seen.lat_e7, last_seen.lon_e7)
-    );
+    assert_eq!((e7(p.lat), e7(p.lon)), (last_seen.lat_e7, last_seen.lon_e7));
     let t = r1.last_fix_at.expect("R-1's last fix time");
     assert_eq!(
         t.seconds * 1000 + i64::from(t.nanos / 1_000_000),

@@ -41,6 +41,14 @@ pub fn e7(deg: f64) -> i32 {
     (deg * 1e7).round() as i32
 }
 
+/// A compact `RunMoved` position back in degrees.
+pub fn from_e7(lat_e7: i32, lon_e7: i32) -> LatLon {
+    LatLon {
+        lat: f64::from(lat_e7) / 1e7,
+        lon: f64::from(lon_e7) / 1e7,
+    }
+}
+
 pub fn pb_latlon(p: LatLon) -> pb::LatLon {
     pb::LatLon {
         lat: p.lat,
