@@ -12,8 +12,9 @@
 //!
 //! Tables:
 //! - `events`: position -> record ([`crate::codec`]); position is dense from 1 here.
-//! - `stream_index`: (stream, version) -> position, for every event up to the `indexed` mark in
-//!   `meta`; the entries after it are held in memory and written in bulk ([`tail`]).
+//! - `stream_index`: (stream, version) -> position, for every event up to its stream's bucket's
+//!   mark in `meta`; the entries after it are held in memory and written in bulk ([`tail`]).
+//! - `meta`: `indexed/NN` -> each tail bucket's mark, `index_buckets` -> how many there are.
 //!
 //! The writer also extends each stream's hash chain ([`crate::chain`]) as it stages an append.
 //! - `event_ids`: first event id of each append -> position, for idempotent retries. Only the
@@ -46,10 +47,58 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
 const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// `meta` key: every event at or before this position has its `stream_index` entry. Set when a
-/// store is opened without it: to 0 for a new one, to its head for one written before the mark
-/// existed (which indexed every event as it went).
-const INDEXED: &str = "indexed";
+/// `meta` key: how many tail buckets the marks below were written for.
+const INDEX_BUCKETS: &str = "index_buckets";
+
+/// `meta` key of a bucket's mark: every event at or before this position, of a stream in the
+/// bucket, has its `stream_index` entry.
+fn mark_key(bucket: usize) -> String {
+    format!("indexed/{bucket:02}")
+}
+
+/// Reads the tail buckets' marks, first writing them if the store has none for [`tail::BUCKETS`]
+/// buckets: every bucket then starts at the lowest mark found (a store written with another
+/// bucket count, or with the one `indexed` mark of before buckets) or, with none, at the head
+/// (0 for a new store; a store written before any mark indexed every event as it went). Writing
+/// some entries again is harmless: they map to the same positions.
+fn index_marks(txn: &redb::WriteTransaction) -> Result<[u64; tail::BUCKETS]> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let buckets = meta.get(INDEX_BUCKETS).map_err(storage)?.map(|v| v.value());
+    if buckets != Some(tail::BUCKETS as u64) {
+        let old: Vec<(String, u64)> = meta
+            .range("indexed".."indexee")
+            .map_err(storage)?
+            .map(|row| row.map(|(k, v)| (k.value().to_string(), v.value())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(storage)?;
+        let lowest = match old.iter().map(|(_, v)| *v).min() {
+            Some(m) => m,
+            None => txn
+                .open_table(EVENTS)
+                .map_err(storage)?
+                .last()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value()),
+        };
+        for (k, _) in &old {
+            meta.remove(k.as_str()).map_err(storage)?;
+        }
+        for b in 0..tail::BUCKETS {
+            meta.insert(mark_key(b).as_str(), lowest).map_err(storage)?;
+        }
+        meta.insert(INDEX_BUCKETS, tail::BUCKETS as u64)
+            .map_err(storage)?;
+    }
+    let mut marks = [0; tail::BUCKETS];
+    for (b, mark) in marks.iter_mut().enumerate() {
+        *mark = meta
+            .get(mark_key(b).as_str())
+            .map_err(storage)?
+            .ok_or_else(|| Error::Storage(format!("no index mark for bucket {b}")))?
+            .value();
+    }
+    Ok(marks)
+}
 
 /// Most events committed in one group; bounds commit latency under a flood.
 const MAX_GROUP_EVENTS: usize = 65_536;
@@ -67,6 +116,8 @@ pub struct CommitStats {
     pub commit: Duration,
     /// Time from the first queued append to the answer.
     pub total: Duration,
+    /// Entries this group wrote from the in-memory tail to `stream_index` (0 in most groups).
+    pub indexed: usize,
 }
 
 pub type CommitObserver = Arc<dyn Fn(CommitStats) + Send + Sync>;
@@ -76,8 +127,9 @@ pub type CommitObserver = Arc<dyn Fn(CommitStats) + Send + Sync>;
 pub struct Options {
     /// redb page cache, bytes.
     pub cache_bytes: usize,
-    /// Stream index entries held in memory before they are written to `stream_index` in one
-    /// pass ([`tail`]); also the most events a restart reads again to rebuild them.
+    /// Stream index entries held in memory before group commits start writing them to
+    /// `stream_index`, one bucket at a time ([`tail`]); a restart reads about twice this many
+    /// events again to rebuild them.
     pub index_flush_events: usize,
     /// Called after every group commit.
     pub on_commit: Option<CommitObserver>,
@@ -121,7 +173,7 @@ struct Inner {
     db: std::sync::RwLock<Option<Arc<Database>>>,
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<u64>,
-    /// The stream index's entries after the `indexed` mark (shared with the writer).
+    /// The stream index's entries after their buckets' marks (shared with the writer).
     tail: Arc<RwLock<Tail>>,
     path: PathBuf,
 }
@@ -167,22 +219,11 @@ impl EmbeddedStore {
             txn.open_table(EVENTS).map_err(storage)?;
             txn.open_table(STREAM_INDEX).map_err(storage)?;
             txn.open_table(EVENT_IDS).map_err(storage)?;
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            if meta.get(INDEXED).map_err(storage)?.is_none() {
-                // A new store has nothing to index; one written before the mark existed indexed
-                // every event as it went.
-                let head = txn
-                    .open_table(EVENTS)
-                    .map_err(storage)?
-                    .last()
-                    .map_err(storage)?
-                    .map_or(0, |(k, _)| k.value());
-                meta.insert(INDEXED, head).map_err(storage)?;
-            }
         }
+        let marks = index_marks(&txn)?;
         txn.commit().map_err(storage)?;
         let head = last_position(&db)?;
-        let tail = Arc::new(RwLock::new(rebuild_tail(&db)?));
+        let tail = Arc::new(RwLock::new(rebuild_tail(&db, marks)?));
         let (head_tx, head_rx) = watch::channel(head);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let writer = Writer {
@@ -293,23 +334,18 @@ fn last_position(db: &Database) -> Result<u64> {
         .unwrap_or(0))
 }
 
-/// The stream index's entries after the `indexed` mark, read again from the log.
-fn rebuild_tail(db: &Database) -> Result<Tail> {
+/// The stream index's entries after each bucket's mark, read again from the log.
+fn rebuild_tail(db: &Database, marks: [u64; tail::BUCKETS]) -> Result<Tail> {
     let txn = db.begin_read().map_err(storage)?;
-    let indexed = txn
-        .open_table(META)
-        .map_err(storage)?
-        .get(INDEXED)
-        .map_err(storage)?
-        .ok_or_else(|| Error::Storage("no index mark".into()))?
-        .value();
-    let mut tail = Tail::new(indexed);
+    let lowest = marks.iter().copied().min().unwrap_or(0);
+    let mut tail = Tail::new(marks);
     let events = txn.open_table(EVENTS).map_err(storage)?;
-    for row in events.range(indexed.saturating_add(1)..).map_err(storage)? {
+    for row in events.range(lowest.saturating_add(1)..).map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
         // A record that does not decode or does not follow its stream was edited on disk: it
         // is left out of the index, so the store still opens and `VerifyRun` names the gap.
         match codec::decode(k.value(), v.value()) {
+            Ok(e) if e.position <= tail.mark_of(&e.stream) => {}
             Ok(e) if tail.push(&e.stream, e.version, e.position, e.chain) => {}
             Ok(e) => tracing::error!(
                 position = k.value(),
@@ -565,12 +601,12 @@ impl Writer {
             let n_appends = group.len();
             let group_start = next_position;
             let outcome = self.commit_group(&group, &mut next_position);
-            let commit_time = match &outcome {
-                Ok((_, t)) => *t,
-                Err(_) => Duration::ZERO,
+            let (commit_time, indexed) = match &outcome {
+                Ok(o) => (o.commit, o.indexed),
+                Err(_) => (Duration::ZERO, 0),
             };
             match outcome {
-                Ok((results, _)) => {
+                Ok(GroupOutcome { results, .. }) => {
                     if next_position > group_start {
                         head.send_replace(next_position - 1);
                     }
@@ -593,6 +629,7 @@ impl Writer {
                     events: n_events,
                     commit: commit_time,
                     total: started.elapsed(),
+                    indexed,
                 });
             }
         }
@@ -602,13 +639,19 @@ impl Writer {
         }
     }
 
-    /// Stages and commits one group; when the tail is full, its entries go to `stream_index`
-    /// in the same transaction. The tail learns of the group only once it is committed, before
-    /// anyone is answered.
+    /// Stages and commits one group; when the tail is full, its fullest bucket goes to
+    /// `stream_index` in the same transaction. The tail learns of the group only once it is
+    /// committed, before anyone is answered.
     fn commit_group(&self, group: &[AppendJob], next_position: &mut u64) -> Result<GroupOutcome> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        // Every event before this group: the mark when the tail is written out.
-        let flushed = (tail.len() >= self.flush_at).then(|| *next_position - 1);
+        // The bucket written out, its entries, and its new mark: every event before this group.
+        let flushed = if tail.len() >= self.flush_at {
+            tail.fullest()
+                .map(|(bucket, len)| (bucket, len, *next_position - 1))
+        } else {
+            None
+        };
+        let indexed = flushed.map_or(0, |(_, len, _)| len);
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         let created_ms = now_ms();
@@ -621,13 +664,14 @@ impl Writer {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut index = txn.open_table(STREAM_INDEX).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
-            if let Some(mark) = flushed {
+            if let Some((bucket, _, mark)) = flushed {
                 // In key order: each stream's leaf is dirtied once for all its entries.
-                for (stream, version, position) in tail.entries() {
+                for (stream, version, position) in tail.entries(bucket) {
                     index.insert((stream, version), position).map_err(storage)?;
                 }
                 let mut meta = txn.open_table(META).map_err(storage)?;
-                meta.insert(INDEXED, mark).map_err(storage)?;
+                meta.insert(mark_key(bucket).as_str(), mark)
+                    .map_err(storage)?;
             }
             for job in group {
                 results.push(stage(
@@ -647,15 +691,25 @@ impl Writer {
         txn.commit().map_err(storage)?;
         let commit_time = t.elapsed();
         let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(mark) = flushed {
-            tail.clear(mark);
+        if let Some((bucket, _, mark)) = flushed {
+            tail.clear(bucket, mark);
         }
         tail.extend(staged);
-        Ok((results, commit_time))
+        Ok(GroupOutcome {
+            results,
+            commit: commit_time,
+            indexed,
+        })
     }
 }
 
-type GroupOutcome = (Vec<Result<AppendResult>>, Duration);
+struct GroupOutcome {
+    results: Vec<Result<AppendResult>>,
+    /// Time in `commit()`.
+    commit: Duration,
+    /// Tail entries written to `stream_index`.
+    indexed: usize,
+}
 
 impl EventStore for EmbeddedStore {
     fn append(
@@ -904,9 +958,11 @@ mod tests {
     #[tokio::test]
     async fn the_index_tail_is_rebuilt_from_the_log_after_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
+        // Streams in different tail buckets (fixed by the hash), so that each has its own mark.
+        assert_ne!(tail::bucket_of("a"), tail::bucket_of("b"));
+        let held = {
             let store = EmbeddedStore::open(dir.path(), flushing_every(5)).expect("open");
-            // 23 events over two streams: four bulk writes, and 3 events left in the tail.
+            // 23 events over two streams: bulk writes of one bucket at a time, some left.
             for i in 0..23 {
                 let stream = if i % 3 == 0 { "b" } else { "a" };
                 store
@@ -914,15 +970,14 @@ mod tests {
                     .await
                     .expect("append");
             }
-            assert!(store.inner.tail.read().expect("tail").len() > 0);
+            let held = store.inner.tail.read().expect("tail").len();
+            assert!(held > 0 && held < 23, "some written out, some held: {held}");
             store.close();
-        }
+            held
+        };
         let store = EmbeddedStore::open(dir.path(), flushing_every(5)).expect("reopen");
         let tail = store.inner.tail.read().expect("tail").len();
-        assert!(
-            tail > 0 && tail <= 5,
-            "the unwritten entries are back: {tail}"
-        );
+        assert_eq!(tail, held, "exactly the unwritten entries are back");
         assert_eq!(
             versions(&store, "a", 0, Direction::Forwards).await,
             (0..15).collect::<Vec<_>>()
@@ -965,6 +1020,57 @@ mod tests {
             versions(&store, "a", 0, Direction::Forwards).await,
             (0..50).collect::<Vec<_>>()
         );
+    }
+
+    #[tokio::test]
+    async fn a_store_with_the_single_mark_of_before_buckets_opens_and_reads_every_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = EmbeddedStore::open(dir.path(), flushing_every(4)).expect("open");
+            for i in 0..30 {
+                let stream = format!("s{}", i % 5);
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![numbered(i)])
+                    .await
+                    .expect("append");
+            }
+            store.close();
+        }
+        // The layout of before: one `indexed` mark for every stream, no bucket count. Take the
+        // lowest bucket mark as it (every event up to it is indexed).
+        {
+            let db = Database::create(dir.path().join("events.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                let lowest = (0..tail::BUCKETS)
+                    .map(|b| {
+                        meta.get(mark_key(b).as_str())
+                            .expect("get")
+                            .expect("mark")
+                            .value()
+                    })
+                    .min()
+                    .expect("marks");
+                for b in 0..tail::BUCKETS {
+                    meta.remove(mark_key(b).as_str()).expect("remove");
+                }
+                meta.remove(INDEX_BUCKETS).expect("remove");
+                meta.insert("indexed", lowest).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path(), flushing_every(4)).expect("reopen");
+        for s in 0..5 {
+            assert_eq!(
+                versions(&store, &format!("s{s}"), 0, Direction::Forwards).await,
+                (0..6).collect::<Vec<_>>()
+            );
+        }
+        store
+            .append("s0", ExpectedVersion::Exact(5), vec![numbered(99)])
+            .await
+            .expect("the head is where it was");
     }
 
     #[tokio::test]

@@ -57,16 +57,28 @@ fn event(i: usize, payload: usize) -> NewEvent {
 }
 
 async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) {
-    let commits = Arc::new(Mutex::new((hist(), 0usize, 0usize)));
+    let commits = Arc::new(Mutex::new(Commits {
+        fsync: hist(),
+        groups: 0,
+        events: 0,
+        index_writes: hist(),
+        others: hist(),
+    }));
     let obs = commits.clone();
     let store = EmbeddedStore::open(
         dir.join("ours"),
         Options {
             on_commit: Some(Arc::new(move |s| {
                 if let Ok(mut c) = obs.lock() {
-                    let _ = c.0.record(s.commit.as_micros().max(1) as u64);
-                    c.1 += 1;
-                    c.2 += s.events;
+                    let _ = c.fsync.record(s.commit.as_micros().max(1) as u64);
+                    c.groups += 1;
+                    c.events += s.events;
+                    let total = s.total.as_micros().max(1) as u64;
+                    let _ = if s.indexed > 0 {
+                        c.index_writes.record(total)
+                    } else {
+                        c.others.record(total)
+                    };
                 }
             })),
             ..Options::default()
@@ -83,34 +95,65 @@ async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) 
         tasks.push(tokio::spawn(async move {
             let mut written = 0;
             let mut n = 0usize;
+            let mut acks = hist();
             while written < per_writer {
                 let events: Vec<NewEvent> =
                     (0..batch).map(|i| event(written + i, payload)).collect();
                 let stream = format!("vehicle-{}", w * own + n % own);
+                let sent = Instant::now();
                 store
                     .append(&stream, ExpectedVersion::Any, events)
                     .await
                     .expect("append");
+                let _ = acks.record(sent.elapsed().as_micros().max(1) as u64);
                 written += batch;
                 n += 1;
             }
+            acks
         }));
     }
+    let mut acks = hist();
     for t in tasks {
-        t.await.expect("writer");
+        acks.add(t.await.expect("writer"))
+            .expect("same histogram bounds");
     }
     let secs = started.elapsed().as_secs_f64();
     let c = commits.lock().expect("stats");
-    let avg_group = if c.1 > 0 {
-        c.2 as f64 / c.1 as f64
+    let avg_group = if c.groups > 0 {
+        c.events as f64 / c.groups as f64
     } else {
         0.0
     };
+    // What an appender waits for, and the groups that also wrote the index tail out: those
+    // stall every append queued behind them.
+    println!(
+        "ours: append (ack) p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; \
+         {} index writes, group p50 {:.2} ms max {:.2} ms (other groups p50 {:.2} ms max {:.2} ms)",
+        pct(&acks, 0.5),
+        pct(&acks, 0.99),
+        pct(&acks, 0.999),
+        acks.max() as f64 / 1000.0,
+        c.index_writes.len(),
+        pct(&c.index_writes, 0.5),
+        c.index_writes.max() as f64 / 1000.0,
+        pct(&c.others, 0.5),
+        c.others.max() as f64 / 1000.0,
+    );
     (
         (per_writer * args.writers) as f64 / secs,
-        c.0.clone(),
+        c.fsync.clone(),
         avg_group,
     )
+}
+
+/// The store's group commits as its observer saw them.
+struct Commits {
+    fsync: Histogram<u64>,
+    groups: usize,
+    events: usize,
+    /// Whole-group time of the groups that wrote the index tail out, and of the others.
+    index_writes: Histogram<u64>,
+    others: Histogram<u64>,
 }
 
 /// The raw library: the same record bytes in transactions of our average group size.

@@ -3,12 +3,16 @@
 
 use std::time::Duration;
 
+use cit_store::embedded::CommitStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// A group commit that held the store's writer this long is logged.
+const SLOW_GROUP: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -30,7 +34,9 @@ pub struct Metrics {
     commands: Family<CommandLabels, Counter>,
     append_seconds: Histogram,
     fsync_seconds: Histogram,
+    group_seconds: Histogram,
     group_events: Histogram,
+    index_entries_written: Counter,
     pub engine_lag_events: Gauge,
     anomalies: Family<KindLabels, Counter>,
     pub anomalies_reannounced: Counter,
@@ -62,6 +68,8 @@ impl Metrics {
             // 50 us .. ~3 s
             append_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            group_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            index_entries_written: Counter::default(),
             group_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             engine_lag_events: Gauge::default(),
             anomalies: Family::default(),
@@ -96,6 +104,17 @@ impl Metrics {
             "fsync_seconds",
             "Latency of one group commit (fsync) of the embedded store",
             m.fsync_seconds.clone(),
+        );
+        registry.register(
+            "group_commit_seconds",
+            "Time one group commit held the store's writer (staging, index write, fsync): \
+             every append queued behind it waits this long",
+            m.group_seconds.clone(),
+        );
+        registry.register(
+            "stream_index_entries_written",
+            "Stream index entries written from memory to disk in bulk",
+            m.index_entries_written.clone(),
         );
         registry.register(
             "group_commit_events",
@@ -135,9 +154,23 @@ impl Metrics {
         self.append_seconds.observe(d.as_secs_f64());
     }
 
-    pub fn observe_commit(&self, fsync: Duration, events: usize) {
-        self.fsync_seconds.observe(fsync.as_secs_f64());
-        self.group_events.observe(events as f64);
+    /// One group commit of the embedded store; one that held the writer long is also logged,
+    /// since every append queued behind it (and so every ack) waited for it.
+    pub fn observe_commit(&self, s: &CommitStats) {
+        self.fsync_seconds.observe(s.commit.as_secs_f64());
+        self.group_seconds.observe(s.total.as_secs_f64());
+        self.group_events.observe(s.events as f64);
+        self.index_entries_written.inc_by(s.indexed as u64);
+        if s.total >= SLOW_GROUP {
+            tracing::warn!(
+                total_ms = s.total.as_millis() as u64,
+                fsync_ms = s.commit.as_millis() as u64,
+                appends = s.appends,
+                events = s.events,
+                index_entries = s.indexed,
+                "slow group commit"
+            );
+        }
     }
 
     pub fn command(&self, command: &str, refused_by: Option<&str>) {

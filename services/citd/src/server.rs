@@ -91,7 +91,7 @@ pub async fn open_store(
                 &config.data_dir,
                 Options {
                     cache_bytes: config.cache_mb << 20,
-                    on_commit: Some(Arc::new(move |s| m.observe_commit(s.commit, s.events))),
+                    on_commit: Some(Arc::new(move |s| m.observe_commit(&s))),
                     ..Options::default()
                 },
             )
