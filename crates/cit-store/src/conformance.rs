@@ -40,6 +40,38 @@ pub async fn run_all<S: EventStore + ?Sized>(store: &S) {
     concurrent_writers_of_one_version_conflict(store).await;
     subscription_resumes_from_checkpoint_and_goes_live(store).await;
     every_stream_is_hash_chained(store).await;
+    bulk_appends_keep_every_promise_of_appends(store).await;
+}
+
+/// `append_bulk` may wait behind other appends, but checks versions, answers only once durable
+/// and extends the chain exactly as `append` does.
+pub async fn bulk_appends_keep_every_promise_of_appends<S: EventStore + ?Sized>(store: &S) {
+    let stream = format!("{}bulk", unique_prefix());
+    let first = store
+        .append_bulk(&stream, ExpectedVersion::NoStream, vec![event(0), event(1)])
+        .await
+        .expect("bulk append to a new stream");
+    assert_eq!(first.last_version, 1);
+    let err = store
+        .append_bulk(&stream, ExpectedVersion::Exact(0), vec![event(2)])
+        .await
+        .expect_err("stale Exact");
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }), "{err:?}");
+    store
+        .append(&stream, ExpectedVersion::Exact(1), vec![event(2)])
+        .await
+        .expect("a plain append after the bulk ones");
+    let read = store
+        .read_stream(&stream, 0, Direction::Forwards, 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        read.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(read[1].position > read[0].position && read[2].position > read[1].position);
+    let v = crate::chain::verify(&read);
+    assert!(v.first_break.is_none() && v.checked == 3, "{v:?}");
 }
 
 pub async fn every_stream_is_hash_chained<S: EventStore + ?Sized>(store: &S) {

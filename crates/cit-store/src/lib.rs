@@ -139,6 +139,19 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<AppendResult>>;
 
+    /// [`EventStore::append`] for high-volume writes that may wait behind others (fix ingest):
+    /// a backend may commit appends made with `append` first, so an alarm or a command does not
+    /// queue behind thousands of fixes. Concurrent appends have no order among them either way;
+    /// one made after another's answer still follows it.
+    fn append_bulk(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<AppendResult>> {
+        self.append(stream, expected, events)
+    }
+
     /// Up to `max` events of one stream, starting at version `from` (inclusive) and going in
     /// `direction`; `from = u64::MAX` backwards means "from the end". Missing stream: empty.
     fn read_stream(

@@ -427,11 +427,12 @@ impl App {
         };
         // Duplicates are absorbed by the high-water mark above (one append per vehicle at a
         // time, rebuilt from the log on start), so the id needs no content; time-ordered ids keep
-        // the store's id index growing at its right edge.
+        // the store's id index growing at its right edge. Fixes are the bulk of the log: they
+        // may wait behind commands and anomalies, never those behind them.
         let started = std::time::Instant::now();
         let appended = self
             .store
-            .append(
+            .append_bulk(
                 &event.stream(),
                 ExpectedVersion::Any,
                 vec![encode(&event, Uuid::now_v7(), "ingest")],
