@@ -576,6 +576,34 @@ async fn main() {
         }
     })
     .expect("probe thread");
+    // A crew check-in every 20 ms on random runs: a command's durable answer while fixes
+    // stream in (fixes are bulk appends; a command must not queue behind them).
+    let checkin_probe = on_own_thread("checkin-probe", {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut c = Clients::connect(&endpoint).await.expect("connect");
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+            let mut every = tokio::time::interval(Duration::from_millis(20));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut k: u64 = 0;
+            while Instant::now() < probe_deadline {
+                every.tick().await;
+                k = (k + 7_919) % n_runs as u64;
+                let t = Instant::now();
+                c.runs
+                    .check_in(pb::CheckInRequest {
+                        run_id: format!("R-{k:05}"),
+                        person_id: format!("E-{k}"),
+                        code: pb::CheckInCode::Ok as i32,
+                    })
+                    .await
+                    .expect("check in");
+                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+            }
+            h
+        }
+    })
+    .expect("probe thread");
     let paced = Drive {
         rate: Some(args.rate / args.streams as f64),
         ..drive
@@ -598,6 +626,7 @@ async fn main() {
     .await;
     let h = probe.await.expect("probe");
     let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
+    let checkins = checkin_probe.await.expect("check-in probe");
     println!(
         "GetRun with {} active runs under {rate:.0} fixes/s of ingest: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} calls (goal p99 <= 1 ms)",
         args.runs,
@@ -620,6 +649,13 @@ async fn main() {
         ms(f2a.ack.value_at_quantile(0.5)),
         ms(f2a.ack.value_at_quantile(0.99)),
         ms(f2a.ack.max()),
+    );
+    println!(
+        "crew check-in (a durable command) under the same load: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} calls",
+        ms(checkins.value_at_quantile(0.5)),
+        ms(checkins.value_at_quantile(0.99)),
+        ms(checkins.max()),
+        checkins.len()
     );
 
     // The long run.
