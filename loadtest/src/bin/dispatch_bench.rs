@@ -11,7 +11,8 @@
 //!    here; on the consoles' machines in the field) does not count as citd's cost;
 //! 2. GetRun latency on random active runs while `--rate` fixes/s stream in (goal p99 <= 1 ms),
 //!    and in the same phase fix-to-anomaly latency: a deviating batch of a probe run until the
-//!    anomaly reaches a watcher (goal p99 <= 10 ms);
+//!    anomaly reaches a watcher (goal p99 <= 10 ms), and a crew check-in's latency (a durable
+//!    command while fixes stream in);
 //! 3. the 8-hour run replayed (ReplayRun, speed 0) and read (ReadRun), verified and re-detected
 //!    (goal: replay < 100 ms).
 //!
@@ -576,7 +577,7 @@ async fn main() {
         }
     })
     .expect("probe thread");
-    // A crew check-in every 20 ms on random runs: a command's durable answer while fixes
+    // A crew check-in every 20 ms on runs spread over the fleet: a command's durable answer while fixes
     // stream in (fixes are bulk appends; a command must not queue behind them).
     let checkin_probe = on_own_thread("checkin-probe", {
         let endpoint = endpoint.clone();

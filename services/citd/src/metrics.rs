@@ -11,8 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// A group commit that held the store's writer this long is logged.
-const SLOW_GROUP: Duration = Duration::from_millis(50);
+/// A group commit that held the store's writer this long is logged, at most once a second (an
+/// overloaded store would otherwise flood the log with them).
+const SLOW_GROUP: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub watch_fell_behind: Counter,
     pub watchers: Gauge,
     pub engine_resumed_from: Gauge,
+    /// When a slow group commit was last logged, and how many were not logged since.
+    slow_groups: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +80,7 @@ impl Metrics {
             watch_fell_behind: Counter::default(),
             watchers: Gauge::default(),
             engine_resumed_from: Gauge::default(),
+            slow_groups: std::sync::Mutex::new((None, 0)),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,16 +165,27 @@ impl Metrics {
         self.group_seconds.observe(s.total.as_secs_f64());
         self.group_events.observe(s.events as f64);
         self.index_entries_written.inc_by(s.indexed as u64);
-        if s.total >= SLOW_GROUP {
-            tracing::warn!(
-                total_ms = s.total.as_millis() as u64,
-                fsync_ms = s.commit.as_millis() as u64,
-                appends = s.appends,
-                events = s.events,
-                index_entries = s.indexed,
-                "slow group commit"
-            );
+        if s.total < SLOW_GROUP {
+            return;
         }
+        let mut slow = self.slow_groups.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, unlogged) = &mut *slow;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            *unlogged += 1;
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let more_since_last = std::mem::take(unlogged);
+        drop(slow);
+        tracing::warn!(
+            total_ms = s.total.as_millis() as u64,
+            fsync_ms = s.commit.as_millis() as u64,
+            appends = s.appends,
+            events = s.events,
+            index_entries = s.indexed,
+            more_since_last,
+            "slow group commit"
+        );
     }
 
     pub fn command(&self, command: &str, refused_by: Option<&str>) {
