@@ -23,6 +23,12 @@ pub struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// `Service/Method`, e.g. `Dispatch/GetRun`.
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -40,6 +46,7 @@ pub struct Metrics {
     index_entries_written: Counter,
     pub engine_lag_events: Gauge,
     anomalies: Family<KindLabels, Counter>,
+    rpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     pub anomalies_reannounced: Counter,
     pub watch_fell_behind: Counter,
     pub watchers: Gauge,
@@ -76,6 +83,10 @@ impl Metrics {
             group_events: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             engine_lag_events: Gauge::default(),
             anomalies: Family::default(),
+            // 20 us .. ~10 s
+            rpc_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00002, 2.0, 20))
+            }),
             anomalies_reannounced: Counter::default(),
             watch_fell_behind: Counter::default(),
             watchers: Gauge::default(),
@@ -131,6 +142,11 @@ impl Metrics {
             m.engine_lag_events.clone(),
         );
         registry.register("anomalies", "Anomalies raised by kind", m.anomalies.clone());
+        registry.register(
+            "rpc_seconds",
+            "Server-side latency of each RPC, from request to response (a stream: to its start)",
+            m.rpc_seconds.clone(),
+        );
         registry.register(
             "anomalies_reannounced",
             "Critical anomalies announced again while unacknowledged",
@@ -203,6 +219,15 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// The latency histogram of one RPC (`Service/Method`), made when the server starts.
+    pub fn rpc_histogram(&self, method: &str) -> Histogram {
+        self.rpc_seconds
+            .get_or_create(&MethodLabels {
+                method: method.to_string(),
+            })
+            .clone()
     }
 
     /// Prometheus text exposition.

@@ -290,6 +290,7 @@ pub async fn serve(
         .then(|| ScenarioClockServer::new(grpc::clock::ClockService { app: app.clone() }));
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(grpc::timing::TimingLayer::new(&app.metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

@@ -119,3 +119,53 @@ async fn get_run_list_active_runs_and_nearest_vehicles() {
     assert!(err.message().starts_with("point.lat"), "{}", err.message());
     server.stop().await.expect("stop");
 }
+
+/// `/metrics` times every RPC by method, server-side; paths that are not our methods are not
+/// labels (a client cannot grow the set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_is_timed_by_method_on_the_metrics_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = citd::config::Config {
+        metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..common::config(dir.path(), ClockMode::Wall)
+    };
+    let (server, mut c) = common::serve(config).await;
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    for _ in 0..3 {
+        c.dispatch
+            .get_run(pb::GetRunRequest {
+                run_id: "R-1".into(),
+                min_log_position: 0,
+            })
+            .await
+            .expect("get run");
+    }
+    let status = c
+        .dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: "nowhere".into(),
+            min_log_position: 0,
+        })
+        .await
+        .expect_err("unknown run");
+    assert_eq!(status.code(), Code::NotFound);
+    let addr = server.metrics_addr.expect("metrics port");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: cit\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.expect("response");
+    // A refused call is timed too: it is citd's answer all the same.
+    assert!(
+        body.contains("cit_rpc_seconds_count{method=\"Dispatch/GetRun\"} 4"),
+        "{body}"
+    );
+    assert!(
+        body.contains("cit_rpc_seconds_count{method=\"Runs/Depart\"} 1"),
+        "{body}"
+    );
+    assert!(!body.contains("grpc.health"), "only our methods are labels");
+    server.stop().await.expect("stop");
+}

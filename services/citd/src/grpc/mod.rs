@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod liaison;
 pub mod runs;
 pub mod telemetry;
+pub mod timing;
 
 use cit_domain::event::{Anomaly, Severity};
 use cit_domain::{InputError, LatLon, Millis};
