@@ -294,14 +294,22 @@ async fn write_fixture(dir: &std::path::Path, args: &Args, routes: &[Route], fle
     store.close();
 }
 
-fn spawn_citd(dir: &std::path::Path, port: u16) -> std::process::Child {
+/// A loopback port free at the time of asking.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn spawn_citd(dir: &std::path::Path, port: u16, metrics_port: u16) -> std::process::Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     std::process::Command::new(&exe)
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--metrics-listen",
-            "off",
+            &format!("127.0.0.1:{metrics_port}"),
         ])
         .arg("--data-dir")
         .arg(dir)
@@ -318,6 +326,49 @@ fn spawn_citd(dir: &std::path::Path, port: u16) -> std::process::Child {
                 exe.display()
             )
         })
+}
+
+/// citd's own histogram of an RPC's latency (`cit_rpc_seconds`, cumulative buckets): (upper
+/// bound in seconds, calls at or under it).
+async fn rpc_buckets(metrics_port: u16, method: &str) -> Vec<(f64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .expect("metrics port");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: cit\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.expect("metrics");
+    let label = format!("method=\"{method}\"");
+    body.lines()
+        .filter(|l| l.starts_with("cit_rpc_seconds_bucket{") && l.contains(&label))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound, ms, under which `q` of the calls between two readings fell.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0, |(_, n)| *n);
+            (*le, n - was)
+        })
+        .collect();
+    let total = counts.last().map_or(0, |(_, n)| *n);
+    counts
+        .iter()
+        .find(|(_, n)| *n as f64 >= q * total as f64)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0)
 }
 
 /// A call's answer and how long it took, ms.
@@ -484,11 +535,8 @@ async fn main() {
         args.long_run_hours,
         t.elapsed().as_secs_f64()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let mut child = spawn_citd(dir.path(), port);
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = spawn_citd(dir.path(), port, metrics_port);
     let endpoint = format!("http://127.0.0.1:{port}");
     let (mut c, up) = ready(&endpoint).await;
     let active = c
@@ -548,6 +596,7 @@ async fn main() {
     println!("engine current again {settle:.1} s after the watched phase");
 
     // GetRun on random active runs while the fleet streams at the target rate.
+    let get_run_before = rpc_buckets(metrics_port, "Dispatch/GetRun").await;
     let probe_deadline = Instant::now() + Duration::from_secs(args.seconds);
     let n_runs = args.runs;
     // Each probe on its own thread and connection: what it times is citd's answer, not its turn
@@ -628,6 +677,7 @@ async fn main() {
     let h = probe.await.expect("probe");
     let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
     let checkins = checkin_probe.await.expect("check-in probe");
+    let get_run_after = rpc_buckets(metrics_port, "Dispatch/GetRun").await;
     println!(
         "GetRun with {} active runs under {rate:.0} fixes/s of ingest: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} calls (goal p99 <= 1 ms)",
         args.runs,
@@ -635,6 +685,11 @@ async fn main() {
         ms(h.value_at_quantile(0.99)),
         ms(h.max()),
         h.len()
+    );
+    println!(
+        "  GetRun inside citd (its cit_rpc_seconds, same calls): p50 <= {} ms, p99 <= {} ms (bucket bounds)",
+        bucket_quantile(&get_run_before, &get_run_after, 0.5),
+        bucket_quantile(&get_run_before, &get_run_after, 0.99)
     );
     println!(
         "fix-to-anomaly through gRPC (route_deviation to a WatchFleet watcher) under the same load: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes spread over the phase, {} over 10 ms (goal p99 <= 10 ms)",
@@ -695,7 +750,7 @@ async fn main() {
     for d in redetected.differences.iter().take(3) {
         println!("  re-detection difference: {d}");
     }
-    restarts(&mut child, dir.path(), port).await;
+    restarts(&mut child, dir.path(), port, metrics_port).await;
 }
 
 /// Connects once citd is current: a write's position has reached the read models. Returns the
@@ -737,7 +792,12 @@ async fn ready(endpoint: &str) -> (Clients, f64) {
 
 /// Stops citd gracefully (it writes its engine snapshot), restarts it from the snapshot, then
 /// again without one (the whole log replayed), and prints how long each took to be current.
-async fn restarts(child: &mut std::process::Child, dir: &std::path::Path, port: u16) {
+async fn restarts(
+    child: &mut std::process::Child,
+    dir: &std::path::Path,
+    port: u16,
+    metrics_port: u16,
+) {
     let endpoint = format!("http://127.0.0.1:{port}");
     let stop = |child: &mut std::process::Child| {
         let t = Instant::now();
@@ -750,11 +810,11 @@ async fn restarts(child: &mut std::process::Child, dir: &std::path::Path, port: 
     let stopped = stop(child);
     let snapshot = std::fs::metadata(citd::snapshot::path(dir)).map_or(0, |m| m.len());
     let log = std::fs::metadata(dir.join("events.redb")).map_or(0, |m| m.len());
-    *child = spawn_citd(dir, port);
+    *child = spawn_citd(dir, port, metrics_port);
     let (_, from_snapshot) = ready(&endpoint).await;
     stop(child);
     std::fs::remove_file(citd::snapshot::path(dir)).expect("remove snapshot");
-    *child = spawn_citd(dir, port);
+    *child = spawn_citd(dir, port, metrics_port);
     let (_, from_log) = ready(&endpoint).await;
     println!(
         "restart (store {:.0} MiB): graceful stop with snapshot {stopped:.1} s ({:.1} MiB); current again from the snapshot in {from_snapshot:.1} s | replaying the whole log {from_log:.1} s | ratio {:.2}x",
