@@ -1,8 +1,9 @@
-//! Server-side latency of every RPC, by method, into `cit_rpc_seconds`: the time from a
-//! request's arrival to its response (for a streaming RPC, to the start of the stream).
+//! Server-side latency of every RPC, by method, into `cit_rpc_seconds`: from when the router
+//! is handed the request (its HTTP/2 headers read) to when the response is ready (for a
+//! streaming RPC, the start of the stream).
 //!
-//! Why: a client's figure includes its own queueing and the network; this one is citd's alone,
-//! so an operator can tell a slow citd from a slow path to it.
+//! Why: a client's figure includes its own queueing, the connection's and the network; this one
+//! is the handlers' alone, so an operator can tell a slow citd from a slow path to it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
