@@ -569,7 +569,7 @@ fn stage(
 #[derive(Default)]
 struct Queue {
     /// Plain appends, in arrival order: all go into the next group, up to [`MAX_GROUP_EVENTS`].
-    urgent: VecDeque<AppendJob>,
+    plain: VecDeque<AppendJob>,
     /// Bulk appends, in arrival order: up to [`BULK_GROUP_EVENTS`] a group, after the others.
     bulk: VecDeque<AppendJob>,
     /// Set by a shutdown request: nothing after it is taken.
@@ -580,7 +580,7 @@ impl Queue {
     fn take(&mut self, job: Job) {
         match job {
             Job::Append(j) if j.bulk => self.bulk.push_back(j),
-            Job::Append(j) => self.urgent.push_back(j),
+            Job::Append(j) => self.plain.push_back(j),
             Job::Shutdown(done) => self.shutdown = Some(done),
         }
     }
@@ -592,7 +592,7 @@ impl Queue {
     fn next_group(&mut self) -> Vec<AppendJob> {
         let mut group = Vec::new();
         for (queue, bound) in [
-            (&mut self.urgent, MAX_GROUP_EVENTS),
+            (&mut self.plain, MAX_GROUP_EVENTS),
             (&mut self.bulk, BULK_GROUP_EVENTS),
         ] {
             let mut events = 0;
@@ -625,7 +625,7 @@ impl Writer {
         loop {
             if queue.shutdown.is_none() {
                 // Blocks only when nothing is left over from the last group.
-                if queue.urgent.is_empty() && queue.bulk.is_empty() {
+                if queue.plain.is_empty() && queue.bulk.is_empty() {
                     match jobs.recv() {
                         Ok(job) => queue.take(job),
                         Err(_) => break,
@@ -640,11 +640,9 @@ impl Writer {
             }
             let started = Instant::now();
             let group = queue.next_group();
+            // Empty only after a shutdown, once everything before it is committed.
             if group.is_empty() {
-                if queue.shutdown.is_some() {
-                    break;
-                }
-                continue;
+                break;
             }
             let n_events = group.iter().map(|j| j.events.len()).sum();
             let n_appends = group.len();
