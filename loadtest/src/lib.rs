@@ -243,6 +243,23 @@ impl FixSample {
 }
 
 /// Prints one comparison line: ours, the peer's, and the ratio.
+/// A latency histogram in microseconds, 1 us to 60 s, 3 significant digits: what every load
+/// driver here records.
+pub fn latency_us() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// "p50 X ms, p99 Y ms, max Z ms" of a histogram in microseconds.
+pub fn p50_p99_max(h: &Histogram<u64>) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max())
+    )
+}
+
 pub fn report(what: &str, ours: f64, peer_name: &str, peer: f64, unit: &str) {
     println!(
         "{what}: ours {ours:.0} {unit} | {peer_name} {peer:.0} {unit} | ratio {:.2}x",
@@ -293,7 +310,7 @@ pub async fn drive_stream(
     deadline: Instant,
     accepted: Arc<AtomicU64>,
 ) -> (Histogram<u64>, Vec<SimVehicle>) {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+    let mut hist = latency_us();
     let mut c = Clients::connect(&endpoint).await.expect("connect");
     let (tx, mut acks) = c.fix_stream(drive.inflight).await.expect("stream");
     let mut sent: VecDeque<Instant> = VecDeque::new();
@@ -363,7 +380,7 @@ pub async fn drive_fleet(
             accepted.clone(),
         )));
     }
-    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+    let mut lat = latency_us();
     vehicles.clear();
     for t in tasks {
         let (h, moved) = t.await.expect("stream task");

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use cit_domain::event::Event;
 use cit_domain::{DetectionParams, Fix, LatLon, Millis, Role};
 use cit_loadtest::engine_drive::latlons;
-use cit_loadtest::{Drive, Route, SimVehicle, drive_fleet, fleet, gothenburg_routes};
+use cit_loadtest::{
+    Drive, Route, SimVehicle, drive_fleet, fleet, gothenburg_routes, latency_us, p50_p99_max,
+};
 use cit_proto::v1 as pb;
 use cit_store::embedded::{EmbeddedStore, Options};
 use cit_store::{EventStore, ExpectedVersion};
@@ -93,8 +95,8 @@ async fn fix_to_anomaly(endpoint: &str, start: LatLon, phase: Duration) -> Probe
         .into_inner();
     let (tx, mut acks) = c.fix_stream(1).await.expect("stream");
     let mut h = Probes {
-        anomaly: Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist"),
-        ack: Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist"),
+        anomaly: latency_us(),
+        ack: latency_us(),
     };
     let mut every = tokio::time::interval(phase / PROBES as u32);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -605,7 +607,7 @@ async fn main() {
         let endpoint = endpoint.clone();
         async move {
             let mut c = Clients::connect(&endpoint).await.expect("connect");
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+            let mut h = latency_us();
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
             while Instant::now() < probe_deadline {
                 x ^= x << 13;
@@ -632,7 +634,7 @@ async fn main() {
         let endpoint = endpoint.clone();
         async move {
             let mut c = Clients::connect(&endpoint).await.expect("connect");
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+            let mut h = latency_us();
             let mut every = tokio::time::interval(Duration::from_millis(20));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut k: u64 = 0;
@@ -692,25 +694,19 @@ async fn main() {
         bucket_quantile(&get_run_before, &get_run_after, 0.99)
     );
     println!(
-        "fix-to-anomaly through gRPC (route_deviation to a WatchFleet watcher) under the same load: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes spread over the phase, {} over 10 ms (goal p99 <= 10 ms)",
-        ms(f2a.anomaly.value_at_quantile(0.5)),
-        ms(f2a.anomaly.value_at_quantile(0.99)),
-        ms(f2a.anomaly.max()),
+        "fix-to-anomaly through gRPC (route_deviation to a WatchFleet watcher) under the same load: {} over {} probes spread over the phase, {} over 10 ms (goal p99 <= 10 ms)",
+        p50_p99_max(&f2a.anomaly),
         f2a.anomaly.len(),
         f2a.anomaly
             .count_between(10_001, f2a.anomaly.max().max(10_001))
     );
     println!(
-        "  of which the fixes' durable ack: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms(f2a.ack.value_at_quantile(0.5)),
-        ms(f2a.ack.value_at_quantile(0.99)),
-        ms(f2a.ack.max()),
+        "  of which the fixes' durable ack: {}",
+        p50_p99_max(&f2a.ack)
     );
     println!(
-        "crew check-in (a durable command) under the same load: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} calls",
-        ms(checkins.value_at_quantile(0.5)),
-        ms(checkins.value_at_quantile(0.99)),
-        ms(checkins.max()),
+        "crew check-in (a durable command) under the same load: {} over {} calls",
+        p50_p99_max(&checkins),
         checkins.len()
     );
 

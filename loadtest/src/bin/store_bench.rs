@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cit_loadtest::report;
+use cit_loadtest::{latency_us, report};
 use cit_store::embedded::{EmbeddedStore, Options};
 use cit_store::{EventStore, ExpectedVersion, NewEvent};
 use clap::Parser;
@@ -38,10 +38,6 @@ struct Args {
     dir: Option<std::path::PathBuf>,
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -58,11 +54,11 @@ fn event(i: usize, payload: usize) -> NewEvent {
 
 async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) {
     let commits = Arc::new(Mutex::new(Commits {
-        fsync: hist(),
+        fsync: latency_us(),
         groups: 0,
         events: 0,
-        index_writes: hist(),
-        others: hist(),
+        index_writes: latency_us(),
+        others: latency_us(),
     }));
     let obs = commits.clone();
     let store = EmbeddedStore::open(
@@ -95,7 +91,7 @@ async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) 
         tasks.push(tokio::spawn(async move {
             let mut written = 0;
             let mut n = 0usize;
-            let mut acks = hist();
+            let mut acks = latency_us();
             while written < per_writer {
                 let events: Vec<NewEvent> =
                     (0..batch).map(|i| event(written + i, payload)).collect();
@@ -112,7 +108,7 @@ async fn ours(args: &Args, dir: &std::path::Path) -> (f64, Histogram<u64>, f64) 
             acks
         }));
     }
-    let mut acks = hist();
+    let mut acks = latency_us();
     for t in tasks {
         acks.add(t.await.expect("writer"))
             .expect("same histogram bounds");
@@ -160,7 +156,7 @@ struct Commits {
 fn raw_redb(args: &Args, dir: &std::path::Path, group: usize) -> (f64, Histogram<u64>) {
     const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
     let db = redb::Database::create(dir.join("raw.redb")).expect("redb");
-    let mut h = hist();
+    let mut h = latency_us();
     let started = Instant::now();
     let mut pos = 0u64;
     while (pos as usize) < args.events {
@@ -194,7 +190,7 @@ fn sqlite(args: &Args, dir: &std::path::Path, group: usize) -> (f64, Histogram<u
                              UNIQUE(stream, version));",
     )
     .expect("schema");
-    let mut h = hist();
+    let mut h = latency_us();
     let started = Instant::now();
     let mut pos = 0usize;
     let mut versions = vec![0u64; args.streams.max(1)];
