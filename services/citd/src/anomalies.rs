@@ -1,8 +1,10 @@
 //! The anomaly read model: every anomaly with its workflow state (open, acknowledged, resolved),
-//! fed by the log, plus the engine's watermark so reads can wait for their own writes.
+//! fed by the log, plus the engine's watermark so reads can wait for their own writes, and which
+//! raised anomalies are not yet recorded in the log (dispatch hears of an anomaly before its
+//! record is durable; commands about it wait for the record).
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use cit_domain::Millis;
@@ -44,6 +46,11 @@ pub struct Anomalies {
     book: RwLock<Book>,
     /// Log position up to which the engine has processed the log and its anomalies are here.
     pub engine_position: watch::Sender<u64>,
+    /// Raised by the engine, their `AnomalyRaised` not yet durable. Never part of a snapshot:
+    /// the engine snapshots only once this is empty.
+    unrecorded: Mutex<HashSet<String>>,
+    /// Bumped whenever an anomaly leaves `unrecorded`.
+    recorded: watch::Sender<u64>,
 }
 
 impl Default for Anomalies {
@@ -51,6 +58,8 @@ impl Default for Anomalies {
         Anomalies {
             book: RwLock::new(Book::default()),
             engine_position: watch::channel(0).0,
+            unrecorded: Mutex::default(),
+            recorded: watch::channel(0).0,
         }
     }
 }
@@ -86,6 +95,48 @@ impl Anomalies {
             },
         );
         true
+    }
+
+    /// Records an anomaly the engine has just raised, before its `AnomalyRaised` is durable; true
+    /// if it is new. [`Anomalies::recorded`] follows once the record is durable.
+    pub fn raise_unrecorded(&self, a: &Anomaly) -> bool {
+        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        let new = self.raise(a);
+        if new {
+            unrecorded.insert(a.id.clone());
+        }
+        new
+    }
+
+    /// The anomaly's `AnomalyRaised` is durable and known to the command side.
+    pub fn recorded(&self, id: &str) {
+        let was = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if was {
+            self.recorded.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn is_unrecorded(&self, id: &str) -> bool {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    /// Waits, at most `limit`, until the anomaly `id` (if the engine raised it) is recorded in
+    /// the log, so a command about it (acknowledge, resolve) is decided and logged after it.
+    pub async fn until_recorded(&self, id: &str, limit: Duration) -> Result<(), AppError> {
+        let mut rx = self.recorded.subscribe();
+        match tokio::time::timeout(limit, rx.wait_for(|_| !self.is_unrecorded(id))).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(AppError::Unavailable(format!(
+                "anomaly {id:?} is not yet recorded in the log; retry"
+            ))),
+        }
     }
 
     /// Folds workflow events in.

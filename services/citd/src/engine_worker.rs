@@ -3,6 +3,14 @@
 //! from the anomaly's deterministic id, so a restart that sees an input again stores nothing
 //! twice.
 //!
+//! Dispatch hears of an anomaly as soon as the engine raises it; its record follows, written by a
+//! separate task ([`record`]) so the fold never waits for the store. That is safe because an
+//! anomaly is a pure function of inputs that are already durable (the engine reads only committed
+//! events): after a crash between the two, the engine folds the same inputs again and raises the
+//! same anomaly with the same id. Two guards keep it so: a snapshot is written only once every
+//! anomaly raised up to its position is recorded, and a command about an anomaly (acknowledge,
+//! resolve) waits for its record, so the log never holds an answer before its alarm.
+//!
 //! Time moves only with the log: in scenario mode the driver logs ticks; in wall-clock mode a
 //! one-second timer logs a `ClockTicked` whenever one of the engine's deadlines is due, and the
 //! engine fires it when the tick comes back through the subscription. So the log alone decides
@@ -20,6 +28,7 @@ use cit_domain::event::{Anomaly, EngineMark, Event};
 use cit_engine::Engine;
 use cit_store::{ExpectedVersion, SubscriptionFilter, SubscriptionMessage};
 use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::anomalies::Anomalies;
@@ -29,6 +38,9 @@ use crate::fleet::Fleet;
 use crate::grpc::anomaly_to_pb;
 use crate::snapshot;
 use crate::watch::Hub;
+
+/// Most events folded between two turns of the worker's loop (a few milliseconds' work).
+const CHUNK: usize = 512;
 
 /// Where and how often the worker snapshots itself (see [`crate::snapshot`]).
 #[derive(Debug, Clone)]
@@ -63,9 +75,12 @@ pub async fn run(
         event_id: mut last_id,
     } = start;
     app.metrics.engine_resumed_from.set(position as i64);
+    // Events are taken as many as are ready at once (up to a chunk): the loop's other branches
+    // and the engine's watermark are then tended once a chunk, not once an event.
     let mut sub = app
         .store
-        .subscribe(SubscriptionFilter::All, (position > 0).then_some(position));
+        .subscribe(SubscriptionFilter::All, (position > 0).then_some(position))
+        .ready_chunks(CHUNK);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let wall = !app.clock.is_scenario();
@@ -79,12 +94,23 @@ pub async fn run(
     let mut snapshot_timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut snapshot_at = position;
+    // Anomalies go to the recorder in raise order; `recorded` is the position of the last event
+    // whose anomalies are all durable, `handed` that of the last one that raised any.
+    let (to_record, records) = mpsc::unbounded_channel();
+    let (recorded_tx, mut recorded) = watch::channel(position);
+    let recorder = tokio::spawn(record(app.clone(), anomalies.clone(), records, recorded_tx));
+    let mut handed = position;
+    // Where the subscription said it caught up (may be past the last event folded).
+    let mut caught_up = 0;
     tokio::pin!(shutdown);
-    loop {
+    'run: loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = snapshot_timer.tick(), if snapshots.is_some() => {
-                if let Some(s) = &snapshots && position > snapshot_at {
+                if let Some(s) = &snapshots
+                    && position > snapshot_at
+                    && recorded.wait_for(|r| *r >= handed).await.is_ok()
+                {
                     take_snapshot(&s.dir, &engine, &anomalies, &fleet, position, last_id).await;
                     snapshot_at = position;
                 }
@@ -104,38 +130,50 @@ pub async fn run(
                     hub.runs_moved(moved.iter().filter_map(|r| fleet.moved(r, &anomalies)).collect());
                 }
             }
-            msg = sub.next() => {
-                let Some(msg) = msg else { break };
-                match msg {
-                    Ok(SubscriptionMessage::Event(r)) => {
-                        position = r.position;
-                        last_id = r.id;
-                        if let Some(event) = decode(&r) {
-                            let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
-                            let mark = EngineMark { position: r.position, now: engine.now() };
-                            persist(&app, &anomalies, raised, mark, &hub, &fleet).await;
-                            if hub.watching() {
-                                publish(&app, &hub, &anomalies, &fleet, &event);
+            chunk = sub.next() => {
+                let Some(chunk) = chunk else { break };
+                for msg in chunk {
+                    match msg {
+                        Ok(SubscriptionMessage::Event(r)) => {
+                            position = r.position;
+                            last_id = r.id;
+                            if let Some(event) = decode(&r) {
+                                let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
+                                if !raised.is_empty() {
+                                    announce(&app, &anomalies, &raised, &hub, &fleet);
+                                    let mark = EngineMark { position: r.position, now: engine.now() };
+                                    handed = r.position;
+                                    // The recorder ends only when this sender is dropped.
+                                    let _ = to_record.send(Raised { mark, anomalies: raised });
+                                }
+                                if hub.watching() {
+                                    publish(&app, &hub, &anomalies, &fleet, &event);
+                                }
                             }
                         }
-                        anomalies.engine_position.send_replace(position);
-                        let head = *app.written.borrow();
-                        app.metrics.engine_lag_events.set(head.saturating_sub(position) as i64);
-                    }
-                    Ok(SubscriptionMessage::CaughtUp { position: p }) => {
-                        tracing::info!(position = p, runs = engine.run_count(), "detection engine caught up");
-                        anomalies.engine_position.send_replace(p.max(position));
-                    }
-                    Err(e) => {
-                        tracing::error!(cause = %e, "engine subscription failed");
-                        break;
+                        Ok(SubscriptionMessage::CaughtUp { position: p }) => {
+                            tracing::info!(position = p, runs = engine.run_count(), "detection engine caught up");
+                            caught_up = caught_up.max(p);
+                        }
+                        Err(e) => {
+                            tracing::error!(cause = %e, "engine subscription failed");
+                            break 'run;
+                        }
                     }
                 }
+                anomalies.engine_position.send_replace(position.max(caught_up));
+                let head = *app.written.borrow();
+                app.metrics.engine_lag_events.set(head.saturating_sub(position) as i64);
             }
         }
     }
+    // The recorder finishes what it was handed (or stops if the store closed); the last snapshot
+    // is written only if all of it is durable, else a restart folds those inputs again.
+    drop(to_record);
+    let _ = recorder.await;
     if let Some(s) = &snapshots
         && position > snapshot_at
+        && *recorded.borrow() >= handed
     {
         take_snapshot(&s.dir, &engine, &anomalies, &fleet, position, last_id).await;
     }
@@ -282,53 +320,110 @@ fn publish(app: &App, hub: &Hub, anomalies: &Anomalies, fleet: &Fleet, event: &E
     }
 }
 
-async fn persist(
-    app: &App,
-    anomalies: &Anomalies,
-    raised: Vec<Anomaly>,
-    mark: EngineMark,
-    hub: &Hub,
-    fleet: &Fleet,
-) {
+/// Tells dispatch of anomalies the engine just raised (read model, watchers, metrics, log), before
+/// their record is durable (see the module's doc for why that is safe).
+fn announce(app: &App, anomalies: &Anomalies, raised: &[Anomaly], hub: &Hub, fleet: &Fleet) {
     for a in raised {
-        let event = Event::AnomalyRaised {
-            anomaly: a.clone(),
-            mark: Some(mark),
-        };
-        let id = Uuid::new_v5(&ID_NAMESPACE, format!("anomaly/{}", a.id).as_bytes());
-        // Retried until durable: an anomaly must not be lost to a passing store error.
-        let mut delay = Duration::from_millis(10);
-        loop {
-            match app
-                .store
-                .append(
-                    &event.stream(),
-                    ExpectedVersion::Any,
-                    vec![encode(&event, id, "engine")],
-                )
-                .await
-            {
-                Ok(_) => break,
-                Err(cit_store::Error::Closed) => return,
-                Err(e) => {
-                    tracing::warn!(cause = %e, anomaly = %a.id, "appending an anomaly failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        if !anomalies.raise_unrecorded(a) {
+            continue;
+        }
+        if hub.watching()
+            && let Some(entry) = anomalies.get(&a.id)
+        {
+            hub.anomaly(anomaly_to_pb(&entry));
+            if let Some(view) = fleet.view(&a.run_id, app.clock.now(), anomalies) {
+                hub.run_changed(view);
+            }
+        }
+        app.metrics.anomaly(a.kind.as_str());
+        tracing::warn!(kind = a.kind.as_str(), run = %a.run_id, severity = a.severity.as_str(), at = a.at.0, summary = %a.summary, "anomaly raised");
+    }
+}
+
+/// What one logged event raised, handed to the recorder.
+struct Raised {
+    mark: EngineMark,
+    anomalies: Vec<Anomaly>,
+}
+
+/// Appends raised anomalies durably, in raise order within each run's stream and the runs'
+/// streams concurrently (so a burst — a gateway outage tripping signal loss on a thousand
+/// vehicles — costs a group commit or two, not one each); then makes each known to the command
+/// side and moves `recorded` on. Each anomaly is its own append, so a restart that raises it
+/// again is recognised by its id as the same append and stores nothing twice. Ends when the
+/// worker drops its sender and everything is recorded, or when the store closes.
+async fn record(
+    app: Arc<App>,
+    anomalies: Arc<Anomalies>,
+    mut records: mpsc::UnboundedReceiver<Raised>,
+    recorded: watch::Sender<u64>,
+) {
+    let mut batch = Vec::new();
+    while records.recv_many(&mut batch, 4096).await > 0 {
+        let through = batch.last().map_or(0, |r: &Raised| r.mark.position);
+        let mut streams: Vec<(String, Vec<Event>)> = Vec::new();
+        for r in batch.drain(..) {
+            for a in r.anomalies {
+                let event = Event::AnomalyRaised {
+                    anomaly: a,
+                    mark: Some(r.mark),
+                };
+                let stream = event.stream();
+                match streams.iter_mut().find(|(s, _)| *s == stream) {
+                    Some((_, events)) => events.push(event),
+                    None => streams.push((stream, vec![event])),
                 }
             }
         }
-        app.learn(&event).await;
-        if anomalies.raise(&a) {
-            if hub.watching()
-                && let Some(entry) = anomalies.get(&a.id)
-            {
-                hub.anomaly(anomaly_to_pb(&entry));
-                if let Some(view) = fleet.view(&a.run_id, app.clock.now(), anomalies) {
-                    hub.run_changed(view);
+        let app = &app;
+        let appended =
+            futures::future::join_all(streams.iter().map(|(stream, events)| async move {
+                for e in events {
+                    if !append_until_durable(app, stream, e).await {
+                        return false;
+                    }
                 }
+                true
+            }))
+            .await;
+        if appended.contains(&false) {
+            return;
+        }
+        for e in streams.iter().flat_map(|(_, events)| events) {
+            app.learn(e).await;
+            if let Event::AnomalyRaised { anomaly, .. } = e {
+                anomalies.recorded(&anomaly.id);
             }
-            app.metrics.anomaly(a.kind.as_str());
-            tracing::warn!(kind = a.kind.as_str(), run = %a.run_id, severity = a.severity.as_str(), at = a.at.0, summary = %a.summary, "anomaly raised");
+        }
+        recorded.send_replace(through);
+    }
+}
+
+/// Appends one `AnomalyRaised`, retrying until durable: an anomaly must not be lost to a passing
+/// store error. False if the store closed.
+async fn append_until_durable(app: &App, stream: &str, event: &Event) -> bool {
+    let Event::AnomalyRaised { anomaly, .. } = event else {
+        return true;
+    };
+    let id = Uuid::new_v5(&ID_NAMESPACE, format!("anomaly/{}", anomaly.id).as_bytes());
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match app
+            .store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![encode(event, id, "engine")],
+            )
+            .await
+        {
+            Ok(_) => return true,
+            Err(cit_store::Error::Closed) => return false,
+            Err(e) => {
+                tracing::warn!(cause = %e, anomaly = %anomaly.id, "appending an anomaly failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -24,6 +24,9 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 /// Longest a read waits for its own writes to reach the engine.
 const READ_YOUR_WRITES_LIMIT: Duration = Duration::from_secs(10);
+/// How long acknowledging or resolving an anomaly waits for the anomaly's own record (dispatch
+/// may see an anomaly a group commit before it is durable).
+const RECORD_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DispatchService {
@@ -312,6 +315,9 @@ impl Dispatch for DispatchService {
         req: Request<pb::AcknowledgeAnomalyRequest>,
     ) -> Res<pb::WriteResult> {
         let r = req.into_inner();
+        self.anomalies
+            .until_recorded(&r.anomaly_id, RECORD_WAIT)
+            .await?;
         let p = self
             .app
             .execute(Command::AcknowledgeAnomaly {
@@ -327,6 +333,9 @@ impl Dispatch for DispatchService {
         req: Request<pb::ResolveAnomalyRequest>,
     ) -> Res<pb::WriteResult> {
         let r = req.into_inner();
+        self.anomalies
+            .until_recorded(&r.anomaly_id, RECORD_WAIT)
+            .await?;
         let p = self
             .app
             .execute(Command::ResolveAnomaly {
