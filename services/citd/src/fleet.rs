@@ -46,17 +46,22 @@ pub struct RunEntry {
     standing: Option<RunStanding>,
 }
 
+/// Every run's entry by run id. Looked up for every logged event, so hashed with foldhash
+/// rather than SipHash (which took most of `Fleet::apply`'s time; run ids come from planning,
+/// not from strangers, and the seed is still random per process).
+pub type Runs = foldhash::HashMap<String, RunEntry>;
+
 #[derive(Debug, Default)]
 pub struct Fleet {
-    runs: RwLock<HashMap<String, RunEntry>>,
+    runs: RwLock<Runs>,
 }
 
 impl Fleet {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, RunEntry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Runs> {
         self.runs.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, RunEntry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Runs> {
         self.runs.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -133,12 +138,12 @@ impl Fleet {
     }
 
     /// Every run's entry, for a snapshot.
-    pub fn export(&self) -> HashMap<String, RunEntry> {
+    pub fn export(&self) -> Runs {
         self.read().clone()
     }
 
     /// Replaces the model with a snapshot's.
-    pub fn import(&self, runs: HashMap<String, RunEntry>) {
+    pub fn import(&self, runs: Runs) {
         *self.write() = runs;
     }
 
@@ -216,7 +221,7 @@ impl Fleet {
     }
 }
 
-fn set_status(runs: &mut HashMap<String, RunEntry>, run_id: &str, status: Status) {
+fn set_status(runs: &mut Runs, run_id: &str, status: Status) {
     if let Some(r) = runs.get_mut(run_id) {
         r.status = status;
     }

@@ -12,7 +12,6 @@
 //!   are replayed, and anomaly ids and their event ids are deterministic, so nothing is raised
 //!   twice.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,7 +19,7 @@ use cit_engine::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::anomalies::Book;
-use crate::fleet::RunEntry;
+use crate::fleet::Runs;
 
 /// Bump when the layout of anything inside changes.
 pub const FORMAT: u32 = 3;
@@ -35,7 +34,7 @@ pub struct Snapshot<E> {
     /// Id of the event at `position`, to recognise the log it was taken from.
     pub event_id: uuid::Uuid,
     pub engine: E,
-    pub fleet: HashMap<String, RunEntry>,
+    pub fleet: Runs,
     pub anomalies: Book,
 }
 

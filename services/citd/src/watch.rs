@@ -115,7 +115,7 @@ pub struct Hub {
     /// Time between two batches of position updates (zero: each fix's at once).
     pub interval: Duration,
     /// Runs that moved since the last batch.
-    moved: Mutex<HashSet<String>>,
+    moved: Mutex<foldhash::HashSet<String>>,
 }
 
 impl Hub {
@@ -125,11 +125,11 @@ impl Hub {
         Hub {
             tx: broadcast::channel(capacity.max(1)).0,
             interval,
-            moved: Mutex::new(HashSet::new()),
+            moved: Mutex::default(),
         }
     }
 
-    fn marked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn marked(&self) -> std::sync::MutexGuard<'_, foldhash::HashSet<String>> {
         self.moved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
