@@ -297,24 +297,29 @@ pub struct Drive {
     pub inflight: usize,
     /// Fixes per second for this stream; None: as fast as acks allow.
     pub rate: Option<f64>,
+    /// Paced streams of one fleet send in step: every stream's batch at the same instants, as if
+    /// all gateways flushed together (the worst case for latency). Otherwise stream k of n starts
+    /// k/n of a batch period late, so batches arrive evenly spread, as from independent units.
+    pub in_step: bool,
 }
 
 /// Streams fixes of `vehicles` (round robin) on one bidirectional stream until `deadline`;
-/// counts fixes only once their durable ack came back. Returns the batch ack latencies (us) and
-/// the vehicles, moved on, for the next drive.
+/// counts fixes only once their durable ack came back. A paced stream sends its first batch
+/// `offset` late. Returns the batch ack latencies (us) and the vehicles, moved on, for the next
+/// drive.
 pub async fn drive_stream(
     endpoint: String,
     mut vehicles: Vec<SimVehicle>,
     routes: Arc<Vec<Route>>,
     drive: Drive,
-    deadline: Instant,
+    (offset, deadline): (Duration, Instant),
     accepted: Arc<AtomicU64>,
 ) -> (Histogram<u64>, Vec<SimVehicle>) {
     let mut hist = latency_us();
     let mut c = Clients::connect(&endpoint).await.expect("connect");
     let (tx, mut acks) = c.fix_stream(drive.inflight).await.expect("stream");
     let mut sent: VecDeque<Instant> = VecDeque::new();
-    let started = Instant::now();
+    let started = Instant::now() + offset;
     let start_ms = citd::clock::wall_now().0;
     let (mut next, mut batch_id, mut fixes_sent) = (0usize, 0u64, 0u64);
     loop {
@@ -371,12 +376,18 @@ pub async fn drive_fleet(
     let mut tasks = Vec::new();
     for k in 0..streams {
         let mine: Vec<SimVehicle> = vehicles.iter().skip(k).step_by(streams).cloned().collect();
+        let offset = match drive.rate {
+            Some(rate) if !drive.in_step => {
+                Duration::from_secs_f64(drive.batch as f64 / rate * k as f64 / streams as f64)
+            }
+            _ => Duration::ZERO,
+        };
         tasks.push(tokio::spawn(drive_stream(
             endpoint.to_string(),
             mine,
             routes.clone(),
             drive,
-            deadline,
+            (offset, deadline),
             accepted.clone(),
         )));
     }

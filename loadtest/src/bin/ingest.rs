@@ -258,6 +258,7 @@ async fn main() {
         batch: args.batch,
         inflight: args.inflight,
         rate: None,
+        in_step: false,
     };
     let (ours, lat) = drive_fleet(
         &endpoint,
