@@ -721,7 +721,36 @@ async fn main() {
         checkins.len()
     );
 
-    // The long run.
+    // The long run: replayed once right after the load (its pages long out of the store's
+    // cache, as for an audit of an old run), then five times more (the median).
+    let (events, fixes, replay_ms) = replay_long_run(&mut c).await;
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        again.push(replay_long_run(&mut c).await.2);
+    }
+    again.sort_by(f64::total_cmp);
+    let mut audit = c.audit.clone();
+    let (verified, verify_ms) = timed(audit.verify_run(pb::VerifyRunRequest {
+        run_id: LONG_RUN.into(),
+    }))
+    .await;
+    let (redetected, redetect_ms) = timed(c.audit.redetect_run(pb::RedetectRunRequest {
+        run_id: LONG_RUN.into(),
+    }))
+    .await;
+    println!(
+        "replay of a {} h run ({fixes} fixes, {events} events with custody): {replay_ms:.1} ms the first time, median of 5 more {:.1} ms (goal < 100 ms); VerifyRun {verify_ms:.1} ms (ok: {}); RedetectRun {redetect_ms:.1} ms (reproduced: {})",
+        args.long_run_hours, again[2], verified.ok, redetected.reproduced
+    );
+    for d in redetected.differences.iter().take(3) {
+        println!("  re-detection difference: {d}");
+    }
+    restarts(&mut child, dir.path(), port, metrics_port).await;
+}
+
+/// Replays the long run as fast as possible with its custody events; returns the events, the
+/// fixes among them and the milliseconds until the last event arrived.
+async fn replay_long_run(c: &mut Clients) -> (usize, usize, f64) {
     let t = Instant::now();
     let mut replay = c
         .audit
@@ -740,24 +769,7 @@ async fn main() {
             fixes += e.data_json.matches("\"seq\"").count();
         }
     }
-    let replay_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let mut audit = c.audit.clone();
-    let (verified, verify_ms) = timed(audit.verify_run(pb::VerifyRunRequest {
-        run_id: LONG_RUN.into(),
-    }))
-    .await;
-    let (redetected, redetect_ms) = timed(c.audit.redetect_run(pb::RedetectRunRequest {
-        run_id: LONG_RUN.into(),
-    }))
-    .await;
-    println!(
-        "replay of a {} h run ({fixes} fixes, {events} events with custody): {replay_ms:.1} ms (goal < 100 ms); VerifyRun {verify_ms:.1} ms (ok: {}); RedetectRun {redetect_ms:.1} ms (reproduced: {})",
-        args.long_run_hours, verified.ok, redetected.reproduced
-    );
-    for d in redetected.differences.iter().take(3) {
-        println!("  re-detection difference: {d}");
-    }
-    restarts(&mut child, dir.path(), port, metrics_port).await;
+    (events, fixes, t.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Connects once citd is current: a write's position has reached the read models. Returns the
