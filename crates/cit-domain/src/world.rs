@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::command::Command;
 use crate::event::{Event, StreamName};
@@ -88,20 +88,20 @@ pub enum Outcome {
     NoChange,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vehicle {
     pub plate: String,
     pub armoured: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Person {
     pub name: String,
     pub role: Role,
 }
 
 /// Where a weapon is: in the armory, or out with a named person for a named run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WeaponLocation {
     InArmory,
     Out {
@@ -112,14 +112,14 @@ pub enum WeaponLocation {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Weapon {
     pub kind: String,
     pub location: WeaponLocation,
 }
 
 /// The run lifecycle: planned → active (departed) → returned → closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
     Planned,
     /// Departed, on the road.
@@ -130,20 +130,21 @@ pub enum RunStatus {
     Closed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Readiness {
     pub weapon: Option<String>,
     pub vest: bool,
     pub helmet: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub run_id: String,
     pub vehicle_id: String,
     pub driver_id: String,
     pub escort_ids: Vec<String>,
-    pub route: Vec<LatLon>,
+    /// (The route is not kept: no command is decided on it, and the engine and the audit read
+    /// it from the run's `RunPlanned`.)
     pub stops: Vec<PlannedStop>,
     pub params: DetectionParams,
     pub status: RunStatus,
@@ -161,7 +162,7 @@ pub struct Run {
 }
 
 /// Workflow state of an anomaly (for acknowledge / resolve).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnomalyState {
     Open,
     Acknowledged,
@@ -169,7 +170,7 @@ pub enum AnomalyState {
 }
 
 /// The whole domain state, rebuilt by applying the log in order.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct World {
     pub vehicles: HashMap<String, Vehicle>,
     pub people: HashMap<String, Person>,
@@ -946,11 +947,11 @@ impl World {
                 vehicle_id,
                 driver_id,
                 escort_ids,
-                route,
                 stops,
                 params,
                 cash_boxes,
                 at,
+                ..
             } => {
                 self.runs.insert(
                     run_id.clone(),
@@ -959,7 +960,6 @@ impl World {
                         vehicle_id: vehicle_id.clone(),
                         driver_id: driver_id.clone(),
                         escort_ids: escort_ids.clone(),
-                        route: route.clone(),
                         stops: stops.clone(),
                         params: params.clone(),
                         status: RunStatus::Planned,

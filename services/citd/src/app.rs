@@ -1,7 +1,8 @@
 //! The application core around the pure domain: commands are decided by `World` under one
 //! writer lock and appended durably before they are applied and acknowledged; fixes take a
 //! separate, lock-light path (validation, per-vehicle duplicate absorption, batched appends to
-//! the run's stream). State is rebuilt from the log on start.
+//! the run's stream). State is rebuilt from the log on start, from the engine snapshot's copy
+//! of it ([`Rebuild`]) when there is one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -9,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use cit_domain::event::{Event, streams};
 use cit_domain::{Command, Fix, Millis, Outcome, World};
 use cit_store::{Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, oneshot, watch};
 use uuid::Uuid;
 
@@ -119,6 +121,54 @@ pub fn encode(event: &Event, id: Uuid, source: &str) -> NewEvent {
     }
 }
 
+/// The command side's state as a fold of the log: the domain, the last version of every non-run
+/// stream (for Exact appends), each vehicle's highest durable fix seq (so a resent fix is
+/// absorbed), and the latest event time (scenario time resumes there). [`App::open`] folds the
+/// log into it; the engine worker folds the same events into a copy of its own, which goes into
+/// its snapshot, so a restart reads only the log after the snapshot. (The live state cannot be
+/// snapshotted as it stands: fixes' seqs and anomalies' records reach it after their appends,
+/// outside any one lock, so no log position describes it exactly.)
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Rebuild {
+    world: World,
+    versions: HashMap<String, u64>,
+    hwm: HashMap<String, u64>,
+    latest_time: Millis,
+}
+
+impl Rebuild {
+    /// Folds one logged event in (`event`: it decoded, or None).
+    pub fn apply(&mut self, r: &RecordedEvent, event: Option<&Event>) {
+        if !r.stream.starts_with(streams::RUN) {
+            match self.versions.get_mut(&r.stream) {
+                Some(v) => *v = r.version,
+                None => {
+                    self.versions.insert(r.stream.clone(), r.version);
+                }
+            }
+        }
+        let Some(event) = event else { return };
+        if let Event::FixesRecorded {
+            vehicle_id, fixes, ..
+        } = event
+            && let Some(last) = fixes.iter().map(|f| f.seq).max()
+        {
+            match self.hwm.get_mut(vehicle_id) {
+                Some(seq) => *seq = (*seq).max(last),
+                None => {
+                    self.hwm.insert(vehicle_id.clone(), last);
+                }
+            }
+        }
+        self.latest_time = self.latest_time.max(event.time());
+        self.world.apply(event);
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+}
+
 pub fn decode(r: &RecordedEvent) -> Option<Event> {
     match Event::from_json(&r.data) {
         Ok(e) => Some(e),
@@ -130,17 +180,17 @@ pub fn decode(r: &RecordedEvent) -> Option<Event> {
 }
 
 impl App {
-    /// Opens the application on a store, rebuilding state from the whole log.
+    /// Opens the application on a store: its state is `from` (a snapshot's, as of a log
+    /// position) or empty, then every event after that position folded in.
     pub async fn open(
         store: Arc<dyn EventStore>,
         clock: Clock,
         metrics: Arc<Metrics>,
+        from: Option<(u64, Rebuild)>,
     ) -> Result<Arc<App>, AppError> {
-        let mut world = World::new();
-        let mut versions = HashMap::new();
-        let mut hwm: HashMap<String, u64> = HashMap::new();
-        let mut after = 0;
-        let mut latest_time = Millis(0);
+        let started = std::time::Instant::now();
+        let (resumed_from, mut state) = from.unwrap_or_default();
+        let mut after = resumed_from;
         loop {
             let batch = store.read_all(after, 4096).await?;
             if batch.is_empty() {
@@ -148,22 +198,15 @@ impl App {
             }
             for r in &batch {
                 after = r.position;
-                if !r.stream.starts_with(streams::RUN) {
-                    versions.insert(r.stream.clone(), r.version);
-                }
-                let Some(event) = decode(r) else { continue };
-                if let Event::FixesRecorded {
-                    vehicle_id, fixes, ..
-                } = &event
-                    && let Some(last) = fixes.iter().map(|f| f.seq).max()
-                {
-                    let e = hwm.entry(vehicle_id.clone()).or_insert(0);
-                    *e = (*e).max(last);
-                }
-                latest_time = latest_time.max(event.time());
-                world.apply(&event);
+                state.apply(r, decode(r).as_ref());
             }
         }
+        let Rebuild {
+            world,
+            versions,
+            hwm,
+            latest_time,
+        } = state;
         // Scenario time resumes where the log left it.
         clock.advance(latest_time);
         let directory = Directory {
@@ -178,9 +221,12 @@ impl App {
                 (v, Arc::new(slot))
             })
             .collect();
+        metrics.commands_resumed_from.set(resumed_from as i64);
         tracing::info!(
             position = after,
+            from = resumed_from,
             runs = world.runs.len(),
+            ms = started.elapsed().as_millis() as u64,
             "state rebuilt from the log"
         );
         Ok(Arc::new(App {

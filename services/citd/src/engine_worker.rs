@@ -4,7 +4,7 @@
 //! twice.
 //!
 //! Dispatch hears of an anomaly as soon as the engine raises it; its record follows, written by a
-//! separate task ([`record`]) so the fold never waits for the store. That is safe because an
+//! separate task (`record`) so the fold never waits for the store. That is safe because an
 //! anomaly is a pure function of inputs that are already durable (the engine reads only committed
 //! events): after a crash between the two, the engine folds the same inputs again and raises the
 //! same anomaly with the same id. Two guards keep it so: a snapshot is written only once every
@@ -18,7 +18,8 @@
 //! a fix that arrives late never reorders against a deadline differently on replay.
 //!
 //! The same fold ([`fold`]) feeds the read models live and rebuilds them for the audit's
-//! `StateAt`.
+//! `StateAt`. The worker also folds every event into a copy of the command side's state
+//! ([`Rebuild`]) for its snapshot, so a restart's command side reads only the log after it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,17 +27,17 @@ use std::time::Duration;
 
 use cit_domain::event::{Anomaly, EngineMark, Event};
 use cit_engine::Engine;
-use cit_store::{ExpectedVersion, SubscriptionFilter, SubscriptionMessage};
+use cit_store::{EventStore, ExpectedVersion, SubscriptionFilter, SubscriptionMessage};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::anomalies::Anomalies;
-use crate::app::{App, ID_NAMESPACE, decode, encode};
+use crate::app::{App, ID_NAMESPACE, Rebuild, decode, encode};
 use crate::clock::wall_now;
 use crate::fleet::Fleet;
 use crate::grpc::anomaly_to_pb;
-use crate::snapshot;
+use crate::snapshot::{self, Snapshot};
 use crate::watch::Hub;
 
 /// Most events folded between two turns of the worker's loop (a few milliseconds' work).
@@ -53,6 +54,8 @@ pub struct Snapshots {
 #[derive(Debug, Default)]
 pub struct Start {
     pub engine: Engine,
+    /// The command side's state as of `position` (the worker keeps folding it, for snapshots).
+    pub commands: Rebuild,
     /// Log position folded in so far (0: none).
     pub position: u64,
     pub event_id: Uuid,
@@ -71,6 +74,7 @@ pub async fn run(
 ) {
     let Start {
         mut engine,
+        mut commands,
         mut position,
         event_id: mut last_id,
     } = start;
@@ -111,7 +115,7 @@ pub async fn run(
                     && position > snapshot_at
                     && recorded.wait_for(|r| *r >= handed).await.is_ok()
                 {
-                    take_snapshot(&s.dir, &engine, &anomalies, &fleet, position, last_id).await;
+                    take_snapshot(&s.dir, (&engine, &commands), &anomalies, &fleet, (position, last_id)).await;
                     snapshot_at = position;
                 }
             }
@@ -137,7 +141,9 @@ pub async fn run(
                         Ok(SubscriptionMessage::Event(r)) => {
                             position = r.position;
                             last_id = r.id;
-                            if let Some(event) = decode(&r) {
+                            let event = decode(&r);
+                            commands.apply(&r, event.as_ref());
+                            if let Some(event) = event {
                                 let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
                                 if !raised.is_empty() {
                                     announce(&app, &anomalies, &raised, &hub, &fleet);
@@ -175,30 +181,30 @@ pub async fn run(
         && position > snapshot_at
         && *recorded.borrow() >= handed
     {
-        take_snapshot(&s.dir, &engine, &anomalies, &fleet, position, last_id).await;
+        take_snapshot(
+            &s.dir,
+            (&engine, &commands),
+            &anomalies,
+            &fleet,
+            (position, last_id),
+        )
+        .await;
     }
 }
 
-/// The engine from the snapshot in `dir` if it belongs to this log (the event at its position has
-/// its id), with the read models loaded from it; else a fresh start. Called before citd serves, so
-/// dispatch never answers from empty read models.
-pub async fn resume(
-    app: &App,
-    anomalies: &Anomalies,
-    fleet: &Fleet,
+/// The snapshot in `dir`, if there is one and it belongs to this log (the event at its position
+/// has its id). Read before citd serves, so the command side and dispatch both start from it.
+pub async fn load(
+    store: &dyn EventStore,
     dir: &std::path::Path,
-) -> Start {
+) -> Option<Snapshot<Engine, Rebuild>> {
     let started = std::time::Instant::now();
     let dir = dir.to_path_buf();
-    let snap = tokio::task::spawn_blocking(move || snapshot::read(&dir))
+    let s = tokio::task::spawn_blocking(move || snapshot::read(&dir))
         .await
         .ok()
-        .flatten();
-    let Some(s) = snap else {
-        return Start::default();
-    };
-    let here = app
-        .store
+        .flatten()?;
+    let here = store
         .read_all(s.position.saturating_sub(1), 1)
         .await
         .ok()
@@ -208,19 +214,33 @@ pub async fn resume(
             position = s.position,
             "engine snapshot does not match this log; replaying it"
         );
-        return Start::default();
+        return None;
     }
-    fleet.import(s.fleet);
-    anomalies.import(s.anomalies);
-    anomalies.engine_position.send_replace(s.position);
     tracing::info!(
         position = s.position,
         runs = s.engine.run_count(),
         ms = started.elapsed().as_millis() as u64,
-        "detection engine resumed from its snapshot"
+        "snapshot read"
     );
+    Some(s)
+}
+
+/// Where the worker starts: from `snap`, whose read models go into `anomalies` and `fleet` (so
+/// dispatch never answers from empty ones), or from the log's start.
+pub fn resume(
+    anomalies: &Anomalies,
+    fleet: &Fleet,
+    snap: Option<Snapshot<Engine, Rebuild>>,
+) -> Start {
+    let Some(s) = snap else {
+        return Start::default();
+    };
+    fleet.import(s.fleet);
+    anomalies.import(s.anomalies);
+    anomalies.engine_position.send_replace(s.position);
     Start {
         engine: s.engine,
+        commands: s.commands,
         position: s.position,
         event_id: s.event_id,
     }
@@ -231,11 +251,10 @@ pub async fn resume(
 /// and without one a restart replays the log.
 async fn take_snapshot(
     dir: &std::path::Path,
-    engine: &Engine,
+    (engine, commands): (&Engine, &Rebuild),
     anomalies: &Anomalies,
     fleet: &Fleet,
-    position: u64,
-    event_id: Uuid,
+    (position, event_id): (u64, Uuid),
 ) {
     let started = std::time::Instant::now();
     let snap = snapshot::Snapshot {
@@ -245,6 +264,7 @@ async fn take_snapshot(
         engine,
         fleet: fleet.export(),
         anomalies: anomalies.export(),
+        commands,
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub watch_fell_behind: Counter,
     pub watchers: Gauge,
     pub engine_resumed_from: Gauge,
+    pub commands_resumed_from: Gauge,
     /// When a slow group commit was last logged, and how many were not logged since.
     slow_groups: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
@@ -91,6 +92,7 @@ impl Metrics {
             watch_fell_behind: Counter::default(),
             watchers: Gauge::default(),
             engine_resumed_from: Gauge::default(),
+            commands_resumed_from: Gauge::default(),
             slow_groups: std::sync::Mutex::new((None, 0)),
             registry: Registry::default(),
         };
@@ -162,6 +164,11 @@ impl Metrics {
             "engine_resumed_from",
             "Log position the engine resumed from at start (0: replayed the whole log)",
             m.engine_resumed_from.clone(),
+        );
+        registry.register(
+            "commands_resumed_from",
+            "Log position the command side's state was rebuilt from at start (0: the whole log)",
+            m.commands_resumed_from.clone(),
         );
         Metrics { registry, ..m }
     }

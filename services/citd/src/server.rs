@@ -208,7 +208,12 @@ pub async fn serve(
         ClockMode::Wall => Clock::Wall,
         ClockMode::Scenario => Clock::scenario(),
     };
-    let app = App::open(store.clone(), clock, metrics.clone())
+    let snapshot = match config.snapshot_interval_s {
+        0 => None,
+        _ => crate::engine_worker::load(store.as_ref(), &config.data_dir).await,
+    };
+    let from = snapshot.as_ref().map(|s| (s.position, s.commands.clone()));
+    let app = App::open(store.clone(), clock, metrics.clone(), from)
         .await
         .map_err(|e| ServerError::Store(e.to_string()))?;
     let anomalies = Arc::new(Anomalies::default());
@@ -225,10 +230,7 @@ pub async fn serve(
         dir: config.data_dir.clone(),
         every: Duration::from_secs(config.snapshot_interval_s),
     });
-    let start = match &snapshots {
-        Some(s) => crate::engine_worker::resume(&app, &anomalies, &fleet, &s.dir).await,
-        None => crate::engine_worker::Start::default(),
-    };
+    let start = crate::engine_worker::resume(&anomalies, &fleet, snapshot);
     // The engine worker is one sequential consumer of the log that may work a millisecond
     // between two awaits (a hundred events' detection, read models and publishing); on the
     // shared workers the queries queued behind it (GetRun) waited for that.

@@ -1,6 +1,7 @@
-//! The engine worker's snapshot: the detection engine and the read models it feeds (fleet,
-//! anomalies) as of one log position, so a restart resumes the subscription from there instead of
-//! replaying the log from its start. Written every `snapshot_interval_s` and at shutdown.
+//! The engine worker's snapshot: the detection engine, the read models it feeds (fleet,
+//! anomalies) and its copy of the command side's state ([`crate::app::Rebuild`]) as of one log
+//! position, so a restart reads the log only after it, for the engine's subscription and for the
+//! command side alike. Written every `snapshot_interval_s` and at shutdown.
 //!
 //! - Format: CBOR (ciborium). The engine's state has maps keyed by tuples and floats that may be
 //!   infinite, which JSON cannot carry; the file is for citd, not for people. A format number
@@ -19,15 +20,16 @@ use cit_engine::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::anomalies::Book;
+use crate::app::Rebuild;
 use crate::fleet::Runs;
 
 /// Bump when the layout of anything inside changes.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 pub const FILE_NAME: &str = "engine.snapshot";
 
 /// What a snapshot holds (borrowed when written, owned when read).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Snapshot<E> {
+pub struct Snapshot<E, R> {
     pub format: u32,
     /// Every event up to and including this log position is folded in.
     pub position: u64,
@@ -36,6 +38,7 @@ pub struct Snapshot<E> {
     pub engine: E,
     pub fleet: Runs,
     pub anomalies: Book,
+    pub commands: R,
 }
 
 pub fn path(dir: &Path) -> PathBuf {
@@ -43,7 +46,7 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 /// Encodes a snapshot (on the caller's thread: it borrows the live engine).
-pub fn encode(s: &Snapshot<&Engine>) -> std::io::Result<Vec<u8>> {
+pub fn encode(s: &Snapshot<&Engine, &Rebuild>) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     ciborium::into_writer(s, &mut bytes).map_err(std::io::Error::other)?;
     Ok(bytes)
@@ -63,7 +66,7 @@ pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads the snapshot in `dir`, if there is a usable one.
-pub fn read(dir: &Path) -> Option<Snapshot<Engine>> {
+pub fn read(dir: &Path) -> Option<Snapshot<Engine, Rebuild>> {
     let file = match std::fs::File::open(path(dir)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -72,7 +75,7 @@ pub fn read(dir: &Path) -> Option<Snapshot<Engine>> {
             return None;
         }
     };
-    match ciborium::from_reader::<Snapshot<Engine>, _>(std::io::BufReader::new(file)) {
+    match ciborium::from_reader::<Snapshot<Engine, Rebuild>, _>(std::io::BufReader::new(file)) {
         Ok(s) if s.format == FORMAT => Some(s),
         Ok(s) => {
             tracing::warn!(

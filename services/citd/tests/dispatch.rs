@@ -124,7 +124,6 @@ async fn get_run_list_active_runs_and_nearest_vehicles() {
 /// labels (a client cannot grow the set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_is_timed_by_method_on_the_metrics_port() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("tmp");
     let config = citd::config::Config {
         metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
@@ -150,13 +149,7 @@ async fn every_rpc_is_timed_by_method_on_the_metrics_port() {
         .await
         .expect_err("unknown run");
     assert_eq!(status.code(), Code::NotFound);
-    let addr = server.metrics_addr.expect("metrics port");
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: cit\r\n\r\n")
-        .await
-        .expect("request");
-    let mut body = String::new();
-    conn.read_to_string(&mut body).await.expect("response");
+    let body = common::metrics_text(&server).await;
     // A refused call is timed too: it is citd's answer all the same.
     assert!(
         body.contains("cit_rpc_seconds_count{method=\"Dispatch/GetRun\"} 4"),

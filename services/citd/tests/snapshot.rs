@@ -90,12 +90,37 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     store.close();
     assert_eq!(snap.position, log_head, "the snapshot covers the whole log");
 
-    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Scenario)).await;
+    assert!(
+        snap.commands.world().runs.contains_key(&run),
+        "the command side's state is in the snapshot"
+    );
+
+    let (server, mut c) = common::serve(citd::config::Config {
+        metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..common::config(dir.path(), ClockMode::Scenario)
+    })
+    .await;
+    // Neither the engine nor the command side read the log before the snapshot's position.
+    let metrics = common::metrics_text(&server).await;
+    for gauge in ["cit_engine_resumed_from", "cit_commands_resumed_from"] {
+        assert!(
+            metrics.contains(&format!("{gauge} {log_head}\n")),
+            "{gauge} {log_head} in {metrics}"
+        );
+    }
     assert_eq!(
         anomaly_ids(&mut c, &run, 0).await,
         before,
         "dispatch is served from the snapshot"
     );
+    // The command side knows the anomalies from the snapshot alone: one is acknowledged.
+    c.dispatch
+        .acknowledge_anomaly(pb::AcknowledgeAnomalyRequest {
+            anomaly_id: before[0].clone(),
+            by: "dispatcher-2".into(),
+        })
+        .await
+        .expect("acknowledged after the restart");
     let view = run_view(&mut c, &run).await;
     assert_eq!(view.progress_m, view_before.progress_m);
     assert_eq!(view.position, view_before.position);

@@ -23,6 +23,19 @@ pub async fn serve(config: Config) -> (citd::server::Running, Clients) {
     (server, c)
 }
 
+/// The metrics page of a citd started with a metrics port.
+pub async fn metrics_text(server: &citd::server::Running) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.metrics_addr.expect("metrics port");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: cit\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.expect("response");
+    body
+}
+
 pub fn now_ts() -> prost_types::Timestamp {
     citd::grpc::ts(citd::clock::wall_now())
 }
