@@ -44,7 +44,7 @@ echo; echo "== detection engine per fix (one core; peer: PostGIS answering the c
 target/release/engine-bench --peer-postgis "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"
 
 echo; echo "== detection engine per fix, criterion (peer: the same questions by scanning every segment and zone)"
-cargo bench -q -p cit-loadtest --bench engine
+cargo bench -q -p cit-loadtest --features peers --bench engine
 
 echo; echo "== detection under GPS error: false alarms on clean runs, then U-turns and long stops raised"
 target/release/noise-sweep --sigma 4,8,12,16 --seeds 10
@@ -55,5 +55,6 @@ target/release/noise-sweep --tours 100 --seeds 2 --sigma 4,8,12
 target/release/noise-sweep --tours 100 --seeds 1 --sigma 4,8,12 --incident uturn
 target/release/noise-sweep --tours 100 --seeds 1 --sigma 4,8,12 --incident stop
 
-echo; echo "== dispatch and audit under load (10,000 active runs; peers: no watcher; goals)"
-target/release/dispatch-bench --runs 10000 --seconds "$secs" --watchers 100 --rate 50000 --long-run-hours 8
+echo; echo "== dispatch and audit under load (10,000 active runs; peers: no watcher, PostgreSQL as GetRun's read model; goals)"
+target/release/dispatch-bench --runs 10000 --seconds "$secs" --watchers 100 --rate 50000 --long-run-hours 8 \
+  --peer-postgres "host=127.0.0.1 port=$pgport user=postgres dbname=postgres"

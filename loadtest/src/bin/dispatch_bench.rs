@@ -39,7 +39,7 @@ use hdrhistogram::Histogram;
 use prost::bytes::Buf;
 use tonic::codec::{Codec, DecodeBuf, Decoder, ProstCodec};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 struct Args {
     /// Active runs (one vehicle each).
     #[arg(long, default_value_t = 10_000)]
@@ -62,6 +62,10 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 4)]
     inflight: usize,
+    /// libpq-style connection string of a PostgreSQL to run GetRun's peer on (needs the `peers`
+    /// feature): the run's row read by key while rows are updated at `--rate`.
+    #[arg(long)]
+    peer_postgres: Option<String>,
     /// In the paced phase, all streams send their batches at the same instants (every gateway
     /// flushing together: the worst case for latency) instead of spread evenly.
     #[arg(long)]
@@ -682,6 +686,8 @@ async fn main() {
     )
     .await;
     let h = probe.await.expect("probe");
+    #[cfg_attr(not(feature = "peers"), allow(unused_variables))]
+    let get_run_p99_us = h.value_at_quantile(0.99);
     let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
     let checkins = checkin_probe.await.expect("check-in probe");
     let get_run_after = rpc_buckets(metrics_port, "Dispatch/GetRun").await;
@@ -746,6 +752,125 @@ async fn main() {
         println!("  re-detection difference: {d}");
     }
     restarts(&mut child, dir.path(), port, metrics_port).await;
+    #[cfg(feature = "peers")]
+    if let Some(conn) = &args.peer_postgres {
+        // citd has stopped: the peer has the machine as citd had it. The synchronous client
+        // must not run on the async runtime's threads.
+        let (conn, a) = (conn.clone(), args.clone());
+        let peer = tokio::task::spawn_blocking(move || postgres_get_run_peer(&conn, &a))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match peer {
+            Ok((rate, p)) => println!(
+                "GetRun's peer, PostgreSQL as the read model: one run's row by primary key under {rate:.0} durable row updates/s: {} over {} calls | ours p99 {:.3} ms | peer p99 / ours {:.2}x",
+                p50_p99_max(&p),
+                p.len(),
+                ms(get_run_p99_us),
+                p.value_at_quantile(0.99) as f64 / get_run_p99_us.max(1) as f64
+            ),
+            Err(e) => println!("GetRun's peer, PostgreSQL: failed: {e}"),
+        }
+    }
+    #[cfg(not(feature = "peers"))]
+    if args.peer_postgres.is_some() {
+        println!("(the PostgreSQL peer needs --features peers)");
+    }
+}
+
+/// GetRun's peer: PostgreSQL as the dispatch read model, one row per active run (position,
+/// speed, heading, last fix time, progress, open anomalies). `--streams` connections update
+/// `--rate` rows a second in all, in durable transactions of `--batch` rows (one `UPDATE ...
+/// FROM unnest(...)` each), spread evenly over the batch period as our load driver's streams;
+/// meanwhile one connection reads random runs' rows by key, as GetRun is probed. A row is much
+/// less than GetRun's answer (no next stop, ETA, crew or anomaly list): this favours the peer.
+/// Returns the row updates per second achieved and the reads' latencies.
+#[cfg(feature = "peers")]
+fn postgres_get_run_peer(conn: &str, args: &Args) -> Result<(f64, Histogram<u64>), String> {
+    let err = |e: postgres::Error| e.to_string();
+    let mut setup = postgres::Client::connect(conn, postgres::NoTls).map_err(err)?;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS run_view;
+             CREATE TABLE run_view(run_id text PRIMARY KEY, vehicle_id text, lat double precision,
+               lon double precision, speed double precision, heading double precision,
+               last_fix_at timestamptz, progress_m double precision, open_anomalies int);
+             INSERT INTO run_view SELECT 'R-' || lpad(i::text, 5, '0'), 'V-' || i, 57.7, 11.97,
+               0, 0, now(), 0, 0 FROM generate_series(0, {}) AS i;
+             VACUUM ANALYZE run_view;",
+            args.runs - 1
+        ))
+        .map_err(err)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let per_stream = args.rate / args.streams as f64;
+    let updated = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..args.streams)
+        .map(|k| {
+            let (conn, updated) = (conn.to_string(), updated.clone());
+            let (runs, streams, batch) = (args.runs, args.streams, args.batch);
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = postgres::Client::connect(&conn, postgres::NoTls).map_err(err)?;
+                c.batch_execute("SET synchronous_commit = on")
+                    .map_err(err)?;
+                let update = c
+                    .prepare(
+                        "UPDATE run_view v SET lat = u.lat, lon = u.lon, speed = u.speed,
+                           heading = u.heading, last_fix_at = now(),
+                           progress_m = v.progress_m + u.speed
+                         FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[],
+                           $5::float8[]) AS u(run_id, lat, lon, speed, heading)
+                         WHERE v.run_id = u.run_id",
+                    )
+                    .map_err(err)?;
+                let mine: Vec<String> = (k..runs)
+                    .step_by(streams)
+                    .map(|r| format!("R-{r:05}"))
+                    .collect();
+                let offset = batch as f64 / per_stream * k as f64 / streams as f64;
+                let (mut sent, mut next) = (0u64, 0usize);
+                while Instant::now() < deadline {
+                    let due = started + Duration::from_secs_f64(offset + sent as f64 / per_stream);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let ids: Vec<&str> = (0..batch.min(mine.len()))
+                        .map(|_| {
+                            next += 1;
+                            mine[next % mine.len()].as_str()
+                        })
+                        .collect();
+                    let jitter = |i: usize| (next + i) as f64 * 1e-7;
+                    let lat: Vec<f64> = (0..ids.len()).map(|i| 57.7 + jitter(i)).collect();
+                    let lon: Vec<f64> = (0..ids.len()).map(|i| 11.97 + jitter(i)).collect();
+                    let speed = vec![12.5f64; ids.len()];
+                    let heading = vec![90.0f64; ids.len()];
+                    c.execute(&update, &[&ids, &lat, &lon, &speed, &heading])
+                        .map_err(err)?;
+                    sent += batch as u64;
+                    updated.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut reader = postgres::Client::connect(conn, postgres::NoTls).map_err(err)?;
+    let select = reader
+        .prepare("SELECT * FROM run_view WHERE run_id = $1")
+        .map_err(err)?;
+    let mut h = latency_us();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while Instant::now() < deadline {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let run_id = format!("R-{:05}", x % args.runs as u64);
+        let t = Instant::now();
+        reader.query_one(&select, &[&run_id]).map_err(err)?;
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+    }
+    for w in writers {
+        w.join().map_err(|_| "peer writer panicked".to_string())??;
+    }
+    let rate = updated.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, h))
 }
 
 /// Replays the long run as fast as possible with its custody events; returns the events, the

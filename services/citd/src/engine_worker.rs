@@ -43,6 +43,9 @@ use crate::watch::Hub;
 /// Most events folded between two turns of the worker's loop (a few milliseconds' work).
 const CHUNK: usize = 512;
 
+/// Longest a snapshot waits for the anomalies raised before it to be recorded.
+const SNAPSHOT_RECORD_WAIT: Duration = Duration::from_secs(1);
+
 /// Where and how often the worker snapshots itself (see [`crate::snapshot`]).
 #[derive(Debug, Clone)]
 pub struct Snapshots {
@@ -111,9 +114,14 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = snapshot_timer.tick(), if snapshots.is_some() => {
+                // Only once every anomaly up to `position` is recorded (normally a group commit
+                // away); if the store is failing, this snapshot is skipped, not awaited for ever.
                 if let Some(s) = &snapshots
                     && position > snapshot_at
-                    && recorded.wait_for(|r| *r >= handed).await.is_ok()
+                    && matches!(
+                        tokio::time::timeout(SNAPSHOT_RECORD_WAIT, recorded.wait_for(|r| *r >= handed)).await,
+                        Ok(Ok(_))
+                    )
                 {
                     take_snapshot(&s.dir, (&engine, &commands), &anomalies, &fleet, (position, last_id)).await;
                     snapshot_at = position;
@@ -149,7 +157,8 @@ pub async fn run(
                                     announce(&app, &anomalies, &raised, &hub, &fleet);
                                     let mark = EngineMark { position: r.position, now: engine.now() };
                                     handed = r.position;
-                                    // The recorder ends only when this sender is dropped.
+                                    // Fails only if the recorder stopped (the store closed):
+                                    // no snapshot covers them then, and a restart raises them again.
                                     let _ = to_record.send(Raised { mark, anomalies: raised });
                                 }
                                 if hub.watching() {
@@ -382,6 +391,7 @@ async fn record(
     while records.recv_many(&mut batch, 4096).await > 0 {
         let through = batch.last().map_or(0, |r: &Raised| r.mark.position);
         let mut streams: Vec<(String, Vec<Event>)> = Vec::new();
+        let mut index = std::collections::HashMap::new();
         for r in batch.drain(..) {
             for a in r.anomalies {
                 let event = Event::AnomalyRaised {
@@ -389,10 +399,11 @@ async fn record(
                     mark: Some(r.mark),
                 };
                 let stream = event.stream();
-                match streams.iter_mut().find(|(s, _)| *s == stream) {
-                    Some((_, events)) => events.push(event),
-                    None => streams.push((stream, vec![event])),
-                }
+                let k = *index.entry(stream.clone()).or_insert_with(|| {
+                    streams.push((stream, Vec::new()));
+                    streams.len() - 1
+                });
+                streams[k].1.push(event);
             }
         }
         let app = &app;
