@@ -39,6 +39,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` address; none to disable.
     pub metrics_listen: Option<SocketAddr>,
+    /// A second gRPC address, for the dispatch and audit consoles: the same services, served by
+    /// a thread and runtime of its own, so a flood of telemetry on `listen` never queues a
+    /// dispatcher's call behind it. None: everything on `listen`.
+    pub console_listen: Option<SocketAddr>,
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
     pub clock: ClockMode,
@@ -67,6 +71,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            console_listen: None,
             data_dir: PathBuf::from("./cit-data"),
             clock: ClockMode::Wall,
             store: StoreKind::Embedded,
@@ -94,6 +99,10 @@ pub struct Overrides {
     /// Prometheus metrics listen address ("off" to disable).
     #[arg(long, env = "CIT_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// gRPC address for the dispatch and audit consoles, served apart from telemetry ("off":
+    /// none).
+    #[arg(long, env = "CIT_CONSOLE_LISTEN")]
+    pub console_listen: Option<String>,
     /// Data directory of the embedded store.
     #[arg(long, env = "CIT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -159,14 +168,10 @@ impl Config {
             c.listen = v;
         }
         if let Some(v) = &o.metrics_listen {
-            c.metrics_listen = if v == "off" {
-                None
-            } else {
-                Some(v.parse().map_err(|e| ConfigError::Invalid {
-                    field: "metrics_listen",
-                    reason: format!("{v:?}: {e}"),
-                })?)
-            };
+            c.metrics_listen = address_or_off("metrics_listen", v)?;
+        }
+        if let Some(v) = &o.console_listen {
+            c.console_listen = address_or_off("console_listen", v)?;
         }
         if let Some(v) = &o.data_dir {
             c.data_dir = v.clone();
@@ -236,8 +241,28 @@ impl Config {
                 reason: "must differ from listen".into(),
             });
         }
+        if let Some(a) = self.console_listen
+            && a.port() != 0
+            && (a == self.listen || Some(a) == self.metrics_listen)
+        {
+            return Err(ConfigError::Invalid {
+                field: "console_listen",
+                reason: "must differ from listen and metrics_listen".into(),
+            });
+        }
         Ok(())
     }
+}
+
+/// An optional listen address given as a flag: an address, or "off".
+fn address_or_off(field: &'static str, v: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|e| ConfigError::Invalid {
+        field,
+        reason: format!("{v:?}: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -280,5 +305,24 @@ mod tests {
         std::fs::write(&file, "listen_port = 1\n").expect("write");
         let err = Config::from_file(&file).expect_err("unknown field");
         assert!(err.to_string().contains("listen_port"), "{err}");
+        for (console, why) in [
+            ("127.0.0.1:50051", "the gRPC port"),
+            ("nowhere", "no address"),
+        ] {
+            let o = Overrides {
+                console_listen: Some(console.into()),
+                ..Overrides::default()
+            };
+            let err = Config::load(&o).expect_err(why);
+            assert!(err.to_string().contains("console_listen"), "{why}: {err}");
+        }
+        let o = Overrides {
+            console_listen: Some("127.0.0.1:50053".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::load(&o).expect("valid").console_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 50053)))
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Assembles and runs citd: the event store backend, the application core, the engine worker,
-//! every gRPC service (plus health and reflection) on one port, and the metrics endpoint. `serve`
-//! takes its listener and a shutdown future, so tests and the scenario runner bind port 0.
+//! every gRPC service (plus health and reflection) on one port and, if configured, again on a
+//! console port served by a thread of its own, and the metrics endpoint. `serve` takes its
+//! listeners and a shutdown future, so tests and the scenario runner bind port 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,22 @@ pub enum ServerError {
     Reflection(String),
     #[error("cannot start the detection engine's thread: {0}")]
     EngineThread(std::io::Error),
+    #[error("cannot start the console port's thread: {0}")]
+    ConsoleThread(std::io::Error),
+}
+
+/// The router every gRPC port serves: all services behind the timing layer.
+type Routes = tonic::transport::server::Router<
+    tower::layer::util::Stack<grpc::timing::TimingLayer, tower::layer::util::Identity>,
+>;
+
+/// What `serve` listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+    /// The consoles' port (see `Config::console_listen`).
+    pub console: Option<TcpListener>,
 }
 
 /// Runs `work` on a thread of its own, with a single-threaded runtime: it gets its share of the
@@ -138,6 +155,7 @@ async fn reannounce(
 pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub console_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
@@ -171,18 +189,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         addr: config.listen,
         source,
     })?;
-    let metrics_listener = match config.metrics_listen {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .map_err(|source| ServerError::Bind { addr: a, source })?,
-        ),
-        None => None,
-    };
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics = bind_optional(config.metrics_listen).await?;
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let console = bind_optional(config.console_listen).await?;
+    let console_addr = console.as_ref().and_then(|l| l.local_addr().ok());
     let (tx, rx) = oneshot::channel::<()>();
+    let listeners = Listeners {
+        grpc: listener,
+        metrics,
+        console,
+    };
     let handle = tokio::spawn(async move {
-        serve(config, listener, metrics_listener, async {
+        serve(config, listeners, async {
             let _ = rx.await;
         })
         .await
@@ -190,18 +208,98 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running {
         addr,
         metrics_addr,
+        console_addr,
         shutdown: Some(tx),
         handle,
     })
 }
 
+async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServerError> {
+    match addr {
+        Some(a) => TcpListener::bind(a)
+            .await
+            .map(Some)
+            .map_err(|source| ServerError::Bind { addr: a, source }),
+        None => Ok(None),
+    }
+}
+
+/// What every gRPC port serves, shared by the ports.
+struct Services {
+    app: Arc<App>,
+    anomalies: Arc<Anomalies>,
+    fleet: Arc<crate::fleet::Fleet>,
+    hub: Arc<crate::watch::Hub>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Services {
+    /// One port's router (routers are not `Clone`; their services are cheap handles).
+    async fn routes(&self) -> Result<Routes, ServerError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<TelemetryServer<grpc::telemetry::TelemetryService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cit_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let max = grpc::telemetry::MAX_MESSAGE_BYTES;
+        let clock_service = self.app.clock.is_scenario().then(|| {
+            ScenarioClockServer::new(grpc::clock::ClockService {
+                app: self.app.clone(),
+            })
+        });
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(grpc::timing::TimingLayer::new(&self.app.metrics))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                TelemetryServer::new(grpc::telemetry::TelemetryService {
+                    app: self.app.clone(),
+                    stopping: self.stopping.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(RunsServer::new(grpc::runs::RunsService {
+                app: self.app.clone(),
+            }))
+            .add_service(ArmoryServer::new(grpc::armory::ArmoryService {
+                app: self.app.clone(),
+            }))
+            .add_service(PoliceLiaisonServer::new(grpc::liaison::LiaisonService {
+                app: self.app.clone(),
+            }))
+            .add_service(grpc::dispatch::DispatchRoutes::new(
+                grpc::dispatch::DispatchService {
+                    app: self.app.clone(),
+                    anomalies: self.anomalies.clone(),
+                    fleet: self.fleet.clone(),
+                    hub: self.hub.clone(),
+                    stopping: self.stopping.clone(),
+                },
+            ))
+            .add_service(AuditServer::new(grpc::audit::AuditService {
+                app: self.app.clone(),
+            }))
+            .add_optional_service(clock_service);
+        Ok(router)
+    }
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        console: console_listener,
+    } = listeners;
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&config, &metrics).await?;
     let clock = match config.clock {
@@ -276,54 +374,37 @@ pub async fn serve(
         });
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<TelemetryServer<grpc::telemetry::TelemetryService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(cit_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let max = grpc::telemetry::MAX_MESSAGE_BYTES;
-    let clock_service = app
-        .clock
-        .is_scenario()
-        .then(|| ScenarioClockServer::new(grpc::clock::ClockService { app: app.clone() }));
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(grpc::timing::TimingLayer::new(&app.metrics))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            TelemetryServer::new(grpc::telemetry::TelemetryService {
-                app: app.clone(),
-                stopping: stop_rx.clone(),
+    let services = Services {
+        app: app.clone(),
+        anomalies: anomalies.clone(),
+        fleet: fleet.clone(),
+        hub: hub.clone(),
+        stopping: stop_rx.clone(),
+    };
+    let router = services.routes().await?;
+    // The consoles' port: the same services on a thread and runtime of their own. A GetRun
+    // there is not queued behind the telemetry's tasks on the shared workers (its p99 under
+    // 50,000 fixes/s: ~2 ms on the shared port, ~0.25 ms here; BENCHMARKS.md).
+    let console = match console_listener {
+        Some(l) => {
+            let routes = services.routes().await?;
+            let l = l.into_std().map_err(ServerError::ConsoleThread)?;
+            let stop = stop_rx.clone();
+            let done = on_own_thread("cit-console", async move {
+                let l = TcpListener::from_std(l)?;
+                tracing::info!(addr = %l.local_addr()?, "console port serving");
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+                routes
+                    .serve_with_incoming_shutdown(incoming, stopped(stop))
+                    .await
+                    .map_err(std::io::Error::other)
             })
-            .max_decoding_message_size(max),
-        )
-        .add_service(RunsServer::new(grpc::runs::RunsService {
-            app: app.clone(),
-        }))
-        .add_service(ArmoryServer::new(grpc::armory::ArmoryService {
-            app: app.clone(),
-        }))
-        .add_service(PoliceLiaisonServer::new(grpc::liaison::LiaisonService {
-            app: app.clone(),
-        }))
-        .add_service(grpc::dispatch::DispatchRoutes::new(
-            grpc::dispatch::DispatchService {
-                app: app.clone(),
-                anomalies: anomalies.clone(),
-                fleet: fleet.clone(),
-                hub: hub.clone(),
-                stopping: stop_rx.clone(),
-            },
-        ))
-        .add_service(AuditServer::new(grpc::audit::AuditService {
-            app: app.clone(),
-        }))
-        .add_optional_service(clock_service);
+            .map_err(ServerError::ConsoleThread)?;
+            Some(done)
+        }
+        None => None,
+    };
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         clock = ?config.clock,
@@ -351,6 +432,13 @@ pub async fn serve(
         }
     };
     let _ = stop_tx.send(true);
+    if let Some(done) = console {
+        match tokio::time::timeout(SHUTDOWN_GRACE, done).await {
+            Ok(Ok(Err(e))) => tracing::error!(cause = %e, "console port failed"),
+            Err(_) => tracing::warn!("console connections still open after the grace period"),
+            _ => {}
+        }
+    }
     let _ = engine.await;
     drop(app);
     store.close().await;

@@ -162,3 +162,33 @@ async fn every_rpc_is_timed_by_method_on_the_metrics_port() {
     assert!(!body.contains("grpc.health"), "only our methods are labels");
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consoles_port_serves_the_same_services_apart_from_telemetry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (server, mut c) = common::serve(citd::config::Config {
+        console_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..common::config(dir.path(), ClockMode::Wall)
+    })
+    .await;
+    // The run is planned and departed on the telemetry port and read on the consoles' port:
+    // one application behind both.
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    let console = server.console_addr.expect("console port");
+    assert_ne!(console, server.addr);
+    let mut d = citd::runner::Clients::connect(&format!("http://{console}"))
+        .await
+        .expect("connect to the consoles' port");
+    let view = d
+        .dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: "R-1".into(),
+            min_log_position: 0,
+        })
+        .await
+        .expect("get run on the consoles' port")
+        .into_inner();
+    assert_eq!(view.run_id, "R-1");
+    assert_eq!(view.status, pb::RunStatus::Active as i32);
+    server.stop().await.expect("stop");
+}
