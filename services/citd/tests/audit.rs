@@ -36,23 +36,6 @@ async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients) {
     (server, c)
 }
 
-async fn read_run(c: &mut Clients, run: &str, custody: bool) -> Vec<pb::RunEvent> {
-    let mut stream = c
-        .audit
-        .read_run(pb::ReadRunRequest {
-            run_id: run.into(),
-            include_custody: custody,
-        })
-        .await
-        .expect("read run")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = stream.message().await.expect("event") {
-        out.push(e);
-    }
-    out
-}
-
 async fn verify(c: &mut Clients, run: &str) -> pb::VerifyRunResponse {
     c.audit
         .verify_run(pb::VerifyRunRequest { run_id: run.into() })
@@ -164,8 +147,8 @@ async fn read_run_with_custody_and_paced_replay_keep_the_record() {
     let run = s.runs[0].id.clone();
     let dir = tempfile::tempdir().expect("tmp");
     let (server, mut c) = played(dir.path(), &s).await;
-    let own = read_run(&mut c, &run, false).await;
-    let with = read_run(&mut c, &run, true).await;
+    let own = common::read_run(&mut c, &run, false).await;
+    let with = common::read_run(&mut c, &run, true).await;
     assert!(own.iter().all(|e| e.stream == format!("run-{run}")));
     let custody: Vec<&pb::RunEvent> = with.iter().filter(|e| e.stream != own[0].stream).collect();
     assert!(

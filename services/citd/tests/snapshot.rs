@@ -44,23 +44,15 @@ async fn run_view(c: &mut Clients, run: &str) -> pb::RunView {
 }
 
 async fn recorded_anomaly_events(c: &mut Clients, run: &str) -> Vec<String> {
-    let mut s = c
-        .audit
-        .read_run(pb::ReadRunRequest {
-            run_id: run.into(),
-            include_custody: false,
-        })
+    common::read_run(c, run, false)
         .await
-        .expect("read")
-        .into_inner();
-    let mut ids = Vec::new();
-    while let Some(e) = s.message().await.expect("event") {
-        if e.event_type == "AnomalyRaised.v1" {
+        .into_iter()
+        .filter(|e| e.event_type == "AnomalyRaised.v1")
+        .map(|e| {
             let v: serde_json::Value = serde_json::from_str(&e.data_json).expect("json");
-            ids.push(v["anomaly"]["id"].as_str().expect("id").to_string());
-        }
-    }
-    ids
+            v["anomaly"]["id"].as_str().expect("id").to_string()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,21 +146,12 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     assert_eq!(acked.acknowledged_by, "dispatcher-7");
     // Dispatch heard of the alarm before its record was durable and answered at once; the log
     // still holds the alarm before its acknowledgement.
-    let mut events = c
-        .audit
-        .read_run(pb::ReadRunRequest {
-            run_id: "R-1".into(),
-            include_custody: false,
-        })
+    let order: Vec<String> = common::read_run(&mut c, "R-1", false)
         .await
-        .expect("read run")
-        .into_inner();
-    let mut order = Vec::new();
-    while let Some(e) = events.message().await.expect("event") {
-        if e.data_json.contains(&duress.id) {
-            order.push(e.event_type);
-        }
-    }
+        .into_iter()
+        .filter(|e| e.data_json.contains(&duress.id))
+        .map(|e| e.event_type)
+        .collect();
     assert_eq!(order, ["AnomalyRaised.v1", "AnomalyAcknowledged.v1"]);
 
     let bad = c

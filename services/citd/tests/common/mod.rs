@@ -162,25 +162,30 @@ pub fn fix(vehicle: &str, seq: u64) -> pb::Fix {
     }
 }
 
-/// Every fix seq recorded in a run's stream, in log order.
-pub async fn recorded_seqs(c: &mut Clients, endpoint: &str, run: &str) -> Vec<u64> {
-    let _ = c;
-    let channel = tonic::transport::Channel::from_shared(endpoint.to_string())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut audit = pb::audit_client::AuditClient::new(channel);
-    let mut events = audit
+/// Every event of a run in log order (`custody`: with its custody streams' events), by ReadRun.
+pub async fn read_run(c: &mut Clients, run: &str, custody: bool) -> Vec<pb::RunEvent> {
+    let mut stream = c
+        .audit
         .read_run(pb::ReadRunRequest {
             run_id: run.into(),
-            include_custody: false,
+            include_custody: custody,
         })
         .await
         .expect("read run")
         .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = stream.message().await.expect("event") {
+        out.push(e);
+    }
+    out
+}
+
+/// Every fix seq recorded in a run's stream, in log order.
+pub async fn recorded_seqs(c: &mut Clients, endpoint: &str, run: &str) -> Vec<u64> {
+    let _ = c;
+    let mut fresh = Clients::connect(endpoint).await.expect("connect");
     let mut seqs = Vec::new();
-    while let Some(e) = events.message().await.expect("stream") {
+    for e in read_run(&mut fresh, run, false).await {
         if e.event_type == "FixesRecorded.v1" {
             let v: serde_json::Value = serde_json::from_str(&e.data_json).expect("json");
             for f in v["fixes"].as_array().expect("fixes") {
