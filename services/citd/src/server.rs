@@ -383,8 +383,9 @@ pub async fn serve(
     };
     let router = services.routes().await?;
     // The consoles' port: the same services on a thread and runtime of their own. A GetRun
-    // there is not queued behind the telemetry's tasks on the shared workers (its p99 under
-    // 50,000 fixes/s: ~2 ms on the shared port, ~0.25 ms here; BENCHMARKS.md).
+    // there is not queued behind the telemetry's tasks on the shared workers (p99 under 50,000
+    // fixes/s, a call a millisecond: 4.0-4.2 ms on the shared port, 2.8-3.6 ms here;
+    // BENCHMARKS.md).
     let console = match console_listener {
         Some(l) => {
             let routes = services.routes().await?;
