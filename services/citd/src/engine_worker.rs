@@ -157,8 +157,9 @@ pub async fn run(
                                     announce(&app, &anomalies, &raised, &hub, &fleet);
                                     let mark = EngineMark { position: r.position, now: engine.now() };
                                     handed = r.position;
-                                    // Fails only if the recorder stopped (the store closed):
-                                    // no snapshot covers them then, and a restart raises them again.
+                                    // Fails only once the recorder stopped (the store
+                                    // closed): no snapshot covers these, a restart raises
+                                    // them again.
                                     let _ = to_record.send(Raised { mark, anomalies: raised });
                                 }
                                 if hub.watching() {
