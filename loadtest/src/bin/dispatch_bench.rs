@@ -578,7 +578,6 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     let ports = Ports::free();
-    let metrics_port = ports.metrics;
     let mut child = spawn_citd(dir.path(), &ports);
     let endpoint = ports.endpoint();
     let (mut c, up) = ready(&endpoint).await;
@@ -640,7 +639,7 @@ async fn main() {
     println!("engine current again {settle:.1} s after the watched phase");
 
     // GetRun on random active runs while the fleet streams at the target rate.
-    let get_run_before = rpc_buckets(metrics_port, "Dispatch/GetRun").await;
+    let get_run_before = rpc_buckets(ports.metrics, "Dispatch/GetRun").await;
     let probe_deadline = Instant::now() + Duration::from_secs(args.seconds);
     let n_runs = args.runs;
     // Each probe on its own thread and connection: what it times is citd's answer, not its turn
@@ -727,7 +726,7 @@ async fn main() {
     let get_run_p99_us = h.value_at_quantile(0.99);
     let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
     let checkins = checkin_probe.await.expect("check-in probe");
-    let get_run_after = rpc_buckets(metrics_port, "Dispatch/GetRun").await;
+    let get_run_after = rpc_buckets(ports.metrics, "Dispatch/GetRun").await;
     println!(
         "GetRun (consoles' port, a call a millisecond) with {} active runs under {rate:.0} fixes/s of ingest ({} streams, their batches {}): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} calls (goal p99 <= 1 ms)",
         args.runs,

@@ -120,23 +120,35 @@ impl Anomalies {
         }
     }
 
-    fn is_unrecorded(&self, id: &str) -> bool {
-        self.unrecorded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+    /// Whether `done` holds of the unrecorded set, waiting at most `limit` for it to.
+    async fn wait_recorded(
+        &self,
+        limit: Duration,
+        done: impl Fn(&HashSet<String>) -> bool,
+    ) -> bool {
+        let holds = || done(&self.unrecorded.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut rx = self.recorded.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|_| holds()))
+            .await
+            .is_ok()
     }
 
     /// Waits, at most `limit`, until the anomaly `id` (if the engine raised it) is recorded in
     /// the log, so a command about it (acknowledge, resolve) is decided and logged after it.
     pub async fn until_recorded(&self, id: &str, limit: Duration) -> Result<(), AppError> {
-        let mut rx = self.recorded.subscribe();
-        match tokio::time::timeout(limit, rx.wait_for(|_| !self.is_unrecorded(id))).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(AppError::Unavailable(format!(
+        if self.wait_recorded(limit, |u| !u.contains(id)).await {
+            Ok(())
+        } else {
+            Err(AppError::Unavailable(format!(
                 "anomaly {id:?} is not yet recorded in the log; retry"
-            ))),
+            )))
         }
+    }
+
+    /// Waits, at most `limit`, until every anomaly raised so far is recorded in the log (the
+    /// engine's snapshot may then cover them); false if some still are not.
+    pub async fn until_all_recorded(&self, limit: Duration) -> bool {
+        self.wait_recorded(limit, HashSet::is_empty).await
     }
 
     /// Folds workflow events in.

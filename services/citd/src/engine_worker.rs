@@ -29,7 +29,7 @@ use cit_domain::event::{Anomaly, EngineMark, Event};
 use cit_engine::Engine;
 use cit_store::{EventStore, ExpectedVersion, SubscriptionFilter, SubscriptionMessage};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::anomalies::Anomalies;
@@ -101,12 +101,9 @@ pub async fn run(
     let mut snapshot_timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut snapshot_at = position;
-    // Anomalies go to the recorder in raise order; `recorded` is the position of the last event
-    // whose anomalies are all durable, `handed` that of the last one that raised any.
+    // Anomalies go to the recorder in raise order; `anomalies` knows which are not yet recorded.
     let (to_record, records) = mpsc::unbounded_channel();
-    let (recorded_tx, mut recorded) = watch::channel(position);
-    let recorder = tokio::spawn(record(app.clone(), anomalies.clone(), records, recorded_tx));
-    let mut handed = position;
+    let recorder = tokio::spawn(record(app.clone(), anomalies.clone(), records));
     // Where the subscription said it caught up (may be past the last event folded).
     let mut caught_up = 0;
     tokio::pin!(shutdown);
@@ -118,10 +115,7 @@ pub async fn run(
                 // away); if the store is failing, this snapshot is skipped, not awaited for ever.
                 if let Some(s) = &snapshots
                     && position > snapshot_at
-                    && matches!(
-                        tokio::time::timeout(SNAPSHOT_RECORD_WAIT, recorded.wait_for(|r| *r >= handed)).await,
-                        Ok(Ok(_))
-                    )
+                    && anomalies.until_all_recorded(SNAPSHOT_RECORD_WAIT).await
                 {
                     take_snapshot(&s.dir, (&engine, &commands), &anomalies, &fleet, (position, last_id)).await;
                     snapshot_at = position;
@@ -150,13 +144,15 @@ pub async fn run(
                             position = r.position;
                             last_id = r.id;
                             let event = decode(&r);
-                            commands.apply(&r, event.as_ref());
+                            // The command side's copy is only for snapshots.
+                            if snapshots.is_some() {
+                                commands.apply(&r, event.as_ref());
+                            }
                             if let Some(event) = event {
                                 let raised = fold(&mut engine, &anomalies, &fleet, r.position, &event);
                                 if !raised.is_empty() {
                                     announce(&app, &anomalies, &raised, &hub, &fleet);
                                     let mark = EngineMark { position: r.position, now: engine.now() };
-                                    handed = r.position;
                                     // Fails only once the recorder stopped (the store
                                     // closed): no snapshot covers these, a restart raises
                                     // them again.
@@ -189,7 +185,7 @@ pub async fn run(
     let _ = recorder.await;
     if let Some(s) = &snapshots
         && position > snapshot_at
-        && *recorded.borrow() >= handed
+        && anomalies.until_all_recorded(Duration::ZERO).await
     {
         take_snapshot(
             &s.dir,
@@ -329,7 +325,7 @@ pub fn fold(
 }
 
 /// Tells watchers what a logged event changed: the run's new view, and an anomaly's new
-/// workflow state. (Raised anomalies are published by [`persist`], once, when first recorded.)
+/// workflow state. (Raised anomalies are published by [`announce`], once, when first raised.)
 fn publish(app: &App, hub: &Hub, anomalies: &Anomalies, fleet: &Fleet, event: &Event) {
     if let Event::AnomalyAcknowledged { anomaly_id, .. } | Event::AnomalyResolved { anomaly_id, .. } =
         event
@@ -379,22 +375,22 @@ struct Raised {
 /// Appends raised anomalies durably, in raise order within each run's stream and the runs'
 /// streams concurrently (so a burst — a gateway outage tripping signal loss on a thousand
 /// vehicles — costs a group commit or two, not one each); then makes each known to the command
-/// side and moves `recorded` on. Each anomaly is its own append, so a restart that raises it
-/// again is recognised by its id as the same append and stores nothing twice. Ends when the
+/// side and to `anomalies` as recorded. Each anomaly is its own append, so a restart that raises
+/// it again is recognised by its id as the same append and stores nothing twice. Ends when the
 /// worker drops its sender and everything is recorded, or when the store closes.
 async fn record(
     app: Arc<App>,
     anomalies: Arc<Anomalies>,
     mut records: mpsc::UnboundedReceiver<Raised>,
-    recorded: watch::Sender<u64>,
 ) {
     let mut batch = Vec::new();
     while records.recv_many(&mut batch, 4096).await > 0 {
-        let through = batch.last().map_or(0, |r: &Raised| r.mark.position);
-        let mut streams: Vec<(String, Vec<Event>)> = Vec::new();
+        // Per run stream, its anomalies' ids and records, in raise order.
+        let mut streams: Vec<(String, Vec<(String, Event)>)> = Vec::new();
         let mut index = std::collections::HashMap::new();
         for r in batch.drain(..) {
             for a in r.anomalies {
+                let id = a.id.clone();
                 let event = Event::AnomalyRaised {
                     anomaly: a,
                     mark: Some(r.mark),
@@ -404,14 +400,14 @@ async fn record(
                     streams.push((stream, Vec::new()));
                     streams.len() - 1
                 });
-                streams[k].1.push(event);
+                streams[k].1.push((id, event));
             }
         }
         let app = &app;
         let appended =
             futures::future::join_all(streams.iter().map(|(stream, events)| async move {
-                for e in events {
-                    if !append_until_durable(app, stream, e).await {
+                for (id, e) in events {
+                    if !append_until_durable(app, stream, id, e).await {
                         return false;
                     }
                 }
@@ -421,23 +417,17 @@ async fn record(
         if appended.contains(&false) {
             return;
         }
-        for e in streams.iter().flat_map(|(_, events)| events) {
+        for (id, e) in streams.iter().flat_map(|(_, events)| events) {
             app.learn(e).await;
-            if let Event::AnomalyRaised { anomaly, .. } = e {
-                anomalies.recorded(&anomaly.id);
-            }
+            anomalies.recorded(id);
         }
-        recorded.send_replace(through);
     }
 }
 
-/// Appends one `AnomalyRaised`, retrying until durable: an anomaly must not be lost to a passing
-/// store error. False if the store closed.
-async fn append_until_durable(app: &App, stream: &str, event: &Event) -> bool {
-    let Event::AnomalyRaised { anomaly, .. } = event else {
-        return true;
-    };
-    let id = Uuid::new_v5(&ID_NAMESPACE, format!("anomaly/{}", anomaly.id).as_bytes());
+/// Appends the `AnomalyRaised` of anomaly `anomaly_id`, retrying until durable: an anomaly must
+/// not be lost to a passing store error. False if the store closed.
+async fn append_until_durable(app: &App, stream: &str, anomaly_id: &str, event: &Event) -> bool {
+    let id = Uuid::new_v5(&ID_NAMESPACE, format!("anomaly/{anomaly_id}").as_bytes());
     let mut delay = Duration::from_millis(10);
     loop {
         match app
@@ -452,7 +442,7 @@ async fn append_until_durable(app: &App, stream: &str, event: &Event) -> bool {
             Ok(_) => return true,
             Err(cit_store::Error::Closed) => return false,
             Err(e) => {
-                tracing::warn!(cause = %e, anomaly = %anomaly.id, "appending an anomaly failed; retrying");
+                tracing::warn!(cause = %e, anomaly = %anomaly_id, "appending an anomaly failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
