@@ -158,12 +158,10 @@ fn per_fix(c: &mut Criterion) -> [Total; 3] {
     });
 
     let fleet = drive.fleet.clone();
-    let mut questions = Questions::new(ZONES, &routes, &fleet);
+    let mut questions = Questions::new(ZONES, &routes, &fleet, corridor_m);
     group.bench_function("corridor + zone questions, indexed", |b| {
         b.iter_custom(|iters| {
-            let time = asked(&mut drive, iters, |run, f| {
-                questions.ask(run, f, corridor_m)
-            });
+            let time = asked(&mut drive, iters, |run, f| questions.ask(run, f));
             totals[1].add(time, iters)
         })
     });
@@ -175,10 +173,7 @@ fn per_fix(c: &mut Criterion) -> [Total; 3] {
         .iter()
         .enumerate()
         .filter(|(run, f)| {
-            let (ours, theirs) = (
-                questions.ask(*run, f, corridor_m),
-                scan.ask(*run, f, corridor_m),
-            );
+            let (ours, theirs) = (questions.ask(*run, f), scan.ask(*run, f, corridor_m));
             (ours.0 - theirs.0).abs() <= 1.0 && ours.2 == theirs.2
         })
         .count();

@@ -157,11 +157,13 @@ pub struct Questions {
     near: Vec<NearSegments>,
     zones: ZoneIndex,
     scratch: Vec<Candidate>,
+    corridor_m: f64,
 }
 
 impl Questions {
-    /// The routes of the fleet's runs, in run order, and `zones` checkpoints.
-    pub fn new(zones: usize, routes: &[Route], fleet: &[SimVehicle]) -> Self {
+    /// The routes of the fleet's runs, in run order, each with the corridor the questions ask
+    /// about, and `zones` checkpoints.
+    pub fn new(zones: usize, routes: &[Route], fleet: &[SimVehicle], corridor_m: f64) -> Self {
         let mut index = ZoneIndex::default();
         for cp in checkpoints(zones) {
             index.insert(cp);
@@ -169,18 +171,19 @@ impl Questions {
         Questions {
             routes: fleet
                 .iter()
-                .map(|v| RouteIndex::new(&latlons(&routes[v.route])))
+                .map(|v| RouteIndex::new(&latlons(&routes[v.route]), corridor_m))
                 .collect(),
             near: vec![NearSegments::default(); fleet.len()],
             zones: index,
             scratch: Vec::new(),
+            corridor_m,
         }
     }
 
-    pub fn ask(&mut self, run: usize, f: &FixSample, corridor_m: f64) -> Answer {
+    pub fn ask(&mut self, run: usize, f: &FixSample) -> Answer {
         let route = &self.routes[run];
         let p = route.frame.to_local(f.lat, f.lon);
-        route.candidates(p, corridor_m, &mut self.near[run], &mut self.scratch);
+        route.candidates(p, self.corridor_m, &mut self.near[run], &mut self.scratch);
         let nearest = self
             .scratch
             .iter()

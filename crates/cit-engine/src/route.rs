@@ -6,6 +6,14 @@
 //! the tree is an eighth of the size, and a query ends in a short scan of contiguous points. With
 //! thousands of runs taking turns, each fix meets its route cold in the cache; fewer, denser
 //! nodes are what make that cheap (BENCHMARKS.md, "Detection engine per fix").
+//!
+//! The per-fix question (every route position within the run's corridor) does not walk the tree
+//! while the vehicle follows the route: each segment carries, built with the route, the segments
+//! that can lie within the corridor of any point near it (as ranges of consecutive segments), and
+//! a run remembers the segment its latest fix was nearest. The next fix, if still near that
+//! segment, scans that segment's ranges. The tree is walked only for a fix away from the route.
+//! Before, the tree was walked whenever a vehicle left a remembered square, one fix in seven, each
+//! costing 2.5 times an ordinary fix: those walks were the engine's p99 (BENCHMARKS.md).
 
 use std::ops::ControlFlow;
 
@@ -54,8 +62,9 @@ pub struct Candidate {
     pub bearing: f64,
 }
 
-/// Snapshots hold the route's points; the tree and the local geometry are rebuilt from them on
-/// load (cheaper to rebuild than to store, and never out of step with the code that builds them).
+/// Snapshots hold the route's points and its reach; the tree, the links and the local geometry
+/// are rebuilt from them on load (cheaper to rebuild than to store, and never out of step with the
+/// code that builds them).
 #[derive(Debug)]
 pub struct RouteIndex {
     points: Vec<LatLon>,
@@ -63,12 +72,15 @@ pub struct RouteIndex {
     /// The points in the local frame; segment `i` runs from vertex `i` to vertex `i + 1`.
     vertices: Vec<Vertex>,
     tree: RTree<ChunkGeom, RouteParams>,
+    links: Links,
     pub length_m: f64,
 }
 
 impl RouteIndex {
-    /// Builds the index; `route` has at least two points (validated upstream).
-    pub fn new(route: &[LatLon]) -> Self {
+    /// Builds the index; `route` has at least two points (validated upstream). `reach_m` is the
+    /// widest radius [`RouteIndex::candidates`] will be asked for (the run's corridor): the
+    /// links answer up to it, the tree beyond.
+    pub fn new(route: &[LatLon], reach_m: f64) -> Self {
         let frame = LocalFrame::new(route[0]);
         let local: Vec<[f64; 2]> = route.iter().map(|p| frame.to_local(p.lat, p.lon)).collect();
         let mut vertices = Vec::with_capacity(local.len());
@@ -99,17 +111,36 @@ impl RouteIndex {
                 GeomWithData::new(Rectangle::from_aabb(aabb), c as u32)
             })
             .collect();
-        RouteIndex {
+        let mut index = RouteIndex {
             points: route.to_vec(),
             frame,
             vertices,
             tree: RTree::bulk_load_with_params(chunks),
+            links: Links::default(),
             length_m: s,
-        }
+        };
+        index.links = Links::new(&index, reach_m);
+        index
     }
 
     pub fn to_local(&self, p: LatLon) -> [f64; 2] {
         self.frame.to_local(p.lat, p.lon)
+    }
+
+    /// The segments meeting the box `lo`-`hi`, in route order, into `out`.
+    fn segments_meeting(&self, lo: [f64; 2], hi: [f64; 2], out: &mut Vec<u32>) {
+        out.clear();
+        // Internal iteration: no stack to allocate.
+        let _ = self
+            .tree
+            .locate_in_envelope_intersecting_int(&AABB::from_corners(lo, hi), |g| {
+                let meets = self
+                    .chunk_segments(g.data)
+                    .filter(|&i| self.segment_meets(i, lo, hi));
+                out.extend(meets.map(|i| i as u32));
+                ControlFlow::<()>::Continue(())
+            });
+        out.sort_unstable();
     }
 
     fn segment(&self, i: usize) -> ([f64; 2], [f64; 2]) {
@@ -151,9 +182,8 @@ impl RouteIndex {
     }
 
     /// Every route position within `radius` metres of `p`, one per segment, in route order.
-    /// `near` remembers the segments around an earlier query: while the query's square stays
-    /// inside the remembered one, the tree is not walked at all (a vehicle moves metres to tens
-    /// of metres between fixes, so most fixes are answered from it).
+    /// `near` remembers the segment an earlier fix was nearest: while `p` is near it too, its
+    /// links answer (see the module's doc); otherwise the tree does.
     pub fn candidates(
         &self,
         p: [f64; 2],
@@ -162,42 +192,43 @@ impl RouteIndex {
         out: &mut Vec<Candidate>,
     ) {
         out.clear();
-        if !near.covers(p, radius) {
-            self.remember_near(p, radius + NEAR_MARGIN_M, near);
-        }
         let (lo, hi) = (
             [p[0] - radius, p[1] - radius],
             [p[0] + radius, p[1] + radius],
         );
-        for &i in &near.segments {
-            let i = i as usize;
+        // The nearest segment seen, for `near`.
+        let mut nearest = (f64::INFINITY, 0);
+        let mut consider = |i: usize| {
             if self.segment_meets(i, lo, hi) {
                 let c = self.project(i, p);
                 if c.lateral <= radius {
                     out.push(c);
+                    if c.lateral < nearest.0 {
+                        nearest = (c.lateral, i);
+                    }
                 }
             }
-        }
-    }
-
-    /// Fills `near` with the segments meeting the square of half-side `half` around `p`, in
-    /// route order (so candidates come out ordered by progress, whatever the tree's layout).
-    fn remember_near(&self, p: [f64; 2], half: f64, near: &mut NearSegments) {
-        near.centre = p;
-        near.half = half;
-        near.segments.clear();
-        let (lo, hi) = ([p[0] - half, p[1] - half], [p[0] + half, p[1] + half]);
-        // Internal iteration: no stack to allocate.
-        let _ = self
-            .tree
-            .locate_in_envelope_intersecting_int(&AABB::from_corners(lo, hi), |g| {
-                let meets = self
-                    .chunk_segments(g.data)
-                    .filter(|&i| self.segment_meets(i, lo, hi));
-                near.segments.extend(meets.map(|i| i as u32));
-                ControlFlow::<()>::Continue(())
+        };
+        let linked = radius <= self.links.reach_m
+            && near.segment.is_some_and(|j| {
+                let (a, b) = self.segment(j as usize);
+                dist(p, closest_on_segment(a, b, p).1) <= LINK_MARGIN_M
             });
-        near.segments.sort_unstable();
+        match near.segment {
+            Some(j) if linked => {
+                for &(from, to) in self.links.of(j as usize) {
+                    (from as usize..to as usize).for_each(&mut consider);
+                }
+            }
+            _ => {
+                // Off the route (or its first fix): rare enough to allocate, and a run keeps no
+                // buffer for it.
+                let mut segments = Vec::new();
+                self.segments_meeting(lo, hi, &mut segments);
+                segments.iter().for_each(|&i| consider(i as usize));
+            }
+        }
+        near.segment = (nearest.0 <= LINK_MARGIN_M).then_some(nearest.1 as u32);
     }
 
     /// Whether segment `i`'s bounding box meets the box `lo`-`hi`.
@@ -210,28 +241,105 @@ impl RouteIndex {
     }
 }
 
-/// How much wider than the query the remembered square is, metres: about ten fixes of a vehicle
-/// at city speed, while still only a handful of segments.
-const NEAR_MARGIN_M: f64 = 120.0;
+/// How near a fix must be to the segment its run remembers for that segment's links to answer,
+/// metres. A vehicle on the route is within GPS error of its road, and a fix a second or a few
+/// seconds on is at most tens of metres past the remembered segment's end; wider margins make
+/// every segment's links, and so every fix's scan, longer.
+const LINK_MARGIN_M: f64 = 50.0;
 
-/// The route's segments meeting a square around a recent position (see
-/// [`RouteIndex::candidates`]). Derived data: a snapshot leaves it out and it refills itself.
-#[derive(Debug, Default, Clone)]
-pub struct NearSegments {
-    centre: [f64; 2],
-    /// Half the square's side; 0 when nothing is remembered.
-    half: f64,
-    segments: Vec<u32>,
+/// For each segment, the segments that can lie within `reach_m` of a point within
+/// [`LINK_MARGIN_M`] of it: those meeting its box widened by both, as ranges of consecutive
+/// segments (a road is one range; a part of the route passing by again is another).
+#[derive(Debug, Default)]
+struct Links {
+    reach_m: f64,
+    /// Per segment: its one range, or (when it has several) [`SPILLED`] and where its ranges
+    /// start in `spilled`. One inline range keeps the common case one cache line.
+    first: Vec<(u32, u32)>,
+    /// Each spilled segment's ranges behind a header `(how many, 0)`: one flat buffer, not a
+    /// vector each (which cost a route more than its vertices).
+    spilled: Vec<(u32, u32)>,
 }
 
-impl NearSegments {
-    /// Whether the square of half-side `radius` around `p` lies inside the remembered one.
-    fn covers(&self, p: [f64; 2], radius: f64) -> bool {
-        let off = (p[0] - self.centre[0])
-            .abs()
-            .max((p[1] - self.centre[1]).abs());
-        off + radius <= self.half
+/// Marks a segment whose links are in `Links::spilled`.
+const SPILLED: u32 = u32::MAX;
+
+/// Ranges fewer than this many segments apart are joined: scanning a few segments more (the
+/// scan is exact) keeps a winding road one range.
+const JOIN_GAP: u32 = 4;
+
+impl Links {
+    fn new(route: &RouteIndex, reach_m: f64) -> Self {
+        let wide = reach_m + LINK_MARGIN_M;
+        let mut links = Links {
+            reach_m,
+            first: Vec::with_capacity(route.vertices.len() - 1),
+            spilled: Vec::new(),
+        };
+        // One tree query per chunk (its box widened), then each of its segments filters that.
+        let (mut near_chunk, mut ranges) = (Vec::new(), Vec::<(u32, u32)>::new());
+        let widened = |j: usize| {
+            let (a, b) = route.segment(j);
+            (
+                [a[0].min(b[0]) - wide, a[1].min(b[1]) - wide],
+                [a[0].max(b[0]) + wide, a[1].max(b[1]) + wide],
+            )
+        };
+        let chunks = (route.vertices.len() - 1).div_ceil(CHUNK);
+        for c in 0..chunks as u32 {
+            let (lo, hi) = route.chunk_segments(c).map(widened).fold(
+                ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]),
+                |(lo, hi), (l, h)| {
+                    (
+                        [lo[0].min(l[0]), lo[1].min(l[1])],
+                        [hi[0].max(h[0]), hi[1].max(h[1])],
+                    )
+                },
+            );
+            route.segments_meeting(lo, hi, &mut near_chunk);
+            for j in route.chunk_segments(c) {
+                let (lo, hi) = widened(j);
+                ranges.clear();
+                for &i in near_chunk
+                    .iter()
+                    .filter(|&&i| route.segment_meets(i as usize, lo, hi))
+                {
+                    match ranges.last_mut() {
+                        Some(last) if i - last.1 < JOIN_GAP => last.1 = i + 1,
+                        _ => ranges.push((i, i + 1)),
+                    }
+                }
+                if let [one] = ranges[..] {
+                    links.first.push(one);
+                } else {
+                    links.first.push((SPILLED, links.spilled.len() as u32));
+                    links.spilled.push((ranges.len() as u32, 0));
+                    links.spilled.extend_from_slice(&ranges);
+                }
+            }
+        }
+        links.spilled.shrink_to_fit();
+        links
     }
+
+    /// Segment `j`'s ranges.
+    fn of(&self, j: usize) -> &[(u32, u32)] {
+        match self.first[j] {
+            (SPILLED, at) => {
+                let at = at as usize;
+                let n = self.spilled[at].0 as usize;
+                &self.spilled[at + 1..=at + n]
+            }
+            _ => std::slice::from_ref(&self.first[j]),
+        }
+    }
+}
+
+/// The segment a run's latest fix was nearest (see [`RouteIndex::candidates`]). Derived data: a
+/// snapshot leaves it out and it refills itself.
+#[derive(Debug, Default, Clone)]
+pub struct NearSegments {
+    segment: Option<u32>,
 }
 
 /// The point of segment `a`-`b` closest to `p`, and where it lies along it (0 at `a`, 1 at `b`).
@@ -248,19 +356,19 @@ pub fn closest_on_segment(a: [f64; 2], b: [f64; 2], p: [f64; 2]) -> (f64, [f64; 
 
 impl serde::Serialize for RouteIndex {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.points.serialize(s)
+        (&self.points, self.links.reach_m).serialize(s)
     }
 }
 
 impl<'de> serde::Deserialize<'de> for RouteIndex {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let points = Vec::<LatLon>::deserialize(d)?;
+        let (points, reach_m) = <(Vec<LatLon>, f64)>::deserialize(d)?;
         if points.len() < 2 {
             return Err(serde::de::Error::custom(
                 "a route needs at least two points",
             ));
         }
-        Ok(RouteIndex::new(&points))
+        Ok(RouteIndex::new(&points, reach_m))
     }
 }
 
@@ -275,7 +383,7 @@ mod tests {
     #[test]
     fn distance_and_progress_on_a_straight_road() {
         // About 1.1 km due north.
-        let r = RouteIndex::new(&[ll(57.70, 11.97), ll(57.71, 11.97)]);
+        let r = RouteIndex::new(&[ll(57.70, 11.97), ll(57.71, 11.97)], 60.0);
         assert!((r.length_m - 1111.9).abs() < 1.0, "{}", r.length_m);
         let p = r.frame.to_local(57.705, 11.9705);
         assert!((r.distance(p) - 29.8).abs() < 0.5, "{}", r.distance(p));
@@ -298,7 +406,7 @@ mod tests {
                 ll(57.70 + r * a.sin(), 11.97 + 1.8 * r * a.cos())
             })
             .collect();
-        RouteIndex::new(&pts)
+        RouteIndex::new(&pts, 60.0)
     }
 
     /// Every segment, measured: what the index must agree with.
@@ -321,7 +429,8 @@ mod tests {
                 (a * 1.7).sin() * 180.0 + step as f64 * 0.05,
                 (a * 1.3).cos() * 160.0 - 40.0,
             ];
-            for radius in [15.0, 60.0] {
+            // 90 m is wider than the links' reach (60 m): the tree answers.
+            for radius in [15.0, 60.0, 90.0] {
                 let expected = brute_force(&r, p, radius);
                 several += usize::from(expected.len() >= 4);
                 none += usize::from(expected.is_empty());

@@ -211,7 +211,7 @@ impl RunState {
         stops: &[PlannedStop],
         params: &DetectionParams,
     ) -> Self {
-        let route = RouteIndex::new(route);
+        let route = RouteIndex::new(route, params.corridor_m);
         RunState {
             key: Key::from(run_id),
             vehicle_id: Key::from(vehicle_id),

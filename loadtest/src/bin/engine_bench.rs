@@ -101,7 +101,7 @@ fn state_only(args: &Args) {
     let before = rss_kib();
     let indexes: Vec<RouteIndex> = fleet
         .iter()
-        .map(|v| RouteIndex::new(&two_points(v)))
+        .map(|v| RouteIndex::new(&two_points(v), DetectionParams::default().corridor_m))
         .collect();
     let per_index = (rss_kib() - before) as f64 / indexes.len() as f64;
     println!("{per_run:.3} {per_index:.3}");
@@ -144,7 +144,7 @@ fn main() {
         plan(&mut engine, &mut pos, i, latlons(&routes[v.route]));
     }
     let per_run_with_route = (rss_kib() - before_runs) as f64 / args.runs as f64;
-    let mut questions = Questions::new(args.zones, &routes, &fleet);
+    let mut questions = Questions::new(args.zones, &routes, &fleet, corridor_m);
     println!(
         "engine: {} active runs on {} real routes ({:.0} route points each on average), {} zones, {} fixes on one core, {} per event",
         args.runs,
@@ -198,7 +198,7 @@ fn main() {
         for step in &samples {
             for (run, f) in step.iter().enumerate() {
                 let t = Instant::now();
-                let (d, _, z) = questions.ask(run, f, corridor_m);
+                let (d, _, z) = questions.ask(run, f);
                 let _ = asked.record((t.elapsed().as_nanos() as u64).max(1));
                 checksum += d + z as f64;
             }
@@ -247,15 +247,7 @@ fn main() {
     #[cfg(feature = "peers")]
     if let Some(conn) = &args.peer_postgis {
         let route_of: Vec<usize> = fleet.iter().map(|v| v.route).collect();
-        let peer = postgis::run(
-            conn,
-            &args,
-            &routes,
-            &route_of,
-            &peer_fixes,
-            &mut questions,
-            corridor_m,
-        );
+        let peer = postgis::run(conn, &args, &routes, &route_of, &peer_fixes, &mut questions);
         match peer {
             Ok(peer) => {
                 cit_loadtest::report(
@@ -448,7 +440,6 @@ mod postgis {
         fleet: &[usize],
         fixes: &[(usize, FixSample)],
         ours: &mut Questions,
-        corridor_m: f64,
     ) -> Result<Peer, String> {
         let mut db = Client::connect(conn, NoTls).map_err(|e| e.to_string())?;
         setup(&mut db, args, routes, fleet)?;
@@ -474,7 +465,7 @@ mod postgis {
             .iter()
             .zip(&answers)
             .filter(|((run, f), (d, _, z))| {
-                let (our_d, _, our_z) = ours.ask(*run, f, corridor_m);
+                let (our_d, _, our_z) = ours.ask(*run, f);
                 (our_d - d).abs() <= 1.0 && our_z as i64 == *z
             })
             .count();

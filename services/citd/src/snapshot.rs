@@ -24,7 +24,7 @@ use crate::app::Rebuild;
 use crate::fleet::Runs;
 
 /// Bump when the layout of anything inside changes.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 pub const FILE_NAME: &str = "engine.snapshot";
 
 /// What a snapshot holds (borrowed when written, owned when read).
