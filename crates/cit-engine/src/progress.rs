@@ -25,6 +25,14 @@ const TURNING_DEG: f64 = 60.0;
 /// Cost, in metres, of a candidate running exactly against the vehicle's heading (less as the angle
 /// closes).
 const AGAINST_HEADING_PENALTY_M: f64 = 25.0;
+/// ... or this many times the fix's reported accuracy, when that is more, while the vehicle cannot
+/// have turned round: the noisier the fix, the less its distance to each part of the route tells
+/// them apart, while the heading (from Doppler, not from the position) is as good as ever.
+const AGAINST_HEADING_ACCURACIES: f64 = 2.5;
+/// A vehicle turns round only below about this speed (a 180° turn of 6 m radius, under 3 m/s²
+/// sideways): one that has not been slower within the U-turn window cannot be driving back along
+/// the route, and a fix placing it there is the receiver's error.
+const TURNABLE_SPEED_MPS: f64 = 4.0;
 /// Consecutive fixes on the route but out of reach before progress is re-acquired.
 const LOST_FIXES_BEFORE_REACQUIRE: u32 = 2;
 /// The vehicle has left the tracked part of the route for another when, for this many fixes in a
@@ -53,6 +61,9 @@ pub struct ProgressTracker {
     /// Current progress, metres along the route, once acquired.
     pub s: Option<f64>,
     last_t: Millis,
+    /// When the vehicle was last slower than [`TURNABLE_SPEED_MPS`].
+    #[serde(default)]
+    slow_at: Option<Millis>,
     lost: u32,
     switching: u32,
     /// (time, progress) of the fixes of the last 60 s that no later fix has matched or passed:
@@ -111,6 +122,17 @@ impl ProgressTracker {
         // Two parts of the route a fix cannot tell apart are not told apart by it: the margin a
         // switch needs grows with the error the unit reports.
         let switch_margin_m = SWITCH_MARGIN_M.max(SWITCH_ACCURACIES * fix.accuracy_m);
+        if speed_mps < TURNABLE_SPEED_MPS {
+            self.slow_at = Some(t);
+        }
+        let could_have_turned = self
+            .slow_at
+            .is_some_and(|at| t.secs_since(at) <= UTURN_WINDOW_S);
+        let against_penalty_m = if could_have_turned {
+            AGAINST_HEADING_PENALTY_M
+        } else {
+            AGAINST_HEADING_PENALTY_M.max(AGAINST_HEADING_ACCURACIES * fix.accuracy_m)
+        };
         // Whether this fix placed the vehicle on the route (only such fixes confirm a fall).
         let mut updated = false;
         // Whether the vehicle moved against the route's direction (a U-turn or reversing), or
@@ -163,7 +185,7 @@ impl ProgressTracker {
         let angle_cost = |angle: f64| {
             if use_heading {
                 let x = angle / 180.0;
-                AGAINST_HEADING_PENALTY_M * x * x * (3.0 - 2.0 * x)
+                against_penalty_m * x * x * (3.0 - 2.0 * x)
             } else {
                 0.0
             }

@@ -595,6 +595,98 @@ fn a4_a_u_turn_at_a_corner_seen_every_5_s_is_raised_from_a_fix_placed_in_the_cor
 }
 
 #[test]
+fn a4_noisy_fixes_at_speed_nearer_a_part_running_against_the_vehicle_are_not_a_u_turn() {
+    // From a sweep over the public routes (sigma 12 m, 1 s fixes, GBG-R019 about 18.5 km
+    // along): the route runs south, east round a corner and back north 30 m to the east. The
+    // receiver's error, 35 m to the west for several seconds, puts the fixes 10 m from the way
+    // down and 35 m from the way up, which the vehicle is on at 11 m/s heading north. A vehicle
+    // that has not been slower than a U-turn allows within the window is not driving back: its
+    // heading, not the noisy distance, tells the parts apart.
+    let mut w = World::traced(&[
+        [0.0, 0.0],
+        [2.1, -15.9],
+        [3.0, -27.8],
+        [1.9, -37.2],
+        [0.1, -43.0],
+        [-2.7, -43.9],
+        [-6.3, -46.4],
+        [-8.7, -49.3],
+        [-10.3, -52.7],
+        [-11.0, -56.2],
+        [-10.7, -60.9],
+        [-9.3, -64.6],
+        [-6.5, -68.3],
+        [-3.5, -70.6],
+        [1.7, -94.6],
+        [2.8, -104.0],
+        [4.6, -107.2],
+        [4.5, -111.3],
+        [3.3, -142.5],
+        [-6.3, -201.7],
+        [-2.2, -202.1],
+        [5.1, -202.0],
+        [10.2, -201.4],
+        [13.1, -200.3],
+        [15.8, -198.6],
+        [19.6, -195.4],
+        [22.5, -191.5],
+        [23.5, -187.5],
+        [23.2, -167.3],
+        [23.6, -162.7],
+        [25.0, -158.4],
+        [27.2, -154.3],
+        [31.0, -150.5],
+        [35.4, -148.0],
+        [40.0, -146.9],
+        [43.3, -146.5],
+        [47.1, -147.0],
+        [50.0, -148.0],
+        [53.8, -150.0],
+        [57.0, -152.3],
+        [60.2, -156.2],
+        [62.2, -162.5],
+        [70.4, -201.1],
+    ]);
+    w.accuracy_m = 14.4;
+    // (second, east, north, speed, heading) as the unit sent them.
+    let fixes = [
+        (3850, -34.2, 12.6, 10.5, 156),
+        (3851, -27.4, 9.1, 10.8, 156),
+        (3852, -25.0, -3.2, 10.2, 170),
+        (3853, -16.4, -17.8, 10.9, 178),
+        (3854, -19.1, -33.8, 10.8, 187),
+        (3855, -15.9, -42.9, 11.5, 203),
+        (3856, -20.3, -45.4, 11.0, 221),
+        (3857, -21.0, -61.2, 10.8, 173),
+        (3858, -18.9, -68.0, 11.0, 142),
+        (3859, -15.3, -76.9, 10.6, 169),
+        (3860, -15.7, -83.8, 10.8, 166),
+        (3861, -19.2, -88.1, 10.8, 171),
+        (3862, -19.9, -97.4, 10.8, 184),
+        (3863, -21.5, -107.9, 11.7, 178),
+        (3864, -17.3, -116.0, 11.3, 179),
+        (3865, -19.7, -129.5, 10.9, 182),
+        (3866, -23.6, -146.4, 11.2, 193),
+        (3867, -31.1, -154.4, 11.0, 189),
+        (3868, -34.3, -162.5, 11.3, 188),
+        (3869, -43.6, -177.0, 11.0, 188),
+        (3870, -40.6, -190.2, 11.4, 187),
+        (3871, -36.8, -195.7, 11.2, 93),
+        (3872, -29.8, -198.9, 11.5, 86),
+        (3873, -17.6, -194.2, 11.4, 43),
+        (3874, -13.5, -185.1, 11.3, 357),
+        (3875, -11.0, -170.7, 10.8, 357),
+        (3876, -11.6, -155.8, 10.8, 360),
+        (3877, -7.5, -148.2, 10.5, 30),
+        (3878, -1.0, -143.1, 10.8, 78),
+        (3879, 7.4, -141.7, 11.7, 104),
+        (3880, 21.9, -151.0, 10.4, 120),
+    ];
+    w.feed_traced(&fixes, 3850.0);
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+}
+
+#[test]
 fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
     // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
     // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
