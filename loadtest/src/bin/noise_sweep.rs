@@ -9,12 +9,16 @@
 //! how late against when it was due, and any other anomaly (a false alarm).
 //!
 //! cargo run --release -p cit-loadtest --bin noise-sweep -- --sigma 4,8,12,16 --seeds 5 \
-//!     [--incident uturn|stop] [--network 100 | --tours 50]
+//!     [--incident uturn|stop] [--network 100 | --tours 50] [--verbose [--trace]]
+//!
+//! `--trace` shows, for each false alarm and missed incident, how progress along the route took
+//! each fix in the minute or so before it (see `field_drive::trace`): the way every engine change
+//! of A4 so far was found.
 
 use std::collections::BTreeMap;
 
 use cit_domain::DetectionParams;
-use cit_loadtest::field_drive::{Course, Gps, Incident, drive, run, since_departure};
+use cit_loadtest::field_drive::{Course, Gps, Incident, drive, run, since_departure, trace};
 use cit_loadtest::network::Network;
 use cit_loadtest::{Rng, gothenburg_routes};
 use clap::Parser;
@@ -53,6 +57,10 @@ struct Args {
     /// Print every anomaly raised, not only the counts.
     #[arg(long)]
     verbose: bool,
+    /// With `--verbose`: under each false alarm and missed incident, how progress took each fix
+    /// from 75 s before it (the U-turn window and some) to just after.
+    #[arg(long, requires = "verbose")]
+    trace: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -139,7 +147,11 @@ fn main() {
                                 late_s.push(late);
                             }
                             None if args.verbose => {
-                                println!("  route {r} seed {seed}: {incident:?} missed")
+                                println!("  route {r} seed {seed}: {incident:?} missed");
+                                if args.trace {
+                                    let due = since_departure(due);
+                                    show(&trace(course, &track, &params, due - 20.0, due + 60.0));
+                                }
                             }
                             None => {}
                         }
@@ -147,13 +159,16 @@ fn main() {
                     for a in raised {
                         *by_kind.entry(a.kind.as_str().to_string()).or_default() += 1;
                         if args.verbose {
+                            let at = since_departure(a.at);
                             println!(
-                                "  route {r} seed {seed}: {} at +{:.0} s: {} {}",
+                                "  route {r} seed {seed}: {} at +{at:.0} s: {} {}",
                                 a.kind.as_str(),
-                                since_departure(a.at),
                                 a.summary,
                                 a.evidence
                             );
+                            if args.trace {
+                                show(&trace(course, &track, &params, at - 75.0, at + 3.0));
+                            }
                         }
                     }
                 }
@@ -176,5 +191,11 @@ fn main() {
                  {recall}{total} false alarms {by_kind:?}"
             );
         }
+    }
+}
+
+fn show(lines: &[String]) {
+    for line in lines {
+        println!("    {line}");
     }
 }
