@@ -72,7 +72,10 @@ pub struct RouteIndex {
     /// The points in the local frame; segment `i` runs from vertex `i` to vertex `i + 1`.
     vertices: Vec<Vertex>,
     tree: RTree<ChunkGeom, RouteParams>,
-    links: Links,
+    /// The widest radius the links answer for (the run's corridor).
+    reach_m: f64,
+    /// None for a route too dense for them (see [`MAX_NEAR_CHUNK`]): the tree answers every fix.
+    links: Option<Links>,
     pub length_m: f64,
 }
 
@@ -116,7 +119,8 @@ impl RouteIndex {
             frame,
             vertices,
             tree: RTree::bulk_load_with_params(chunks),
-            links: Links::default(),
+            reach_m,
+            links: None,
             length_m: s,
         };
         index.links = Links::new(&index, reach_m);
@@ -209,14 +213,14 @@ impl RouteIndex {
                 }
             }
         };
-        let linked = radius <= self.links.reach_m
-            && near.segment.is_some_and(|j| {
-                let (a, b) = self.segment(j as usize);
-                dist(p, closest_on_segment(a, b, p).1) <= LINK_MARGIN_M
-            });
-        match near.segment {
-            Some(j) if linked => {
-                for &(from, to) in self.links.of(j as usize) {
+        let near_segment = |j: &u32| {
+            let (a, b) = self.segment(*j as usize);
+            dist(p, closest_on_segment(a, b, p).1) <= LINK_MARGIN_M
+        };
+        let links = self.links.as_ref().filter(|_| radius <= self.reach_m);
+        match (links, near.segment.filter(near_segment)) {
+            (Some(links), Some(j)) => {
+                for &(from, to) in links.of(j as usize) {
                     (from as usize..to as usize).for_each(&mut consider);
                 }
             }
@@ -250,9 +254,8 @@ const LINK_MARGIN_M: f64 = 50.0;
 /// For each segment, the segments that can lie within `reach_m` of a point within
 /// [`LINK_MARGIN_M`] of it: those meeting its box widened by both, as ranges of consecutive
 /// segments (a road is one range; a part of the route passing by again is another).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Links {
-    reach_m: f64,
     /// Per segment: its one range, or (when it has several) [`SPILLED`] and where its ranges
     /// start in `spilled`. One inline range keeps the common case one cache line.
     first: Vec<(u32, u32)>,
@@ -264,15 +267,20 @@ struct Links {
 /// Marks a segment whose links are in `Links::spilled`.
 const SPILLED: u32 = u32::MAX;
 
+/// A chunk with more segments than this within reach of it makes the route too dense for links
+/// (a route winding round the same blocks again and again, or a corridor of kilometres): building
+/// them would take time and memory growing with the square of the route's size, so the tree
+/// answers instead. Bounds a route's links to well under a second to build.
+const MAX_NEAR_CHUNK: usize = 1024;
+
 /// Ranges fewer than this many segments apart are joined: scanning a few segments more (the
 /// scan is exact) keeps a winding road one range.
 const JOIN_GAP: u32 = 4;
 
 impl Links {
-    fn new(route: &RouteIndex, reach_m: f64) -> Self {
+    fn new(route: &RouteIndex, reach_m: f64) -> Option<Self> {
         let wide = reach_m + LINK_MARGIN_M;
         let mut links = Links {
-            reach_m,
             first: Vec::with_capacity(route.vertices.len() - 1),
             spilled: Vec::new(),
         };
@@ -297,6 +305,9 @@ impl Links {
                 },
             );
             route.segments_meeting(lo, hi, &mut near_chunk);
+            if near_chunk.len() > MAX_NEAR_CHUNK {
+                return None;
+            }
             for j in route.chunk_segments(c) {
                 let (lo, hi) = widened(j);
                 ranges.clear();
@@ -319,7 +330,7 @@ impl Links {
             }
         }
         links.spilled.shrink_to_fit();
-        links
+        Some(links)
     }
 
     /// Segment `j`'s ranges.
@@ -356,7 +367,7 @@ pub fn closest_on_segment(a: [f64; 2], b: [f64; 2], p: [f64; 2]) -> (f64, [f64; 
 
 impl serde::Serialize for RouteIndex {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (&self.points, self.links.reach_m).serialize(s)
+        (&self.points, self.reach_m).serialize(s)
     }
 }
 
@@ -415,6 +426,26 @@ mod tests {
             .map(|i| r.project(i, p))
             .filter(|c| c.lateral <= radius)
             .collect()
+    }
+
+    #[test]
+    fn a_route_too_dense_for_links_is_answered_by_the_tree() {
+        // 3,000 points zigzagging inside about 130 m by 120 m: every chunk has every segment
+        // within reach, so links would cost the square of the route's size.
+        let pts: Vec<LatLon> = (0..3_000)
+            .map(|i| {
+                let a = f64::from(i) * 0.7;
+                ll(57.70 + 0.0006 * a.sin(), 11.97 + 0.001 * (a * 1.3).cos())
+            })
+            .collect();
+        let r = RouteIndex::new(&pts, 60.0);
+        assert!(r.links.is_none());
+        let (mut near, mut c) = (NearSegments::default(), Vec::new());
+        for step in 0..40 {
+            let p = [f64::from(step) * 4.0 - 80.0, 15.0];
+            r.candidates(p, 60.0, &mut near, &mut c);
+            assert_eq!(c, brute_force(&r, p, 60.0), "step {step}");
+        }
     }
 
     #[test]
