@@ -22,6 +22,9 @@ const AGAINST_AHEAD_M: f64 = 30.0;
 /// A vehicle heading more than this off the route's direction (and less than 90°) is turning: its
 /// fix neither confirms nor breaks a run of fixes going back along the route.
 const TURNING_DEG: f64 = 60.0;
+/// Up to this angle off the vehicle's heading a part of the route runs across it rather than
+/// against it (see `update`).
+const ACROSS_DEG: f64 = 120.0;
 /// Cost, in metres, of a candidate running exactly against the vehicle's heading (less as the angle
 /// closes).
 const AGAINST_HEADING_PENALTY_M: f64 = 25.0;
@@ -245,6 +248,10 @@ impl ProgressTracker {
                     // (cost, angle to the heading, candidate); the best also with its score.
                     let mut global: Option<(f64, f64, Candidate)> = None;
                     let mut best: Option<(f64, f64, f64, Candidate)> = None;
+                    // Whether a part running the vehicle's way was within reach too, of the
+                    // last progress or of the window's maximum (where the vehicle came from).
+                    let mut along_in_reach = false;
+                    let window_max = self.window.front().map_or(prev, |(_, v)| *v);
                     for c in cands.iter() {
                         let angle = angle_between(c.bearing, heading_deg);
                         let cost = c.lateral + angle_cost(angle);
@@ -252,6 +259,9 @@ impl ProgressTracker {
                             global = Some((cost, angle, *c));
                         }
                         let step = (c.s - prev).abs();
+                        along_in_reach |= use_heading
+                            && angle <= ALONG_HEADING_DEG
+                            && (step <= reach || (c.s - window_max).abs() <= reach);
                         let runs_its_way = use_heading && angle <= 90.0;
                         let runs_against = use_heading && !runs_its_way;
                         let possible =
@@ -286,7 +296,12 @@ impl ProgressTracker {
                                     self.switching = 0;
                                     self.s = Some(here.s);
                                     leapt_back = prev - here.s > reach;
-                                    against = use_heading && here_angle > 90.0;
+                                    // Placed across the route (90–120° off) while a part
+                                    // running the vehicle's way was within reach: noise onto
+                                    // a crossing part, not the vehicle running back.
+                                    let against_deg =
+                                        if along_in_reach { ACROSS_DEG } else { 90.0 };
+                                    against = use_heading && here_angle > against_deg;
                                     turning = use_heading && here_angle > TURNING_DEG && !against;
                                 }
                             }

@@ -687,6 +687,67 @@ fn a4_noisy_fixes_at_speed_nearer_a_part_running_against_the_vehicle_are_not_a_u
 }
 
 #[test]
+fn a4_noisy_fixes_pulling_away_along_the_route_placed_on_a_part_across_it_are_not_a_u_turn() {
+    // From a sweep over new multi-stop runs (sigma 12 m, 1 s fixes): the route runs east, turns
+    // left at a corner and runs north. The vehicle stands just past the corner, then pulls away
+    // north, the way the route runs there; the receiver's error, 25-37 m to the west, puts its
+    // fixes 7-15 m from the part before the corner, which runs east, 94° off the heading. Those
+    // fixes took progress back 55 m, and as they ran more than 90° off the route they confirmed
+    // the fall. A fix placed across the route (90-120° off) while a part running the vehicle's
+    // way is within reach of where it came from is noise onto a crossing part, not the vehicle
+    // running back.
+    let mut w = World::traced(&[
+        [0.0, 0.0],
+        [26.4, 3.7],
+        [59.0, 9.2],
+        [80.4, 12.7],
+        [86.5, 13.8],
+        [81.6, 30.2],
+        [79.5, 37.4],
+        [75.4, 52.6],
+        [70.9, 71.4],
+        [64.4, 98.1],
+    ]);
+    w.accuracy_m = 14.4;
+    // Drive in at 9 m/s to about 108 m along, just past the corner.
+    let end = w.drive(0.0, 0.0, 9.0, 12);
+    assert!((105.0..110.0).contains(&end), "{end}");
+    // (second, east, north, speed, heading) as the unit sent them, from the stand on.
+    let fixes = [
+        (85, 76.2, 42.2, 0.0, 289),
+        (86, 77.9, 43.1, 0.2, 235),
+        (87, 71.3, 41.5, 0.0, 211),
+        (88, 70.9, 40.7, 0.3, 283),
+        (89, 66.4, 33.2, 0.5, 40),
+        (90, 69.0, 33.2, 0.5, 173),
+        (91, 68.6, 34.5, 0.4, 286),
+        (92, 72.4, 38.4, 0.1, 216),
+        (93, 70.2, 37.8, 0.4, 22),
+        (94, 65.4, 39.8, 0.2, 174),
+        (95, 63.1, 39.8, 0.2, 219),
+        (96, 67.5, 35.0, 0.0, 128),
+        (97, 68.0, 37.2, 0.1, 38),
+        (98, 67.0, 39.1, 0.3, 103),
+        (99, 71.3, 38.0, 0.0, 122),
+        (100, 66.8, 28.6, 0.1, 227),
+        (101, 69.7, 23.8, 0.5, 200),
+        (102, 69.1, 24.9, 0.1, 350),
+        (103, 75.9, 25.4, 0.3, 220),
+        (104, 74.1, 22.2, 0.4, 175),
+        (105, 76.9, 19.4, 0.3, 173),
+        (106, 49.2, -19.0, 0.2, 114),
+        (107, 72.6, 21.4, 0.3, 87),
+        (108, 61.9, 15.8, 1.5, 347),
+        (109, 52.6, 18.9, 2.6, 346),
+        (110, 49.9, 19.0, 4.1, 348),
+        (111, 47.2, 22.1, 5.8, 342),
+        (112, 43.5, 32.2, 6.9, 342),
+    ];
+    w.feed_traced(&fixes, 72.0);
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+}
+
+#[test]
 fn a4_a_first_fix_just_past_the_turnaround_of_an_out_and_back_road_is_on_the_way_back() {
     // GBG-CIT01 drives up a road to a stop and comes back down the same road (about 10.91 and
     // 11.09 km along, joined by a short segment across). A vehicle whose first fix is just past
