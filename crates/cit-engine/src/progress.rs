@@ -251,7 +251,12 @@ impl ProgressTracker {
                     // Whether a part running the vehicle's way was within reach too, of the
                     // last progress or of the window's maximum (where the vehicle came from).
                     let mut along_in_reach = false;
-                    let window_max = self.window.front().map_or(prev, |(_, v)| *v);
+                    // (The window is trimmed below; its entries fall from the front.)
+                    let window_max = self
+                        .window
+                        .iter()
+                        .find(|(wt, _)| t.secs_since(*wt) <= UTURN_WINDOW_S)
+                        .map_or(prev, |(_, v)| *v);
                     for c in cands.iter() {
                         let angle = angle_between(c.bearing, heading_deg);
                         let cost = c.lateral + angle_cost(angle);
