@@ -12,8 +12,8 @@ use cit_domain::event::{Anomaly, Event};
 use cit_domain::{CheckInCode, DetectionParams, Fix, LatLon, Millis, PlannedStop};
 use cit_engine::Engine;
 use cit_engine::frame::{dist, haversine_m};
-use cit_engine::progress::ProgressTracker;
-use cit_engine::route::{NearSegments, RouteIndex};
+use cit_engine::progress::{ProgressTracker, ProgressUpdate};
+use cit_engine::route::{Candidate, NearSegments, RouteIndex};
 
 use crate::engine_drive::{T0, fixes_event, latlons, plan_with};
 use crate::{M_PER_DEG, Rng, Route};
@@ -446,61 +446,89 @@ pub fn run(course: &Course, track: &Track, params: &DetectionParams) -> Vec<Anom
     raised
 }
 
+/// How progress along the route took one fix (see [`trace`]).
+#[derive(Debug, Clone)]
+pub struct TraceRow {
+    /// The fix as sent.
+    pub fix: Fix,
+    /// Metres from where the vehicle really was.
+    pub error_m: f64,
+    /// Metres from the route.
+    pub route_m: f64,
+    /// Progress after the fix, metres along the route (NaN before it is acquired).
+    pub progress_m: f64,
+    pub update: ProgressUpdate,
+    /// Where the truth lies along the route: every part within 30 m of it.
+    pub truth_m: Vec<f64>,
+    /// The positions the fix offered.
+    pub candidates: Vec<Candidate>,
+}
+
+impl std::fmt::Display for TraceRow {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let f = &self.fix;
+        write!(
+            out,
+            "+{:.0} s: {:.1} m/s heading {:.0}° accuracy {:.1} m, error {:.1} m, route {:.1} m; \
+             progress {:.1} fall {:.1} confirmed by {}; truth at [",
+            since_departure(f.t),
+            f.speed_mps,
+            f.heading_deg,
+            f.accuracy_m,
+            self.error_m,
+            self.route_m,
+            self.progress_m,
+            self.update.fall_m,
+            self.update.falling_fixes
+        )?;
+        for (i, s) in self.truth_m.iter().enumerate() {
+            write!(out, "{}{s:.0}", if i == 0 { "" } else { " " })?;
+        }
+        write!(out, "]; candidates [")?;
+        for (i, c) in self.candidates.iter().enumerate() {
+            let gap = if i == 0 { "" } else { " " };
+            write!(out, "{gap}{:.0}/{:.0}m/{:.0}°", c.s, c.lateral, c.bearing)?;
+        }
+        write!(out, "]")
+    }
+}
+
 /// How the run's progress along its route (what the U-turn rule judges) took each fix within
-/// `from_s..=to_s` seconds of departure, one line a fix: the fix as sent, its error against where
-/// the vehicle really was, its distance to the route, progress after it, the fall below the
-/// window's maximum and the fixes confirming it, where the truth lies along the route (every part
-/// within 30 m) and the candidates the fix offered (progress/lateral/bearing). For tracing a
-/// sweep's false alarm or missed incident to its cause; it feeds a progress tracker of its own the
-/// run's fixes, as the engine does for an active run until it raises a U-turn.
+/// `from_s..=to_s` seconds of departure: for tracing a sweep's false alarm or missed incident to
+/// its cause. It feeds a progress tracker of its own the run's fixes, as the engine does for an
+/// active run until it raises a U-turn.
 pub fn trace(
     course: &Course,
     track: &Track,
     params: &DetectionParams,
     from_s: f64,
     to_s: f64,
-) -> Vec<String> {
+) -> Vec<TraceRow> {
     let route = RouteIndex::new(&latlons(&course.route), params.corridor_m);
     let (mut tracker, mut cands) = (ProgressTracker::default(), Vec::new());
     let (mut near_truth, mut truth_cands) = (NearSegments::default(), Vec::new());
-    let list = |cands: &[cit_engine::route::Candidate], detail: bool| {
-        cands
-            .iter()
-            .map(|c| match detail {
-                true => format!("{:.0}/{:.0}m/{:.0}°", c.s, c.lateral, c.bearing),
-                false => format!("{:.0}", c.s),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut lines = Vec::new();
+    let mut rows = Vec::new();
     for (f, truth) in track.fixes.iter().zip(&track.truth) {
         let p = route.to_local(LatLon {
             lat: f.lat,
             lon: f.lon,
         });
-        let (update, distance) = tracker.update(&route, &mut cands, f, p, params);
-        let t = since_departure(f.t);
-        if (from_s..=to_s).contains(&t) {
+        let (update, route_m) = tracker.update(&route, &mut cands, f, p, params);
+        if (from_s..=to_s).contains(&since_departure(f.t)) {
             let q = route.to_local(*truth);
             route.candidates(q, 30.0, &mut near_truth, &mut truth_cands);
-            lines.push(format!(
-                "+{t:.0} s: {:.1} m/s heading {:.0}° accuracy {:.1} m, error {:.1} m, route {:.1} m; \
-                 progress {:.1} fall {:.1} confirmed by {}; truth at [{}]; candidates [{}]",
-                f.speed_mps,
-                f.heading_deg,
-                f.accuracy_m,
-                dist(p, q),
-                distance,
-                tracker.s.unwrap_or(f64::NAN),
-                update.fall_m,
-                update.falling_fixes,
-                list(&truth_cands, false),
-                list(&cands, true),
-            ));
+            rows.push(TraceRow {
+                fix: f.clone(),
+                error_m: dist(p, q),
+                route_m,
+                progress_m: tracker.s.unwrap_or(f64::NAN),
+                update,
+                truth_m: truth_cands.iter().map(|c| c.s).collect(),
+                candidates: cands.clone(),
+            });
         }
     }
-    lines
+    rows
 }
 
 /// Millis since departure, for reports.

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 
 use cit_domain::{DetectionParams, Fix, LatLon, Millis};
 use cit_engine::frame::haversine_m;
-use cit_loadtest::field_drive::{Course, Gps, Incident, Track, drive, run};
+use cit_loadtest::field_drive::{Course, Gps, Incident, Track, drive, run, since_departure, trace};
 use cit_loadtest::network::Network;
 use cit_loadtest::{Rng, Route, gothenburg_routes};
 
@@ -146,6 +146,36 @@ fn u_turns_with_sigma_4_m_gps_error_are_raised_as_roadblocks() {
         );
         assert!(other.is_empty(), "every {interval_s} s: {other:#?}");
     }
+}
+
+#[test]
+fn the_trace_of_a_u_turn_shows_progress_falling_to_the_roadblock() {
+    // What `noise-sweep --trace` prints under an anomaly: one row a fix of the window, and the
+    // fall of the U-turn growing to the threshold at the fix that raised it.
+    let course = &public_routes()[0];
+    let uturn = Incident::uturn_on(course, &mut Rng::new(7));
+    let track = drive(course, 11.0, gps(4.0, 1), 7, Some(uturn), &DEFAULT);
+    let raised = run(course, &track, &DEFAULT);
+    let at = raised
+        .iter()
+        .find(|a| a.kind.as_str() == "roadblock")
+        .map(|a| since_departure(a.at))
+        .expect("the U-turn raised");
+    let rows = trace(course, &track, &DEFAULT, at - 75.0, at);
+    let in_window = track
+        .fixes
+        .iter()
+        .filter(|f| (at - 75.0..=at).contains(&since_departure(f.t)))
+        .count();
+    assert_eq!(rows.len(), in_window);
+    let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+    assert!(first.update.fall_m < DEFAULT.uturn_m, "{first}");
+    assert!(last.update.fall_m >= DEFAULT.uturn_m, "{last}");
+    assert!(last.update.falling_fixes >= 1, "{last}");
+    // The vehicle really was back along the route: its truth lies behind the window's maximum.
+    let max = rows.iter().map(|r| r.progress_m).fold(f64::MIN, f64::max);
+    assert!(last.truth_m.iter().any(|&s| s < max - 20.0), "{last}");
+    assert!(last.to_string().contains("confirmed by"), "{last}");
 }
 
 /// A1: every route with a 3–6 minute stop somewhere along it, engine running, at sigma 8 m (the

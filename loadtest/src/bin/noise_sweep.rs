@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 
 use cit_domain::DetectionParams;
-use cit_loadtest::field_drive::{Course, Gps, Incident, drive, run, since_departure, trace};
+use cit_loadtest::field_drive::{
+    Course, Gps, Incident, TraceRow, drive, run, since_departure, trace,
+};
 use cit_loadtest::network::Network;
 use cit_loadtest::{Rng, gothenburg_routes};
 use clap::Parser;
@@ -194,8 +196,8 @@ fn main() {
     }
 }
 
-fn show(lines: &[String]) {
-    for line in lines {
-        println!("    {line}");
+fn show(rows: &[TraceRow]) {
+    for row in rows {
+        println!("    {row}");
     }
 }
