@@ -8,10 +8,11 @@
 //! nodes are what make that cheap (BENCHMARKS.md, "Detection engine per fix").
 //!
 //! The per-fix question (every route position within the run's corridor) does not walk the tree
-//! while the vehicle follows the route: each segment carries, built with the route, the segments
-//! that can lie within the corridor of any point near it (as ranges of consecutive segments), and
-//! a run remembers the segment its latest fix was nearest. The next fix, if still near that
-//! segment, scans that segment's ranges. The tree is walked only for a fix away from the route.
+//! while the vehicle follows the route: each group of four consecutive segments carries, built
+//! with the route, the segments that can lie within the corridor of any point near it (as ranges
+//! of consecutive segments), and a run remembers the segment its latest fix was nearest. The next
+//! fix, if still near that segment, scans its group's ranges. The tree is walked only for a fix
+//! away from the route.
 //! Before, the tree was walked whenever a vehicle left a remembered square, one fix in seven, each
 //! costing 2.5 times an ordinary fix: those walks were the engine's p99 (BENCHMARKS.md).
 
@@ -147,6 +148,18 @@ impl RouteIndex {
         out.sort_unstable();
     }
 
+    /// The chunks whose boxes meet the box `lo`-`hi`, in route order, into `out`.
+    fn chunks_meeting(&self, lo: [f64; 2], hi: [f64; 2], out: &mut Vec<u32>) {
+        out.clear();
+        let _ = self
+            .tree
+            .locate_in_envelope_intersecting_int(&AABB::from_corners(lo, hi), |g| {
+                out.push(g.data);
+                ControlFlow::<()>::Continue(())
+            });
+        out.sort_unstable();
+    }
+
     fn segment(&self, i: usize) -> ([f64; 2], [f64; 2]) {
         (self.vertices[i].at, self.vertices[i + 1].at)
     }
@@ -248,24 +261,33 @@ impl RouteIndex {
 /// How near a fix must be to the segment its run remembers for that segment's links to answer,
 /// metres. A vehicle on the route is within GPS error of its road, and a fix a second or a few
 /// seconds on is at most tens of metres past the remembered segment's end; wider margins make
-/// every segment's links, and so every fix's scan, longer.
+/// every group's links, and so every fix's scan, longer.
 const LINK_MARGIN_M: f64 = 50.0;
 
-/// For each segment, the segments that can lie within `reach_m` of a point within
-/// [`LINK_MARGIN_M`] of it: those meeting its box widened by both, as ranges of consecutive
-/// segments (a road is one range; a part of the route passing by again is another).
+/// For each group of [`LINK_GROUP`] consecutive segments, the segments that can lie within
+/// `reach_m` of a point within [`LINK_MARGIN_M`] of one of them: those meeting the group's box
+/// widened by both, as ranges of consecutive segments (a road is one range; a part of the route
+/// passing by again is another).
 #[derive(Debug)]
 struct Links {
-    /// Per segment: its one range, or (when it has several) [`SPILLED`] and where its ranges
+    /// Per group: its one range, or (when it has several) [`SPILLED`] and where its ranges
     /// start in `spilled`. One inline range keeps the common case one cache line.
     first: Vec<(u32, u32)>,
-    /// Each spilled segment's ranges behind a header `(how many, 0)`: one flat buffer, not a
+    /// Each spilled group's ranges behind a header `(how many, 0)`: one flat buffer, not a
     /// vector each (which cost a route more than its vertices).
     spilled: Vec<(u32, u32)>,
 }
 
-/// Marks a segment whose links are in `Links::spilled`.
+/// Marks a group whose links are in `Links::spilled`.
 const SPILLED: u32 = u32::MAX;
+
+/// Consecutive segments sharing one list of links (a chunk holds two groups): a quarter of the
+/// lists to build and keep, for a few segments more to scan a fix (BENCHMARKS.md).
+const LINK_GROUP: usize = 4;
+const _: () = assert!(
+    CHUNK.is_multiple_of(LINK_GROUP),
+    "groups must not straddle chunks"
+);
 
 /// A chunk with more segments than this within reach of it makes the route too dense for links
 /// (a route winding round the same blocks again and again, or a corridor of kilometres): building
@@ -281,11 +303,12 @@ impl Links {
     fn new(route: &RouteIndex, reach_m: f64) -> Option<Self> {
         let wide = reach_m + LINK_MARGIN_M;
         let mut links = Links {
-            first: Vec::with_capacity(route.vertices.len() - 1),
+            first: Vec::with_capacity((route.vertices.len() - 1).div_ceil(LINK_GROUP)),
             spilled: Vec::new(),
         };
-        // One tree query per chunk (its box widened), then each of its segments filters that.
-        let (mut near_chunk, mut ranges) = (Vec::new(), Vec::<(u32, u32)>::new());
+        // One tree query per chunk (its box widened), then each of its groups filters that.
+        let (mut chunks_near, mut near_chunk) = (Vec::new(), Vec::new());
+        let mut ranges = Vec::<(u32, u32)>::new();
         let widened = |j: usize| {
             let (a, b) = route.segment(j);
             (
@@ -295,21 +318,24 @@ impl Links {
         };
         let chunks = (route.vertices.len() - 1).div_ceil(CHUNK);
         for c in 0..chunks as u32 {
-            let (lo, hi) = route.chunk_segments(c).map(widened).fold(
-                ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]),
-                |(lo, hi), (l, h)| {
-                    (
-                        [lo[0].min(l[0]), lo[1].min(l[1])],
-                        [hi[0].max(h[0]), hi[1].max(h[1])],
-                    )
-                },
+            let (lo, hi) = union(route.chunk_segments(c).map(widened));
+            // Every segment of the chunks whose boxes meet it (in route order, as the chunks
+            // are): the groups' filter below is exact, so the tree's own is not needed.
+            route.chunks_meeting(lo, hi, &mut chunks_near);
+            near_chunk.clear();
+            near_chunk.extend(
+                chunks_near
+                    .iter()
+                    .flat_map(|&d| route.chunk_segments(d))
+                    .map(|i| i as u32),
             );
-            route.segments_meeting(lo, hi, &mut near_chunk);
             if near_chunk.len() > MAX_NEAR_CHUNK {
                 return None;
             }
-            for j in route.chunk_segments(c) {
-                let (lo, hi) = widened(j);
+            let segments = route.chunk_segments(c);
+            for g in (segments.start..segments.end).step_by(LINK_GROUP) {
+                let group = g..(g + LINK_GROUP).min(segments.end);
+                let (lo, hi) = union(group.map(widened));
                 ranges.clear();
                 for &i in near_chunk
                     .iter()
@@ -333,8 +359,9 @@ impl Links {
         Some(links)
     }
 
-    /// Segment `j`'s ranges.
+    /// The ranges of segment `j`'s group.
     fn of(&self, j: usize) -> &[(u32, u32)] {
+        let j = j / LINK_GROUP;
         match self.first[j] {
             (SPILLED, at) => {
                 let at = at as usize;
@@ -344,6 +371,19 @@ impl Links {
             _ => std::slice::from_ref(&self.first[j]),
         }
     }
+}
+
+/// The smallest box holding every box (`lo`, `hi`) given.
+fn union(boxes: impl Iterator<Item = ([f64; 2], [f64; 2])>) -> ([f64; 2], [f64; 2]) {
+    boxes.fold(
+        ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]),
+        |(lo, hi), (l, h)| {
+            (
+                [lo[0].min(l[0]), lo[1].min(l[1])],
+                [hi[0].max(h[0]), hi[1].max(h[1])],
+            )
+        },
+    )
 }
 
 /// The segment a run's latest fix was nearest (see [`RouteIndex::candidates`]). Derived data: a
