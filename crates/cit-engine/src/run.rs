@@ -111,6 +111,10 @@ struct Stop {
     /// order, or, for a later stop at the same place (the return to the depot), once the
     /// vehicle has been farther than 2 x its radius.
     armed: bool,
+    /// Fixes in a row farther than 2 x the radius, while not armed: two arm it (one may be a
+    /// multipath fix).
+    #[serde(default)]
+    far_fixes: u8,
     skip_reported: bool,
     /// When not being there yet is late (A7: `arrive_by` + grace); none once judged.
     late_due: When,
@@ -151,6 +155,9 @@ pub struct RunState {
     last_roadblock: When,
     // A7 stops (their visits live in `stops`)
     visits_started: bool,
+    /// Whether the second fix of the active run has been seen (see `visit_rule`).
+    #[serde(default)]
+    visits_second_fix: bool,
     // A10 overspeed
     over_since: When,
     over_raised: bool,
@@ -225,6 +232,7 @@ impl RunState {
                     arrived: When::NONE,
                     armed: false,
                     skip_reported: false,
+                    far_fixes: 0,
                     late_due: When::NONE,
                 })
                 .collect(),
@@ -252,6 +260,7 @@ impl RunState {
             progress: ProgressTracker::default(),
             last_roadblock: When::NONE,
             visits_started: false,
+            visits_second_fix: false,
             over_since: When::NONE,
             over_raised: false,
             over_max_mps: 0.0,
@@ -727,14 +736,28 @@ impl RunState {
                 let inside = dist(p, stop.local) <= stop.plan.radius_m;
                 stop.armed = i == 0 || !inside;
             }
+        } else if !self.visits_second_fix {
+            // ... unless it was a multipath fix: a later stop the second fix is inside was
+            // started in after all (the depot return, which would otherwise be arrived at as
+            // the run leaves, every stop before it skipped).
+            self.visits_second_fix = true;
+            for stop in self.stops.iter_mut().skip(1) {
+                if stop.arrived.get().is_none() && dist(p, stop.local) <= stop.plan.radius_m {
+                    stop.armed = false;
+                    stop.inside_since = When::NONE;
+                }
+            }
         }
         let mut arrived_now = None;
         for (i, v) in self.stops.iter_mut().enumerate() {
             let (d, radius_m) = (dist(p, v.local), v.plan.radius_m);
             if !v.armed {
-                if d > 2.0 * radius_m {
-                    v.armed = true;
-                }
+                v.far_fixes = if d > 2.0 * radius_m {
+                    v.far_fixes.saturating_add(1)
+                } else {
+                    0
+                };
+                v.armed = v.far_fixes >= 2;
                 continue;
             }
             if v.arrived.get().is_some() {

@@ -865,6 +865,39 @@ fn a7_a_stop_near_the_start_but_not_at_it_is_armed_from_the_first_fix() {
     assert_eq!(w.at(AnomalyKind::StopSkipped).len(), 1, "{:?}", w.raised);
 }
 
+#[test]
+fn a7_a_multipath_first_fix_does_not_make_the_depot_return_an_arrival_at_departure() {
+    // From a sweep over new multi-stop runs (sigma 4 m, 5 s fixes): the run starts inside its
+    // depot, whose return is its last stop. Its first fix was a multipath fix 80 m off, outside
+    // the depot's radius, so the return counted as a stop not started in; the next fix, back
+    // inside, arrived at it, and every stop before it was reported skipped at departure.
+    let route = route();
+    let (s1, _) = along(&route, 500.0, 0.0);
+    let (depot, _) = along(&route, 0.0, 0.0);
+    let stop = |id: &str, p: LatLon| PlannedStop {
+        stop_id: id.into(),
+        name: id.into(),
+        position: p,
+        radius_m: 50.0,
+        arrive_by: None,
+        kind: "outlet".into(),
+    };
+    let mut w = World::new(quiet(), vec![stop("S1", s1), stop("DEPOT", depot)]);
+    w.fix(0.0, 0.0, 80.0, 0.0);
+    w.drive(5.0, 0.0, 0.0, 3);
+    // A second multipath fix, 110 m off while leaving, does not arm the return either.
+    w.fix(8.0, 10.0, 110.0, 5.0);
+    w.drive(9.0, 5.0, 0.0, 2);
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+    // Out to S1 (arrived, nothing skipped), then back to the depot: an arrival there, in order.
+    let end = w.drive(11.0, 5.0, 10.0, 52);
+    assert!(end > 500.0, "{end}");
+    for i in 0..52 {
+        w.fix(63.0 + f64::from(i), 515.0 - 10.0 * f64::from(i), 0.0, 10.0);
+    }
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+}
+
 /// A8: a run with one stop, S1, 300 m along the route, of `radius_m`; the vehicle drives 30 s
 /// towards it at 10 m/s (so it is there at second 30).
 fn a8_world(radius_m: f64) -> World {
