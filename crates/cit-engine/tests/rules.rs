@@ -811,19 +811,24 @@ fn a6_missed_checkin_and_duress_and_an_input_exactly_at_its_deadline_is_in_time(
     assert_eq!(w.at(AnomalyKind::MissedCheckin), [1360.0]);
 }
 
+/// An outlet planned on the run at `position`.
+fn planned(id: &str, position: LatLon, radius_m: f64, arrive_by: Option<Millis>) -> PlannedStop {
+    PlannedStop {
+        stop_id: id.into(),
+        name: id.into(),
+        position,
+        radius_m,
+        arrive_by,
+        kind: "outlet".into(),
+    }
+}
+
 #[test]
 fn a7_late_arrival_and_skipped_stop() {
     let route = route();
     let (s1, _) = along(&route, 500.0, 0.0);
     let (s2, _) = along(&route, 1500.0, 0.0);
-    let stop = |id: &str, p: LatLon, by: f64| PlannedStop {
-        stop_id: id.into(),
-        name: id.into(),
-        position: p,
-        radius_m: 50.0,
-        arrive_by: Some(T0.plus_secs(by)),
-        kind: "outlet".into(),
-    };
+    let stop = |id, p, by: f64| planned(id, p, 50.0, Some(T0.plus_secs(by)));
     let mut w = World::new(
         quiet(),
         vec![stop("S1", s1, 10_000.0), stop("S2", s2, 20.0)],
@@ -850,14 +855,7 @@ fn a7_a_stop_near_the_start_but_not_at_it_is_armed_from_the_first_fix() {
     let route = route();
     let (far, _) = along(&route, 600.0, 0.0);
     let (near, _) = along(&route, 120.0, 0.0);
-    let stop = |id: &str, p: LatLon| PlannedStop {
-        stop_id: id.into(),
-        name: id.into(),
-        position: p,
-        radius_m: 75.0,
-        arrive_by: None,
-        kind: "outlet".into(),
-    };
+    let stop = |id, p| planned(id, p, 75.0, None);
     // S2 is 120 m from the start: outside its radius, but never 2 x radius away before the
     // vehicle reaches it. Reaching it first skips S1.
     let mut w = World::new(quiet(), vec![stop("S1", far), stop("S2", near)]);
@@ -874,14 +872,7 @@ fn a7_a_multipath_first_fix_does_not_make_the_depot_return_an_arrival_at_departu
     let route = route();
     let (s1, _) = along(&route, 500.0, 0.0);
     let (depot, _) = along(&route, 0.0, 0.0);
-    let stop = |id: &str, p: LatLon| PlannedStop {
-        stop_id: id.into(),
-        name: id.into(),
-        position: p,
-        radius_m: 50.0,
-        arrive_by: None,
-        kind: "outlet".into(),
-    };
+    let stop = |id, p| planned(id, p, 50.0, None);
     let mut w = World::new(quiet(), vec![stop("S1", s1), stop("DEPOT", depot)]);
     w.fix(0.0, 0.0, 80.0, 0.0);
     w.drive(5.0, 0.0, 0.0, 3);
@@ -902,15 +893,7 @@ fn a7_a_multipath_first_fix_does_not_make_the_depot_return_an_arrival_at_departu
 /// towards it at 10 m/s (so it is there at second 30).
 fn a8_world(radius_m: f64) -> World {
     let (s1, _) = along(&route(), 300.0, 0.0);
-    let stop = PlannedStop {
-        stop_id: "S1".into(),
-        name: "S1".into(),
-        position: s1,
-        radius_m,
-        arrive_by: None,
-        kind: "outlet".into(),
-    };
-    let mut w = World::new(quiet(), vec![stop]);
+    let mut w = World::new(quiet(), vec![planned("S1", s1, radius_m, None)]);
     w.drive(0.0, 0.0, 10.0, 30);
     w
 }
