@@ -95,12 +95,7 @@ async fn get_run_list_active_runs_and_nearest_vehicles() {
     assert_eq!(near.vehicles[0].vehicle_id, "V-1");
     assert!(near.vehicles[0].distance_m < 1.0);
 
-    let err = c
-        .dispatch
-        .get_run(pb::GetRunRequest {
-            run_id: "R-404".into(),
-            min_log_position: 0,
-        })
+    let err = common::get_run(&mut c, "R-404")
         .await
         .expect_err("unknown run");
     assert_eq!(err.code(), Code::NotFound);
@@ -132,20 +127,9 @@ async fn every_rpc_is_timed_by_method_on_the_metrics_port() {
     let (server, mut c) = common::serve(config).await;
     common::departed_run(&mut c, "R-1", "V-1").await;
     for _ in 0..3 {
-        c.dispatch
-            .get_run(pb::GetRunRequest {
-                run_id: "R-1".into(),
-                min_log_position: 0,
-            })
-            .await
-            .expect("get run");
+        common::get_run(&mut c, "R-1").await.expect("get run");
     }
-    let status = c
-        .dispatch
-        .get_run(pb::GetRunRequest {
-            run_id: "nowhere".into(),
-            min_log_position: 0,
-        })
+    let status = common::get_run(&mut c, "nowhere")
         .await
         .expect_err("unknown run");
     assert_eq!(status.code(), Code::NotFound);
@@ -179,15 +163,9 @@ async fn the_consoles_port_serves_the_same_services_apart_from_telemetry() {
     let mut d = citd::runner::Clients::connect(&format!("http://{console}"))
         .await
         .expect("connect to the consoles' port");
-    let view = d
-        .dispatch
-        .get_run(pb::GetRunRequest {
-            run_id: "R-1".into(),
-            min_log_position: 0,
-        })
+    let view = common::get_run(&mut d, "R-1")
         .await
-        .expect("get run on the consoles' port")
-        .into_inner();
+        .expect("get run on the consoles' port");
     assert_eq!(view.run_id, "R-1");
     assert_eq!(view.status, pb::RunStatus::Active as i32);
     server.stop().await.expect("stop");

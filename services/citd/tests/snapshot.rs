@@ -32,17 +32,6 @@ async fn anomaly_ids(c: &mut Clients, run: &str, min_log_position: u64) -> Vec<S
     ids
 }
 
-async fn run_view(c: &mut Clients, run: &str) -> pb::RunView {
-    c.dispatch
-        .get_run(pb::GetRunRequest {
-            run_id: run.into(),
-            min_log_position: 0,
-        })
-        .await
-        .expect("get run")
-        .into_inner()
-}
-
 async fn recorded_anomaly_events(c: &mut Clients, run: &str) -> Vec<String> {
     common::read_run(c, run, false)
         .await
@@ -71,7 +60,7 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
     let before = anomaly_ids(&mut c, &run, 0).await;
     assert!(!before.is_empty(), "the scenario raised anomalies");
-    let view_before = run_view(&mut c, &run).await;
+    let view_before = common::get_run(&mut c, &run).await.expect("get run");
     let events_before = recorded_anomaly_events(&mut c, &run).await;
     server.stop().await.expect("stop");
 
@@ -113,7 +102,7 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
         })
         .await
         .expect("acknowledged after the restart");
-    let view = run_view(&mut c, &run).await;
+    let view = common::get_run(&mut c, &run).await.expect("get run");
     assert_eq!(view.progress_m, view_before.progress_m);
     assert_eq!(view.position, view_before.position);
 

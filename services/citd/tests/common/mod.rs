@@ -162,6 +162,17 @@ pub fn fix(vehicle: &str, seq: u64) -> pb::Fix {
     }
 }
 
+/// The run as dispatch sees it now (`GetRun`, no log position to wait for).
+pub async fn get_run(c: &mut Clients, run: &str) -> Result<pb::RunView, tonic::Status> {
+    c.dispatch
+        .get_run(pb::GetRunRequest {
+            run_id: run.into(),
+            min_log_position: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// Every event of a run in log order (`custody`: with its custody streams' events), by ReadRun.
 pub async fn read_run(c: &mut Clients, run: &str, custody: bool) -> Vec<pb::RunEvent> {
     let mut stream = c
