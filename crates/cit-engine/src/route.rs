@@ -132,25 +132,11 @@ impl RouteIndex {
         self.frame.to_local(p.lat, p.lon)
     }
 
-    /// The segments meeting the box `lo`-`hi`, in route order, into `out`.
-    fn segments_meeting(&self, lo: [f64; 2], hi: [f64; 2], out: &mut Vec<u32>) {
-        out.clear();
-        // Internal iteration: no stack to allocate.
-        let _ = self
-            .tree
-            .locate_in_envelope_intersecting_int(&AABB::from_corners(lo, hi), |g| {
-                let meets = self
-                    .chunk_segments(g.data)
-                    .filter(|&i| self.segment_meets(i, lo, hi));
-                out.extend(meets.map(|i| i as u32));
-                ControlFlow::<()>::Continue(())
-            });
-        out.sort_unstable();
-    }
-
-    /// The chunks whose boxes meet the box `lo`-`hi`, in route order, into `out`.
+    /// The chunks whose boxes meet the box `lo`-`hi`, in route order, into `out` (so their
+    /// segments, chunk after chunk, are in route order too).
     fn chunks_meeting(&self, lo: [f64; 2], hi: [f64; 2], out: &mut Vec<u32>) {
         out.clear();
+        // Internal iteration: no stack to allocate.
         let _ = self
             .tree
             .locate_in_envelope_intersecting_int(&AABB::from_corners(lo, hi), |g| {
@@ -240,9 +226,11 @@ impl RouteIndex {
             _ => {
                 // Off the route (or its first fix): rare enough to allocate, and a run keeps no
                 // buffer for it.
-                let mut segments = Vec::new();
-                self.segments_meeting(lo, hi, &mut segments);
-                segments.iter().for_each(|&i| consider(i as usize));
+                let mut chunks = Vec::new();
+                self.chunks_meeting(lo, hi, &mut chunks);
+                for &c in &chunks {
+                    self.chunk_segments(c).for_each(&mut consider);
+                }
             }
         }
         near.segment = (nearest.0 <= LINK_MARGIN_M).then_some(nearest.1 as u32);
@@ -307,7 +295,7 @@ impl Links {
             spilled: Vec::new(),
         };
         // One tree query per chunk (its box widened), then each of its groups filters that.
-        let (mut chunks_near, mut near_chunk) = (Vec::new(), Vec::new());
+        let mut chunks_near = Vec::new();
         let mut ranges = Vec::<(u32, u32)>::new();
         let widened = |j: usize| {
             let (a, b) = route.segment(j);
@@ -322,14 +310,8 @@ impl Links {
             // Every segment of the chunks whose boxes meet it (in route order, as the chunks
             // are): the groups' filter below is exact, so the tree's own is not needed.
             route.chunks_meeting(lo, hi, &mut chunks_near);
-            near_chunk.clear();
-            near_chunk.extend(
-                chunks_near
-                    .iter()
-                    .flat_map(|&d| route.chunk_segments(d))
-                    .map(|i| i as u32),
-            );
-            if near_chunk.len() > MAX_NEAR_CHUNK {
+            let near_chunk = || chunks_near.iter().flat_map(|&d| route.chunk_segments(d));
+            if near_chunk().count() > MAX_NEAR_CHUNK {
                 return None;
             }
             let segments = route.chunk_segments(c);
@@ -337,10 +319,8 @@ impl Links {
                 let group = g..(g + LINK_GROUP).min(segments.end);
                 let (lo, hi) = union(group.map(widened));
                 ranges.clear();
-                for &i in near_chunk
-                    .iter()
-                    .filter(|&&i| route.segment_meets(i as usize, lo, hi))
-                {
+                for i in near_chunk().filter(|&i| route.segment_meets(i, lo, hi)) {
+                    let i = i as u32;
                     match ranges.last_mut() {
                         Some(last) if i - last.1 < JOIN_GAP => last.1 = i + 1,
                         _ => ranges.push((i, i + 1)),
