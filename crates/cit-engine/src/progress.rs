@@ -151,6 +151,14 @@ impl ProgressTracker {
         // a part running its way: see below).
         let mut leapt_back = false;
         let (before, dt_s) = (self.s, t.secs_since(self.last_t));
+        // The window holds the last 60 s only (its entries fall from the front).
+        while self
+            .window
+            .front()
+            .is_some_and(|(wt, _)| t.secs_since(*wt) > UTURN_WINDOW_S)
+        {
+            self.window.pop_front();
+        }
         route.candidates(p, search_m, &mut self.near, cands);
         let distance = cands
             .iter()
@@ -251,12 +259,7 @@ impl ProgressTracker {
                     // Whether a part running the vehicle's way was within reach too, of the
                     // last progress or of the window's maximum (where the vehicle came from).
                     let mut along_in_reach = false;
-                    // (The window is trimmed below; its entries fall from the front.)
-                    let window_max = self
-                        .window
-                        .iter()
-                        .find(|(wt, _)| t.secs_since(*wt) <= UTURN_WINDOW_S)
-                        .map_or(prev, |(_, v)| *v);
+                    let window_max = self.window.front().map_or(prev, |(_, v)| *v);
                     for c in cands.iter() {
                         let angle = angle_between(c.bearing, heading_deg);
                         let cost = c.lateral + angle_cost(angle);
@@ -349,13 +352,6 @@ impl ProgressTracker {
             };
             return (none, distance);
         };
-        while self
-            .window
-            .front()
-            .is_some_and(|(wt, _)| t.secs_since(*wt) > UTURN_WINDOW_S)
-        {
-            self.window.pop_front();
-        }
         while self.window.back().is_some_and(|(_, v)| *v <= s) {
             self.window.pop_back();
         }
