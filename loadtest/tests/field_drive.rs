@@ -49,7 +49,7 @@ fn network_routes() -> Vec<Course> {
 
 /// 8 multi-stop runs over the drivable network: a depot, 3–5 stops, back to the depot.
 fn network_tours() -> Vec<Course> {
-    courses(network().random_tours(8, 7))
+    courses(network().random_tours(8, 7, 500.0, 3_000.0))
 }
 
 /// Every course once at `sigma_m` and each interval; what the engine raised.

@@ -56,6 +56,11 @@ struct Args {
     /// '{"uturn_m": 80, "corridor_m": 40}'); the rest keep their defaults.
     #[arg(long)]
     params: Option<String>,
+    /// The drivable network `--network` and `--tours` plan over: `gothenburg` (the held-out
+    /// routes' city) or `helsinki` (central Helsinki's dense grid at 60° N; its 1.0 x 1.7 km
+    /// leave room only for routes 0.6-1.6 km apart and tours of stops 0.3-0.8 km out).
+    #[arg(long, value_enum, default_value_t = City::Gothenburg)]
+    city: City,
     /// Print every anomaly raised, not only the counts.
     #[arg(long)]
     verbose: bool,
@@ -63,6 +68,12 @@ struct Args {
     /// from 75 s before it (the U-turn window and some) to just after.
     #[arg(long, requires = "verbose")]
     trace: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum City {
+    Gothenburg,
+    Helsinki,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -90,10 +101,15 @@ fn detection_params(overrides: Option<&str>) -> DetectionParams {
 fn main() {
     let args = Args::parse();
     let params = detection_params(args.params.as_deref());
-    let network = || Network::gothenburg().expect("the shared data's Gothenburg network");
+    // Straight-line distances of a route's ends, and of a tour's stops from its depot.
+    let (network, ends_m, stops_m) = match args.city {
+        City::Gothenburg => (Network::gothenburg(), (2_000.0, 8_000.0), (500.0, 3_000.0)),
+        City::Helsinki => (Network::helsinki(), (600.0, 1_600.0), (300.0, 800.0)),
+    };
+    let network = || network.expect("the shared data's drivable network");
     let routes = match (args.network, args.tours) {
-        (Some(n), _) => network().random_routes(n, 42, 2_000.0, 8_000.0),
-        (_, Some(n)) => network().random_tours(n, 42),
+        (Some(n), _) => network().random_routes(n, 42, ends_m.0, ends_m.1),
+        (_, Some(n)) => network().random_tours(n, 42, stops_m.0, stops_m.1),
         _ => gothenburg_routes().expect("the shared data's Gothenburg routes"),
     };
     let courses: Vec<Course> = routes
