@@ -18,10 +18,12 @@
 //! - `meta`: `indexed/NN` -> each tail bucket's mark, `index_buckets` -> how many there are.
 //!
 //! The writer also extends each stream's hash chain ([`crate::chain`]) as it stages an append.
-//! - `event_ids`: first event id of each append -> position, for idempotent retries. Only the
-//!   first id is indexed: a retry resends the whole append, and one random-keyed insert per
+//! - `event_ids`: first event id of each plain append -> position, for idempotent retries. Only
+//!   the first id is indexed: a retry resends the whole append, and one random-keyed insert per
 //!   append instead of per event keeps the dirty pages of a group commit few (measured: the
-//!   per-event index cost 5x in throughput; BENCHMARKS.md).
+//!   per-event index cost 5x in throughput; BENCHMARKS.md). Bulk appends (fixes, one event per
+//!   vehicle and batch) are not indexed: their caller deduplicates by fix seq, and the lookup
+//!   and insert were a sixth of the writer's time at 10,000 streams.
 
 mod tail;
 
@@ -121,7 +123,8 @@ pub struct CommitStats {
     pub commit: Duration,
     /// Time from the first queued append to the answer.
     pub total: Duration,
-    /// Entries this group wrote from the in-memory tail to `stream_index` (0 in most groups).
+    /// Entries this group wrote from the in-memory tail to `stream_index` (0 unless a bucket
+    /// of it is being written out).
     pub indexed: usize,
 }
 
@@ -237,6 +240,7 @@ impl EmbeddedStore {
             db: db.clone(),
             tail: tail.clone(),
             flush_at: options.index_flush_events.max(1),
+            flush: None,
             on_commit: options.on_commit.clone(),
         };
         std::thread::Builder::new()
@@ -470,9 +474,17 @@ fn stage(
     }
     let head = heads.head(&job.stream, events, index)?;
     let current = head.map(|(version, _, _)| version);
-    // Idempotent retry: the first id is already stored. It must be the same append.
-    if let Some(pos) = ids.get(job.events[0].id.as_u128()).map_err(storage)? {
-        let first_pos = pos.value();
+    // Idempotent retry: the first id is already stored. It must be the same append. Bulk
+    // appends are not looked up, nor their ids indexed: their callers deduplicate (see
+    // `EventStore::append_bulk`).
+    let retried = if job.bulk {
+        None
+    } else {
+        ids.get(job.events[0].id.as_u128())
+            .map_err(storage)?
+            .map(|pos| pos.value())
+    };
+    if let Some(first_pos) = retried {
         let raw = events
             .get(first_pos)
             .map_err(storage)?
@@ -552,7 +564,7 @@ fn stage(
         );
         events.insert(position, buf.as_slice()).map_err(storage)?;
         positions.push(position);
-        if version == first_version {
+        if version == first_version && !job.bulk {
             ids.insert(e.id.as_u128(), position).map_err(storage)?;
         }
         result = AppendResult {
@@ -611,13 +623,66 @@ impl Queue {
 struct Writer {
     db: Arc<Database>,
     tail: Arc<RwLock<Tail>>,
-    /// Tail entries at which the next group writes them to `stream_index` first.
+    /// Tail entries at which a bucket is written out to `stream_index`.
     flush_at: usize,
+    /// The bucket being written out, if any.
+    flush: Option<Flush>,
     on_commit: Option<CommitObserver>,
 }
 
+/// Streams of a bucket written out with one group commit, at least: a stream's entries dirty a
+/// leaf of `stream_index` of their own, and with a group of fixes for 10,000 streams a whole
+/// bucket was ~300 leaves, ~15 ms added to one group while every append queued behind it
+/// waited: the fixes' ack p99 was 67 ms against 16 ms with no bulk writes at all
+/// (`dispatch-bench`, BENCHMARKS.md). A chunk of this many holds a group a few ms.
+const FLUSH_CHUNK_STREAMS: usize = 48;
+
+/// A bucket of the tail being written out to `stream_index`, a chunk with each group commit:
+/// its streams' entries up to `mark` (every event before the group that began it), in key
+/// order. The bucket's new mark is committed with the last chunk and only then does the tail let
+/// go of those entries; until then they are in both, which readers allow (they take the tail's
+/// copy), and a crash before the mark only means they are written again from the log.
+struct Flush {
+    bucket: usize,
+    mark: u64,
+    /// The bucket's streams when it began, sorted, and how many are written.
+    streams: Vec<String>,
+    done: usize,
+}
+
+impl Flush {
+    /// Writes the next chunk: at least [`FLUSH_CHUNK_STREAMS`] streams and, so the tail cannot
+    /// outgrow the writing while it is over its bound, at least `at_least` entries (the
+    /// group's own events). Returns how many streams and entries it wrote.
+    fn write_chunk(
+        &self,
+        tail: &Tail,
+        at_least: usize,
+        index: &mut redb::Table<(&str, u64), u64>,
+    ) -> Result<(usize, usize)> {
+        let (mut streams, mut entries) = (0, 0);
+        for stream in &self.streams[self.done..] {
+            if streams >= FLUSH_CHUNK_STREAMS && entries >= at_least {
+                break;
+            }
+            for (version, position) in tail.entries_until(stream, self.mark) {
+                index
+                    .insert((stream.as_str(), version), position)
+                    .map_err(storage)?;
+                entries += 1;
+            }
+            streams += 1;
+        }
+        Ok((streams, entries))
+    }
+
+    fn is_last_chunk(&self, streams: usize) -> bool {
+        self.done + streams == self.streams.len()
+    }
+}
+
 impl Writer {
-    fn run(self, jobs: mpsc::Receiver<Job>, head: watch::Sender<u64>) {
+    fn run(mut self, jobs: mpsc::Receiver<Job>, head: watch::Sender<u64>) {
         let mut next_position = *head.borrow() + 1;
         let mut queue = Queue::default();
         // Ends when every store handle is dropped, or on shutdown once what was queued before
@@ -686,19 +751,25 @@ impl Writer {
         }
     }
 
-    /// Stages and commits one group; when the tail is full, its fullest bucket goes to
-    /// `stream_index` in the same transaction. The tail learns of the group only once it is
-    /// committed, before anyone is answered.
-    fn commit_group(&self, group: &[AppendJob], next_position: &mut u64) -> Result<GroupOutcome> {
+    /// Stages and commits one group; while a bucket of the tail is being written out to
+    /// `stream_index` (begun once the tail is full), its next chunk goes in the same
+    /// transaction. The tail learns of the group only once it is committed, before anyone is
+    /// answered.
+    fn commit_group(
+        &mut self,
+        group: &[AppendJob],
+        next_position: &mut u64,
+    ) -> Result<GroupOutcome> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        // The bucket written out, its entries, and its new mark: every event before this group.
-        let flushed = if tail.len() >= self.flush_at {
-            tail.fullest()
-                .map(|(bucket, len)| (bucket, len, *next_position - 1))
-        } else {
-            None
-        };
-        let indexed = flushed.map_or(0, |(_, len, _)| len);
+        if self.flush.is_none() && tail.len() >= self.flush_at {
+            // The fullest bucket, up to every event before this group.
+            self.flush = tail.fullest().map(|(bucket, _)| Flush {
+                bucket,
+                mark: *next_position - 1,
+                streams: tail.streams(bucket),
+                done: 0,
+            });
+        }
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         let created_ms = now_ms();
@@ -707,18 +778,19 @@ impl Writer {
             staged: HashMap::new(),
             tail: &tail,
         };
+        let mut chunk = (0, 0);
         {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut index = txn.open_table(STREAM_INDEX).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
-            if let Some((bucket, _, mark)) = flushed {
-                // In key order: each stream's leaf is dirtied once for all its entries.
-                for (stream, version, position) in tail.entries(bucket) {
-                    index.insert((stream, version), position).map_err(storage)?;
+            if let Some(flush) = &self.flush {
+                let group_events = group.iter().map(|j| j.events.len()).sum();
+                chunk = flush.write_chunk(&tail, group_events, &mut index)?;
+                if flush.is_last_chunk(chunk.0) {
+                    let mut meta = txn.open_table(META).map_err(storage)?;
+                    meta.insert(mark_key(flush.bucket).as_str(), flush.mark)
+                        .map_err(storage)?;
                 }
-                let mut meta = txn.open_table(META).map_err(storage)?;
-                meta.insert(mark_key(bucket).as_str(), mark)
-                    .map_err(storage)?;
             }
             for job in group {
                 results.push(stage(
@@ -738,14 +810,19 @@ impl Writer {
         txn.commit().map_err(storage)?;
         let commit_time = t.elapsed();
         let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
-        if let Some((bucket, _, mark)) = flushed {
-            tail.clear(bucket, mark);
+        if let Some(flush) = &mut self.flush {
+            if flush.is_last_chunk(chunk.0) {
+                tail.trim(flush.bucket, flush.mark);
+                self.flush = None;
+            } else {
+                flush.done += chunk.0;
+            }
         }
         tail.extend(staged);
         Ok(GroupOutcome {
             results,
             commit: commit_time,
-            indexed,
+            indexed: chunk.1,
         })
     }
 }
@@ -1071,6 +1148,75 @@ mod tests {
             .expect("read a");
         let v = crate::chain::verify(&a);
         assert_eq!((v.first_break, v.checked), (None, 16));
+    }
+
+    #[tokio::test]
+    async fn a_bucket_written_out_over_several_groups_reads_the_same_throughout() {
+        // 120 streams of one bucket, more than one chunk holds: the bucket is written out over
+        // three groups while appends go on.
+        let streams: Vec<String> = (0..)
+            .map(|i| format!("vehicle-{i}"))
+            .filter(|s| tail::bucket_of(s) == 3)
+            .take(120)
+            .collect();
+        let indexed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = |indexed: &Arc<std::sync::Mutex<Vec<usize>>>| {
+            let seen = indexed.clone();
+            Options {
+                on_commit: Some(Arc::new(move |c: CommitStats| {
+                    seen.lock().expect("seen").push(c.indexed);
+                })),
+                ..flushing_every(200)
+            }
+        };
+        {
+            let store = EmbeddedStore::open(dir.path(), options(&indexed)).expect("open");
+            for round in 0..3u64 {
+                let expected = match round {
+                    0 => ExpectedVersion::NoStream,
+                    r => ExpectedVersion::Exact(r - 1),
+                };
+                for (k, stream) in streams.iter().enumerate() {
+                    store
+                        .append(stream, expected, vec![numbered(round)])
+                        .await
+                        .expect("append");
+                    // Streams read whole at every step: before, during and after the chunks,
+                    // whether their entries are in the tail, the index, or both.
+                    for j in [0, k, 119] {
+                        let written = round + u64::from(j <= k);
+                        assert_eq!(
+                            versions(&store, &streams[j], 0, Direction::Forwards).await,
+                            (0..written).collect::<Vec<_>>(),
+                            "{} after {stream} in round {round}",
+                            streams[j]
+                        );
+                    }
+                }
+            }
+            store.close();
+        }
+        // Writing out began with the 201st append, up to the 200 events before it: 48, 48 and
+        // 24 streams, in three groups in a row; nothing was written out before or after.
+        let indexed = indexed.lock().expect("indexed").clone();
+        let first = indexed.iter().position(|n| *n > 0).expect("a chunk");
+        let chunks = &indexed[first..first + 3];
+        assert!(chunks.iter().all(|n| *n >= 24), "{indexed:?}");
+        assert_eq!(chunks.iter().sum::<usize>(), 200, "{indexed:?}");
+        assert_eq!(indexed.iter().filter(|n| **n > 0).count(), 3, "{indexed:?}");
+        // Reopened, the tail holds only what was not written out, and every stream reads whole.
+        let store = EmbeddedStore::open(dir.path(), flushing_every(1_000)).expect("reopen");
+        let held = store.inner.tail.read().expect("tail").len();
+        assert_eq!(held, 160, "the entries after the mark");
+        for s in &streams {
+            assert_eq!(versions(&store, s, 0, Direction::Forwards).await, [0, 1, 2]);
+            let read = store
+                .read_stream(s, 0, Direction::Forwards, 10)
+                .await
+                .expect("read");
+            assert!(crate::chain::verify(&read).first_break.is_none());
+        }
     }
 
     #[tokio::test]

@@ -142,7 +142,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`EventStore::append`] for high-volume writes that may wait behind others (fix ingest):
     /// a backend may commit appends made with `append` first, so an alarm or a command does not
     /// queue behind thousands of fixes. Concurrent appends have no order among them either way;
-    /// one made after another's answer still follows it.
+    /// one made after another's answer still follows it. A backend need not recognise a retry
+    /// by its event ids here: the caller deduplicates (citd's fixes by their seq), and a bulk
+    /// append sent again may be stored again.
     fn append_bulk(
         &self,
         stream: &str,

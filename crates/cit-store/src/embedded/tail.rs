@@ -7,15 +7,16 @@
 //! the streams grew, and to 120k+ without the index (BENCHMARKS.md). The log (`events`) is the
 //! truth and the index is derived from it, so its newest part lives here and is written in
 //! bulk, each stream's leaf dirtied once for many entries. The tail is split into [`BUCKETS`]
-//! by stream: once it holds [`super::Options::index_flush_events`] entries, each group commit
-//! also writes out its fullest bucket, so no single commit carries the whole tail. Each bucket
-//! has its own mark (committed in the same transaction as its bulk write); after a crash the
-//! tail is rebuilt from the log after the lowest mark, each stream's entries after its own.
+//! by stream: once it holds [`super::Options::index_flush_events`] entries, its fullest bucket
+//! is written out, a few dozen streams with each group commit (the writer's `Flush`), so no
+//! commit carries a whole bucket. Each bucket has its own mark, committed with the bucket's last
+//! chunk; only then does the tail let go of the entries up to it. After a crash the tail is
+//! rebuilt from the log after the lowest mark, each stream's entries after its own.
 //!
 //! Readers take the tail's lock before they begin their read transaction and hold it while they
 //! copy what they need, and the writer updates the tail only after a commit, under the write
 //! lock: so a reader sees every acknowledged event either in its transaction's `stream_index`
-//! or in the tail (in both, just after a bulk write; the tail's copy is then taken).
+//! or in the tail (in both while a bucket is being written out; the tail's copy is then taken).
 
 use std::collections::HashMap;
 
@@ -88,13 +89,13 @@ impl StreamTail {
     }
 }
 
-/// How many buckets the tail is split into, by a stable hash of the stream name. A bulk write
-/// takes one bucket, the fullest (about 1/16 of the tail, as buckets fill evenly): at 10,000
-/// streams it holds the writer ~23 ms where writing the whole tail held it 195-235 ms, every
-/// append queued behind it waiting (ack p99 160-178 -> 37-39 ms). Fewer buckets cost latency
-/// (16: 32 ms), more cost throughput (64: 12% fewer events/s, 32: 4%; BENCHMARKS.md). Each
-/// bucket's mark is stored: a store opened with another count starts every bucket from the
-/// lowest mark it finds, which only writes some entries again.
+/// How many buckets the tail is split into, by a stable hash of the stream name. One bucket is
+/// written out at a time, the fullest, and since 2026-12-06 over several group commits (the
+/// writer's `Flush`). Chosen when a bucket went in one group: at 10,000 streams one of 32 held
+/// the writer ~23 ms where the whole tail held it 195-235 ms; fewer buckets cost latency (16:
+/// 32 ms), more cost throughput (64: 12% fewer events/s, 32: 4%; BENCHMARKS.md). Each bucket's
+/// mark is stored: a store opened with another count starts every bucket from the lowest mark
+/// it finds, which only writes some entries again.
 pub const BUCKETS: usize = 32;
 
 /// The bucket of a stream: FNV-1a, stable across builds and platforms because the marks it
@@ -194,23 +195,38 @@ impl Tail {
             .max_by_key(|(_, len)| *len)
     }
 
-    /// A bucket's entries, stream by stream in key order (the order `stream_index` sorts them).
-    pub fn entries(&self, bucket: usize) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
-        let streams = &self.buckets[bucket].streams;
-        let mut names: Vec<&String> = streams.keys().collect();
+    /// A bucket's streams, in key order (the order `stream_index` sorts them).
+    pub fn streams(&self, bucket: usize) -> Vec<String> {
+        let mut names: Vec<String> = self.buckets[bucket].streams.keys().cloned().collect();
         names.sort_unstable();
-        names.into_iter().flat_map(move |name| {
-            streams[name]
-                .forwards(0)
-                .map(move |(v, p)| (name.as_str(), v, p))
-        })
+        names
     }
 
-    /// Forgets a bucket's entries: they are in `stream_index` up to `mark` now.
-    pub fn clear(&mut self, bucket: usize, mark: u64) {
+    /// A stream's entries at or before position `mark`: (version, position).
+    pub fn entries_until(&self, stream: &str, mark: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.get(stream)
+            .into_iter()
+            .flat_map(|s| s.forwards(0))
+            .take_while(move |(_, p)| *p <= mark)
+    }
+
+    /// Forgets a bucket's entries at or before `mark`: they are in `stream_index` now. Entries
+    /// after it (appended while the bucket was written out) stay.
+    pub fn trim(&mut self, bucket: usize, mark: u64) {
         let b = &mut self.buckets[bucket];
-        b.streams.clear();
-        b.len = 0;
+        b.streams.retain(|_, s| {
+            // Positions grow along a stream; a missing version (position 0) before a kept one
+            // goes with those before it, as `stream_index` has no entry for it either.
+            let written = s
+                .positions
+                .iter()
+                .position(|p| *p > mark)
+                .unwrap_or(s.positions.len());
+            s.positions.drain(..written);
+            s.first += written as u64;
+            b.len -= written;
+            !s.positions.is_empty()
+        });
         self.marks[bucket] = mark;
     }
 }
@@ -268,17 +284,39 @@ mod tests {
         assert!(t.push(b, 0, 20, [0; 32]));
         assert_eq!(t.len(), 4);
         assert_eq!(t.fullest(), Some((bucket_of(a), 3)));
+        assert_eq!(t.streams(bucket_of(a)), [a]);
         assert_eq!(
-            t.entries(bucket_of(a)).collect::<Vec<_>>(),
-            [(a, 0, 10), (a, 1, 11), (a, 2, 12)]
+            t.entries_until(a, 20).collect::<Vec<_>>(),
+            [(0, 10), (1, 11), (2, 12)]
         );
-        t.clear(bucket_of(a), 20);
+        assert_eq!(t.entries_until(a, 11).count(), 2);
+        t.trim(bucket_of(a), 20);
         assert_eq!((t.len(), t.mark_of(a), t.mark_of(b)), (1, 20, 0));
         assert!(t.get(a).is_none());
         assert_eq!(t.get(b).and_then(|s| s.head()), Some((0, 20)));
         assert_eq!(t.fullest(), Some((bucket_of(b), 1)));
-        t.clear(bucket_of(b), 21);
+        t.trim(bucket_of(b), 21);
         assert_eq!((t.len(), t.fullest()), (0, None));
+    }
+
+    #[test]
+    fn a_trim_keeps_what_came_after_the_mark() {
+        // A bucket written out up to 12 while the stream went on: versions after it stay, and
+        // a version missing before the mark goes with the written ones.
+        let mut t = Tail::new([0; BUCKETS]);
+        assert!(t.push("s", 0, 10, [0; 32]));
+        assert!(t.push("s", 2, 12, [2; 32]), "version 1 is missing");
+        assert!(t.push("s", 3, 30, [3; 32]));
+        assert!(t.push("s", 4, 31, [4; 32]));
+        assert_eq!(
+            t.entries_until("s", 12).collect::<Vec<_>>(),
+            [(0, 10), (2, 12)]
+        );
+        t.trim(bucket_of("s"), 12);
+        let s = t.get("s").expect("s keeps its newer versions");
+        assert_eq!(s.forwards(0).collect::<Vec<_>>(), [(3, 30), (4, 31)]);
+        assert_eq!((s.first, s.head(), s.chain), (3, Some((4, 31)), [4; 32]));
+        assert_eq!((t.len(), t.mark_of("s")), (2, 12));
     }
 
     #[test]
