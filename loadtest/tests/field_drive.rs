@@ -1,6 +1,6 @@
 //! Detection under the scenario generator's kind of GPS error, up to twice the public scenarios'
 //! (sigma 4 m): every public Gothenburg route, 20 new ones planned over the drivable network as
-//! the held-out routes are, and 8 new multi-stop runs, driven whole with their planned stops,
+//! the held-out routes are, 8 new multi-stop runs, and 20 routes over central Helsinki, driven whole with their planned stops,
 //! traffic stops, multipath outliers, escorts checking in and handing over, at fixes every 1, 2
 //! and 5 s. On a clean drive anything raised is a false alarm;
 //! a drive that turns back at a roadblock must raise it (A4), and one that stands for minutes an
@@ -94,6 +94,21 @@ fn whole_runs_with_sigma_8_m_gps_error_raise_nothing() {
 #[test]
 fn whole_runs_on_new_routes_over_the_network_with_sigma_8_m_gps_error_raise_nothing() {
     assert_nothing_raised(&network_routes(), 8.0);
+}
+
+/// Other roads than the held-out routes' city: central Helsinki, a dense grid of short blocks
+/// and one-way streets at 60° N (where a degree of longitude is half a degree of latitude), 20
+/// routes between places 0.6–1.6 km apart.
+#[test]
+fn whole_runs_on_central_helsinki_s_grid_with_sigma_8_m_gps_error_raise_nothing() {
+    let helsinki = Network::helsinki().expect("the shared data's Helsinki network");
+    let routes = helsinki.random_routes(20, 7, 600.0, 1_600.0);
+    let metres: f64 = routes.iter().map(|r| r.length()).sum();
+    assert!(
+        metres > 20.0 * 600.0,
+        "20 real routes, {metres:.0} m in all"
+    );
+    assert_nothing_raised(&courses(routes), 8.0);
 }
 
 /// Minutes standing (engine off, door open) at each planned stop, handovers there, routes that
