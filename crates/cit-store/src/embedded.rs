@@ -1159,19 +1159,18 @@ mod tests {
             .filter(|s| tail::bucket_of(s) == 3)
             .take(120)
             .collect();
+        // What each group commit wrote to `stream_index`.
         let indexed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let options = |indexed: &Arc<std::sync::Mutex<Vec<usize>>>| {
-            let seen = indexed.clone();
-            Options {
-                on_commit: Some(Arc::new(move |c: CommitStats| {
-                    seen.lock().expect("seen").push(c.indexed);
-                })),
-                ..flushing_every(200)
-            }
+        let seen = indexed.clone();
+        let options = Options {
+            on_commit: Some(Arc::new(move |c: CommitStats| {
+                seen.lock().expect("seen").push(c.indexed);
+            })),
+            ..flushing_every(200)
         };
+        let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = EmbeddedStore::open(dir.path(), options(&indexed)).expect("open");
+            let store = EmbeddedStore::open(dir.path(), options).expect("open");
             for round in 0..3u64 {
                 let expected = match round {
                     0 => ExpectedVersion::NoStream,
