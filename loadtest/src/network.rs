@@ -1,9 +1,9 @@
 //! Routes planned the way the scenario generator plans its own (shared/data/gothenburg/README.md):
-//! fastest paths by free-flow travel time over the real Gothenburg drivable network, built as a
-//! directed graph with OSM's one-way rules, point to point or depot-stops-depot. They give the
-//! sweeps real roads beyond the 20 public routes, like the held-out ones (GBG-R019..R030, and the
-//! multi-stop GBG-CIT03). Map data © OpenStreetMap contributors, ODbL 1.0
-//! (shared/data/gothenburg/SOURCES.md).
+//! fastest paths by free-flow travel time over a real drivable network (Gothenburg's, or central
+//! Helsinki's), built as a directed graph with OSM's one-way rules, point to point or
+//! depot-stops-depot. They give the sweeps real roads beyond the 20 public routes, like the
+//! held-out ones (GBG-R019..R030, and the multi-stop GBG-CIT03), and other roads than theirs.
+//! Map data © OpenStreetMap contributors, ODbL 1.0 (shared/data/gothenburg/SOURCES.md).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
