@@ -637,6 +637,11 @@ struct Writer {
 /// (`dispatch-bench`, BENCHMARKS.md). A chunk of this many holds a group a few ms.
 const FLUSH_CHUNK_STREAMS: usize = 48;
 
+/// Most entries of one chunk, unless its group appended more: a stream with more entries than
+/// this (a run at 1 Hz for hours, or one of a few streams sharing the whole tail) is split
+/// across chunks, so no chunk holds a group for tens of thousands of inserts.
+const FLUSH_CHUNK_ENTRIES: usize = 8_192;
+
 /// A bucket of the tail being written out to `stream_index`, a chunk with each group commit:
 /// its streams' entries up to `mark` (every event before the group that began it), in key
 /// order. The bucket's new mark is committed with the last chunk and only then does the tail let
@@ -645,39 +650,62 @@ const FLUSH_CHUNK_STREAMS: usize = 48;
 struct Flush {
     bucket: usize,
     mark: u64,
-    /// The bucket's streams when it began, sorted, and how many are written.
+    /// The bucket's streams when it began, sorted.
     streams: Vec<String>,
-    done: usize,
+    /// Where the written part ends: streams wholly written, and entries of the next one.
+    at: Cursor,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Cursor {
+    streams: usize,
+    entries: usize,
 }
 
 impl Flush {
     /// Writes the next chunk: at least [`FLUSH_CHUNK_STREAMS`] streams and, so the tail cannot
-    /// outgrow the writing while it is over its bound, at least `at_least` entries (the
-    /// group's own events). Returns how many streams and entries it wrote.
+    /// outgrow the writing while it is over its bound, at least `at_least` entries (the group's
+    /// own events), but no more entries than that or [`FLUSH_CHUNK_ENTRIES`], whichever is
+    /// more. Returns where it ended and how many entries it wrote.
     fn write_chunk(
         &self,
         tail: &Tail,
         at_least: usize,
         index: &mut redb::Table<(&str, u64), u64>,
-    ) -> Result<(usize, usize)> {
-        let (mut streams, mut entries) = (0, 0);
-        for stream in &self.streams[self.done..] {
-            if streams >= FLUSH_CHUNK_STREAMS && entries >= at_least {
+    ) -> Result<(Cursor, usize)> {
+        let most = at_least.max(FLUSH_CHUNK_ENTRIES);
+        let (mut at, mut written, mut touched) = (self.at, 0, 0);
+        while let Some(stream) = self.streams.get(at.streams) {
+            if written >= most || (touched >= FLUSH_CHUNK_STREAMS && written >= at_least) {
                 break;
             }
-            for (version, position) in tail.entries_until(stream, self.mark) {
+            let rest = tail.entries_until(stream, self.mark).skip(at.entries);
+            let mut split = false;
+            for (version, position) in rest {
+                if written == most {
+                    split = true;
+                    break;
+                }
                 index
                     .insert((stream.as_str(), version), position)
                     .map_err(storage)?;
-                entries += 1;
+                written += 1;
+                at.entries += 1;
             }
-            streams += 1;
+            touched += 1;
+            if split {
+                break;
+            }
+            at = Cursor {
+                streams: at.streams + 1,
+                entries: 0,
+            };
         }
-        Ok((streams, entries))
+        Ok((at, written))
     }
 
-    fn is_last_chunk(&self, streams: usize) -> bool {
-        self.done + streams == self.streams.len()
+    fn is_done(&self, at: Cursor) -> bool {
+        at.streams == self.streams.len()
     }
 }
 
@@ -767,7 +795,7 @@ impl Writer {
                 bucket,
                 mark: *next_position - 1,
                 streams: tail.streams(bucket),
-                done: 0,
+                at: Cursor::default(),
             });
         }
         let mut txn = self.db.begin_write().map_err(storage)?;
@@ -778,15 +806,17 @@ impl Writer {
             staged: HashMap::new(),
             tail: &tail,
         };
-        let mut chunk = (0, 0);
+        // Where this group's chunk ended, and how many entries it wrote.
+        let mut chunk = None;
         {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut index = txn.open_table(STREAM_INDEX).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
             if let Some(flush) = &self.flush {
                 let group_events = group.iter().map(|j| j.events.len()).sum();
-                chunk = flush.write_chunk(&tail, group_events, &mut index)?;
-                if flush.is_last_chunk(chunk.0) {
+                let (at, written) = flush.write_chunk(&tail, group_events, &mut index)?;
+                chunk = Some((at, written));
+                if flush.is_done(at) {
                     let mut meta = txn.open_table(META).map_err(storage)?;
                     meta.insert(mark_key(flush.bucket).as_str(), flush.mark)
                         .map_err(storage)?;
@@ -810,19 +840,19 @@ impl Writer {
         txn.commit().map_err(storage)?;
         let commit_time = t.elapsed();
         let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(flush) = &mut self.flush {
-            if flush.is_last_chunk(chunk.0) {
+        if let (Some(flush), Some((at, _))) = (&mut self.flush, chunk) {
+            if flush.is_done(at) {
                 tail.trim(flush.bucket, flush.mark);
                 self.flush = None;
             } else {
-                flush.done += chunk.0;
+                flush.at = at;
             }
         }
         tail.extend(staged);
         Ok(GroupOutcome {
             results,
             commit: commit_time,
-            indexed: chunk.1,
+            indexed: chunk.map_or(0, |(_, written)| written),
         })
     }
 }
@@ -1216,6 +1246,52 @@ mod tests {
                 .expect("read");
             assert!(crate::chain::verify(&read).first_break.is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn a_stream_with_more_entries_than_a_chunk_is_split_across_chunks() {
+        // One stream of 20,000 events (a run at 1 Hz for hours): written out 8,192 entries a
+        // group, not all in one.
+        let indexed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = indexed.clone();
+        let options = Options {
+            on_commit: Some(Arc::new(move |c: CommitStats| {
+                seen.lock().expect("seen").push(c.indexed);
+            })),
+            ..flushing_every(20_000)
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options).expect("open");
+        for k in 0..20u64 {
+            let events = (0..1_000).map(|i| numbered(k * 1_000 + i)).collect();
+            store
+                .append("long", ExpectedVersion::Any, events)
+                .await
+                .expect("append");
+        }
+        for k in 0..3u64 {
+            store
+                .append("other", ExpectedVersion::Any, vec![numbered(k)])
+                .await
+                .expect("append");
+            let read = store
+                .read_stream("long", 0, Direction::Forwards, 30_000)
+                .await
+                .expect("read");
+            assert_eq!(read.len(), 20_000, "after chunk {k}");
+            assert!(read.iter().enumerate().all(|(v, e)| e.version == v as u64));
+        }
+        let indexed = indexed.lock().expect("indexed").clone();
+        assert_eq!(indexed[20..], [8_192, 8_192, 3_616], "{indexed:?}");
+        assert_eq!(
+            store.inner.tail.read().expect("tail").len(),
+            3,
+            "only 'other' is held"
+        );
+        store.close();
+        let store = EmbeddedStore::open(dir.path(), Options::default()).expect("reopen");
+        let back = versions(&store, "long", u64::MAX, Direction::Backwards).await;
+        assert_eq!((back.len(), back[0]), (1_000, 19_999));
     }
 
     #[tokio::test]
