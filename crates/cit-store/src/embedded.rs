@@ -1104,6 +1104,20 @@ mod tests {
         }
     }
 
+    /// `options` that also record, for each group commit, how many entries it wrote to
+    /// `stream_index`.
+    fn counting_index_writes(options: Options) -> (Options, Arc<std::sync::Mutex<Vec<usize>>>) {
+        let indexed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = indexed.clone();
+        let options = Options {
+            on_commit: Some(Arc::new(move |c: CommitStats| {
+                seen.lock().expect("seen").push(c.indexed);
+            })),
+            ..options
+        };
+        (options, indexed)
+    }
+
     #[tokio::test]
     async fn the_conformance_suite_passes_with_the_index_written_every_few_events() {
         for n in [1, 3, 7] {
@@ -1189,15 +1203,7 @@ mod tests {
             .filter(|s| tail::bucket_of(s) == 3)
             .take(120)
             .collect();
-        // What each group commit wrote to `stream_index`.
-        let indexed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = indexed.clone();
-        let options = Options {
-            on_commit: Some(Arc::new(move |c: CommitStats| {
-                seen.lock().expect("seen").push(c.indexed);
-            })),
-            ..flushing_every(200)
-        };
+        let (options, indexed) = counting_index_writes(flushing_every(200));
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = EmbeddedStore::open(dir.path(), options).expect("open");
@@ -1252,14 +1258,7 @@ mod tests {
     async fn a_stream_with_more_entries_than_a_chunk_is_split_across_chunks() {
         // One stream of 20,000 events (a run at 1 Hz for hours): written out 8,192 entries a
         // group, not all in one.
-        let indexed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = indexed.clone();
-        let options = Options {
-            on_commit: Some(Arc::new(move |c: CommitStats| {
-                seen.lock().expect("seen").push(c.indexed);
-            })),
-            ..flushing_every(20_000)
-        };
+        let (options, indexed) = counting_index_writes(flushing_every(20_000));
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path(), options).expect("open");
         for k in 0..20u64 {
