@@ -656,7 +656,8 @@ struct Flush {
     at: Cursor,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// A position in a [`Flush`]: streams wholly written, and entries of the next one written.
+#[derive(Debug, Clone, Copy, Default)]
 struct Cursor {
     streams: usize,
     entries: usize,
