@@ -680,13 +680,13 @@ impl Flush {
             if written >= most || (touched >= FLUSH_CHUNK_STREAMS && written >= at_least) {
                 break;
             }
-            let rest = tail.entries_until(stream, self.mark).skip(at.entries);
-            let mut split = false;
-            for (version, position) in rest {
-                if written == most {
-                    split = true;
-                    break;
-                }
+            let mut rest = tail
+                .entries_until(stream, self.mark)
+                .skip(at.entries)
+                .peekable();
+            while written < most
+                && let Some((version, position)) = rest.next()
+            {
                 index
                     .insert((stream.as_str(), version), position)
                     .map_err(storage)?;
@@ -694,7 +694,8 @@ impl Flush {
                 at.entries += 1;
             }
             touched += 1;
-            if split {
+            if rest.peek().is_some() {
+                // The chunk is full mid-stream: the next one goes on from here.
                 break;
             }
             at = Cursor {
@@ -741,7 +742,7 @@ impl Writer {
             let n_events = group.iter().map(|j| j.events.len()).sum();
             let n_appends = group.len();
             let group_start = next_position;
-            let outcome = self.commit_group(&group, &mut next_position);
+            let outcome = self.commit_group(&group, n_events, &mut next_position);
             let (commit_time, indexed) = match &outcome {
                 Ok(o) => (o.commit, o.indexed),
                 Err(_) => (Duration::ZERO, 0),
@@ -780,13 +781,14 @@ impl Writer {
         }
     }
 
-    /// Stages and commits one group; while a bucket of the tail is being written out to
-    /// `stream_index` (begun once the tail is full), its next chunk goes in the same
-    /// transaction. The tail learns of the group only once it is committed, before anyone is
-    /// answered.
+    /// Stages and commits one group (`n_events` events); while a bucket of the tail is being
+    /// written out to `stream_index` (begun once the tail is full), its next chunk goes in the
+    /// same transaction. The tail learns of the group only once it is committed, before anyone
+    /// is answered.
     fn commit_group(
         &mut self,
         group: &[AppendJob],
+        n_events: usize,
         next_position: &mut u64,
     ) -> Result<GroupOutcome> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
@@ -814,8 +816,7 @@ impl Writer {
             let mut index = txn.open_table(STREAM_INDEX).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
             if let Some(flush) = &self.flush {
-                let group_events = group.iter().map(|j| j.events.len()).sum();
-                let (at, written) = flush.write_chunk(&tail, group_events, &mut index)?;
+                let (at, written) = flush.write_chunk(&tail, n_events, &mut index)?;
                 chunk = Some((at, written));
                 if flush.is_done(at) {
                     let mut meta = txn.open_table(META).map_err(storage)?;
