@@ -1,8 +1,8 @@
 //! Detection under the scenario generator's kind of GPS error, up to twice the public scenarios'
 //! (sigma 4 m): every public Gothenburg route, 20 new ones planned over the drivable network as
-//! the held-out routes are, 8 new multi-stop runs, and 20 routes over central Helsinki, driven whole with their planned stops,
-//! traffic stops, multipath outliers, escorts checking in and handing over, at fixes every 1, 2
-//! and 5 s. On a clean drive anything raised is a false alarm;
+//! the held-out routes are, 8 new multi-stop runs, and 20 routes over central Helsinki, driven
+//! whole with their planned stops, traffic stops, multipath outliers, escorts checking in and
+//! handing over, at fixes every 1, 2 and 5 s. On a clean drive anything raised is a false alarm;
 //! a drive that turns back at a roadblock must raise it (A4), and one that stands for minutes an
 //! unplanned stop (A1), once and no later than the rule's time plus one fix interval.
 //! (`noise-sweep` drives more seeds, routes and sigmas and prints the counts.)
