@@ -6,7 +6,8 @@
 //!
 //! Durability and speed come from group commit: appends from every caller go to one writer
 //! thread, which drains everything queued (plain appends first, then bulk ones, fixes, up to
-//! [`BULK_GROUP_EVENTS`]), checks each append's expected version against the
+//! [`BULK_GROUP_EVENTS`]; a plain append arriving while they are staged joins the group and
+//! ends it), checks each append's expected version against the
 //! state inside one write transaction (so appends in the same group see each other), commits
 //! once (one fsync for the whole group), and only then answers each caller. An ack therefore
 //! always follows durability, and `kill -9` at any moment loses only unacknowledged appends.
@@ -109,6 +110,11 @@ const MAX_GROUP_EVENTS: usize = 65_536;
 /// append queued goes into the next group whatever the backlog of fixes, so this bounds how
 /// long a command or an alarm waits: one group of this size is ~20 ms of the writer's time.
 const BULK_GROUP_EVENTS: usize = 2_048;
+/// Bulk events of a group still to stage at which a plain append that arrives meanwhile cuts
+/// the group: it is staged at once, the bulk appends not yet staged go back to the head of their
+/// queue, and the group commits. Below this the rest is staged first (a few ms at most), so a
+/// steady trickle of commands does not split every group of fixes into two commits.
+const CUT_FOR_PLAIN_EVENTS: usize = 256;
 /// Longest `close` waits for in-flight reads to let go of the database.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Batch size of subscription catch-up reads.
@@ -589,6 +595,41 @@ struct Queue {
 }
 
 impl Queue {
+    /// Takes what is in the channel without waiting, up to a shutdown request.
+    fn receive(&mut self, jobs: &mpsc::Receiver<Job>) {
+        while self.shutdown.is_none() {
+            match jobs.try_recv() {
+                Ok(job) => self.take(job),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Cuts a group being staged for the plain appends queued meanwhile, if there are any:
+    /// `group[..staged]` is staged, and the bulk appends after it go back to the head of their
+    /// queue (in order) unless fewer than [`CUT_FOR_PLAIN_EVENTS`] events of them are left. The
+    /// plain appends join the group's end; returns whether it was cut.
+    fn cut_for_plain(&mut self, group: &mut Vec<AppendJob>, staged: usize) -> bool {
+        if self.plain.is_empty() {
+            return false;
+        }
+        let left: usize = group[staged..].iter().map(|j| j.events.len()).sum();
+        if left < CUT_FOR_PLAIN_EVENTS {
+            return false;
+        }
+        for job in group.drain(staged..).rev() {
+            self.bulk.push_front(job);
+        }
+        let mut events = 0;
+        while events < MAX_GROUP_EVENTS
+            && let Some(job) = self.plain.pop_front()
+        {
+            events += job.events.len();
+            group.push(job);
+        }
+        true
+    }
+
     fn take(&mut self, job: Job) {
         match job {
             Job::Append(j) if j.bulk => self.bulk.push_back(j),
@@ -726,23 +767,18 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                while queue.shutdown.is_none() {
-                    match jobs.try_recv() {
-                        Ok(job) => queue.take(job),
-                        Err(_) => break,
-                    }
-                }
+                queue.receive(&jobs);
             }
             let started = Instant::now();
-            let group = queue.next_group();
+            let mut group = queue.next_group();
             // Empty only after a shutdown, once everything before it is committed.
             if group.is_empty() {
                 break;
             }
+            let group_start = next_position;
+            let outcome = self.commit_group(&mut group, &mut queue, &jobs, &mut next_position);
             let n_events = group.iter().map(|j| j.events.len()).sum();
             let n_appends = group.len();
-            let group_start = next_position;
-            let outcome = self.commit_group(&group, n_events, &mut next_position);
             let (commit_time, indexed) = match &outcome {
                 Ok(o) => (o.commit, o.indexed),
                 Err(_) => (Duration::ZERO, 0),
@@ -781,16 +817,21 @@ impl Writer {
         }
     }
 
-    /// Stages and commits one group (`n_events` events); while a bucket of the tail is being
-    /// written out to `stream_index` (begun once the tail is full), its next chunk goes in the
-    /// same transaction. The tail learns of the group only once it is committed, before anyone
-    /// is answered.
+    /// Stages and commits one group; while a bucket of the tail is being written out to
+    /// `stream_index` (begun once the tail is full), its next chunk goes in the same
+    /// transaction. A plain append that arrives while the group's bulk appends are staged joins
+    /// it and ends it ([`Queue::cut_for_plain`]): a check-in or an alarm then waits for one
+    /// commit, not for the rest of a group of fixes and then its own. `group` is left holding
+    /// what was committed, in the order of `GroupOutcome::results`. The tail learns of the group
+    /// only once it is committed, before anyone is answered.
     fn commit_group(
         &mut self,
-        group: &[AppendJob],
-        n_events: usize,
+        group: &mut Vec<AppendJob>,
+        queue: &mut Queue,
+        jobs: &mpsc::Receiver<Job>,
         next_position: &mut u64,
     ) -> Result<GroupOutcome> {
+        let n_events = group.iter().map(|j| j.events.len()).sum();
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
         if self.flush.is_none() && tail.len() >= self.flush_at {
             // The fullest bucket, up to every event before this group.
@@ -824,7 +865,8 @@ impl Writer {
                         .map_err(storage)?;
                 }
             }
-            for job in group {
+            let mut cut = false;
+            while let Some(job) = group.get(results.len()) {
                 results.push(stage(
                     job,
                     next_position,
@@ -834,6 +876,10 @@ impl Writer {
                     &mut ids,
                     &mut heads,
                 ));
+                if job.bulk && !cut {
+                    queue.receive(jobs);
+                    cut = queue.cut_for_plain(group, results.len());
+                }
             }
         }
         let staged = heads.staged;
@@ -1362,6 +1408,56 @@ mod tests {
         );
         assert_eq!(fixes[0], 3);
         assert_eq!(fixes[n - 1], 2 + n as u64);
+    }
+
+    fn job(stream: &str, events: u64, bulk: bool) -> AppendJob {
+        AppendJob {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: (0..events).map(numbered).collect(),
+            bulk,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn streams<'a>(jobs: impl IntoIterator<Item = &'a AppendJob>) -> Vec<&'a str> {
+        jobs.into_iter().map(|j| j.stream.as_str()).collect()
+    }
+
+    #[test]
+    fn a_plain_append_cuts_a_group_of_bulk_ones_being_staged_unless_little_is_left() {
+        let mut queue = Queue::default();
+        let mut group: Vec<_> = (0..4)
+            .map(|i| job(&format!("fixes-{i}"), 200, true))
+            .collect();
+        queue.bulk.push_back(job("fixes-4", 200, true));
+        assert!(
+            !queue.cut_for_plain(&mut group, 1),
+            "nothing plain is queued"
+        );
+        assert_eq!(group.len(), 4);
+
+        queue.take(Job::Append(job("alarm", 1, false)));
+        assert!(
+            queue.cut_for_plain(&mut group, 1),
+            "600 bulk events are left"
+        );
+        assert_eq!(streams(&group), ["fixes-0", "alarm"]);
+        assert_eq!(
+            streams(&queue.bulk),
+            ["fixes-1", "fixes-2", "fixes-3", "fixes-4"],
+            "the bulk appends not staged keep their order, ahead of those queued after them"
+        );
+        assert!(queue.plain.is_empty());
+
+        let mut group = vec![job("fixes-5", 200, true), job("fixes-6", 200, true)];
+        queue.take(Job::Append(job("check-in", 1, false)));
+        assert!(
+            !queue.cut_for_plain(&mut group, 1),
+            "200 bulk events left: staged first"
+        );
+        assert_eq!(streams(&group), ["fixes-5", "fixes-6"]);
+        assert_eq!(streams(&queue.plain), ["check-in"]);
     }
 
     #[tokio::test]
