@@ -11,7 +11,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::{
-    Direction, Error, EventStore, ExpectedVersion, NewEvent, SubscriptionFilter,
+    Append, Direction, Error, EventStore, ExpectedVersion, NewEvent, SubscriptionFilter,
     SubscriptionMessage,
 };
 
@@ -41,6 +41,7 @@ pub async fn run_all<S: EventStore + ?Sized>(store: &S) {
     subscription_resumes_from_checkpoint_and_goes_live(store).await;
     every_stream_is_hash_chained(store).await;
     bulk_appends_keep_every_promise_of_appends(store).await;
+    a_batch_of_bulk_appends_answers_each_in_order(store).await;
 }
 
 /// `append_bulk` may wait behind other appends, but checks versions, answers only once durable
@@ -72,6 +73,66 @@ pub async fn bulk_appends_keep_every_promise_of_appends<S: EventStore + ?Sized>(
     assert!(read[1].position > read[0].position && read[2].position > read[1].position);
     let v = crate::chain::verify(&read);
     assert!(v.first_break.is_none() && v.checked == 3, "{v:?}");
+}
+
+/// `append_bulk_batch`: each append is checked and stored as on its own, a refused one leaves
+/// the others stored, two of one stream keep their order, and the answers come in the given
+/// order.
+pub async fn a_batch_of_bulk_appends_answers_each_in_order<S: EventStore + ?Sized>(store: &S) {
+    let prefix = unique_prefix();
+    let (a, b, c) = (
+        format!("{prefix}a"),
+        format!("{prefix}b"),
+        format!("{prefix}c"),
+    );
+    store
+        .append(&c, ExpectedVersion::Any, vec![event(0)])
+        .await
+        .expect("c exists");
+    let append = |stream: &str, expected, events| Append {
+        stream: stream.to_string(),
+        expected,
+        events,
+    };
+    let results = store
+        .append_bulk_batch(vec![
+            append(&a, ExpectedVersion::NoStream, vec![event(1), event(2)]),
+            append(&c, ExpectedVersion::NoStream, vec![event(3)]),
+            append(&b, ExpectedVersion::Any, vec![event(4)]),
+            append(&a, ExpectedVersion::Exact(1), vec![event(5)]),
+        ])
+        .await;
+    assert_eq!(results.len(), 4);
+    let ok = |i: usize| *results[i].as_ref().expect("stored");
+    assert_eq!(ok(0).last_version, 1);
+    assert!(
+        matches!(&results[1], Err(Error::WrongExpectedVersion { stream, .. }) if *stream == c),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(ok(2).last_version, 0);
+    assert_eq!(ok(3).last_version, 2);
+    assert!(ok(0).position < ok(2).position && ok(2).position < ok(3).position);
+    let read = |stream: String| async move {
+        store
+            .read_stream(&stream, 0, Direction::Forwards, 10)
+            .await
+            .expect("read")
+    };
+    let n = |events: Vec<crate::RecordedEvent>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+            .collect()
+    };
+    assert_eq!(n(read(a).await), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":5}"#]);
+    assert_eq!(n(read(b).await), [r#"{"n":4}"#]);
+    assert_eq!(
+        n(read(c).await),
+        [r#"{"n":0}"#],
+        "the refused append left nothing"
+    );
+    assert!(store.append_bulk_batch(Vec::new()).await.is_empty());
 }
 
 pub async fn every_stream_is_hash_chained<S: EventStore + ?Sized>(store: &S) {

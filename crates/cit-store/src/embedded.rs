@@ -42,8 +42,8 @@ use tokio::sync::{oneshot, watch};
 use crate::chain::Hash;
 use crate::codec;
 use crate::{
-    AppendResult, Direction, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Result,
-    SubscriptionFilter, SubscriptionMessage,
+    Append, AppendResult, Direction, Error, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
+    Result, SubscriptionFilter, SubscriptionMessage,
 };
 use tail::{StreamTail, Tail};
 
@@ -174,11 +174,62 @@ struct AppendJob {
     events: Vec<NewEvent>,
     /// May wait behind the other appends ([`EventStore::append_bulk`]).
     bulk: bool,
-    reply: oneshot::Sender<Result<AppendResult>>,
+    reply: Reply,
+}
+
+/// Where an append's result goes: its caller, or its place in a batch.
+enum Reply {
+    One(oneshot::Sender<Result<AppendResult>>),
+    Part(Arc<std::sync::Mutex<BatchReply>>, usize),
+}
+
+impl Reply {
+    fn send(self, result: Result<AppendResult>) {
+        match self {
+            Reply::One(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Part(batch, i) => {
+                let mut b = batch.lock().unwrap_or_else(|p| p.into_inner());
+                b.results[i] = Some(result);
+                b.left -= 1;
+                if b.left == 0
+                    && let Some(tx) = b.reply.take()
+                {
+                    let _ = tx.send(b.results.drain(..).flatten().collect());
+                }
+            }
+        }
+    }
+}
+
+/// The results of a batch's appends as the writer answers them, sent to its caller with the
+/// last one ([`EventStore::append_bulk_batch`]).
+struct BatchReply {
+    results: Vec<Option<Result<AppendResult>>>,
+    left: usize,
+    reply: Option<oneshot::Sender<Vec<Result<AppendResult>>>>,
+}
+
+/// A batch some of whose appends were dropped unanswered (the writer stopped) still answers:
+/// those failed with [`Error::Closed`], the others as they were.
+impl Drop for BatchReply {
+    fn drop(&mut self) {
+        if let Some(tx) = self.reply.take() {
+            let results = self
+                .results
+                .drain(..)
+                .map(|r| r.unwrap_or(Err(Error::Closed)))
+                .collect();
+            let _ = tx.send(results);
+        }
+    }
 }
 
 enum Job {
     Append(AppendJob),
+    /// Bulk appends handed over together, in order.
+    Batch(Vec<AppendJob>),
     /// Finish the queued appends, then stop the writer (and answer).
     Shutdown(std::sync::mpsc::Sender<()>),
 }
@@ -634,6 +685,7 @@ impl Queue {
         match job {
             Job::Append(j) if j.bulk => self.bulk.push_back(j),
             Job::Append(j) => self.plain.push_back(j),
+            Job::Batch(jobs) => self.bulk.extend(jobs),
             Job::Shutdown(done) => self.shutdown = Some(done),
         }
     }
@@ -789,7 +841,7 @@ impl Writer {
                         head.send_replace(next_position - 1);
                     }
                     for (job, result) in group.into_iter().zip(results) {
-                        let _ = job.reply.send(result);
+                        job.reply.send(result);
                     }
                 }
                 Err(e) => {
@@ -797,7 +849,7 @@ impl Writer {
                     next_position = group_start;
                     tracing::error!(cause = %e, "group commit failed");
                     for job in group {
-                        let _ = job.reply.send(Err(e.clone()));
+                        job.reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -928,7 +980,7 @@ impl EmbeddedStore {
             expected,
             events,
             bulk,
-            reply: tx,
+            reply: Reply::One(tx),
         };
         let sent = self
             .inner
@@ -959,6 +1011,38 @@ impl EventStore for EmbeddedStore {
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<AppendResult>> {
         self.queue_append(stream, expected, events, true)
+    }
+
+    /// One job for the writer and one answer, whatever the batch's size.
+    fn append_bulk_batch(&self, appends: Vec<Append>) -> BoxFuture<'_, Vec<Result<AppendResult>>> {
+        let n = appends.len();
+        if n == 0 {
+            return Box::pin(futures::future::ready(Vec::new()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let batch = Arc::new(std::sync::Mutex::new(BatchReply {
+            results: (0..n).map(|_| None).collect(),
+            left: n,
+            reply: Some(tx),
+        }));
+        let jobs = appends
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| AppendJob {
+                stream: a.stream,
+                expected: a.expected,
+                events: a.events,
+                bulk: true,
+                reply: Reply::Part(batch.clone(), i),
+            })
+            .collect();
+        drop(batch);
+        // Sent or not, the batch answers: a job the writer never takes is dropped with it.
+        let _ = self.inner.jobs.send(Job::Batch(jobs));
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| (0..n).map(|_| Err(Error::Closed)).collect())
+        })
     }
 
     fn read_stream(
@@ -1416,7 +1500,7 @@ mod tests {
             expected: ExpectedVersion::Any,
             events: (0..events).map(numbered).collect(),
             bulk,
-            reply: oneshot::channel().0,
+            reply: Reply::One(oneshot::channel().0),
         }
     }
 

@@ -129,6 +129,14 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// One append of [`EventStore::append_bulk_batch`].
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
 /// The event store. Object-safe so a backend can be chosen at run time.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if it is at `expected`; returns once they are durable.
@@ -152,6 +160,18 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<AppendResult>> {
         self.append(stream, expected, events)
+    }
+
+    /// Several [`EventStore::append_bulk`] appends handed over together (the fixes of many
+    /// vehicles from one batch): each is checked and stored as it would be on its own, in the
+    /// order given, and the results come back together, in that order, once each is durable or
+    /// has failed. A backend that can takes them in as one piece of work instead of one each.
+    fn append_bulk_batch(&self, appends: Vec<Append>) -> BoxFuture<'_, Vec<Result<AppendResult>>> {
+        Box::pin(futures::future::join_all(
+            appends
+                .into_iter()
+                .map(|a| self.append_bulk(&a.stream, a.expected, a.events)),
+        ))
     }
 
     /// Up to `max` events of one stream, starting at version `from` (inclusive) and going in

@@ -8,15 +8,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use cit_domain::event::{Event, streams};
-use cit_domain::{Command, Fix, Millis, Outcome, World};
+use cit_domain::{Command, Millis, Outcome, World};
 use cit_store::{Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, oneshot, watch};
+use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::AppError;
 use crate::metrics::Metrics;
+
+mod ingest;
+pub use ingest::Ingesting;
 
 /// Namespace of deterministic event ids (fix batches, anomalies).
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6369_745f_6576_656e_7473_5f76_315f_6964);
@@ -31,44 +34,6 @@ pub struct Directory {
     pub active_run: HashMap<String, String>,
 }
 
-/// Fixes of one caller waiting for their append, with where to send the result.
-type Queued = (
-    Vec<Fix>,
-    oneshot::Sender<Result<VehicleBatchResult, AppError>>,
-);
-
-/// Per-vehicle ingest state. One append per vehicle is in flight at a time; fixes that arrive
-/// meanwhile (other batches, other connections) queue and go together in the next append —
-/// group commit at the vehicle level, since the store's cost is per append. `durable_seq` moves
-/// only once an append is durable, so duplicates are judged against what is really stored.
-#[derive(Debug, Default)]
-struct VehicleIngest {
-    durable_seq: u64,
-    in_flight: bool,
-    queued: Vec<Queued>,
-}
-
-/// Fixes queued by `enqueue_fixes`, to be completed by `complete_fixes`.
-#[derive(Debug)]
-pub struct PendingFixes {
-    vehicle_id: String,
-    slot: Arc<VehicleSlot>,
-    rx: oneshot::Receiver<Result<VehicleBatchResult, AppError>>,
-}
-
-impl PendingFixes {
-    pub fn vehicle_id(&self) -> &str {
-        &self.vehicle_id
-    }
-}
-
-#[derive(Debug, Default)]
-struct VehicleSlot {
-    state: std::sync::Mutex<VehicleIngest>,
-    /// Signalled when an append finishes, so a waiting caller can take the next turn.
-    turn: tokio::sync::Notify,
-}
-
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -77,13 +42,6 @@ struct CommandState {
     world: World,
     /// Last version of every non-run stream, for optimistic concurrency (Exact appends).
     versions: HashMap<String, u64>,
-}
-
-/// A fix that passed validation, with where it goes.
-#[derive(Debug, Clone)]
-pub struct ValidFix {
-    pub vehicle_id: String,
-    pub fix: Fix,
 }
 
 /// Result of one ingest batch for one vehicle.
@@ -101,7 +59,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     commands: Mutex<CommandState>,
     pub directory: RwLock<Directory>,
-    ingest: std::sync::Mutex<HashMap<String, Arc<VehicleSlot>>>,
+    ingest: std::sync::Mutex<ingest::Vehicles>,
     /// Highest log position written by this process (for read-your-writes waits).
     pub written: watch::Sender<u64>,
 }
@@ -216,9 +174,8 @@ impl App {
         let ingest = hwm
             .into_iter()
             .map(|(v, seq)| {
-                let slot = VehicleSlot::default();
-                lock(&slot.state).durable_seq = seq;
-                (v, Arc::new(slot))
+                let state = ingest::VehicleIngest::durable_to(seq);
+                (v, Arc::new(std::sync::Mutex::new(state)))
             })
             .collect();
         metrics.commands_resumed_from.set(resumed_from as i64);
@@ -345,159 +302,6 @@ impl App {
         match self.directory.read() {
             Ok(d) => d.active_run.get(vehicle_id).cloned(),
             Err(p) => p.into_inner().active_run.get(vehicle_id).cloned(),
-        }
-    }
-
-    fn vehicle_slot(&self, vehicle_id: &str) -> Arc<VehicleSlot> {
-        lock(&self.ingest)
-            .entry(vehicle_id.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// Durably records the valid fixes of one vehicle (in order); duplicates (seq not above the
-    /// durable high-water mark) are absorbed. Returns once the fixes are durable.
-    pub async fn record_fixes(
-        &self,
-        vehicle_id: &str,
-        fixes: Vec<Fix>,
-    ) -> Result<VehicleBatchResult, AppError> {
-        let pending = self.enqueue_fixes(vehicle_id, fixes);
-        self.complete_fixes(pending).await
-    }
-
-    /// First half of `record_fixes`, synchronous: queues the fixes behind the vehicle's earlier
-    /// ones. Calling it in arrival order is what keeps a vehicle's fixes in order when a
-    /// connection has several batches in flight.
-    pub fn enqueue_fixes(&self, vehicle_id: &str, fixes: Vec<Fix>) -> PendingFixes {
-        let slot = self.vehicle_slot(vehicle_id);
-        let (tx, rx) = oneshot::channel();
-        lock(&slot.state).queued.push((fixes, tx));
-        PendingFixes {
-            vehicle_id: vehicle_id.to_string(),
-            slot,
-            rx,
-        }
-    }
-
-    /// Second half: takes the vehicle's turn when it is free (appending everything queued) and
-    /// waits until these fixes are durable.
-    pub async fn complete_fixes(
-        &self,
-        pending: PendingFixes,
-    ) -> Result<VehicleBatchResult, AppError> {
-        let PendingFixes {
-            vehicle_id,
-            slot,
-            mut rx,
-        } = pending;
-        // A batch completes up to a thousand vehicles' fixes in one task, each encoded before its
-        // first await: giving way once the task's budget is spent keeps one poll to about a
-        // hundred vehicles, so a GetRun queued behind it waits microseconds, not milliseconds.
-        tokio::task::consume_budget().await;
-        loop {
-            // Registered before looking at the state, so a turn ending in between is not missed.
-            let turn = slot.turn.notified();
-            tokio::pin!(turn);
-            turn.as_mut().enable();
-            let work = {
-                let mut s = lock(&slot.state);
-                if s.in_flight || s.queued.is_empty() {
-                    None
-                } else {
-                    s.in_flight = true;
-                    Some((std::mem::take(&mut s.queued), s.durable_seq))
-                }
-            };
-            if let Some((work, durable)) = work {
-                let durable = self.append_queued(&vehicle_id, work, durable).await;
-                let mut s = lock(&slot.state);
-                s.durable_seq = durable;
-                s.in_flight = false;
-                drop(s);
-                slot.turn.notify_waiters();
-            }
-            tokio::select! {
-                biased;
-                r = &mut rx => {
-                    return r.unwrap_or_else(|_| Err(AppError::Unavailable("ingest was interrupted".into())));
-                }
-                _ = &mut turn => {}
-            }
-        }
-    }
-
-    /// Appends the queued fixes of one vehicle as one event and answers every caller; returns
-    /// the new durable seq (unchanged on failure).
-    async fn append_queued(&self, vehicle_id: &str, work: Vec<Queued>, durable: u64) -> u64 {
-        let mut high = durable;
-        let mut fresh = Vec::new();
-        let mut callers = Vec::with_capacity(work.len());
-        for (fixes, tx) in work {
-            let (mut accepted, mut duplicates) = (0u32, 0u32);
-            for f in fixes {
-                if f.seq <= high {
-                    duplicates += 1;
-                    continue;
-                }
-                high = f.seq;
-                fresh.push(f);
-                accepted += 1;
-            }
-            callers.push((accepted, duplicates, tx));
-        }
-        let answer = |callers: Vec<(u32, u32, oneshot::Sender<_>)>, durable_seq, position| {
-            for (accepted, duplicates, tx) in callers {
-                let _ = tx.send(Ok(VehicleBatchResult {
-                    durable_seq,
-                    accepted,
-                    duplicates,
-                    position,
-                }));
-            }
-        };
-        if fresh.is_empty() {
-            answer(callers, durable, *self.written.borrow());
-            return durable;
-        }
-        if self.clock.is_scenario()
-            && let Some(last) = fresh.iter().map(|f| f.t).max()
-        {
-            self.clock.advance(last);
-        }
-        let accepted = fresh.len() as u64;
-        let event = Event::FixesRecorded {
-            vehicle_id: vehicle_id.to_string(),
-            run_id: self.active_run(vehicle_id),
-            fixes: fresh,
-        };
-        // Duplicates are absorbed by the high-water mark above (one append per vehicle at a
-        // time, rebuilt from the log on start), so the id needs no content; time-ordered ids keep
-        // the store's id index growing at its right edge. Fixes are the bulk of the log: they
-        // may wait behind commands and anomalies, never those behind them.
-        let started = std::time::Instant::now();
-        let appended = self
-            .store
-            .append_bulk(
-                &event.stream(),
-                ExpectedVersion::Any,
-                vec![encode(&event, Uuid::now_v7(), "ingest")],
-            )
-            .await;
-        self.metrics.observe_append(started.elapsed());
-        match appended {
-            Ok(r) => {
-                self.note_written(r.position);
-                self.metrics.fixes_accepted(accepted);
-                answer(callers, high, r.position);
-                high
-            }
-            Err(e) => {
-                for (_, _, tx) in callers {
-                    let _ = tx.send(Err(AppError::Store(e.clone())));
-                }
-                durable
-            }
         }
     }
 

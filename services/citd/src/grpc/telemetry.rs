@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::millis;
-use crate::app::{App, MAX_FUTURE_MS, PendingFixes};
+use crate::app::{App, Ingesting, MAX_FUTURE_MS};
 
 /// Largest accepted message (also set on the server); a bigger one is RESOURCE_EXHAUSTED.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -120,16 +120,17 @@ pub fn validate(
     })
 }
 
-/// A batch validated and queued (in arrival order), waiting to be durable.
+/// A batch validated and handed to ingest (in arrival order), waiting to be durable.
 pub struct PreparedBatch {
     ack: pb::FixAck,
     unknown: Option<String>,
-    pending: Vec<PendingFixes>,
+    ingesting: Ingesting,
 }
 
-/// The synchronous half of a batch: validation, and queueing each vehicle's good fixes behind
-/// its earlier ones. Done in arrival order, so batches can then complete concurrently.
-pub fn prepare_batch(app: &App, batch: pb::FixBatch) -> Result<PreparedBatch, Status> {
+/// The synchronous half of a batch: validation, and handing each vehicle's good fixes to
+/// ingest behind its earlier ones. Done in arrival order, so batches can then complete
+/// concurrently.
+pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatch, Status> {
     if batch.fixes.len() > MAX_BATCH_FIXES {
         return Err(Status::resource_exhausted(format!(
             "a batch holds at most {MAX_BATCH_FIXES} fixes, got {}",
@@ -173,14 +174,10 @@ pub fn prepare_batch(app: &App, batch: pb::FixBatch) -> Result<PreparedBatch, St
         }
     }
     app.metrics.fixes_rejected.inc_by(ack.rejected.len() as u64);
-    let pending = by_vehicle
-        .into_iter()
-        .map(|(v, fixes)| app.enqueue_fixes(&v, fixes))
-        .collect();
     Ok(PreparedBatch {
         ack,
         unknown,
-        pending,
+        ingesting: app.ingest(by_vehicle),
     })
 }
 
@@ -191,14 +188,9 @@ impl PreparedBatch {
         let PreparedBatch {
             mut ack,
             unknown,
-            pending,
+            ingesting,
         } = self;
-        let results = futures::future::join_all(pending.into_iter().map(|p| async move {
-            let vehicle = p.vehicle_id().to_string();
-            (vehicle, app.complete_fixes(p).await)
-        }))
-        .await;
-        for (vehicle_id, r) in results {
+        for (vehicle_id, r) in ingesting.results().await {
             let r = r.map_err(Status::from)?;
             ack.accepted += r.accepted;
             ack.duplicates += r.duplicates;
