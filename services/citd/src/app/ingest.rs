@@ -6,7 +6,6 @@
 //!
 //! [`EventStore::append_bulk_batch`]: cit_store::EventStore::append_bulk_batch
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cit_domain::Fix;
@@ -18,8 +17,9 @@ use uuid::Uuid;
 use super::{App, VehicleBatchResult, encode, lock};
 use crate::error::AppError;
 
-/// Each vehicle's ingest state, by vehicle id.
-pub(super) type Vehicles = HashMap<String, Arc<Mutex<VehicleIngest>>>;
+/// Each vehicle's ingest state, by vehicle id (foldhash: looked up for every vehicle of every
+/// batch).
+pub(super) type Vehicles = foldhash::HashMap<String, Arc<Mutex<VehicleIngest>>>;
 
 /// One vehicle's ingest state. `durable_seq` moves only once an append is durable, so
 /// duplicates are judged against what is really stored (rebuilt from the log on start).
