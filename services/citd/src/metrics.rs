@@ -114,7 +114,7 @@ impl Metrics {
         registry.register("commands", "Commands by outcome", m.commands.clone());
         registry.register(
             "append_seconds",
-            "Latency of a durable append as callers see it",
+            "Latency of a batch of fix appends until durable, as ingest sees it",
             m.append_seconds.clone(),
         );
         registry.register(

@@ -1,7 +1,7 @@
 //! Telemetry ingest through real gRPC: per-fix validation that keeps the good fixes of a batch,
-//! duplicate absorption by (vehicle, seq), consistent acks across reconnects, NOT_FOUND for an
-//! unregistered vehicle, RESOURCE_EXHAUSTED for an oversized message, and a run read back in
-//! order with nothing missing or doubled.
+//! duplicate absorption by (vehicle, seq), consistent acks across reconnects (also one that
+//! dropped its batches in flight), NOT_FOUND for an unregistered vehicle, RESOURCE_EXHAUSTED
+//! for an oversized message, and a run read back in order with nothing missing or doubled.
 
 mod common;
 
@@ -126,6 +126,41 @@ async fn reconnecting_unit_resending_unacked_fixes_creates_no_duplicates() {
     assert_eq!(
         seqs,
         (1..=80).collect::<Vec<u64>>(),
+        "in order, nothing missing or doubled"
+    );
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_that_disconnects_with_batches_in_flight_holds_none_of_its_fixes_up() {
+    let (_dir, server, mut c) = started().await;
+    {
+        // Twenty batches sent without waiting, then the unit is gone: its end of the stream and
+        // the acks are dropped while citd still appends.
+        let (tx, acks) = c.fix_stream(64).await.expect("stream");
+        for b in 0..20u64 {
+            let fixes = (b * 50 + 1..=(b + 1) * 50).map(|s| fix("V-1", s)).collect();
+            tx.send(pb::FixBatch {
+                fixes,
+                batch_id: b + 1,
+            })
+            .await
+            .expect("send");
+        }
+        drop(acks);
+    }
+    // It reconnects and resends everything it has no ack for, and more.
+    let (tx, mut acks) = open(&mut c).await;
+    let resend = send(&tx, &mut acks, (1..=1010).map(|s| fix("V-1", s)).collect());
+    let ack = tokio::time::timeout(std::time::Duration::from_secs(30), resend)
+        .await
+        .expect("the vehicle's ingest is not held up by the dropped connection");
+    assert_eq!(ack.acks[0].durable_seq, 1010);
+    assert_eq!(ack.accepted + ack.duplicates, 1010);
+    let seqs = recorded_seqs(&mut c, &server.endpoint(), "R-1").await;
+    assert_eq!(
+        seqs,
+        (1..=1010).collect::<Vec<u64>>(),
         "in order, nothing missing or doubled"
     );
     server.stop().await.expect("stop");
