@@ -33,6 +33,15 @@ async fn send(tx: &mpsc::Sender<pb::FixBatch>, acks: &mut Acks, fixes: Vec<pb::F
     acks.message().await.expect("ack").expect("an ack")
 }
 
+/// R-1's recorded fix seqs are exactly 1..=last: in order, nothing missing or doubled.
+async fn assert_recorded_exactly(c: &mut Clients, server: &citd::server::Running, last: u64) {
+    assert_eq!(
+        recorded_seqs(c, &server.endpoint(), "R-1").await,
+        (1..=last).collect::<Vec<u64>>(),
+        "in order, nothing missing or doubled"
+    );
+}
+
 #[tokio::test]
 async fn bad_fixes_are_rejected_one_by_one_and_good_ones_kept() {
     let (_dir, server, mut c) = started().await;
@@ -122,12 +131,7 @@ async fn reconnecting_unit_resending_unacked_fixes_creates_no_duplicates() {
     let ack = send(&tx, &mut acks, (41..=80).map(|s| fix("V-1", s)).collect()).await;
     assert_eq!((ack.accepted, ack.duplicates), (30, 10));
     assert_eq!(ack.acks[0].durable_seq, 80);
-    let seqs = recorded_seqs(&mut c, &server.endpoint(), "R-1").await;
-    assert_eq!(
-        seqs,
-        (1..=80).collect::<Vec<u64>>(),
-        "in order, nothing missing or doubled"
-    );
+    assert_recorded_exactly(&mut c, &server, 80).await;
     server.stop().await.expect("stop");
 }
 
@@ -157,12 +161,7 @@ async fn a_unit_that_disconnects_with_batches_in_flight_holds_none_of_its_fixes_
         .expect("the vehicle's ingest is not held up by the dropped connection");
     assert_eq!(ack.acks[0].durable_seq, 1010);
     assert_eq!(ack.accepted + ack.duplicates, 1010);
-    let seqs = recorded_seqs(&mut c, &server.endpoint(), "R-1").await;
-    assert_eq!(
-        seqs,
-        (1..=1010).collect::<Vec<u64>>(),
-        "in order, nothing missing or doubled"
-    );
+    assert_recorded_exactly(&mut c, &server, 1010).await;
     server.stop().await.expect("stop");
 }
 
@@ -179,8 +178,7 @@ async fn ten_thousand_fixes_read_back_in_order() {
         .await;
         assert_eq!(ack.acks[0].durable_seq, *chunk.last().expect("chunk"));
     }
-    let seqs = recorded_seqs(&mut c, &server.endpoint(), "R-1").await;
-    assert_eq!(seqs, (1..=10_000).collect::<Vec<u64>>());
+    assert_recorded_exactly(&mut c, &server, 10_000).await;
     server.stop().await.expect("stop");
 }
 
@@ -247,11 +245,6 @@ async fn pipelined_batches_of_one_vehicle_stay_in_order_and_acks_come_in_order()
         last = ack.acks[0].durable_seq;
     }
     drop(tx);
-    let seqs = recorded_seqs(&mut c, &server.endpoint(), "R-1").await;
-    assert_eq!(
-        seqs,
-        (1..=2000).collect::<Vec<u64>>(),
-        "in order, nothing missing or doubled"
-    );
+    assert_recorded_exactly(&mut c, &server, 2000).await;
     server.stop().await.expect("stop");
 }
