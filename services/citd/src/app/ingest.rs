@@ -137,15 +137,43 @@ impl Ingesting {
     }
 }
 
-impl App {
-    fn vehicle_ingest(&self, vehicle_id: &str) -> Arc<Mutex<VehicleIngest>> {
-        let mut vehicles = lock(&self.ingest);
-        if let Some(v) = vehicles.get(vehicle_id) {
-            return v.clone();
-        }
-        vehicles.entry(vehicle_id.to_string()).or_default().clone()
+/// The vehicle's ingest state, made on its first fix (looked up first, so a known vehicle's id
+/// is not copied).
+fn vehicle_ingest(vehicles: &mut Vehicles, vehicle_id: &str) -> Arc<Mutex<VehicleIngest>> {
+    if let Some(v) = vehicles.get(vehicle_id) {
+        return v.clone();
     }
+    vehicles.entry(vehicle_id.to_string()).or_default().clone()
+}
 
+/// Answers an append's callers: with what it made durable (the vehicle's durable seq and the
+/// log position), or with why it failed. A batch's own caller's answer goes to its place in
+/// `batch`, a queued caller's to it.
+fn answer(
+    callers: Vec<(Caller, u32, u32)>,
+    result: &Result<(u64, u64), cit_store::Error>,
+    batch: &mut BatchResults,
+) {
+    for (caller, accepted, duplicates) in callers {
+        let answer = match result {
+            Ok((durable_seq, position)) => Ok(VehicleBatchResult {
+                durable_seq: *durable_seq,
+                accepted,
+                duplicates,
+                position: *position,
+            }),
+            Err(e) => Err(AppError::Store(e.clone())),
+        };
+        match caller {
+            Caller::Batch(i) => batch[i] = Some(answer),
+            Caller::Queued(tx) => {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
+
+impl App {
     /// Records validated fixes, grouped by vehicle (each vehicle's in order), durably; a fix
     /// whose seq is not above its vehicle's highest is a duplicate and absorbed. Synchronous up
     /// to handing the appends over, so calling it in arrival order keeps each vehicle's fixes
@@ -155,8 +183,9 @@ impl App {
     pub fn ingest(self: &Arc<Self>, batch: Vec<(String, Vec<Fix>)>) -> Ingesting {
         let mut appends = Vec::new();
         let mut vehicles = Vec::with_capacity(batch.len());
+        let mut states = lock(&self.ingest);
         for (vehicle_id, fixes) in batch {
-            let state = self.vehicle_ingest(&vehicle_id);
+            let state = vehicle_ingest(&mut states, &vehicle_id);
             let mut s = lock(&state);
             let pending = if s.in_flight {
                 let (answer, rx) = oneshot::channel();
@@ -187,6 +216,7 @@ impl App {
             };
             vehicles.push((vehicle_id, pending));
         }
+        drop(states);
         let batch = (!appends.is_empty()).then(|| {
             let (tx, rx) = oneshot::channel();
             tokio::spawn(self.clone().append_vehicles(appends, tx));
@@ -211,7 +241,6 @@ impl App {
             {
                 self.clock.advance(last);
             }
-            let counts: Vec<u64> = appends.iter().map(|a| a.fresh.len() as u64).collect();
             let mut events = Vec::with_capacity(appends.len());
             for a in &mut appends {
                 // A thousand vehicles' events are encoded here: giving way once the task's
@@ -237,31 +266,15 @@ impl App {
             self.metrics.observe_append(started.elapsed());
             let (mut written, mut accepted) = (0, 0);
             let mut next = Vec::new();
-            for ((a, result), count) in appends.into_iter().zip(results).zip(counts) {
+            for (a, result) in appends.into_iter().zip(results) {
                 let mut s = lock(&a.state);
                 let result = result.map(|r| {
                     s.durable_seq = a.high;
                     written = written.max(r.position);
-                    accepted += count;
+                    accepted += a.callers.iter().map(|c| u64::from(c.1)).sum::<u64>();
                     (a.high, r.position)
                 });
-                for (caller, accepted, duplicates) in a.callers {
-                    let answer = match &result {
-                        Ok((durable_seq, position)) => Ok(VehicleBatchResult {
-                            durable_seq: *durable_seq,
-                            accepted,
-                            duplicates,
-                            position: *position,
-                        }),
-                        Err(e) => Err(AppError::Store(e.clone())),
-                    };
-                    match caller {
-                        Caller::Batch(i) => batch_results[i] = Some(answer),
-                        Caller::Queued(tx) => {
-                            let _ = tx.send(answer);
-                        }
-                    }
-                }
+                answer(a.callers, &result, &mut batch_results);
                 // What queued behind this append goes next, together.
                 let queued = std::mem::take(&mut s.queued);
                 let (fresh, high, callers) = absorb(
@@ -272,16 +285,8 @@ impl App {
                 );
                 if fresh.is_empty() {
                     s.in_flight = false;
-                    for (caller, _, duplicates) in callers {
-                        if let Caller::Queued(tx) = caller {
-                            let _ = tx.send(Ok(VehicleBatchResult {
-                                durable_seq: s.durable_seq,
-                                accepted: 0,
-                                duplicates,
-                                position: written.max(*self.written.borrow()),
-                            }));
-                        }
-                    }
+                    let position = written.max(*self.written.borrow());
+                    answer(callers, &Ok((s.durable_seq, position)), &mut batch_results);
                     continue;
                 }
                 drop(s);
