@@ -71,6 +71,9 @@ struct Args {
     /// flushing together: the worst case for latency) instead of spread evenly.
     #[arg(long)]
     in_step: bool,
+    /// Only the paced phase (GetRun, fix-to-anomaly, check-ins): to compare builds on it.
+    #[arg(long)]
+    paced_only: bool,
 }
 
 const LONG_RUN: &str = "R-LONG";
@@ -108,6 +111,7 @@ async fn fix_to_anomaly(ports: &Ports, start: LatLon, phase: Duration) -> Probes
     let mut h = Probes {
         anomaly: latency_us(),
         ack: latency_us(),
+        after_ack: latency_us(),
     };
     let mut every = tokio::time::interval(phase / PROBES as u32);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,6 +159,9 @@ async fn fix_to_anomaly(ports: &Ports, start: LatLon, phase: Duration) -> Probes
         let (acked, raised) = tokio::join!(acked, raised);
         let _ = h.anomaly.record(raised.as_micros().max(1) as u64);
         let _ = h.ack.record(acked.as_micros().max(1) as u64);
+        let _ = h
+            .after_ack
+            .record(raised.saturating_sub(acked).as_micros().max(1) as u64);
     }
     h
 }
@@ -163,6 +170,9 @@ async fn fix_to_anomaly(ports: &Ports, start: LatLon, phase: Duration) -> Probes
 struct Probes {
     anomaly: Histogram<u64>,
     ack: Histogram<u64>,
+    /// From the ack to the anomaly: the engine's queue, detection, the anomaly's durable append,
+    /// the watch.
+    after_ack: Histogram<u64>,
 }
 
 fn encode(e: &Event) -> cit_store::NewEvent {
@@ -373,6 +383,17 @@ fn spawn_citd(dir: &std::path::Path, ports: &Ports) -> std::process::Child {
 /// citd's own histogram of an RPC's latency (`cit_rpc_seconds`, cumulative buckets): (upper
 /// bound in seconds, calls at or under it).
 async fn rpc_buckets(metrics_port: u16, method: &str) -> Vec<(f64, u64)> {
+    buckets(
+        metrics_port,
+        "cit_rpc_seconds",
+        &format!("method=\"{method}\""),
+    )
+    .await
+}
+
+/// One of citd's histograms (cumulative buckets), its series carrying `label` (or any, if it
+/// is empty): (upper bound, count at or under it).
+async fn buckets(metrics_port: u16, name: &str, label: &str) -> Vec<(f64, u64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
         .await
@@ -382,9 +403,9 @@ async fn rpc_buckets(metrics_port: u16, method: &str) -> Vec<(f64, u64)> {
         .expect("request");
     let mut body = String::new();
     conn.read_to_string(&mut body).await.expect("metrics");
-    let label = format!("method=\"{method}\"");
+    let series = format!("{name}_bucket{{");
     body.lines()
-        .filter(|l| l.starts_with("cit_rpc_seconds_bucket{") && l.contains(&label))
+        .filter(|l| l.starts_with(&series) && l.contains(label))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" {
@@ -395,6 +416,15 @@ async fn rpc_buckets(metrics_port: u16, method: &str) -> Vec<(f64, u64)> {
             Some((le, l.rsplit(' ').next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// The store's histograms: a group commit's hold on the writer, its fsync, a batch's append.
+async fn store_buckets(metrics_port: u16) -> [Vec<(f64, u64)>; 3] {
+    [
+        buckets(metrics_port, "cit_group_commit_seconds", "").await,
+        buckets(metrics_port, "cit_fsync_seconds", "").await,
+        buckets(metrics_port, "cit_append_seconds", "").await,
+    ]
 }
 
 /// The smallest bucket bound, ms, under which `q` of the calls between two readings fell.
@@ -600,8 +630,12 @@ async fn main() {
     let secs = args.seconds as f64;
     // Ingest slows as the store grows (more streams' index pages dirtied per commit), so each
     // watched phase is compared with the unwatched phases just before and just after it.
-    let mut before = full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await;
-    for raw in [false, true] {
+    let mut before = if args.paced_only {
+        0.0
+    } else {
+        full_speed(&endpoint, &mut vehicles, &routes, &args, drive).await
+    };
+    for raw in [false, true].into_iter().filter(|_| !args.paced_only) {
         let stop = Arc::new(tokio::sync::Notify::new());
         let t = Instant::now();
         let received = watchers(&ports.console(), args.watchers, raw, stop.clone()).await;
@@ -640,6 +674,7 @@ async fn main() {
 
     // GetRun on random active runs while the fleet streams at the target rate.
     let get_run_before = rpc_buckets(ports.metrics, "Dispatch/GetRun").await;
+    let store_before = store_buckets(ports.metrics).await;
     let probe_deadline = Instant::now() + Duration::from_secs(args.seconds);
     let n_runs = args.runs;
     // Each probe on its own thread and connection: what it times is citd's answer, not its turn
@@ -727,6 +762,7 @@ async fn main() {
     let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
     let checkins = checkin_probe.await.expect("check-in probe");
     let get_run_after = rpc_buckets(ports.metrics, "Dispatch/GetRun").await;
+    let store_after = store_buckets(ports.metrics).await;
     println!(
         "GetRun (consoles' port, a call a millisecond) with {} active runs under {rate:.0} fixes/s of ingest ({} streams, their batches {}): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} calls (goal p99 <= 1 ms)",
         args.runs,
@@ -754,8 +790,16 @@ async fn main() {
             .count_between(10_001, f2a.anomaly.max().max(10_001))
     );
     println!(
-        "  of which the fixes' durable ack: {}",
-        p50_p99_max(&f2a.ack)
+        "  of which the fixes' durable ack: {}; from the ack to the anomaly: {}",
+        p50_p99_max(&f2a.ack),
+        p50_p99_max(&f2a.after_ack)
+    );
+    let [group, fsync, append] = std::array::from_fn(|i| {
+        let q = |q| bucket_quantile(&store_before[i], &store_after[i], q);
+        format!("p50 <= {} ms, p99 <= {} ms", q(0.5), q(0.99))
+    });
+    println!(
+        "  inside citd (bucket bounds): a group commit held the store's writer {group}, its fsync {fsync}; a batch of fixes waited for its durable append {append}"
     );
     println!(
         "crew check-in (a durable command) under the same load: {} over {} calls",
@@ -763,6 +807,11 @@ async fn main() {
         checkins.len()
     );
 
+    if args.paced_only {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
     // The long run: replayed once right after the load (its pages long out of the store's
     // cache, as for an audit of an old run), then five times more (the median).
     let (events, fixes, replay_ms) = replay_long_run(&mut c).await;
