@@ -5,9 +5,10 @@
 //! BENCHMARKS.md. We do not hand-roll a log format.
 //!
 //! Durability and speed come from group commit: appends from every caller go to one writer
-//! thread, which drains everything queued (plain appends first, then bulk ones, fixes, up to
-//! [`BULK_GROUP_EVENTS`]; a plain append arriving while they are staged joins the group and
-//! ends it), checks each append's expected version against the
+//! thread, which drains everything queued (plain appends first, then a unit's own small batches
+//! of fixes, then large ones such as a gateway's, up to [`BULK_GROUP_EVENTS`]; see [`Lane`]; an
+//! urgent append arriving while large ones are staged joins the group and ends it), checks each
+//! append's expected version against the
 //! state inside one write transaction (so appends in the same group see each other), commits
 //! once (one fsync for the whole group), and only then answers each caller. An ack therefore
 //! always follows durability, and `kill -9` at any moment loses only unacknowledged appends.
@@ -110,11 +111,17 @@ const MAX_GROUP_EVENTS: usize = 65_536;
 /// append queued goes into the next group whatever the backlog of fixes, so this bounds how
 /// long a command or an alarm waits: one group of this size is ~20 ms of the writer's time.
 const BULK_GROUP_EVENTS: usize = 2_048;
-/// Bulk events of a group still to stage at which a plain append that arrives meanwhile cuts
-/// the group: it is staged at once, the bulk appends not yet staged go back to the head of their
-/// queue, and the group commits. Below this the rest is staged first (a few ms at most), so a
-/// steady trickle of commands does not split every group of fixes into two commits.
-const CUT_FOR_PLAIN_EVENTS: usize = 256;
+/// Bulk events of a group still to stage at which an urgent append ([`Lane`]) that arrives
+/// meanwhile cuts the group: it is staged at once, the bulk appends not yet staged go back to
+/// the head of their queue, and the group commits. Below this the rest is staged first (~2 ms at
+/// most), so a steady trickle of commands does not split every group of fixes into two commits.
+/// Also the most events of large bulk appends a group takes after urgent ones: those are then
+/// answered after ~2 ms of staging, not after a gateway's whole batch.
+const CUT_EVENTS: usize = 256;
+/// Most events of bulk work handed over at once (one append, or one batch of them) that still
+/// counts as small ([`Lane::Small`]): a unit's own batch of a few fixes, not a gateway's for a
+/// thousand vehicles or a backlog resent after a gap.
+const SMALL_BULK_EVENTS: usize = 64;
 /// Longest `close` waits for in-flight reads to let go of the database.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Batch size of subscription catch-up reads.
@@ -172,9 +179,41 @@ struct AppendJob {
     stream: String,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
-    /// May wait behind the other appends ([`EventStore::append_bulk`]).
-    bulk: bool,
+    lane: Lane,
     reply: Reply,
+}
+
+impl AppendJob {
+    /// May wait behind the other appends ([`EventStore::append_bulk`]).
+    fn bulk(&self) -> bool {
+        self.lane != Lane::Plain
+    }
+}
+
+/// The writer's queue an append waits in, most urgent first. A group takes each in turn, and an
+/// urgent append (plain or small) cuts a group of large ones being staged ([`CUT_EVENTS`]):
+/// whoever waits on a few events is answered after a few ms of the writer's time, whoever hands
+/// over thousands waits for them anyway. Concurrent appends have no order among them
+/// ([`EventStore::append_bulk`]); within a lane they keep the order they came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// [`EventStore::append`]: commands, alarms, anomalies.
+    Plain,
+    /// Bulk work of at most [`SMALL_BULK_EVENTS`] events.
+    Small,
+    /// Larger bulk work.
+    Large,
+}
+
+impl Lane {
+    /// The lane of bulk work of `events` events in all.
+    fn bulk(events: usize) -> Lane {
+        if events <= SMALL_BULK_EVENTS {
+            Lane::Small
+        } else {
+            Lane::Large
+        }
+    }
 }
 
 /// Where an append's result goes: its caller, or its place in a batch.
@@ -534,7 +573,7 @@ fn stage(
     // Idempotent retry: the first id is already stored. It must be the same append. Bulk
     // appends are not looked up, nor their ids indexed: their callers deduplicate (see
     // `EventStore::append_bulk`).
-    let retried = if job.bulk {
+    let retried = if job.bulk() {
         None
     } else {
         ids.get(job.events[0].id.as_u128())
@@ -621,7 +660,7 @@ fn stage(
         );
         events.insert(position, buf.as_slice()).map_err(storage)?;
         positions.push(position);
-        if version == first_version && !job.bulk {
+        if version == first_version && !job.bulk() {
             ids.insert(e.id.as_u128(), position).map_err(storage)?;
         }
         result = AppendResult {
@@ -634,18 +673,33 @@ fn stage(
     Ok(result)
 }
 
-/// The appends the writer has taken from its channel and not yet committed.
+/// The appends the writer has taken from its channel and not yet committed, by [`Lane`], each in
+/// arrival order.
 #[derive(Default)]
 struct Queue {
-    /// Plain appends, in arrival order: all go into the next group, up to [`MAX_GROUP_EVENTS`].
+    /// All go into the next group, up to [`MAX_GROUP_EVENTS`].
     plain: VecDeque<AppendJob>,
-    /// Bulk appends, in arrival order: up to [`BULK_GROUP_EVENTS`] a group, after the others.
-    bulk: VecDeque<AppendJob>,
+    /// Up to [`BULK_GROUP_EVENTS`] a group, after the plain ones.
+    small: VecDeque<AppendJob>,
+    /// Up to [`BULK_GROUP_EVENTS`] a group, or [`CUT_EVENTS`] after urgent ones.
+    large: VecDeque<AppendJob>,
     /// Set by a shutdown request: nothing after it is taken.
     shutdown: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Queue {
+    fn lane(&mut self, lane: Lane) -> &mut VecDeque<AppendJob> {
+        match lane {
+            Lane::Plain => &mut self.plain,
+            Lane::Small => &mut self.small,
+            Lane::Large => &mut self.large,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.small.is_empty() && self.large.is_empty()
+    }
+
     /// Takes what is in the channel without waiting, up to a shutdown request.
     fn receive(&mut self, jobs: &mpsc::Receiver<Job>) {
         while self.shutdown.is_none() {
@@ -656,42 +710,57 @@ impl Queue {
         }
     }
 
-    /// Cuts a group being staged for the plain appends queued meanwhile, if there are any:
-    /// `group[..staged]` is staged, and the bulk appends after it go back to the head of their
-    /// queue (in order) unless fewer than [`CUT_FOR_PLAIN_EVENTS`] events of them are left. The
-    /// plain appends join the group's end; returns whether it was cut.
-    fn cut_for_plain(&mut self, group: &mut Vec<AppendJob>, staged: usize) -> bool {
-        if self.plain.is_empty() {
+    /// Cuts a group being staged for the urgent appends queued meanwhile, if there are any:
+    /// `group[..staged]` is staged (its last a bulk append), and the bulk appends after it go
+    /// back to the head of their queues (in order) unless fewer than [`CUT_EVENTS`] events of
+    /// them are left. Plain appends cut any bulk ones; small ones only large ones, since they
+    /// keep their order among themselves. The urgent appends join the group's end; returns
+    /// whether it was cut.
+    fn cut(&mut self, group: &mut Vec<AppendJob>, staged: usize) -> bool {
+        let among_large = group[staged - 1].lane == Lane::Large;
+        if self.plain.is_empty() && (self.small.is_empty() || !among_large) {
             return false;
         }
         let left: usize = group[staged..].iter().map(|j| j.events.len()).sum();
-        if left < CUT_FOR_PLAIN_EVENTS {
+        if left < CUT_EVENTS {
             return false;
         }
         for job in group.drain(staged..).rev() {
-            self.bulk.push_front(job);
+            self.lane(job.lane).push_front(job);
         }
         move_up_to(&mut self.plain, MAX_GROUP_EVENTS, group);
+        move_up_to(&mut self.small, CUT_EVENTS, group);
         true
     }
 
     fn take(&mut self, job: Job) {
         match job {
-            Job::Append(j) if j.bulk => self.bulk.push_back(j),
-            Job::Append(j) => self.plain.push_back(j),
-            Job::Batch(jobs) => self.bulk.extend(jobs),
+            Job::Append(j) => self.lane(j.lane).push_back(j),
+            Job::Batch(jobs) => {
+                if let Some(first) = jobs.first() {
+                    let lane = first.lane;
+                    self.lane(lane).extend(jobs);
+                }
+            }
             Job::Shutdown(done) => self.shutdown = Some(done),
         }
     }
 
-    /// The plain appends first, then the bulk ones, each up to its bound. A group of plain
-    /// appends alone would commit sooner, but one more fsync each time costs the fixes more
-    /// (dispatch-bench at 50,000 fixes/s: check-in p50 9-11 ms, the fixes' ack p50 8-10 ms,
-    /// against 16.5 ms and 2.2 ms this way, and 21 ms and 1.7 ms with one queue).
+    /// The plain appends, then the small bulk ones, then the large ones, each up to its bound. A
+    /// group of plain appends alone would commit sooner, but one more fsync each time costs the
+    /// fixes more (dispatch-bench at 50,000 fixes/s: check-in p50 9-11 ms, the fixes' ack p50
+    /// 8-10 ms, against 16.5 ms and 2.2 ms with up to a whole bulk group after them, and 21 ms
+    /// and 1.7 ms with one queue); after urgent appends, large ones fill only [`CUT_EVENTS`].
     fn next_group(&mut self) -> Vec<AppendJob> {
         let mut group = Vec::new();
         move_up_to(&mut self.plain, MAX_GROUP_EVENTS, &mut group);
-        move_up_to(&mut self.bulk, BULK_GROUP_EVENTS, &mut group);
+        move_up_to(&mut self.small, BULK_GROUP_EVENTS, &mut group);
+        let large = if group.is_empty() {
+            BULK_GROUP_EVENTS
+        } else {
+            CUT_EVENTS
+        };
+        move_up_to(&mut self.large, large, &mut group);
         group
     }
 }
@@ -809,7 +878,7 @@ impl Writer {
         loop {
             if queue.shutdown.is_none() {
                 // Blocks only when nothing is left over from the last group.
-                if queue.plain.is_empty() && queue.bulk.is_empty() {
+                if queue.is_empty() {
                     match jobs.recv() {
                         Ok(job) => queue.take(job),
                         Err(_) => break,
@@ -867,9 +936,9 @@ impl Writer {
 
     /// Stages and commits one group; while a bucket of the tail is being written out to
     /// `stream_index` (begun once the tail is full), its next chunk goes in the same
-    /// transaction. A plain append that arrives while the group's bulk appends are staged joins
-    /// it and ends it ([`Queue::cut_for_plain`]): a check-in or an alarm then waits for one
-    /// commit, not for the rest of a group of fixes and then its own. `group` is left holding
+    /// transaction. An urgent append that arrives while the group's bulk appends are staged joins
+    /// it and ends it ([`Queue::cut`]): a check-in, an alarm or a unit's own fixes then wait for
+    /// one commit, not for the rest of a gateway's batch and then their own. `group` is left holding
     /// what was committed, in the order of `GroupOutcome::results`. The tail learns of the group
     /// only once it is committed, before anyone is answered.
     fn commit_group(
@@ -924,9 +993,9 @@ impl Writer {
                     &mut ids,
                     &mut heads,
                 ));
-                if job.bulk && !cut {
+                if job.bulk() && !cut {
                     queue.receive(jobs);
-                    cut = queue.cut_for_plain(group, results.len());
+                    cut = queue.cut(group, results.len());
                 }
             }
         }
@@ -968,14 +1037,14 @@ impl EmbeddedStore {
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        bulk: bool,
+        lane: Lane,
     ) -> BoxFuture<'_, Result<AppendResult>> {
         let (tx, rx) = oneshot::channel();
         let job = AppendJob {
             stream: stream.to_string(),
             expected,
             events,
-            bulk,
+            lane,
             reply: Reply::One(tx),
         };
         let sent = self
@@ -997,7 +1066,7 @@ impl EventStore for EmbeddedStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<AppendResult>> {
-        self.queue_append(stream, expected, events, false)
+        self.queue_append(stream, expected, events, Lane::Plain)
     }
 
     fn append_bulk(
@@ -1006,7 +1075,8 @@ impl EventStore for EmbeddedStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<AppendResult>> {
-        self.queue_append(stream, expected, events, true)
+        let lane = Lane::bulk(events.len());
+        self.queue_append(stream, expected, events, lane)
     }
 
     /// One job for the writer and one answer, whatever the batch's size.
@@ -1015,6 +1085,7 @@ impl EventStore for EmbeddedStore {
         if n == 0 {
             return Box::pin(futures::future::ready(Vec::new()));
         }
+        let lane = Lane::bulk(appends.iter().map(|a| a.events.len()).sum());
         let (tx, rx) = oneshot::channel();
         let batch = Arc::new(std::sync::Mutex::new(BatchReply {
             results: (0..n).map(|_| None).collect(),
@@ -1028,7 +1099,7 @@ impl EventStore for EmbeddedStore {
                 stream: a.stream,
                 expected: a.expected,
                 events: a.events,
-                bulk: true,
+                lane,
                 reply: Reply::Part(batch.clone(), i),
             })
             .collect();
@@ -1440,14 +1511,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_plain_append_is_committed_before_a_backlog_of_bulk_ones() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // The writer is held after its first group until everything below is queued.
+    /// A store whose writer, after its first group (one event, committed here), waits until the
+    /// sender is used: what a test queues meanwhile is all there when the next group forms.
+    async fn held_after_first_group(dir: &Path) -> (EmbeddedStore, std::sync::mpsc::Sender<()>) {
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(Some(gate));
         let store = EmbeddedStore::open(
-            dir.path(),
+            dir,
             Options {
                 on_commit: Some(Arc::new(move |_| {
                     if let Some(g) = gate.lock().expect("gate").take() {
@@ -1462,6 +1532,13 @@ mod tests {
             .append("first", ExpectedVersion::Any, vec![numbered(0)])
             .await
             .expect("first");
+        (store, release)
+    }
+
+    #[tokio::test]
+    async fn a_plain_append_is_committed_before_a_backlog_of_bulk_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, release) = held_after_first_group(dir.path()).await;
         // Queued (the job is sent when the future is made), three groups' worth of fixes.
         let n = 3 * BULK_GROUP_EVENTS;
         let fixes: Vec<_> = (0..n)
@@ -1490,12 +1567,46 @@ mod tests {
         assert_eq!(fixes[n - 1], 2 + n as u64);
     }
 
-    fn job(stream: &str, events: u64, bulk: bool) -> AppendJob {
+    #[tokio::test]
+    async fn a_units_own_batch_is_committed_before_a_backlog_of_gateway_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, release) = held_after_first_group(dir.path()).await;
+        let batch = |name: &str, vehicles: usize, fixes: u64| {
+            (0..vehicles)
+                .map(|v| Append {
+                    stream: format!("{name}-{v}"),
+                    expected: ExpectedVersion::Any,
+                    events: (0..fixes).map(numbered).collect(),
+                })
+                .collect::<Vec<_>>()
+        };
+        // Queued when made: three gateways' batches of 1,000 vehicles, then one unit's 3 fixes.
+        let gateways: Vec<_> = (0..3)
+            .map(|g| store.append_bulk_batch(batch(&format!("gateway{g}"), 1_000, 1)))
+            .collect();
+        let unit = store.append_bulk_batch(batch("unit", 1, 3));
+        release.send(()).expect("release");
+        let unit = unit.await.remove(0).expect("unit");
+        assert_eq!(unit.position, 4, "first in the next group");
+        let gateways: Vec<Vec<u64>> = futures::future::join_all(gateways)
+            .await
+            .into_iter()
+            .map(|b| b.into_iter().map(|r| r.expect("fix").position).collect())
+            .collect();
+        let all: Vec<u64> = gateways.concat();
+        assert!(
+            all.windows(2).all(|w| w[0] < w[1]),
+            "the gateways' appends keep their order"
+        );
+        assert_eq!((all[0], all[2_999]), (5, 3_004));
+    }
+
+    fn job(stream: &str, events: u64, lane: Lane) -> AppendJob {
         AppendJob {
             stream: stream.into(),
             expected: ExpectedVersion::Any,
             events: (0..events).map(numbered).collect(),
-            bulk,
+            lane,
             reply: Reply::One(oneshot::channel().0),
         }
     }
@@ -1504,40 +1615,70 @@ mod tests {
         jobs.into_iter().map(|j| j.stream.as_str()).collect()
     }
 
+    /// A group of `n` large appends of 200 events each, named `{name}-0`...
+    fn large(name: &str, n: usize) -> Vec<AppendJob> {
+        (0..n)
+            .map(|i| job(&format!("{name}-{i}"), 200, Lane::Large))
+            .collect()
+    }
+
     #[test]
     fn a_plain_append_cuts_a_group_of_bulk_ones_being_staged_unless_little_is_left() {
         let mut queue = Queue::default();
-        let mut group: Vec<_> = (0..4)
-            .map(|i| job(&format!("fixes-{i}"), 200, true))
-            .collect();
-        queue.bulk.push_back(job("fixes-4", 200, true));
-        assert!(
-            !queue.cut_for_plain(&mut group, 1),
-            "nothing plain is queued"
-        );
+        let mut group = large("fixes", 4);
+        queue.large.push_back(job("fixes-4", 200, Lane::Large));
+        assert!(!queue.cut(&mut group, 1), "nothing urgent is queued");
         assert_eq!(group.len(), 4);
 
-        queue.take(Job::Append(job("alarm", 1, false)));
-        assert!(
-            queue.cut_for_plain(&mut group, 1),
-            "600 bulk events are left"
-        );
+        queue.take(Job::Append(job("alarm", 1, Lane::Plain)));
+        assert!(queue.cut(&mut group, 1), "600 bulk events are left");
         assert_eq!(streams(&group), ["fixes-0", "alarm"]);
         assert_eq!(
-            streams(&queue.bulk),
+            streams(&queue.large),
             ["fixes-1", "fixes-2", "fixes-3", "fixes-4"],
             "the bulk appends not staged keep their order, ahead of those queued after them"
         );
         assert!(queue.plain.is_empty());
 
-        let mut group = vec![job("fixes-5", 200, true), job("fixes-6", 200, true)];
-        queue.take(Job::Append(job("check-in", 1, false)));
+        let mut group = large("more", 2);
+        queue.take(Job::Append(job("check-in", 1, Lane::Plain)));
         assert!(
-            !queue.cut_for_plain(&mut group, 1),
+            !queue.cut(&mut group, 1),
             "200 bulk events left: staged first"
         );
-        assert_eq!(streams(&group), ["fixes-5", "fixes-6"]);
+        assert_eq!(streams(&group), ["more-0", "more-1"]);
         assert_eq!(streams(&queue.plain), ["check-in"]);
+    }
+
+    #[test]
+    fn a_units_small_batch_cuts_a_gateways_large_one_but_keeps_its_place_among_small_ones() {
+        let mut queue = Queue::default();
+        // Small batches first, then a gateway's: among the small ones, a newcomer waits its turn.
+        let mut group = vec![job("unit-0", 3, Lane::Small), job("unit-1", 3, Lane::Small)];
+        group.extend(large("gateway", 3));
+        queue.take(Job::Batch(vec![job("unit-2", 3, Lane::Small)]));
+        assert!(!queue.cut(&mut group, 1), "still among the small ones");
+        assert_eq!(group.len(), 5);
+
+        assert!(queue.cut(&mut group, 3), "400 large events are left");
+        assert_eq!(streams(&group), ["unit-0", "unit-1", "gateway-0", "unit-2"]);
+        assert_eq!(streams(&queue.large), ["gateway-1", "gateway-2"]);
+
+        // The next group: a new plain append, then the small ones, then large ones up to the cut
+        // bound only (two of 200 events reach 256), since urgent appends are waiting on it.
+        queue.large.extend(large("later", 2));
+        queue.take(Job::Append(job("check-in", 1, Lane::Plain)));
+        queue.take(Job::Batch(vec![
+            job("unit-3", 2, Lane::Small),
+            job("unit-4", 2, Lane::Small),
+        ]));
+        assert_eq!(
+            streams(&queue.next_group()),
+            ["check-in", "unit-3", "unit-4", "gateway-1", "gateway-2"]
+        );
+        // With nothing urgent, large ones fill a whole bulk group.
+        assert_eq!(streams(&queue.next_group()), ["later-0", "later-1"]);
+        assert!(queue.is_empty());
     }
 
     #[tokio::test]
