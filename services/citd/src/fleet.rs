@@ -162,27 +162,41 @@ impl Fleet {
 
     /// The compact position update of a run (for watchers).
     pub fn moved(&self, run_id: &str, anomalies: &Anomalies) -> Option<pb::RunMoved> {
+        self.moved_many([run_id], anomalies).pop()
+    }
+
+    /// [`Fleet::moved`] of each run that has a fix, the model read once for them all.
+    pub fn moved_many<'a>(
+        &self,
+        run_ids: impl IntoIterator<Item = &'a str>,
+        anomalies: &Anomalies,
+    ) -> Vec<pb::RunMoved> {
         let runs = self.read();
-        let r = runs.get(run_id)?;
-        let f = r.last_fix?;
-        let top = anomalies
-            .top_open_severity(run_id)
-            .map(|s| severity_to_pb(s) as i32)
-            .unwrap_or_default();
-        Some(pb::RunMoved {
-            run_id: run_id.to_string(),
-            lat_e7: e7(f.position.lat),
-            lon_e7: e7(f.position.lon),
-            speed_mps: f.speed_mps as f32,
-            heading_deg: f.heading_deg as f32,
-            last_fix_at_ms: f.t.0,
-            progress_m: r
-                .standing
-                .as_ref()
-                .and_then(|s| s.progress_m)
-                .unwrap_or_default() as f32,
-            top_open_severity: top,
-        })
+        run_ids
+            .into_iter()
+            .filter_map(|run_id| {
+                let r = runs.get(run_id)?;
+                let f = r.last_fix?;
+                let top = anomalies
+                    .top_open_severity(run_id)
+                    .map(|s| severity_to_pb(s) as i32)
+                    .unwrap_or_default();
+                Some(pb::RunMoved {
+                    run_id: run_id.to_string(),
+                    lat_e7: e7(f.position.lat),
+                    lon_e7: e7(f.position.lon),
+                    speed_mps: f.speed_mps as f32,
+                    heading_deg: f.heading_deg as f32,
+                    last_fix_at_ms: f.t.0,
+                    progress_m: r
+                        .standing
+                        .as_ref()
+                        .and_then(|s| s.progress_m)
+                        .unwrap_or_default() as f32,
+                    top_open_severity: top,
+                })
+            })
+            .collect()
     }
 
     /// Runs departed and not closed, by run id.

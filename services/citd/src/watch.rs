@@ -149,9 +149,11 @@ impl Hub {
         }
     }
 
-    /// The runs that moved since the last call, for the next batch.
+    /// The runs that moved since the last call, for the next batches, by run id.
     pub fn take_moved(&self) -> Vec<String> {
-        self.marked().drain().collect()
+        let mut runs: Vec<String> = self.marked().drain().collect();
+        runs.sort_unstable();
+        runs
     }
 
     /// Publishes position updates, [`MOVED_BATCH`] runs a message.
@@ -334,9 +336,7 @@ mod tests {
         hub.moved("R-1", || Some(moved("R-1", 57.71, 11.97)));
         hub.moved("R-2", || Some(moved("R-2", 60.17, 24.94)));
         assert!(rx.try_recv().is_err(), "positions wait for the batch");
-        let mut marked = hub.take_moved();
-        marked.sort();
-        assert_eq!(marked, ["R-1", "R-2"], "each run once");
+        assert_eq!(hub.take_moved(), ["R-1", "R-2"], "each run once, in order");
         hub.runs_moved(vec![moved("R-2", 60.17, 24.94), moved("R-1", 57.71, 11.97)]);
         let batch = rx.try_recv().expect("one batch");
         // The shared encoding is the message's own.
