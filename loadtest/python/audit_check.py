@@ -99,8 +99,9 @@ def main():
         kind = e.WhichOneof("event")
         if kind == "run_changed":
             return [e.run_changed] if e.run_changed.run_id == run_id else []
-        if kind == "runs_moved":  # a batch of position updates
-            return [m for m in e.runs_moved.runs if m.run_id == run_id]
+        if kind == "runs_moved":  # a batch of position updates, a column per field
+            b = e.runs_moved
+            return [(lat, lon) for r, lat, lon in zip(b.run_id, b.lat_e7, b.lon_e7) if r == run_id]
         return []
 
     changes = [c for e in list(seen) if not isinstance(e, Exception) for c in changes_of(e)]

@@ -49,7 +49,7 @@ mod tests {
         assert!(
             set.file
                 .iter()
-                .any(|f| f.message_type.iter().any(|m| m.name() == "RunMoved")),
+                .any(|f| f.message_type.iter().any(|m| m.name() == "RunsMoved")),
             "the set holds our messages"
         );
         assert!(bad.is_empty(), "{bad:?}");

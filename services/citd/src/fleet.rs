@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anomalies::Anomalies;
 use crate::grpc::{anomaly_to_pb, e7, pb_latlon, severity_to_pb, ts};
+use crate::watch::Moved;
 
 /// Slowest speed an ETA assumes, m/s (30 km/h): a standing vehicle still gets an estimate.
 const ETA_MIN_SPEED_MPS: f64 = 30.0 / 3.6;
@@ -160,43 +161,45 @@ impl Fleet {
         Some(view(run_id, r, now, anomalies))
     }
 
-    /// The compact position update of a run (for watchers).
-    pub fn moved(&self, run_id: &str, anomalies: &Anomalies) -> Option<pb::RunMoved> {
-        self.moved_many([run_id], anomalies).pop()
+    /// The compact position update of a run (for watchers): a batch of it alone, or of none if
+    /// it has no fix.
+    pub fn moved(&self, run_id: &str, anomalies: &Anomalies) -> pb::RunsMoved {
+        self.moved_many([run_id], anomalies)
     }
 
-    /// [`Fleet::moved`] of each run that has a fix, the model read once for them all.
+    /// [`Fleet::moved`] of each run that has a fix, in one batch, the model read once for them.
     pub fn moved_many<'a>(
         &self,
         run_ids: impl IntoIterator<Item = &'a str>,
         anomalies: &Anomalies,
-    ) -> Vec<pb::RunMoved> {
+    ) -> pb::RunsMoved {
         let runs = self.read();
-        run_ids
-            .into_iter()
-            .filter_map(|run_id| {
-                let r = runs.get(run_id)?;
-                let f = r.last_fix?;
-                let top = anomalies
-                    .top_open_severity(run_id)
-                    .map(|s| severity_to_pb(s) as i32)
-                    .unwrap_or_default();
-                Some(pb::RunMoved {
-                    run_id: run_id.to_string(),
-                    lat_e7: e7(f.position.lat),
-                    lon_e7: e7(f.position.lon),
-                    speed_mps: f.speed_mps as f32,
-                    heading_deg: f.heading_deg as f32,
-                    last_fix_at_ms: f.t.0,
-                    progress_m: r
-                        .standing
-                        .as_ref()
-                        .and_then(|s| s.progress_m)
-                        .unwrap_or_default() as f32,
-                    top_open_severity: top,
-                })
-            })
-            .collect()
+        let mut batch = pb::RunsMoved::default();
+        for run_id in run_ids {
+            let Some((r, f)) = runs.get(run_id).and_then(|r| Some((r, r.last_fix?))) else {
+                continue;
+            };
+            let top = anomalies
+                .top_open_severity(run_id)
+                .map(|s| severity_to_pb(s) as i32)
+                .unwrap_or_default();
+            Moved {
+                run_id: run_id.to_string(),
+                lat_e7: e7(f.position.lat),
+                lon_e7: e7(f.position.lon),
+                speed_mps: f.speed_mps as f32,
+                heading_deg: f.heading_deg as f32,
+                last_fix_at_ms: f.t.0,
+                progress_m: r
+                    .standing
+                    .as_ref()
+                    .and_then(|s| s.progress_m)
+                    .unwrap_or_default() as f32,
+                top_open_severity: top,
+            }
+            .push_to(&mut batch);
+        }
+        batch
     }
 
     /// Runs departed and not closed, by run id.

@@ -109,6 +109,56 @@ impl Codec for WatchCodec {
     }
 }
 
+/// One run's position update: a row of [`pb::RunsMoved`]'s columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Moved {
+    pub run_id: String,
+    pub lat_e7: i32,
+    pub lon_e7: i32,
+    pub speed_mps: f32,
+    pub heading_deg: f32,
+    pub last_fix_at_ms: i64,
+    pub progress_m: f32,
+    pub top_open_severity: i32,
+}
+
+impl Moved {
+    /// Row `i` of `batch` (a column too short for it, as only a foreign encoder could make,
+    /// reads as zero).
+    pub fn of(batch: &pb::RunsMoved, i: usize) -> Moved {
+        fn at<T: Copy + Default>(column: &[T], i: usize) -> T {
+            column.get(i).copied().unwrap_or_default()
+        }
+        Moved {
+            run_id: batch.run_id.get(i).cloned().unwrap_or_default(),
+            lat_e7: at(&batch.lat_e7, i),
+            lon_e7: at(&batch.lon_e7, i),
+            speed_mps: at(&batch.speed_mps, i),
+            heading_deg: at(&batch.heading_deg, i),
+            last_fix_at_ms: at(&batch.last_fix_at_ms, i),
+            progress_m: at(&batch.progress_m, i),
+            top_open_severity: at(&batch.top_open_severity, i),
+        }
+    }
+
+    /// Appends this row to `batch`'s columns.
+    pub fn push_to(self, batch: &mut pb::RunsMoved) {
+        batch.run_id.push(self.run_id);
+        batch.lat_e7.push(self.lat_e7);
+        batch.lon_e7.push(self.lon_e7);
+        batch.speed_mps.push(self.speed_mps);
+        batch.heading_deg.push(self.heading_deg);
+        batch.last_fix_at_ms.push(self.last_fix_at_ms);
+        batch.progress_m.push(self.progress_m);
+        batch.top_open_severity.push(self.top_open_severity);
+    }
+
+    /// Every row of `batch`.
+    pub fn rows(batch: &pb::RunsMoved) -> impl Iterator<Item = Moved> + '_ {
+        (0..batch.run_id.len()).map(|i| Moved::of(batch, i))
+    }
+}
+
 #[derive(Debug)]
 pub struct Hub {
     tx: broadcast::Sender<Change>,
@@ -135,12 +185,12 @@ impl Hub {
 
     /// A run's vehicle moved: its position goes out with the next batch ([`Hub::take_moved`]),
     /// or at once when the interval is zero.
-    pub fn moved(&self, run_id: &str, update: impl FnOnce() -> Option<pb::RunMoved>) {
+    pub fn moved(&self, run_id: &str, update: impl FnOnce() -> pb::RunsMoved) {
         if !self.watching() {
             return;
         }
         if self.interval.is_zero() {
-            self.runs_moved(update().into_iter().collect());
+            self.runs_moved(update());
             return;
         }
         let mut marked = self.marked();
@@ -149,22 +199,19 @@ impl Hub {
         }
     }
 
-    /// The runs that moved since the last call, for the next batches, by run id.
+    /// The runs that moved since the last call, for the next batches ([`MOVED_BATCH`] runs
+    /// each), by run id: consecutive batches list runs the same way (the set's order is random),
+    /// so a console can compare them.
     pub fn take_moved(&self) -> Vec<String> {
         let mut runs: Vec<String> = self.marked().drain().collect();
         runs.sort_unstable();
         runs
     }
 
-    /// Publishes position updates, [`MOVED_BATCH`] runs a message.
-    pub fn runs_moved(&self, mut runs: Vec<pb::RunMoved>) {
-        // Stable order (the set's is random): consecutive batches list runs the same way, so a
-        // console can compare them.
-        runs.sort_unstable_by(|a, b| a.run_id.cmp(&b.run_id));
-        for batch in runs.chunks(MOVED_BATCH) {
-            self.publish(pb::fleet_event::Event::RunsMoved(pb::RunsMoved {
-                runs: batch.to_vec(),
-            }));
+    /// Publishes a batch of position updates, unless it is empty.
+    pub fn runs_moved(&self, batch: pb::RunsMoved) {
+        if !batch.run_id.is_empty() {
+            self.publish(pb::fleet_event::Event::RunsMoved(batch));
         }
     }
 
@@ -253,7 +300,9 @@ impl Filter {
                 .is_none_or(|m| v.open_anomalies.iter().any(|a| a.severity >= m))
     }
 
-    pub fn moved_matches(&self, m: &pb::RunMoved) -> bool {
+    /// Whether run `i` of a batch of position updates matches.
+    pub fn moved_matches(&self, batch: &pb::RunsMoved, i: usize) -> bool {
+        let m = Moved::of(batch, i);
         self.run_ok(&m.run_id)
             && self.inside(Some(crate::grpc::from_e7(m.lat_e7, m.lon_e7)), false)
             && self.min_severity.is_none_or(|s| m.top_open_severity >= s)
@@ -279,17 +328,15 @@ impl Filter {
             Some(Event::RunChanged(v)) => self.run_matches(v),
             Some(Event::Anomaly(a)) => self.anomaly_matches(a),
             Some(Event::RunsMoved(batch)) => {
-                let runs: Vec<pb::RunMoved> = batch
-                    .runs
-                    .iter()
-                    .filter(|m| self.moved_matches(m))
-                    .cloned()
-                    .collect();
-                return match runs.len() {
+                let mut mine = pb::RunsMoved::default();
+                for i in (0..batch.run_id.len()).filter(|&i| self.moved_matches(batch, i)) {
+                    Moved::of(batch, i).push_to(&mut mine);
+                }
+                return match mine.run_id.len() {
                     0 => None,
-                    n if n == batch.runs.len() => Some(Outgoing::Shared(change)),
+                    n if n == batch.run_id.len() => Some(Outgoing::Shared(change)),
                     _ => Some(Outgoing::Own(Box::new(pb::FleetEvent {
-                        event: Some(Event::RunsMoved(pb::RunsMoved { runs })),
+                        event: Some(Event::RunsMoved(mine)),
                     }))),
                 };
             }
@@ -326,18 +373,28 @@ mod tests {
         let f = Filter::new(vec![], Some(gbg), None);
         let hub = Hub::new(16, Duration::from_secs(3600));
         let mut rx = hub.subscribe();
-        let moved = |run: &str, lat, lon| pb::RunMoved {
+        let moved = |run: &str, lat, lon| Moved {
             run_id: run.into(),
             lat_e7: crate::grpc::e7(lat),
             lon_e7: crate::grpc::e7(lon),
             ..Default::default()
         };
-        hub.moved("R-1", || Some(moved("R-1", 57.7, 11.97)));
-        hub.moved("R-1", || Some(moved("R-1", 57.71, 11.97)));
-        hub.moved("R-2", || Some(moved("R-2", 60.17, 24.94)));
+        let batch_of = |rows: Vec<Moved>| {
+            let mut b = pb::RunsMoved::default();
+            rows.into_iter().for_each(|m| m.push_to(&mut b));
+            b
+        };
+        hub.moved("R-1", || batch_of(vec![moved("R-1", 57.7, 11.97)]));
+        hub.moved("R-1", || batch_of(vec![moved("R-1", 57.71, 11.97)]));
+        hub.moved("R-2", || batch_of(vec![moved("R-2", 60.17, 24.94)]));
         assert!(rx.try_recv().is_err(), "positions wait for the batch");
         assert_eq!(hub.take_moved(), ["R-1", "R-2"], "each run once, in order");
-        hub.runs_moved(vec![moved("R-2", 60.17, 24.94), moved("R-1", 57.71, 11.97)]);
+        hub.runs_moved(pb::RunsMoved::default());
+        assert!(rx.try_recv().is_err(), "an empty batch is not sent");
+        hub.runs_moved(batch_of(vec![
+            moved("R-1", 57.71, 11.97),
+            moved("R-2", 60.17, 24.94),
+        ]));
         let batch = rx.try_recv().expect("one batch");
         // The shared encoding is the message's own.
         let decoded = pb::FleetEvent::decode(batch.encoded.clone()).expect("decodes");
@@ -348,7 +405,11 @@ mod tests {
         let Some(pb::fleet_event::Event::RunsMoved(mine)) = mine.event else {
             panic!("a batch");
         };
-        assert_eq!(mine.runs, [moved("R-1", 57.71, 11.97)], "Gothenburg only");
+        assert_eq!(
+            mine,
+            batch_of(vec![moved("R-1", 57.71, 11.97)]),
+            "Gothenburg only"
+        );
         let everything = Filter::new(vec![], None, None);
         assert!(matches!(
             everything.select(batch),

@@ -9,6 +9,7 @@ use cit_proto::v1 as pb;
 use citd::config::{ClockMode, Config};
 use citd::grpc::e7;
 use citd::runner::Clients;
+use citd::watch::Moved;
 use pb::fleet_event::Event as Fe;
 use tonic::Streaming;
 
@@ -116,9 +117,10 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     let Fe::RunsMoved(batch) = next(&mut w).await else {
         panic!("a batch of position updates")
     };
-    let [v] = batch.runs.as_slice() else {
-        panic!("one run: R-2's fixes are filtered out, got {batch:?}")
-    };
+    let [v] = Moved::rows(&batch)
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap_or_else(|_| panic!("one run: R-2's fixes are filtered out, got {batch:?}"));
     assert_eq!(v.run_id, "R-1");
     assert!(v.lat_e7 != 0 && v.lon_e7 != 0 && v.last_fix_at_ms > 0);
     assert_eq!(ack.acks[0].durable_seq, 10);
@@ -210,7 +212,7 @@ async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
         let mut changes = 0u64;
         while let Ok(Some(m)) = reading.message().await {
             if let Some(Fe::RunsMoved(batch)) = m.event {
-                changes += batch.runs.iter().filter(|v| v.last_fix_at_ms > 0).count() as u64;
+                changes += batch.last_fix_at_ms.iter().filter(|&&t| t > 0).count() as u64;
             }
         }
         changes
@@ -253,10 +255,10 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     // The last batch's last fix is seq 200.
     let route = common::route();
     let want = &route[(200 / 50) % route.len()];
-    let at_last_fix = |v: &pb::RunMoved| (v.lat_e7, v.lon_e7) == (e7(want.lat), e7(want.lon));
+    let at_last_fix = |v: &Moved| (v.lat_e7, v.lon_e7) == (e7(want.lat), e7(want.lon));
     let last_seen = loop {
         if let Fe::RunsMoved(batch) = next(&mut w).await
-            && let Some(v) = batch.runs.into_iter().find(at_last_fix)
+            && let Some(v) = Moved::rows(&batch).find(at_last_fix)
         {
             break v;
         }
