@@ -8,10 +8,10 @@
 //! thread, which drains everything queued (plain appends first, then a unit's own small batches
 //! of fixes, then large ones such as a gateway's, up to [`BULK_GROUP_EVENTS`]; see [`Lane`]; an
 //! urgent append arriving while large ones are staged joins the group and ends it), checks each
-//! append's expected version against the
-//! state inside one write transaction (so appends in the same group see each other), commits
-//! once (one fsync for the whole group), and only then answers each caller. An ack therefore
-//! always follows durability, and `kill -9` at any moment loses only unacknowledged appends.
+//! append's expected version against the state inside one write transaction (so appends in the
+//! same group see each other), commits once (one fsync for the whole group), and only then
+//! answers each caller. An ack therefore always follows durability, and `kill -9` at any moment
+//! loses only unacknowledged appends.
 //!
 //! Tables:
 //! - `events`: position -> record ([`crate::codec`]); position is dense from 1 here.
@@ -736,9 +736,9 @@ impl Queue {
     fn take(&mut self, job: Job) {
         match job {
             Job::Append(j) => self.lane(j.lane).push_back(j),
+            // One lane for the whole batch ([`Lane::bulk`] of all its events).
             Job::Batch(jobs) => {
-                if let Some(first) = jobs.first() {
-                    let lane = first.lane;
+                if let Some(lane) = jobs.first().map(|j| j.lane) {
                     self.lane(lane).extend(jobs);
                 }
             }

@@ -134,9 +134,8 @@ pub async fn run(
                 }
             }
             _ = flush.tick() => {
-                // The batch of positions: each run that moved since the last, at its latest.
-                // The runs that moved since the last, at their latest: marked now, sent a batch
-                // a turn below. (Left from the last tick: their marks wait for the next.)
+                // The runs that moved since the last tick, each to go out at its latest, a batch
+                // a turn (below). While some are left from the last tick, new marks wait.
                 if to_send.is_empty() {
                     to_send = hub.take_moved();
                 }
