@@ -141,10 +141,9 @@ pub async fn run(
                 }
             }
             _ = std::future::ready(()), if !to_send.is_empty() => {
-                let batch = to_send.drain(..MOVED_BATCH.min(to_send.len()));
-                let moved = fleet.moved_many(batch.as_slice().iter().map(String::as_str), &anomalies);
-                drop(batch);
-                hub.runs_moved(moved);
+                let n = MOVED_BATCH.min(to_send.len());
+                hub.runs_moved(fleet.moved_many(to_send[..n].iter().map(String::as_str), &anomalies));
+                to_send.drain(..n);
             }
             chunk = sub.next() => {
                 let Some(chunk) = chunk else { break };

@@ -109,6 +109,12 @@ impl Codec for WatchCodec {
     }
 }
 
+/// Entry `i` of a column of [`pb::RunsMoved`] (a column too short for it, as only a foreign
+/// encoder could make, reads as zero).
+fn at<T: Copy + Default>(column: &[T], i: usize) -> T {
+    column.get(i).copied().unwrap_or_default()
+}
+
 /// One run's position update: a row of [`pb::RunsMoved`]'s columns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Moved {
@@ -123,12 +129,8 @@ pub struct Moved {
 }
 
 impl Moved {
-    /// Row `i` of `batch` (a column too short for it, as only a foreign encoder could make,
-    /// reads as zero).
+    /// Row `i` of `batch` ([`at`]).
     pub fn of(batch: &pb::RunsMoved, i: usize) -> Moved {
-        fn at<T: Copy + Default>(column: &[T], i: usize) -> T {
-            column.get(i).copied().unwrap_or_default()
-        }
         Moved {
             run_id: batch.run_id.get(i).cloned().unwrap_or_default(),
             lat_e7: at(&batch.lat_e7, i),
@@ -300,12 +302,16 @@ impl Filter {
                 .is_none_or(|m| v.open_anomalies.iter().any(|a| a.severity >= m))
     }
 
-    /// Whether run `i` of a batch of position updates matches.
+    /// Whether run `i` of a batch of position updates matches, read from its columns in place
+    /// (each filtered watcher asks this of every run in every batch).
     pub fn moved_matches(&self, batch: &pb::RunsMoved, i: usize) -> bool {
-        let m = Moved::of(batch, i);
-        self.run_ok(&m.run_id)
-            && self.inside(Some(crate::grpc::from_e7(m.lat_e7, m.lon_e7)), false)
-            && self.min_severity.is_none_or(|s| m.top_open_severity >= s)
+        let run_id = batch.run_id.get(i).map_or("", String::as_str);
+        let (lat_e7, lon_e7) = (at(&batch.lat_e7, i), at(&batch.lon_e7, i));
+        self.run_ok(run_id)
+            && self.inside(Some(crate::grpc::from_e7(lat_e7, lon_e7)), false)
+            && self
+                .min_severity
+                .is_none_or(|s| at(&batch.top_open_severity, i) >= s)
     }
 
     pub fn anomaly_matches(&self, a: &pb::Anomaly) -> bool {
