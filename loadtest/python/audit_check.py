@@ -95,13 +95,18 @@ def main():
     first = seen[0]
     if isinstance(first, Exception) or first.WhichOneof("event") != "snapshot":
         fail(f"the first watch message is not a snapshot: {first}")
+    names = {}  # run number -> run id, as this stream named them (runs_named)
     def changes_of(e):
         kind = e.WhichOneof("event")
         if kind == "run_changed":
             return [e.run_changed] if e.run_changed.run_id == run_id else []
-        if kind == "runs_moved":  # a batch of position updates, a column per field
+        if kind == "runs_named":
+            names.update(zip(e.runs_named.run, e.runs_named.run_id))
+        if kind == "runs_moved":  # a batch of position updates, a column per field, runs by number
             b = e.runs_moved
-            return [(lat, lon) for r, lat, lon in zip(b.run_id, b.lat_e7, b.lon_e7) if r == run_id]
+            if any(r not in names for r in b.run):
+                fail(f"a runs_moved uses a run number not named before it: {list(b.run)}")
+            return [(lat, lon) for r, lat, lon in zip(b.run, b.lat_e7, b.lon_e7) if names[r] == run_id]
         return []
 
     changes = [c for e in list(seen) if not isinstance(e, Exception) for c in changes_of(e)]

@@ -534,7 +534,9 @@ async fn watchers(
                 .into_inner()
                 // A batch of positions is one change per run in it.
                 .map_ok(|m| match &m.event {
-                    Some(pb::fleet_event::Event::RunsMoved(b)) => b.run_id.len() as u64,
+                    Some(pb::fleet_event::Event::RunsMoved(b)) => b.run.len() as u64,
+                    // Names for the numbers of the batches, not a change.
+                    Some(pb::fleet_event::Event::RunsNamed(_)) => 0,
                     _ => 1,
                 })
                 .boxed()

@@ -38,7 +38,7 @@ use crate::clock::wall_now;
 use crate::fleet::Fleet;
 use crate::grpc::anomaly_to_pb;
 use crate::snapshot::{self, Snapshot};
-use crate::watch::{Hub, MOVED_BATCH};
+use crate::watch::{Hub, MOVED_BATCH, Numbered};
 
 /// Most events folded between two turns of the worker's loop (a few milliseconds' work).
 const CHUNK: usize = 512;
@@ -96,7 +96,7 @@ pub async fn run(
     // Runs whose position batch is still to build. Built one batch a turn of the loop, between
     // chunks of events: a whole fleet's at once (10,000 runs) held the fold 7-37 ms, and every
     // fix behind it waited for its detection that long (dispatch-bench, BENCHMARKS.md).
-    let mut to_send: Vec<String> = Vec::new();
+    let mut to_send: Vec<Numbered> = Vec::new();
     // Without snapshots the timer still needs a period; its branch is disabled.
     let every = snapshots
         .as_ref()
@@ -142,7 +142,7 @@ pub async fn run(
             }
             _ = std::future::ready(()), if !to_send.is_empty() => {
                 let n = MOVED_BATCH.min(to_send.len());
-                hub.runs_moved(fleet.moved_many(to_send[..n].iter().map(String::as_str), &anomalies));
+                hub.runs_moved(fleet.moved_many(&to_send[..n], &anomalies));
                 to_send.drain(..n);
             }
             chunk = sub.next() => {
@@ -169,6 +169,9 @@ pub async fn run(
                                 }
                                 if hub.watching() {
                                     publish(&app, &hub, &anomalies, &fleet, &event);
+                                }
+                                if let Event::RunClosed { run_id, .. } = &event {
+                                    hub.forget(run_id);
                                 }
                             }
                         }
@@ -346,7 +349,9 @@ fn publish(app: &App, hub: &Hub, anomalies: &Anomalies, fleet: &Fleet, event: &E
     let view = || fleet.view(run, app.clock.now(), anomalies);
     match event {
         Event::AnomalyRaised { .. } => {}
-        Event::FixesRecorded { .. } => hub.moved(run, || fleet.moved(run, anomalies)),
+        Event::FixesRecorded { .. } => hub.moved(run, |numbered| {
+            fleet.moved_many(std::slice::from_ref(numbered), anomalies)
+        }),
         _ => {
             if let Some(v) = view() {
                 hub.run_changed(v);

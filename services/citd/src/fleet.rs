@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anomalies::Anomalies;
 use crate::grpc::{anomaly_to_pb, e7, pb_latlon, severity_to_pb, ts};
-use crate::watch::Moved;
+use crate::watch::{Moved, MovedBatch, Numbered};
 
 /// Slowest speed an ETA assumes, m/s (30 km/h): a standing vehicle still gets an estimate.
 const ETA_MIN_SPEED_MPS: f64 = 30.0 / 3.6;
@@ -161,30 +161,21 @@ impl Fleet {
         Some(view(run_id, r, now, anomalies))
     }
 
-    /// The compact position update of a run (for watchers): a batch of it alone, or of none if
-    /// it has no fix.
-    pub fn moved(&self, run_id: &str, anomalies: &Anomalies) -> pb::RunsMoved {
-        self.moved_many([run_id], anomalies)
-    }
-
-    /// [`Fleet::moved`] of each run that has a fix, in one batch, the model read once for them.
-    pub fn moved_many<'a>(
-        &self,
-        run_ids: impl IntoIterator<Item = &'a str>,
-        anomalies: &Anomalies,
-    ) -> pb::RunsMoved {
-        let runs = self.read();
-        let mut batch = pb::RunsMoved::default();
-        for run_id in run_ids {
-            let Some((r, f)) = runs.get(run_id).and_then(|r| Some((r, r.last_fix?))) else {
+    /// The compact position updates of `runs` that have a fix (for watchers), in one batch, the
+    /// model read once for them.
+    pub fn moved_many(&self, runs: &[Numbered], anomalies: &Anomalies) -> MovedBatch {
+        let model = self.read();
+        let mut batch = MovedBatch::default();
+        for run in runs {
+            let run_id = &*run.run_id;
+            let Some((r, f)) = model.get(run_id).and_then(|r| Some((r, r.last_fix?))) else {
                 continue;
             };
             let top = anomalies
                 .top_open_severity(run_id)
                 .map(|s| severity_to_pb(s) as i32)
                 .unwrap_or_default();
-            Moved {
-                run_id: run_id.to_string(),
+            let row = Moved {
                 lat_e7: e7(f.position.lat),
                 lon_e7: e7(f.position.lon),
                 speed_mps: f.speed_mps as f32,
@@ -196,8 +187,8 @@ impl Fleet {
                     .and_then(|s| s.progress_m)
                     .unwrap_or_default() as f32,
                 top_open_severity: top,
-            }
-            .push_to(&mut batch);
+            };
+            batch.push(run, row);
         }
         batch
     }

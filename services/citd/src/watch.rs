@@ -10,12 +10,19 @@
 //! sends those bytes ([`WatchCodec`]): with a hundred consoles watching, encoding (and cloning)
 //! every change for each of them cost more than ingesting the fixes (BENCHMARKS.md).
 //!
-//! Position updates are compact (`RunMoved`, a fifth of a whole view) and batched: a run that
-//! moved is marked, and every watch interval one `runs_moved` message per 1,000 marked runs
-//! carries each one's latest position (a dispatcher's map needs a vehicle's place each second,
-//! not each fix; few large messages instead of one per run keep a watcher's cost per second, not
-//! per fix). Everything else (status, check-ins, custody, anomalies) goes out at once as a whole
-//! view.
+//! Position updates are compact (`RunsMoved`, a row of columns per run, a third of a whole view)
+//! and batched: a run that moved is marked, and every watch interval one `runs_moved` message per
+//! 1,000 marked runs carries each one's latest position (a dispatcher's map needs a vehicle's
+//! place each second, not each fix; few large messages instead of one per run keep a watcher's
+//! cost per second, not per fix). Everything else (status, check-ins, custody, anomalies) goes
+//! out at once as a whole view.
+//!
+//! A batch names its runs by number ([`Numbered`]), not by id: every watcher decoded a string,
+//! an allocation, for every run every second (the largest cost of a decoding console,
+//! BENCHMARKS.md). Each stream is told a number's id once, in a `runs_named` message just before
+//! the first batch that uses it ([`Told`]). Numbers are the hub's, shared by every stream so a
+//! batch is still encoded once; a closed run's number is given again later with a new
+//! generation, which each stream is told as a new name.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -37,6 +44,34 @@ pub const MOVED_BATCH: usize = 1_000;
 pub struct Published {
     pub event: pb::FleetEvent,
     encoded: Bytes,
+    /// A position batch's runs, row by row (empty for other changes): their ids, for filters and
+    /// for naming their numbers, are not on the wire.
+    runs: Vec<Numbered>,
+}
+
+/// A run as position batches refer to it: its number, the generation of that number (bumped each
+/// time the number is given to another run), and its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Numbered {
+    pub number: u32,
+    generation: u32,
+    pub run_id: Arc<str>,
+}
+
+/// A batch of position updates as built ([`crate::fleet::Fleet::moved_many`]): the message, and
+/// the runs of its rows.
+#[derive(Debug, Default)]
+pub struct MovedBatch {
+    pub batch: pb::RunsMoved,
+    pub runs: Vec<Numbered>,
+}
+
+impl MovedBatch {
+    /// Appends a row.
+    pub fn push(&mut self, run: &Numbered, row: Moved) {
+        row.push_to(&mut self.batch, run.number);
+        self.runs.push(run.clone());
+    }
 }
 
 pub type Change = Arc<Published>;
@@ -115,10 +150,9 @@ fn at<T: Copy + Default>(column: &[T], i: usize) -> T {
     column.get(i).copied().unwrap_or_default()
 }
 
-/// One run's position update: a row of [`pb::RunsMoved`]'s columns.
+/// One run's position update: a row of [`pb::RunsMoved`]'s columns but the run's number.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Moved {
-    pub run_id: String,
     pub lat_e7: i32,
     pub lon_e7: i32,
     pub speed_mps: f32,
@@ -132,7 +166,6 @@ impl Moved {
     /// Row `i` of `batch` ([`at`]).
     pub fn of(batch: &pb::RunsMoved, i: usize) -> Moved {
         Moved {
-            run_id: batch.run_id.get(i).cloned().unwrap_or_default(),
             lat_e7: at(&batch.lat_e7, i),
             lon_e7: at(&batch.lon_e7, i),
             speed_mps: at(&batch.speed_mps, i),
@@ -143,9 +176,9 @@ impl Moved {
         }
     }
 
-    /// Appends this row to `batch`'s columns.
-    pub fn push_to(self, batch: &mut pb::RunsMoved) {
-        batch.run_id.push(self.run_id);
+    /// Appends this row, of run `number`, to `batch`'s columns.
+    pub fn push_to(self, batch: &mut pb::RunsMoved, number: u32) {
+        batch.run.push(number);
         batch.lat_e7.push(self.lat_e7);
         batch.lon_e7.push(self.lon_e7);
         batch.speed_mps.push(self.speed_mps);
@@ -155,9 +188,9 @@ impl Moved {
         batch.top_open_severity.push(self.top_open_severity);
     }
 
-    /// Every row of `batch`.
-    pub fn rows(batch: &pb::RunsMoved) -> impl Iterator<Item = Moved> + '_ {
-        (0..batch.run_id.len()).map(|i| Moved::of(batch, i))
+    /// Every row of `batch`, with its run's number.
+    pub fn rows(batch: &pb::RunsMoved) -> impl Iterator<Item = (u32, Moved)> + '_ {
+        (0..batch.run.len()).map(|i| (batch.run[i], Moved::of(batch, i)))
     }
 }
 
@@ -166,8 +199,55 @@ pub struct Hub {
     tx: broadcast::Sender<Change>,
     /// Time between two batches of position updates (zero: each fix's at once).
     pub interval: Duration,
-    /// Runs that moved since the last batch.
-    moved: Mutex<foldhash::HashSet<String>>,
+    numbers: Mutex<Numbers>,
+}
+
+/// The runs' numbers, and which runs moved since the last batch.
+#[derive(Debug, Default)]
+struct Numbers {
+    of: foldhash::HashMap<Arc<str>, u32>,
+    /// By number: its run (none while free) and its generation.
+    runs: Vec<(Option<Arc<str>>, u32)>,
+    free: Vec<u32>,
+    /// One bit per number: marked as moved since the last batch.
+    marked: Vec<u64>,
+}
+
+impl Numbers {
+    /// `run_id`'s number, given now if it has none.
+    fn number(&mut self, run_id: &str) -> Numbered {
+        let number = match self.of.get(run_id) {
+            Some(&n) => n,
+            None => {
+                let id: Arc<str> = run_id.into();
+                let n = match self.free.pop() {
+                    Some(n) => {
+                        let (run, generation) = &mut self.runs[n as usize];
+                        *run = Some(id.clone());
+                        *generation = generation.wrapping_add(1);
+                        n
+                    }
+                    None => {
+                        self.runs.push((Some(id.clone()), 0));
+                        (self.runs.len() - 1) as u32
+                    }
+                };
+                self.of.insert(id, n);
+                n
+            }
+        };
+        numbered(&self.runs, number).expect("a number just given has a run")
+    }
+}
+
+/// Number `number` of the table `runs` (see [`Numbers::runs`]), unless it is free.
+fn numbered(runs: &[(Option<Arc<str>>, u32)], number: u32) -> Option<Numbered> {
+    let (run, generation) = runs.get(number as usize)?;
+    Some(Numbered {
+        number,
+        generation: *generation,
+        run_id: run.clone()?,
+    })
 }
 
 impl Hub {
@@ -177,43 +257,66 @@ impl Hub {
         Hub {
             tx: broadcast::channel(capacity.max(1)).0,
             interval,
-            moved: Mutex::default(),
+            numbers: Mutex::default(),
         }
     }
 
-    fn marked(&self) -> std::sync::MutexGuard<'_, foldhash::HashSet<String>> {
-        self.moved.lock().unwrap_or_else(|p| p.into_inner())
+    fn numbers(&self) -> std::sync::MutexGuard<'_, Numbers> {
+        self.numbers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A run's vehicle moved: its position goes out with the next batch ([`Hub::take_moved`]),
     /// or at once when the interval is zero.
-    pub fn moved(&self, run_id: &str, update: impl FnOnce() -> pb::RunsMoved) {
+    pub fn moved(&self, run_id: &str, update: impl FnOnce(&Numbered) -> MovedBatch) {
         if !self.watching() {
             return;
         }
+        let mut numbers = self.numbers();
+        let run = numbers.number(run_id);
         if self.interval.is_zero() {
-            self.runs_moved(update());
+            drop(numbers);
+            self.runs_moved(update(&run));
             return;
         }
-        let mut marked = self.marked();
-        if !marked.contains(run_id) {
-            marked.insert(run_id.to_string());
+        let (word, bit) = (run.number as usize / 64, run.number % 64);
+        if numbers.marked.len() <= word {
+            numbers.marked.resize(word + 1, 0);
         }
+        numbers.marked[word] |= 1 << bit;
     }
 
     /// The runs that moved since the last call, for the next batches ([`MOVED_BATCH`] runs
-    /// each), by run id: consecutive batches list runs the same way (the set's order is random),
-    /// so a console can compare them.
-    pub fn take_moved(&self) -> Vec<String> {
-        let mut runs: Vec<String> = self.marked().drain().collect();
-        runs.sort_unstable();
-        runs
+    /// each), by number: consecutive batches list runs the same way, so a console can compare
+    /// them.
+    pub fn take_moved(&self) -> Vec<Numbered> {
+        let Numbers { runs, marked, .. } = &mut *self.numbers();
+        let mut moved = Vec::new();
+        for (word, bits) in marked.iter_mut().enumerate() {
+            let mut b = std::mem::take(bits);
+            while b != 0 {
+                let number = (word * 64) as u32 + b.trailing_zeros();
+                b &= b - 1;
+                // None: marked, then freed (its run closed since).
+                moved.extend(numbered(runs, number));
+            }
+        }
+        moved
+    }
+
+    /// A run closed: its number is free for another run (its watchers are told the new name
+    /// when it is used again).
+    pub fn forget(&self, run_id: &str) {
+        let numbers = &mut *self.numbers();
+        if let Some(n) = numbers.of.remove(run_id) {
+            numbers.runs[n as usize].0 = None;
+            numbers.free.push(n);
+        }
     }
 
     /// Publishes a batch of position updates, unless it is empty.
-    pub fn runs_moved(&self, batch: pb::RunsMoved) {
-        if !batch.run_id.is_empty() {
-            self.publish(pb::fleet_event::Event::RunsMoved(batch));
+    pub fn runs_moved(&self, moved: MovedBatch) {
+        if !moved.runs.is_empty() {
+            self.send(pb::fleet_event::Event::RunsMoved(moved.batch), moved.runs);
         }
     }
 
@@ -235,13 +338,21 @@ impl Hub {
     }
 
     fn publish(&self, e: pb::fleet_event::Event) {
+        self.send(e, Vec::new());
+    }
+
+    fn send(&self, e: pb::fleet_event::Event, runs: Vec<Numbered>) {
         if !self.watching() {
             // Nobody watches right now: nothing to encode or send.
             return;
         }
         let event = pb::FleetEvent { event: Some(e) };
         let encoded = Bytes::from(event.encode_to_vec());
-        let _ = self.tx.send(Arc::new(Published { event, encoded }));
+        let _ = self.tx.send(Arc::new(Published {
+            event,
+            encoded,
+            runs,
+        }));
     }
 }
 
@@ -302,10 +413,10 @@ impl Filter {
                 .is_none_or(|m| v.open_anomalies.iter().any(|a| a.severity >= m))
     }
 
-    /// Whether run `i` of a batch of position updates matches, read from its columns in place
-    /// (each filtered watcher asks this of every run in every batch).
-    pub fn moved_matches(&self, batch: &pb::RunsMoved, i: usize) -> bool {
-        let run_id = batch.run_id.get(i).map_or("", String::as_str);
+    /// Whether row `i` of a batch of position updates (of the runs `runs`) matches, read from its
+    /// columns in place (each filtered watcher asks this of every run in every batch).
+    fn moved_matches(&self, batch: &pb::RunsMoved, runs: &[Numbered], i: usize) -> bool {
+        let run_id = runs.get(i).map_or("", |r| &*r.run_id);
         let (lat_e7, lon_e7) = (at(&batch.lat_e7, i), at(&batch.lon_e7, i));
         self.run_ok(run_id)
             && self.inside(Some(crate::grpc::from_e7(lat_e7, lon_e7)), false)
@@ -326,29 +437,79 @@ impl Filter {
     }
 
     /// What of a published change this watcher gets: all of it (its shared encoding), the part
-    /// of a position batch that matches (made for this watcher), or nothing.
-    pub fn select(&self, change: Change) -> Option<Outgoing> {
+    /// of a position batch that matches (made for this watcher), or nothing; a position batch
+    /// after the names of its numbers this watcher was not told yet (`told`).
+    pub fn select(&self, change: Change, told: &mut Told) -> Vec<Outgoing> {
         use pb::fleet_event::Event;
         let whole = match &change.event.event {
+            Some(Event::RunsMoved(batch)) => {
+                let (runs, all) = (&change.runs, change.runs.len());
+                // The rows this watcher gets; None: all of them (no list to build).
+                let rows: Option<Vec<usize>> = (!self.is_everything()).then(|| {
+                    (0..all)
+                        .filter(|&i| self.moved_matches(batch, runs, i))
+                        .collect()
+                });
+                let named = match &rows {
+                    Some(rows) if rows.is_empty() => return Vec::new(),
+                    Some(rows) => told.name(rows.iter().map(|&i| &runs[i])),
+                    None => told.name(runs.iter()),
+                };
+                let named = named.map(|n| {
+                    Outgoing::Own(Box::new(pb::FleetEvent {
+                        event: Some(Event::RunsNamed(n)),
+                    }))
+                });
+                let batch = match rows {
+                    Some(rows) if rows.len() < all => {
+                        let mut mine = pb::RunsMoved::default();
+                        for i in rows {
+                            Moved::of(batch, i).push_to(&mut mine, runs[i].number);
+                        }
+                        Outgoing::Own(Box::new(pb::FleetEvent {
+                            event: Some(Event::RunsMoved(mine)),
+                        }))
+                    }
+                    _ => Outgoing::Shared(change.clone()),
+                };
+                return named.into_iter().chain([batch]).collect();
+            }
             _ if self.is_everything() => true,
             Some(Event::RunChanged(v)) => self.run_matches(v),
             Some(Event::Anomaly(a)) => self.anomaly_matches(a),
-            Some(Event::RunsMoved(batch)) => {
-                let mut mine = pb::RunsMoved::default();
-                for i in (0..batch.run_id.len()).filter(|&i| self.moved_matches(batch, i)) {
-                    Moved::of(batch, i).push_to(&mut mine);
-                }
-                return match mine.run_id.len() {
-                    0 => None,
-                    n if n == batch.run_id.len() => Some(Outgoing::Shared(change)),
-                    _ => Some(Outgoing::Own(Box::new(pb::FleetEvent {
-                        event: Some(Event::RunsMoved(mine)),
-                    }))),
-                };
-            }
             _ => true,
         };
-        whole.then_some(Outgoing::Shared(change))
+        if whole {
+            vec![Outgoing::Shared(change)]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// The run numbers a watch stream has been told, each with the generation it was told for.
+#[derive(Debug, Default)]
+pub struct Told(Vec<u32>);
+
+impl Told {
+    /// The names `runs` need that this stream was not told yet (none when it knows them all),
+    /// as told from now on.
+    fn name<'a>(&mut self, runs: impl Iterator<Item = &'a Numbered>) -> Option<pb::RunsNamed> {
+        let mut named = pb::RunsNamed::default();
+        for r in runs {
+            let n = r.number as usize;
+            if self.0.len() <= n {
+                self.0.resize(n + 1, 0);
+            }
+            // Stored plus one: zero is "never told".
+            let told = r.generation.wrapping_add(1);
+            if self.0[n] != told {
+                self.0[n] = told;
+                named.run.push(r.number);
+                named.run_id.push(r.run_id.to_string());
+            }
+        }
+        (!named.run.is_empty()).then_some(named)
     }
 }
 
@@ -379,48 +540,89 @@ mod tests {
         let f = Filter::new(vec![], Some(gbg), None);
         let hub = Hub::new(16, Duration::from_secs(3600));
         let mut rx = hub.subscribe();
-        let moved = |run: &str, lat, lon| Moved {
-            run_id: run.into(),
+        let moved = |lat, lon| Moved {
             lat_e7: crate::grpc::e7(lat),
             lon_e7: crate::grpc::e7(lon),
             ..Default::default()
         };
-        let batch_of = |rows: Vec<Moved>| {
-            let mut b = pb::RunsMoved::default();
-            rows.into_iter().for_each(|m| m.push_to(&mut b));
+        let batch_of = |rows: Vec<(&Numbered, Moved)>| {
+            let mut b = MovedBatch::default();
+            rows.into_iter().for_each(|(run, m)| b.push(run, m));
             b
         };
-        hub.moved("R-1", || batch_of(vec![moved("R-1", 57.7, 11.97)]));
-        hub.moved("R-1", || batch_of(vec![moved("R-1", 57.71, 11.97)]));
-        hub.moved("R-2", || batch_of(vec![moved("R-2", 60.17, 24.94)]));
+        let unused = |_: &Numbered| -> MovedBatch { unreachable!("batched, not sent at once") };
+        hub.moved("R-1", unused);
+        hub.moved("R-1", unused);
+        hub.moved("R-2", unused);
         assert!(rx.try_recv().is_err(), "positions wait for the batch");
-        assert_eq!(hub.take_moved(), ["R-1", "R-2"], "each run once, in order");
-        hub.runs_moved(pb::RunsMoved::default());
+        let [r1, r2] = hub.take_moved().try_into().expect("each run once");
+        assert_eq!(
+            (r1.number, &*r1.run_id),
+            (0, "R-1"),
+            "numbered as first seen"
+        );
+        assert_eq!((r2.number, &*r2.run_id), (1, "R-2"));
+        assert!(hub.take_moved().is_empty(), "taken");
+        hub.runs_moved(MovedBatch::default());
         assert!(rx.try_recv().is_err(), "an empty batch is not sent");
         hub.runs_moved(batch_of(vec![
-            moved("R-1", 57.71, 11.97),
-            moved("R-2", 60.17, 24.94),
+            (&r1, moved(57.71, 11.97)),
+            (&r2, moved(60.17, 24.94)),
         ]));
         let batch = rx.try_recv().expect("one batch");
         // The shared encoding is the message's own.
         let decoded = pb::FleetEvent::decode(batch.encoded.clone()).expect("decodes");
         assert_eq!(decoded, batch.event);
-        let Some(Outgoing::Own(mine)) = f.select(batch.clone()) else {
-            panic!("a filtered watcher gets its own part of the batch");
+        let mut told = Told::default();
+        let [Outgoing::Own(named), Outgoing::Own(mine)] = &f.select(batch.clone(), &mut told)[..]
+        else {
+            panic!("a filtered watcher is told its runs' names, then gets its part of the batch");
         };
-        let Some(pb::fleet_event::Event::RunsMoved(mine)) = mine.event else {
+        assert_eq!(
+            named.event,
+            Some(pb::fleet_event::Event::RunsNamed(pb::RunsNamed {
+                run: vec![0],
+                run_id: vec!["R-1".into()],
+            })),
+            "only the run it gets"
+        );
+        let Some(pb::fleet_event::Event::RunsMoved(mine)) = &mine.event else {
             panic!("a batch");
         };
         assert_eq!(
-            mine,
-            batch_of(vec![moved("R-1", 57.71, 11.97)]),
+            *mine,
+            batch_of(vec![(&r1, moved(57.71, 11.97))]).batch,
             "Gothenburg only"
         );
+        assert!(
+            matches!(&f.select(batch.clone(), &mut told)[..], [Outgoing::Own(_)]),
+            "told once"
+        );
         let everything = Filter::new(vec![], None, None);
+        let mut told = Told::default();
         assert!(matches!(
-            everything.select(batch),
-            Some(Outgoing::Shared(_))
+            &everything.select(batch.clone(), &mut told)[..],
+            [Outgoing::Own(_), Outgoing::Shared(_)]
         ));
+        assert!(matches!(
+            &everything.select(batch, &mut told)[..],
+            [Outgoing::Shared(_)]
+        ));
+
+        // A closed run's number goes to the next new run, which each stream is told anew.
+        hub.forget("R-1");
+        hub.moved("R-3", unused);
+        let [r3] = hub.take_moved().try_into().expect("one run");
+        assert_eq!((r3.number, &*r3.run_id), (0, "R-3"));
+        hub.runs_moved(batch_of(vec![(&r3, moved(57.7, 11.97))]));
+        let batch = rx.try_recv().expect("one batch");
+        let [Outgoing::Own(named), Outgoing::Shared(_)] = &everything.select(batch, &mut told)[..]
+        else {
+            panic!("the new name first");
+        };
+        assert!(
+            matches!(&named.event, Some(pb::fleet_event::Event::RunsNamed(n)) if n.run_id == ["R-3"])
+        );
         assert!(f.run_matches(&view("R-1", 57.7, 11.97)));
         assert!(
             !f.run_matches(&view("R-2", 60.17, 24.94)),

@@ -114,14 +114,18 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     );
     stream(&mut c, "V-2", 10, 10).await; // not watched
     let ack = stream(&mut c, "V-1", 10, 10).await;
+    let Fe::RunsNamed(named) = next(&mut w).await else {
+        panic!("the batch's run numbers named first")
+    };
+    assert_eq!(named.run_id, ["R-1"], "R-2 is not watched: not named");
     let Fe::RunsMoved(batch) = next(&mut w).await else {
         panic!("a batch of position updates")
     };
-    let [v] = Moved::rows(&batch)
+    let [(run, v)] = Moved::rows(&batch)
         .collect::<Vec<_>>()
         .try_into()
         .unwrap_or_else(|_| panic!("one run: R-2's fixes are filtered out, got {batch:?}"));
-    assert_eq!(v.run_id, "R-1");
+    assert_eq!(run, named.run[0], "R-1 by its number");
     assert!(v.lat_e7 != 0 && v.lon_e7 != 0 && v.last_fix_at_ms > 0);
     assert_eq!(ack.acks[0].durable_seq, 10);
 
@@ -258,7 +262,7 @@ async fn a_watcher_resumes_from_a_snapshot_after_a_restart() {
     let at_last_fix = |v: &Moved| (v.lat_e7, v.lon_e7) == (e7(want.lat), e7(want.lon));
     let last_seen = loop {
         if let Fe::RunsMoved(batch) = next(&mut w).await
-            && let Some(v) = Moved::rows(&batch).find(at_last_fix)
+            && let Some((_, v)) = Moved::rows(&batch).find(|(_, v)| at_last_fix(v))
         {
             break v;
         }

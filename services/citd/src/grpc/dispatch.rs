@@ -17,7 +17,7 @@ use crate::anomalies::Anomalies;
 use crate::app::App;
 use crate::error::AppError;
 use crate::fleet::Fleet;
-use crate::watch::{Filter, Hub, Outgoing, WatchCodec};
+use crate::watch::{Filter, Hub, Outgoing, Told, WatchCodec};
 use futures::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -77,10 +77,16 @@ impl DispatchService {
         let first = Outgoing::Own(Box::new(self.snapshot(&filter)));
         let me = self.clone();
         let watching = Watching::new(self.app.metrics.clone());
+        // The run numbers this stream was told (they stay told across a fresh snapshot).
+        let mut told = Told::default();
         let rest = changes.flat_map(move |c| {
             let _alive = &watching;
             let out: Vec<Result<Outgoing, Status>> = match c {
-                Ok(change) => filter.select(change).into_iter().map(Ok).collect(),
+                Ok(change) => filter
+                    .select(change, &mut told)
+                    .into_iter()
+                    .map(Ok)
+                    .collect(),
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     me.app.metrics.watch_fell_behind.inc();
                     vec![
