@@ -37,12 +37,12 @@ pub fn latlon(p: Option<&pb::LatLon>, field: &str) -> Result<LatLon, InputError>
     LatLon::new(p.lat, p.lon, field)
 }
 
-/// Degrees as integer 1e-7 degrees (about 1 cm), the compact position of `RunMoved`.
+/// Degrees as integer 1e-7 degrees (about 1 cm), the compact position of `RunsMoved`.
 pub fn e7(deg: f64) -> i32 {
     (deg * 1e7).round() as i32
 }
 
-/// A compact `RunMoved` position back in degrees.
+/// A compact `RunsMoved` position back in degrees.
 pub fn from_e7(lat_e7: i32, lon_e7: i32) -> LatLon {
     LatLon {
         lat: f64::from(lat_e7) / 1e7,
