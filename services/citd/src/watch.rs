@@ -215,28 +215,25 @@ struct Numbers {
 
 impl Numbers {
     /// `run_id`'s number, given now if it has none.
-    fn number(&mut self, run_id: &str) -> Numbered {
-        let number = match self.of.get(run_id) {
-            Some(&n) => n,
-            None => {
-                let id: Arc<str> = run_id.into();
-                let n = match self.free.pop() {
-                    Some(n) => {
-                        let (run, generation) = &mut self.runs[n as usize];
-                        *run = Some(id.clone());
-                        *generation = generation.wrapping_add(1);
-                        n
-                    }
-                    None => {
-                        self.runs.push((Some(id.clone()), 0));
-                        (self.runs.len() - 1) as u32
-                    }
-                };
-                self.of.insert(id, n);
+    fn number(&mut self, run_id: &str) -> u32 {
+        if let Some(&n) = self.of.get(run_id) {
+            return n;
+        }
+        let id: Arc<str> = run_id.into();
+        let n = match self.free.pop() {
+            Some(n) => {
+                let (run, generation) = &mut self.runs[n as usize];
+                *run = Some(id.clone());
+                *generation = generation.wrapping_add(1);
                 n
             }
+            None => {
+                self.runs.push((Some(id.clone()), 0));
+                (self.runs.len() - 1) as u32
+            }
         };
-        numbered(&self.runs, number).expect("a number just given has a run")
+        self.of.insert(id, n);
+        n
     }
 }
 
@@ -272,13 +269,15 @@ impl Hub {
             return;
         }
         let mut numbers = self.numbers();
-        let run = numbers.number(run_id);
+        // Per fix while watching: the number alone (no id cloned) unless it goes out at once.
+        let number = numbers.number(run_id);
         if self.interval.is_zero() {
+            let run = numbered(&numbers.runs, number).expect("a number just given has a run");
             drop(numbers);
             self.runs_moved(update(&run));
             return;
         }
-        let (word, bit) = (run.number as usize / 64, run.number % 64);
+        let (word, bit) = (number as usize / 64, number % 64);
         if numbers.marked.len() <= word {
             numbers.marked.resize(word + 1, 0);
         }
