@@ -800,6 +800,32 @@ const FLUSH_CHUNK_STREAMS: usize = 48;
 /// across chunks, so no chunk holds a group for tens of thousands of inserts.
 const FLUSH_CHUNK_ENTRIES: usize = 8_192;
 
+/// How many rows the writer writes between two offers of its core to another thread
+/// ([`Yielder`]): ~0.2–0.5 ms of its work.
+const YIELD_EVERY_ROWS: usize = 128;
+
+/// Offers the writer's core to any thread waiting for one, every [`YIELD_EVERY_ROWS`] rows it
+/// writes. A group of fixes keeps the writer on a core for several milliseconds, and Linux does not
+/// preempt a running thread for one that wakes until the runner's slice is used up (up to ~2.5 ms
+/// seen here): a console's GetRun, a unit's ack or a check-in that woke meanwhile waited that long
+/// whenever both cores were busy. A yield with no one waiting returns at once. Under
+/// `dispatch-bench`, GetRun's p99 at the client went from 0.86–1.33 ms to 0.38–0.87 ms, ingest
+/// unchanged (BENCHMARKS.md, "Bulk threads offer their core").
+#[derive(Default)]
+struct Yielder {
+    rows: usize,
+}
+
+impl Yielder {
+    fn wrote(&mut self, rows: usize) {
+        self.rows += rows;
+        if self.rows >= YIELD_EVERY_ROWS {
+            self.rows = 0;
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// A bucket of the tail being written out to `stream_index`, a chunk with each group commit:
 /// its streams' entries up to `mark` (every event before the group that began it), in key
 /// order. The bucket's new mark is committed with the last chunk and only then does the tail let
@@ -831,6 +857,7 @@ impl Flush {
         tail: &Tail,
         at_least: usize,
         index: &mut redb::Table<(&str, u64), u64>,
+        yielder: &mut Yielder,
     ) -> Result<(Cursor, usize)> {
         let most = at_least.max(FLUSH_CHUNK_ENTRIES);
         let (mut at, mut written, mut touched) = (self.at, 0, 0);
@@ -842,6 +869,7 @@ impl Flush {
                 .entries_until(stream, self.mark)
                 .skip(at.entries)
                 .peekable();
+            let before = written;
             while written < most
                 && let Some((version, position)) = rest.next()
             {
@@ -851,6 +879,7 @@ impl Flush {
                 written += 1;
                 at.entries += 1;
             }
+            yielder.wrote(written - before);
             touched += 1;
             if rest.peek().is_some() {
                 // The chunk is full mid-stream: the next one goes on from here.
@@ -969,12 +998,13 @@ impl Writer {
         };
         // Where this group's chunk ended, and how many entries it wrote.
         let mut chunk = None;
+        let mut yielder = Yielder::default();
         {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut index = txn.open_table(STREAM_INDEX).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
             if let Some(flush) = &self.flush {
-                let (at, written) = flush.write_chunk(&tail, n_events, &mut index)?;
+                let (at, written) = flush.write_chunk(&tail, n_events, &mut index, &mut yielder)?;
                 chunk = Some((at, written));
                 if flush.is_done(at) {
                     let mut meta = txn.open_table(META).map_err(storage)?;
@@ -993,6 +1023,7 @@ impl Writer {
                     &mut ids,
                     &mut heads,
                 ));
+                yielder.wrote(job.events.len());
                 if job.bulk() && !cut {
                     queue.receive(jobs);
                     cut = queue.cut(group, results.len());

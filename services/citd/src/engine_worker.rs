@@ -185,6 +185,10 @@ pub async fn run(
                         }
                     }
                 }
+                // A chunk is up to ~1 ms of this thread's work: offer the core to whoever
+                // waits for one (a console's call, a unit's ack) before the next, as the store's
+                // writer does between its rows; with no one waiting this returns at once.
+                std::thread::yield_now();
                 anomalies.engine_position.send_replace(position.max(caught_up));
                 let head = *app.written.borrow();
                 app.metrics.engine_lag_events.set(head.saturating_sub(position) as i64);
