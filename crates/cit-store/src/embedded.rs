@@ -809,7 +809,7 @@ const YIELD_EVERY_ROWS: usize = 128;
 /// preempt a running thread for one that wakes until the runner's slice is used up (up to ~2.5 ms
 /// seen here): a console's GetRun, a unit's ack or a check-in that woke meanwhile waited that long
 /// whenever both cores were busy. A yield with no one waiting returns at once. Under
-/// `dispatch-bench`, GetRun's p99 at the client went from 0.86–1.33 ms to 0.38–0.87 ms, ingest
+/// `dispatch-bench`, GetRun's p99 at the client went from 0.67–1.33 ms to 0.34–0.87 ms, ingest
 /// unchanged (BENCHMARKS.md, "Bulk threads offer their core").
 #[derive(Default)]
 struct Yielder {
