@@ -809,8 +809,9 @@ const YIELD_EVERY_ROWS: usize = 128;
 /// preempt a running thread for one that wakes until the runner's slice is used up (up to ~2.5 ms
 /// seen here): a console's GetRun, a unit's ack or a check-in that woke meanwhile waited that long
 /// whenever both cores were busy. A yield with no one waiting returns at once. Under
-/// `dispatch-bench`, GetRun's p99 at the client went from 0.67–1.33 ms to 0.34–0.87 ms, ingest
-/// unchanged (BENCHMARKS.md, "Bulk threads offer their core").
+/// `dispatch-bench`, old and new builds alternated, GetRun's p99 at the client went from a median
+/// of 0.90 ms to 0.48 ms, and full-speed ingest got 10–15 % faster (BENCHMARKS.md, "Bulk threads
+/// offer their core").
 #[derive(Default)]
 struct Yielder {
     rows: usize,
