@@ -57,10 +57,22 @@ pub enum Command {
         person_id: String,
         kind: IncidentKind,
         note: String,
+        /// Rounds fired (`shots_fired`); none or 0 is no valid count: nothing is spent, and the
+        /// alarm is raised all the same.
+        rounds: Option<u32>,
     },
     HandOverCashBoxes {
         run_id: String,
         stop_id: String,
+        boxes: Vec<String>,
+        seals: Vec<u64>,
+        handed_by: Vec<String>,
+        received_by: Vec<String>,
+    },
+    /// R8: the cash moves to a replacement vehicle after a breakdown.
+    SwapVehicle {
+        run_id: String,
+        vehicle_id: String,
         boxes: Vec<String>,
         seals: Vec<u64>,
         handed_by: Vec<String>,
@@ -119,6 +131,7 @@ impl Command {
             Command::CheckIn { .. } => "checkin",
             Command::ReportIncident { .. } => "report",
             Command::HandOverCashBoxes { .. } => "handover",
+            Command::SwapVehicle { .. } => "swap_vehicle",
             Command::IssueWeapon { .. } => "issue_weapon",
             Command::HandOverWeapon { .. } => "hand_over_weapon",
             Command::ReturnWeapon { .. } => "return_weapon",

@@ -64,6 +64,8 @@ pub enum AnomalyKind {
     WeaponNotReturned,
     AmmoMismatch,
     Overspeed,
+    CrewAlarm,
+    SwapOutOfPlace,
 }
 
 impl AnomalyKind {
@@ -82,6 +84,8 @@ impl AnomalyKind {
             AnomalyKind::WeaponNotReturned => "weapon_not_returned",
             AnomalyKind::AmmoMismatch => "ammo_mismatch",
             AnomalyKind::Overspeed => "overspeed",
+            AnomalyKind::CrewAlarm => "crew_alarm",
+            AnomalyKind::SwapOutOfPlace => "swap_out_of_place",
         }
     }
 
@@ -95,9 +99,10 @@ impl AnomalyKind {
             AnomalyKind::SignalLoss => "A5",
             AnomalyKind::MissedCheckin | AnomalyKind::Duress => "A6",
             AnomalyKind::LateArrival | AnomalyKind::StopSkipped => "A7",
-            AnomalyKind::HandoverOutOfPlace => "A8",
+            AnomalyKind::HandoverOutOfPlace | AnomalyKind::SwapOutOfPlace => "A8",
             AnomalyKind::WeaponNotReturned | AnomalyKind::AmmoMismatch => "A9",
             AnomalyKind::Overspeed => "A10",
+            AnomalyKind::CrewAlarm => "A11",
         }
     }
 }
@@ -128,6 +133,23 @@ pub struct Anomaly {
 pub struct EngineMark {
     pub position: u64,
     pub now: Millis,
+}
+
+/// Rounds a `shots_fired` report spent from the weapon its reporter held at that moment (the
+/// latest of the run's weapons issued or handed to them), decided by the domain when the report
+/// was recorded, so the return's reconciliation and the weapon's history agree with the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundsSpent {
+    pub serial: String,
+    pub lot: String,
+    /// Rounds taken off the weapon's count: the rounds reported, at most what it still held.
+    pub rounds: u32,
+    /// What the weapon held before (issued minus earlier spends).
+    pub held: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Every event of the log.
@@ -203,6 +225,13 @@ pub enum Event {
         person_id: String,
         kind: IncidentKind,
         note: String,
+        /// Rounds fired, as reported (`shots_fired` only; absent in older events and when the
+        /// crew gave no valid count).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rounds: Option<u32>,
+        /// What those rounds were spent from; none when the reporter held no weapon of the run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spent: Option<RoundsSpent>,
         at: Millis,
     },
     CashBoxesHandedOver {
@@ -242,6 +271,22 @@ pub enum Event {
         ammo_custodian: String,
         rounds_issued: u32,
         rounds_returned: u32,
+        /// Rounds reported fired from it while out (A11): the return should bring back
+        /// `rounds_issued - rounds_spent` (absent in older events: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rounds_spent: u32,
+        at: Millis,
+    },
+    /// R8: the run's cash moved to a replacement vehicle; from here on the run is the
+    /// replacement's, and `from_vehicle_id` is on no run.
+    VehicleSwapped {
+        run_id: String,
+        from_vehicle_id: String,
+        to_vehicle_id: String,
+        boxes: Vec<String>,
+        seals: Vec<u64>,
+        handed_by: Vec<String>,
+        received_by: Vec<String>,
         at: Millis,
     },
     /// A command the rules refused: recorded, changes nothing else.
@@ -304,6 +349,7 @@ impl Event {
             Event::WeaponIssued { .. } => "WeaponIssued.v1",
             Event::WeaponHandedOver { .. } => "WeaponHandedOver.v1",
             Event::WeaponReturned { .. } => "WeaponReturned.v1",
+            Event::VehicleSwapped { .. } => "VehicleSwapped.v1",
             Event::CommandRefused { .. } => "CommandRefused.v1",
             Event::RunClosed { .. } => "RunClosed.v1",
             Event::ClockTicked { .. } => "ClockTicked.v1",
@@ -339,6 +385,7 @@ impl Event {
             | Event::CheckedIn { run_id, .. }
             | Event::IncidentReported { run_id, .. }
             | Event::CashBoxesHandedOver { run_id, .. }
+            | Event::VehicleSwapped { run_id, .. }
             | Event::RunClosed { run_id, .. }
             | Event::AnomalyAcknowledged { run_id, .. }
             | Event::AnomalyResolved { run_id, .. } => format!("{RUN}{run_id}"),
@@ -360,6 +407,7 @@ impl Event {
             | Event::CheckedIn { run_id, .. }
             | Event::IncidentReported { run_id, .. }
             | Event::CashBoxesHandedOver { run_id, .. }
+            | Event::VehicleSwapped { run_id, .. }
             | Event::WeaponIssued { run_id, .. }
             | Event::WeaponHandedOver { run_id, .. }
             | Event::WeaponReturned { run_id, .. }
@@ -396,6 +444,7 @@ impl Event {
             | Event::CheckedIn { at, .. }
             | Event::IncidentReported { at, .. }
             | Event::CashBoxesHandedOver { at, .. }
+            | Event::VehicleSwapped { at, .. }
             | Event::WeaponIssued { at, .. }
             | Event::WeaponHandedOver { at, .. }
             | Event::WeaponReturned { at, .. }

@@ -1,4 +1,4 @@
-//! The cash-in-transit domain, pure: versioned past-tense events, commands, and the rules R1–R7
+//! The cash-in-transit domain, pure: versioned past-tense events, commands, and the rules R1–R9
 //! (DOMAIN.md) as `World::handle(command, now) -> Outcome` and `World::apply(event)`.
 //!
 //! Nothing here does I/O or reads a clock: time comes in as [`Millis`] and decisions go out as

@@ -99,6 +99,8 @@ pub struct DetectionParams {
     pub corridor_m: f64,
     pub speed_limit_kmh: f64,
     pub checkin_interval_s: f64,
+    /// A8: the farthest the replacement's last fix may be from the run's vehicle's at a swap.
+    pub swap_radius_m: f64,
 }
 
 impl Default for DetectionParams {
@@ -119,6 +121,7 @@ impl Default for DetectionParams {
             corridor_m: 60.0,
             speed_limit_kmh: 90.0,
             checkin_interval_s: 600.0,
+            swap_radius_m: 100.0,
         }
     }
 }
@@ -135,6 +138,7 @@ impl DetectionParams {
             ("corridor_m", self.corridor_m),
             ("speed_limit_kmh", self.speed_limit_kmh),
             ("checkin_interval_s", self.checkin_interval_s),
+            ("params.swap_radius_m", self.swap_radius_m),
         ];
         for (field, v) in positive {
             if !v.is_finite() || v <= 0.0 {
@@ -197,9 +201,38 @@ pub enum IncidentKind {
     Roadblock,
     Fire,
     Robbery,
+    /// Warning shots or fire by an escort; carries the rounds fired (SCENARIOS.md).
+    ShotsFired,
 }
 
 impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Jam => "jam",
+            IncidentKind::Breakdown => "breakdown",
+            IncidentKind::Accident => "accident",
+            IncidentKind::PoliceCheck => "police_check",
+            IncidentKind::Roadblock => "roadblock",
+            IncidentKind::Fire => "fire",
+            IncidentKind::Robbery => "robbery",
+            IncidentKind::ShotsFired => "shots_fired",
+        }
+    }
+
+    /// Reports dispatch must act on at once (A11 crew alarm): police, medical help, a
+    /// replacement vehicle. A jam, a police check and a roadblock raise none of their own (A1's
+    /// exemption, A3 and A4 use them).
+    pub fn raises_crew_alarm(self) -> bool {
+        matches!(
+            self,
+            IncidentKind::Robbery
+                | IncidentKind::ShotsFired
+                | IncidentKind::Accident
+                | IncidentKind::Fire
+                | IncidentKind::Breakdown
+        )
+    }
+
     /// Reports that explain a stop (SCENARIOS.md `report_cover_s`).
     pub fn covers_stop(self) -> bool {
         matches!(

@@ -1,4 +1,4 @@
-//! The aggregate state of the domain and its rules. `handle` decides (R1–R7) and returns the
+//! The aggregate state of the domain and its rules. `handle` decides (R1–R9) and returns the
 //! events to append, or a refusal that is itself an event; `apply` folds an appended event in.
 //! `handle` never mutates: the caller applies the events once they are durable.
 
@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Command;
-use crate::event::{Event, StreamName};
-use crate::model::{Checkpoint, DetectionParams, LatLon, MAX_ROUTE_POINTS, PlannedStop, Role};
+use crate::event::{Event, RoundsSpent, StreamName};
+use crate::model::{
+    Checkpoint, DetectionParams, IncidentKind, LatLon, MAX_ROUTE_POINTS, PlannedStop, Role,
+};
 use crate::time::Millis;
 
 /// The rules of DOMAIN.md that refuse commands.
@@ -21,6 +23,8 @@ pub enum Rule {
     R5,
     R6,
     R7,
+    R8,
+    R9,
 }
 
 impl Rule {
@@ -33,6 +37,8 @@ impl Rule {
             Rule::R5 => "R5",
             Rule::R6 => "R6",
             Rule::R7 => "R7",
+            Rule::R8 => "R8",
+            Rule::R9 => "R9",
         }
     }
 }
@@ -109,6 +115,13 @@ pub enum WeaponLocation {
         run_id: String,
         lot: String,
         rounds: u32,
+        /// Rounds reported fired from it since the issue (A11).
+        #[serde(default)]
+        spent: u32,
+        /// When its holder got it, as the world's custody counter: a report of shots fired
+        /// spends from the one its reporter got last.
+        #[serde(default)]
+        since: u64,
     },
 }
 
@@ -181,6 +194,9 @@ pub struct World {
     /// The run each vehicle is currently on (active runs only).
     pub active_run_of_vehicle: HashMap<String, String>,
     pub anomalies: HashMap<String, (String, AnomalyState)>,
+    /// Counts weapons changing hands (issues and handovers), in log order.
+    #[serde(default)]
+    pub custody_seq: u64,
 }
 
 fn refused(
@@ -213,6 +229,27 @@ fn accepted(event: Event) -> Outcome {
     }
 }
 
+/// R6: what is wrong with a transfer of cash boxes (a handover at a stop, or the move to a
+/// replacement vehicle): two distinct people hand over, someone receives, nobody on both sides.
+fn r6_problem(handed_by: &[String], received_by: &[String]) -> Option<String> {
+    let mut givers: Vec<&String> = handed_by.iter().collect();
+    givers.sort();
+    givers.dedup();
+    if givers.len() < 2 {
+        Some(format!(
+            "only {} distinct person(s) handing over; two are required",
+            givers.len()
+        ))
+    } else if received_by.is_empty() {
+        Some("nobody confirms receipt".to_string())
+    } else {
+        received_by
+            .iter()
+            .find(|r| handed_by.contains(r))
+            .map(|p| format!("{p:?} is on both sides of the handover"))
+    }
+}
+
 fn require_id(field: &str, value: &str) -> Result<(), InputError> {
     if value.trim().is_empty() {
         return Err(InputError::invalid(field, "must not be empty"));
@@ -239,6 +276,70 @@ impl World {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The weapon of `run_id` that `person` got last (issued or handed to them), if they hold
+    /// one: shots they report are spent from it.
+    pub fn weapon_held(&self, run_id: &str, person: &str) -> Option<(&str, &WeaponLocation)> {
+        self.weapons
+            .iter()
+            .filter_map(|(serial, w)| match &w.location {
+                loc @ WeaponLocation::Out {
+                    holder, run_id: r, ..
+                } if holder == person && r == run_id => Some((serial.as_str(), loc)),
+                _ => None,
+            })
+            .max_by_key(|(_, loc)| match loc {
+                WeaponLocation::Out { since, .. } => *since,
+                WeaponLocation::InArmory => 0,
+            })
+    }
+
+    /// The active run (departed, not closed) other than `except` that `person` is rostered on.
+    fn active_run_of_person(&self, person: &str, except: &str) -> Option<&str> {
+        self.runs
+            .values()
+            .filter(|r| r.run_id != except)
+            .filter(|r| matches!(r.status, RunStatus::Active | RunStatus::Returned))
+            .find(|r| r.driver_id == person || r.escort_ids.iter().any(|e| e == person))
+            .map(|r| r.run_id.as_str())
+    }
+
+    /// R9 at planning: a driver and two distinct escorts, each registered in the place's role,
+    /// nobody twice (the driver among the escorts included).
+    fn r9_crew_problem(&self, driver_id: &str, escort_ids: &[String]) -> Option<String> {
+        let in_role = |id: &str, role: Role| self.people.get(id).is_some_and(|p| p.role == role);
+        let describe = |id: &str| match self.people.get(id) {
+            None => "is not registered".to_string(),
+            Some(p) => format!("is registered as {}", p.role.as_str()),
+        };
+        if driver_id.trim().is_empty() {
+            return Some("the run has no driver".into());
+        }
+        if !in_role(driver_id, Role::Driver) {
+            return Some(format!(
+                "driver {driver_id:?} {}, not as driver",
+                describe(driver_id)
+            ));
+        }
+        for (i, e) in escort_ids.iter().enumerate() {
+            if e == driver_id {
+                return Some(format!("{e:?} is rostered as driver and as escort"));
+            }
+            if escort_ids[..i].contains(e) {
+                return Some(format!("escort {e:?} is rostered twice"));
+            }
+            if !in_role(e, Role::Escort) {
+                return Some(format!("escort {e:?} {}, not as escort", describe(e)));
+            }
+        }
+        if escort_ids.len() < 2 {
+            return Some(format!(
+                "{} escort(s) rostered; a run needs a driver and at least two armed escorts",
+                escort_ids.len()
+            ));
+        }
+        None
     }
 
     fn run(&self, run_id: &str) -> Result<&Run, InputError> {
@@ -376,12 +477,17 @@ impl World {
                 if let Some(refusal) = self.check_r1(cmd, run_id, vehicle_id, now) {
                     return Ok(refusal);
                 }
-                self.person("driver_id", driver_id)?;
-                if escort_ids.is_empty() {
-                    return Err(InputError::invalid("escort_ids", "a run needs escorts"));
-                }
-                for (i, e) in escort_ids.iter().enumerate() {
-                    self.person(&format!("escort_ids[{i}]"), e)?;
+                // R9 A whole crew.
+                if let Some(problem) = self.r9_crew_problem(driver_id, escort_ids) {
+                    return Ok(refused(
+                        Rule::R9,
+                        cmd,
+                        None,
+                        run_id,
+                        format!("R9: run {run_id:?} refused: {problem}"),
+                        vec![],
+                        now,
+                    ));
                 }
                 Ok(accepted(Event::RunPlanned {
                     run_id: run_id.clone(),
@@ -426,11 +532,29 @@ impl World {
                 if let Some(refusal) = self.check_r1(cmd, run_id, &run.vehicle_id, now) {
                     return Ok(refusal);
                 }
-                if let Some(busy) = self.active_run_of_vehicle.get(&run.vehicle_id) {
-                    return Err(InputError::WrongState(format!(
-                        "vehicle {:?} is on active run {busy:?}",
+                // R9: nobody and no vehicle serves two active runs at once.
+                let busy = match self.active_run_of_vehicle.get(&run.vehicle_id) {
+                    Some(other) => Some(format!(
+                        "vehicle {:?} is on active run {other:?}",
                         run.vehicle_id
-                    )));
+                    )),
+                    None => std::iter::once(&run.driver_id)
+                        .chain(&run.escort_ids)
+                        .find_map(|p| {
+                            self.active_run_of_person(p, run_id)
+                                .map(|other| format!("{p:?} is on active run {other:?}"))
+                        }),
+                };
+                if let Some(problem) = busy {
+                    return Ok(refused(
+                        Rule::R9,
+                        cmd,
+                        Some(run_id),
+                        run_id,
+                        format!("R9: run {run_id:?} cannot depart: {problem}"),
+                        vec![],
+                        now,
+                    ));
                 }
                 // R2 Escorts equipped: latest readiness, vest, helmet, a weapon issued to them.
                 for escort in &run.escort_ids {
@@ -490,14 +614,41 @@ impl World {
                 person_id,
                 kind,
                 note,
+                rounds,
             } => {
                 self.run(run_id)?;
                 self.person("person_id", person_id)?;
+                // An alarm is never refused for a detail: a count that is missing or 0 spends
+                // nothing, more rounds than the weapon holds spend what it holds, and the
+                // engine's evidence says which.
+                let rounds = rounds.filter(|n| *n > 0 && *kind == IncidentKind::ShotsFired);
+                let spent = rounds.and_then(|n| match self.weapon_held(run_id, person_id)? {
+                    (
+                        serial,
+                        WeaponLocation::Out {
+                            lot,
+                            rounds: issued,
+                            spent,
+                            ..
+                        },
+                    ) => {
+                        let held = issued.saturating_sub(*spent);
+                        Some(RoundsSpent {
+                            serial: serial.to_string(),
+                            lot: lot.clone(),
+                            rounds: n.min(held),
+                            held,
+                        })
+                    }
+                    (_, WeaponLocation::InArmory) => None,
+                });
                 Ok(accepted(Event::IncidentReported {
                     run_id: run_id.clone(),
                     person_id: person_id.clone(),
                     kind: *kind,
                     note: note.clone(),
+                    rounds,
+                    spent,
                     at: now,
                 }))
             }
@@ -518,25 +669,8 @@ impl World {
                 if boxes.is_empty() {
                     return Err(InputError::invalid("box_ids", "at least one box"));
                 }
-                // R6 Two-person integrity: two distinct people hand over, someone receives,
-                // nobody on both sides.
-                let mut givers: Vec<&String> = handed_by.iter().collect();
-                givers.sort();
-                givers.dedup();
-                let problem = if givers.len() < 2 {
-                    Some(format!(
-                        "only {} distinct person(s) handing over; two are required",
-                        givers.len()
-                    ))
-                } else if received_by.is_empty() {
-                    Some("nobody confirms receipt".to_string())
-                } else {
-                    received_by
-                        .iter()
-                        .find(|r| handed_by.contains(r))
-                        .map(|p| format!("{p:?} is on both sides of the handover"))
-                };
-                if let Some(problem) = problem {
+                // R6 Two-person integrity.
+                if let Some(problem) = r6_problem(handed_by, received_by) {
                     return Ok(refused(
                         Rule::R6,
                         cmd,
@@ -550,6 +684,74 @@ impl World {
                 Ok(accepted(Event::CashBoxesHandedOver {
                     run_id: run_id.clone(),
                     stop_id: stop_id.clone(),
+                    boxes: boxes.clone(),
+                    seals: seals.clone(),
+                    handed_by: handed_by.clone(),
+                    received_by: received_by.clone(),
+                    at: now,
+                }))
+            }
+            Command::SwapVehicle {
+                run_id,
+                vehicle_id,
+                boxes,
+                seals,
+                handed_by,
+                received_by,
+            } => {
+                require_id("vehicle_id", vehicle_id)?;
+                let run = self.runs.get(run_id);
+                let refuse = |rule: Rule, message: String| {
+                    refused(
+                        rule,
+                        cmd,
+                        run.map(|r| r.run_id.as_str()),
+                        vehicle_id,
+                        message,
+                        vec![],
+                        now,
+                    )
+                };
+                // R8 Replacement vehicle: an active run, a registered armoured vehicle that is
+                // neither the run's own nor serving another active run. Checked before R6.
+                let r8 = match run {
+                    None => Some(format!("run {run_id:?} is not planned")),
+                    Some(r) if !matches!(r.status, RunStatus::Active | RunStatus::Returned) => {
+                        Some(format!("run {run_id:?} is not active"))
+                    }
+                    Some(r) if r.vehicle_id == *vehicle_id => Some(format!(
+                        "vehicle {vehicle_id:?} is already the run's vehicle"
+                    )),
+                    Some(_) => match self.vehicles.get(vehicle_id) {
+                        None => Some(format!("vehicle {vehicle_id:?} is not registered")),
+                        Some(v) if !v.armoured => Some(format!(
+                            "vehicle {vehicle_id:?} ({}) is not an armoured cash vehicle",
+                            v.plate
+                        )),
+                        Some(_) => self.active_run_of_vehicle.get(vehicle_id).map(|other| {
+                            format!("vehicle {vehicle_id:?} is on active run {other:?}")
+                        }),
+                    },
+                };
+                if let Some(problem) = r8 {
+                    return Ok(refuse(
+                        Rule::R8,
+                        format!("R8: swap to {vehicle_id:?} refused: {problem}"),
+                    ));
+                }
+                if let Some(problem) = r6_problem(handed_by, received_by) {
+                    return Ok(refuse(
+                        Rule::R6,
+                        format!("R6: transfer of the cash to {vehicle_id:?} refused: {problem}"),
+                    ));
+                }
+                let Some(run) = run else {
+                    return Err(InputError::not_found(format!("run {run_id:?}")));
+                };
+                Ok(accepted(Event::VehicleSwapped {
+                    run_id: run_id.clone(),
+                    from_vehicle_id: run.vehicle_id.clone(),
+                    to_vehicle_id: vehicle_id.clone(),
                     boxes: boxes.clone(),
                     seals: seals.clone(),
                     handed_by: handed_by.clone(),
@@ -717,6 +919,8 @@ impl World {
                     run_id,
                     lot,
                     rounds,
+                    spent,
+                    ..
                 } = &weapon.location
                 else {
                     return Ok(refused(
@@ -767,6 +971,7 @@ impl World {
                     ammo_custodian: ammo_custodian.clone(),
                     rounds_issued: *rounds,
                     rounds_returned: *rounds_returned,
+                    rounds_spent: *spent,
                     at: now,
                 }))
             }
@@ -1021,12 +1226,15 @@ impl World {
                 to,
                 ..
             } => {
+                self.custody_seq += 1;
                 if let Some(w) = self.weapons.get_mut(serial) {
                     w.location = WeaponLocation::Out {
                         holder: to.clone(),
                         run_id: run_id.clone(),
                         lot: lot.clone(),
                         rounds: *rounds,
+                        spent: 0,
+                        since: self.custody_seq,
                     };
                 }
                 if let Some(left) = self.ammo_lots.get_mut(lot) {
@@ -1040,13 +1248,42 @@ impl World {
                 }
             }
             Event::WeaponHandedOver { serial, to, .. } => {
+                self.custody_seq += 1;
                 if let Some(Weapon {
-                    location: WeaponLocation::Out { holder, .. },
+                    location: WeaponLocation::Out { holder, since, .. },
                     ..
                 }) = self.weapons.get_mut(serial)
                 {
                     *holder = to.clone();
+                    *since = self.custody_seq;
                 }
+            }
+            Event::IncidentReported {
+                spent: Some(RoundsSpent { serial, rounds, .. }),
+                ..
+            } => {
+                if let Some(Weapon {
+                    location: WeaponLocation::Out { spent, .. },
+                    ..
+                }) = self.weapons.get_mut(serial)
+                {
+                    *spent = spent.saturating_add(*rounds);
+                }
+            }
+            Event::VehicleSwapped {
+                run_id,
+                from_vehicle_id,
+                to_vehicle_id,
+                ..
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.vehicle_id = to_vehicle_id.clone();
+                }
+                if self.active_run_of_vehicle.get(from_vehicle_id) == Some(run_id) {
+                    self.active_run_of_vehicle.remove(from_vehicle_id);
+                }
+                self.active_run_of_vehicle
+                    .insert(to_vehicle_id.clone(), run_id.clone());
             }
             Event::WeaponReturned {
                 run_id,

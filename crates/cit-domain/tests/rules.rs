@@ -1,4 +1,4 @@
-//! The refusing rules R1–R7 and the run lifecycle, given/when/then: given past events, when a
+//! The refusing rules R1–R9, rounds fired (A11) and the run lifecycle, given/when/then: given past events, when a
 //! command arrives, then these events (or this refusal, itself recorded) come out.
 
 use cit_domain::event::Event;
@@ -70,6 +70,18 @@ fn registry() -> Vec<Event> {
             at: NOW,
         },
         Event::VehicleRegistered {
+            vehicle_id: "V-2".into(),
+            plate: "GB 2".into(),
+            armoured: true,
+            at: NOW,
+        },
+        Event::VehicleRegistered {
+            vehicle_id: "V-3".into(),
+            plate: "GB 3".into(),
+            armoured: true,
+            at: NOW,
+        },
+        Event::VehicleRegistered {
             vehicle_id: "CAR".into(),
             plate: "ABC 1".into(),
             armoured: false,
@@ -78,7 +90,9 @@ fn registry() -> Vec<Event> {
         person("D-1", Role::Driver),
         person("E-1", Role::Escort),
         person("E-2", Role::Escort),
+        person("E-8", Role::Escort),
         person("E-9", Role::Escort),
+        person("D-2", Role::Driver),
         person("GC", Role::GunCustodian),
         person("AC", Role::AmmoCustodian),
         person("AP", Role::Approver),
@@ -264,7 +278,7 @@ fn r4_weapons_only_to_rostered_escorts_of_open_runs_and_never_twice() {
     // Handover to an escort of another run.
     let mut other = plan("R-2", "V-1");
     if let Command::PlanRun { escort_ids, .. } = &mut other {
-        *escort_ids = vec!["E-9".into()];
+        *escort_ids = vec!["E-9".into(), "E-8".into()];
     }
     accepted(when(&mut w, other));
     let handover = |to: &str| Command::HandOverWeapon {
@@ -491,4 +505,236 @@ fn lifecycle_planned_active_returned_closed_and_wrong_states_are_errors_not_refu
         when(&mut w, depart("R-404")),
         Err(InputError::NotFound { .. })
     ));
+}
+
+fn plan_crew(run: &str, vehicle: &str, driver: &str, escorts: &[&str]) -> Command {
+    let mut cmd = plan(run, vehicle);
+    if let Command::PlanRun {
+        driver_id,
+        escort_ids,
+        ..
+    } = &mut cmd
+    {
+        *driver_id = driver.into();
+        *escort_ids = escorts.iter().map(|e| e.to_string()).collect();
+    }
+    cmd
+}
+
+#[test]
+fn r9_a_plan_needs_a_driver_and_two_distinct_escorts_in_their_registered_roles() {
+    let mut w = given(&registry());
+    for (driver, escorts) in [
+        ("D-1", &["E-1"][..]),          // one escort
+        ("D-1", &["E-1", "E-1"][..]),   // the same escort twice
+        ("D-1", &["E-1", "D-1"][..]),   // the driver among the escorts
+        ("E-9", &["E-1", "E-2"][..]),   // an escort as driver
+        ("D-1", &["E-1", "GC"][..]),    // a gun custodian as escort
+        ("D-1", &["E-1", "E-404"][..]), // not registered
+        ("", &["E-1", "E-2"][..]),      // no driver
+    ] {
+        assert_eq!(
+            refused_by(when(&mut w, plan_crew("R-1", "V-1", driver, escorts))),
+            Rule::R9,
+            "driver {driver:?}, escorts {escorts:?}"
+        );
+    }
+    assert!(w.runs.is_empty(), "a refused plan plans nothing");
+    // R1 is checked first.
+    assert_eq!(
+        refused_by(when(&mut w, plan_crew("R-1", "CAR", "D-1", &["E-1"]))),
+        Rule::R1
+    );
+    accepted(when(
+        &mut w,
+        plan_crew("R-1", "V-1", "D-1", &["E-1", "E-2", "E-9"]),
+    ));
+}
+
+#[test]
+fn r9_nobody_and_no_vehicle_departs_while_on_another_active_run_and_r1_comes_first() {
+    let mut w = ready_run();
+    accepted(when(&mut w, depart("R-1")));
+    // The same vehicle, another crew.
+    accepted(when(
+        &mut w,
+        plan_crew("R-2", "V-1", "D-2", &["E-9", "E-8"]),
+    ));
+    assert_eq!(refused_by(when(&mut w, depart("R-2"))), Rule::R9);
+    // Another vehicle, a crew member of R-1 (refused before R2 looks at readiness).
+    accepted(when(
+        &mut w,
+        plan_crew("R-3", "V-2", "D-2", &["E-9", "E-2"]),
+    ));
+    assert_eq!(refused_by(when(&mut w, depart("R-3"))), Rule::R9);
+    // Once R-1 closes, R-2's vehicle is free (and R2 is what stops it now).
+    accepted(when(&mut w, ret("G-1", "E-1", 30)));
+    accepted(when(&mut w, ret("G-2", "E-2", 30)));
+    accepted(when(
+        &mut w,
+        Command::CloseRun {
+            run_id: "R-1".into(),
+        },
+    ));
+    assert_eq!(refused_by(when(&mut w, depart("R-2"))), Rule::R2);
+}
+
+fn swap(run: &str, vehicle: &str, handed_by: &[&str], received_by: &[&str]) -> Command {
+    Command::SwapVehicle {
+        run_id: run.into(),
+        vehicle_id: vehicle.into(),
+        boxes: vec!["B-1".into()],
+        seals: vec![77],
+        handed_by: handed_by.iter().map(|p| p.to_string()).collect(),
+        received_by: received_by.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn r8_a_replacement_is_registered_armoured_free_and_not_the_runs_own_and_r8_comes_before_r6() {
+    let mut w = ready_run();
+    // Not active yet.
+    assert_eq!(
+        refused_by(when(&mut w, swap("R-1", "V-2", &["E-1", "E-2"], &["D-2"]))),
+        Rule::R8
+    );
+    accepted(when(&mut w, depart("R-1")));
+    accepted(when(
+        &mut w,
+        plan_crew("R-2", "V-3", "D-2", &["E-9", "E-8"]),
+    ));
+    w.apply(&Event::RunDeparted {
+        run_id: "R-2".into(),
+        vehicle_id: "V-3".into(),
+        at: NOW,
+    });
+    for vehicle in ["NOPE", "CAR", "V-1", "V-3"] {
+        // Unregistered, not armoured, the run's own, another active run's: R8 even with a
+        // one-person transfer (R6 comes after).
+        assert_eq!(
+            refused_by(when(&mut w, swap("R-1", vehicle, &["E-1"], &["D-2"]))),
+            Rule::R8,
+            "{vehicle}"
+        );
+    }
+    assert_eq!(
+        refused_by(when(
+            &mut w,
+            swap("R-404", "V-2", &["E-1", "E-2"], &["D-2"])
+        )),
+        Rule::R8
+    );
+    // R6 for the people moving the cash.
+    assert_eq!(
+        refused_by(when(&mut w, swap("R-1", "V-2", &["E-1", "E-1"], &["D-2"]))),
+        Rule::R6
+    );
+    assert_eq!(
+        refused_by(when(&mut w, swap("R-1", "V-2", &["E-1", "E-2"], &["E-2"]))),
+        Rule::R6
+    );
+    assert_eq!(w.runs["R-1"].vehicle_id, "V-1", "refusals change nothing");
+    let events = accepted(when(&mut w, swap("R-1", "V-2", &["E-1", "E-2"], &["D-2"])));
+    assert!(matches!(
+        &events[0],
+        Event::VehicleSwapped { from_vehicle_id, to_vehicle_id, .. }
+            if from_vehicle_id == "V-1" && to_vehicle_id == "V-2"
+    ));
+    // The run is the replacement's; the broken-down vehicle is free and on no run.
+    assert_eq!(w.runs["R-1"].vehicle_id, "V-2");
+    assert_eq!(
+        w.active_run_of_vehicle.get("V-2").map(String::as_str),
+        Some("R-1")
+    );
+    assert!(!w.active_run_of_vehicle.contains_key("V-1"));
+    // Its old vehicle can now serve another run; the replacement cannot.
+    accepted(when(
+        &mut w,
+        plan_crew("R-5", "V-1", "D-2", &["E-9", "E-8"]),
+    ));
+    assert_eq!(
+        refused_by(when(&mut w, swap("R-2", "V-2", &["E-9", "E-8"], &["D-1"]))),
+        Rule::R8
+    );
+}
+
+fn shots(rounds: Option<u32>) -> Command {
+    Command::ReportIncident {
+        run_id: "R-1".into(),
+        person_id: "E-1".into(),
+        kind: cit_domain::IncidentKind::ShotsFired,
+        note: "warning shots".into(),
+        rounds,
+    }
+}
+
+fn spent_of(events: &[Event]) -> Option<(String, u32, u32)> {
+    match &events[0] {
+        Event::IncidentReported { spent, .. } => {
+            spent.as_ref().map(|s| (s.serial.clone(), s.rounds, s.held))
+        }
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+#[test]
+fn shots_fired_spend_from_the_reporters_weapon_and_the_return_expects_issued_minus_spent() {
+    let mut w = ready_run();
+    accepted(when(&mut w, depart("R-1")));
+    // 30 issued with G-1 to E-1: 2 then 3 fired.
+    assert_eq!(
+        spent_of(&accepted(when(&mut w, shots(Some(2))))),
+        Some(("G-1".into(), 2, 30))
+    );
+    assert_eq!(
+        spent_of(&accepted(when(&mut w, shots(Some(3))))),
+        Some(("G-1".into(), 3, 28))
+    );
+    // No valid count: nothing spent, the report (and its alarm) still recorded.
+    assert_eq!(spent_of(&accepted(when(&mut w, shots(None)))), None);
+    assert_eq!(spent_of(&accepted(when(&mut w, shots(Some(0))))), None);
+    // More than it holds: what it holds.
+    assert_eq!(
+        spent_of(&accepted(when(&mut w, shots(Some(99))))),
+        Some(("G-1".into(), 25, 25))
+    );
+    let events = accepted(when(&mut w, ret("G-1", "E-1", 0)));
+    assert!(matches!(
+        &events[0],
+        Event::WeaponReturned {
+            rounds_issued: 30,
+            rounds_spent: 30,
+            rounds_returned: 0,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn shots_fired_by_someone_without_a_weapon_spend_nothing_and_several_weapons_spend_the_latest() {
+    let mut w = ready_run();
+    accepted(when(&mut w, depart("R-1")));
+    // D-1 holds no weapon.
+    let by_driver = Command::ReportIncident {
+        run_id: "R-1".into(),
+        person_id: "D-1".into(),
+        kind: cit_domain::IncidentKind::ShotsFired,
+        note: String::new(),
+        rounds: Some(1),
+    };
+    assert_eq!(spent_of(&accepted(when(&mut w, by_driver))), None);
+    // E-2 hands G-2 to E-1: E-1 now holds G-1 (issued) and G-2 (handed over later).
+    accepted(when(
+        &mut w,
+        Command::HandOverWeapon {
+            serial: "G-2".into(),
+            from: "E-2".into(),
+            to: "E-1".into(),
+            witness: "D-1".into(),
+        },
+    ));
+    assert_eq!(
+        spent_of(&accepted(when(&mut w, shots(Some(4))))),
+        Some(("G-2".into(), 4, 30))
+    );
 }

@@ -1,4 +1,4 @@
-//! The detection engine, pure: events and explicit time in, anomalies out (A1–A10 of DOMAIN.md,
+//! The detection engine, pure: events and explicit time in, anomalies out (A1–A11 of DOMAIN.md,
 //! with the rules and defaults of SCENARIOS.md). No I/O, no clock, no async: replaying the same
 //! log through a fresh engine yields the same anomalies, byte for byte.
 //!
@@ -259,9 +259,12 @@ impl Engine {
                             self.last_fix.insert(Key::from(vehicle_id.as_str()), seen);
                         }
                     }
+                    // Only the run's current vehicle: after a swap (R8) the old one's fixes, even
+                    // if ingest filed them under the run, belong to no run.
                     if let Some(run) = run_id
                         .as_ref()
                         .and_then(|r| self.runs.get_mut(r.as_bytes()))
+                        .filter(|run| run.vehicle_id.as_bytes() == vehicle_id.as_bytes())
                     {
                         run.on_fix(fix, &mut self.scratch, out);
                         requeue_after_fix(&mut self.deadlines, &mut self.next_deadline, run);
@@ -330,10 +333,22 @@ impl Engine {
                 person_id,
                 kind,
                 note,
+                rounds,
+                spent,
                 at,
             } => {
                 if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
                     let last = self.last_fix.get(run.vehicle_id.as_bytes()).copied();
+                    if kind.raises_crew_alarm() {
+                        let report = run::Report {
+                            person: person_id,
+                            kind: *kind,
+                            note,
+                            rounds: *rounds,
+                            spent: spent.as_ref(),
+                        };
+                        run.raise_crew_alarm(position, &report, *at, last, out);
+                    }
                     match kind {
                         IncidentKind::PoliceCheck => run.on_police_check(
                             position,
@@ -368,19 +383,31 @@ impl Engine {
                 by,
                 rounds_issued,
                 rounds_returned,
+                rounds_spent,
                 at,
                 ..
-            } if rounds_issued != rounds_returned => {
+            } if rounds_issued.saturating_sub(*rounds_spent) != *rounds_returned => {
                 if let Some(run) = self.runs.get(run_id.as_bytes()) {
-                    run.raise_ammo_mismatch(
-                        position,
-                        serial,
-                        by,
-                        *rounds_issued,
-                        *rounds_returned,
-                        *at,
-                        out,
-                    );
+                    let counts = run::RoundCounts {
+                        issued: *rounds_issued,
+                        spent: *rounds_spent,
+                        returned: *rounds_returned,
+                    };
+                    run.raise_ammo_mismatch(position, serial, by, counts, *at, out);
+                }
+            }
+            Event::VehicleSwapped {
+                run_id,
+                from_vehicle_id,
+                to_vehicle_id,
+                at,
+                ..
+            } => {
+                let before = self.last_fix.get(from_vehicle_id.as_bytes()).copied();
+                let replacement = self.last_fix.get(to_vehicle_id.as_bytes()).copied();
+                if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
+                    run.on_swapped(position, to_vehicle_id, *at, [before, replacement], out);
+                    requeue(&mut self.deadlines, &mut self.next_deadline, run);
                 }
             }
             Event::CommandRefused {

@@ -6,7 +6,7 @@
 use std::ops::Deref;
 use std::sync::LazyLock;
 
-use cit_domain::event::{Anomaly, AnomalyKind, Severity};
+use cit_domain::event::{Anomaly, AnomalyKind, RoundsSpent, Severity};
 use cit_domain::{DetectionParams, Fix, IncidentKind, LatLon, Millis, PlannedStop};
 use serde_json::json;
 
@@ -133,6 +133,10 @@ pub struct RunState {
     route: RouteIndex,
     status: Status,
     departed_at: When,
+    /// The latest vehicle swap (R8): fixes before it are not the run's, and the gap, the stop,
+    /// the streaks and progress start again from it.
+    #[serde(default)]
+    swapped_at: When,
     // A5 signal loss: the gap's deadline, moved by every fix; none once raised, until the next
     // fix starts a new gap.
     last_fix_t: When,
@@ -176,6 +180,12 @@ pub struct RunState {
 #[serde(from = "Option<Millis>", into = "Option<Millis>")]
 struct When(i64);
 
+impl Default for When {
+    fn default() -> When {
+        When::NONE
+    }
+}
+
 impl When {
     const NONE: When = When(i64::MIN);
 
@@ -198,6 +208,25 @@ impl From<When> for Option<Millis> {
     fn from(w: When) -> Option<Millis> {
         w.get()
     }
+}
+
+/// A crew report that raises a crew alarm (A11), as the engine hands it to the run.
+#[derive(Debug)]
+pub(crate) struct Report<'a> {
+    pub person: &'a str,
+    pub kind: IncidentKind,
+    pub note: &'a str,
+    pub rounds: Option<u32>,
+    pub spent: Option<&'a RoundsSpent>,
+}
+
+/// A returned weapon's round counts (A9).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoundCounts {
+    pub issued: u32,
+    /// Reported fired while out (A11).
+    pub spent: u32,
+    pub returned: u32,
 }
 
 /// Severity rises one step, capped at critical.
@@ -247,6 +276,7 @@ impl RunState {
             route,
             status: Status::Planned,
             departed_at: When::NONE,
+            swapped_at: When::NONE,
             last_fix_t: When::NONE,
             signal_deadline: When::NONE,
             last_route_distance: 0.0,
@@ -372,6 +402,142 @@ impl RunState {
 
     pub fn on_report(&mut self, kind: IncidentKind, at: Millis) {
         self.reports.push((at, kind));
+    }
+
+    /// A11: a robbery, shots fired, an accident, a fire or a breakdown reported by the crew, for
+    /// a run in any state, once per report. Shots fired carry the rounds and what they were spent
+    /// from; a count the weapon could not cover says the difference rather than being refused.
+    pub fn raise_crew_alarm(
+        &self,
+        position: u64,
+        report: &Report<'_>,
+        at: Millis,
+        last: Option<LastFix>,
+        out: &mut Out,
+    ) {
+        let severity = match report.kind {
+            IncidentKind::Robbery | IncidentKind::ShotsFired => Severity::Critical,
+            IncidentKind::Accident | IncidentKind::Fire => Severity::High,
+            _ => Severity::Medium,
+        };
+        let (person, kind) = (report.person, report.kind.as_str());
+        let mut summary = format!("{kind} reported by {person}");
+        let mut evidence = json!({"person": person, "report": kind, "note": report.note,
+                                  "last_fix_at": last.map(|l| l.t.0)});
+        if report.kind == IncidentKind::ShotsFired {
+            let spent = report.spent;
+            let unaccounted = match (report.rounds, spent) {
+                (Some(n), Some(s)) => n.saturating_sub(s.rounds),
+                (Some(n), None) => n,
+                (None, _) => 0,
+            };
+            match (report.rounds, spent) {
+                (Some(n), Some(s)) => {
+                    summary.push_str(&format!(": {n} round(s), spent from {}", s.serial));
+                    if unaccounted > 0 {
+                        summary.push_str(&format!(
+                            " ({unaccounted} more than the {} it held)",
+                            s.held
+                        ));
+                    }
+                }
+                (Some(n), None) => summary.push_str(&format!(
+                    ": {n} round(s), but {person} holds no weapon of this run"
+                )),
+                (None, _) => summary.push_str(": no valid round count given; count at the return"),
+            }
+            evidence["rounds_reported"] = json!(report.rounds);
+            evidence["spent_from"] = json!(spent.map(|s| &s.serial));
+            evidence["rounds_spent"] = json!(spent.map_or(0, |s| s.rounds));
+            evidence["rounds_held_before"] = json!(spent.map(|s| s.held));
+            evidence["rounds_unaccounted"] = json!(unaccounted);
+        }
+        out.push(self.anomaly(
+            AnomalyKind::CrewAlarm,
+            format!("p{position}"),
+            at,
+            severity,
+            summary,
+            last.map(|l| l.position),
+            evidence,
+        ));
+    }
+
+    /// R8: the run goes on with `to`. Its fix-based state starts again (SCENARIOS.md): a stop
+    /// not yet judged is never judged, a deviation streak or a raised deviation is cleared, the
+    /// U-turn window and progress restart, an overspeed episode ends, a raised signal loss is
+    /// re-armed from the swap; for unplanned stops the swap counts as a breakdown report. Then
+    /// A8: the two vehicles' last fixes (`[run's vehicle, replacement]`) must be within
+    /// `swap_radius_m` of each other, or the swap is out of place (raised naming the replacement).
+    pub fn on_swapped(
+        &mut self,
+        position: u64,
+        to: &str,
+        at: Millis,
+        last: [Option<LastFix>; 2],
+        out: &mut Out,
+    ) {
+        let from = std::mem::replace(&mut self.vehicle_id, Key::from(to));
+        self.swapped_at = When::at(at);
+        self.episode = None;
+        self.streak = 0;
+        self.deviated = false;
+        self.clearing = 0;
+        self.progress = ProgressTracker::default();
+        self.over_since = When::NONE;
+        self.over_raised = false;
+        self.last_fix_t = When::NONE;
+        self.last_route_distance = 0.0;
+        for stop in &mut self.stops {
+            stop.inside_since = When::NONE;
+        }
+        if self.status == Status::Active {
+            self.signal_deadline = When::at(at.plus_secs(self.params.max_gap_s));
+        }
+        self.reports.push((at, IncidentKind::Breakdown));
+        let radius = self.params.swap_radius_m;
+        let [before, replacement] = last;
+        // The nearest pair among each vehicle's last three fixes of the minute before its last:
+        // one multipath fix (30-80 m off) cannot put two vehicles parked together apart, while
+        // vehicles really apart have every pair apart.
+        let recent = |l: LastFix| {
+            l.recent()
+                .filter(move |(t, _)| l.t.secs_since(*t) <= 60.0)
+                .map(|(_, p)| p)
+                .collect::<Vec<_>>()
+        };
+        let distance = before.zip(replacement).map(|(a, b)| {
+            let (a, b) = (recent(a), recent(b));
+            a.iter()
+                .flat_map(|p| b.iter().map(move |q| haversine_m(*p, *q)))
+                .fold(f64::INFINITY, f64::min)
+        });
+        if distance.is_some_and(|d| d <= radius) {
+            return;
+        }
+        let summary = match distance {
+            Some(d) => format!(
+                "cash moved from {} to {to} while the vehicles were {d:.0} m apart (allowed {radius:.0} m)",
+                from.as_str()
+            ),
+            None => format!(
+                "cash moved from {} to {to} with no known position for {}",
+                from.as_str(),
+                if before.is_none() { from.as_str() } else { to }
+            ),
+        };
+        out.push(self.anomaly(
+            AnomalyKind::SwapOutOfPlace,
+            format!("p{position}"),
+            at,
+            Severity::High,
+            summary,
+            replacement.or(before).map(|l| l.position),
+            json!({"from_vehicle": from.as_str(), "to_vehicle": to, "distance_m": distance,
+                   "swap_radius_m": radius,
+                   "from_last_fix_at": before.map(|l| l.t.0),
+                   "to_last_fix_at": replacement.map(|l| l.t.0)}),
+        ));
     }
 
     /// A6: duress raises a silent critical alarm, for a run in any state.
@@ -505,26 +671,35 @@ impl RunState {
         ));
     }
 
-    /// A9: rounds returned differ from rounds issued.
-    #[allow(clippy::too_many_arguments)]
+    /// A9: rounds returned differ from rounds issued less those reported fired (A11).
     pub fn raise_ammo_mismatch(
         &self,
         position: u64,
         serial: &str,
         by: &str,
-        issued: u32,
-        returned: u32,
+        n: RoundCounts,
         at: Millis,
         out: &mut Out,
     ) {
+        let expected = n.issued.saturating_sub(n.spent);
+        let fired = if n.spent > 0 {
+            format!(" ({} issued, {} reported fired)", n.issued, n.spent)
+        } else {
+            String::new()
+        };
         out.push(self.anomaly(
             AnomalyKind::AmmoMismatch,
             format!("p{position}"),
             at,
             Severity::High,
-            format!("{by} returned {serial} with {returned} rounds; {issued} were issued"),
+            format!(
+                "{by} returned {serial} with {} rounds; {expected} expected{fired}",
+                n.returned
+            ),
             None,
-            json!({"serial": serial, "by": by, "rounds_issued": issued, "rounds_returned": returned}),
+            json!({"serial": serial, "by": by, "rounds_issued": n.issued,
+                   "rounds_spent": n.spent, "rounds_expected": expected,
+                   "rounds_returned": n.returned}),
         ));
     }
 
@@ -557,6 +732,11 @@ impl RunState {
         if self.status != Status::Active {
             return;
         }
+        // After a swap only the replacement's fixes from the swap on are the run's: a backlog
+        // of its drive to the breakdown site arriving late is not.
+        if self.swapped_at.get().is_some_and(|s| fix.t < s) {
+            return;
+        }
         let p = self.route.frame.to_local(fix.lat, fix.lon);
         let latlon = LatLon {
             lat: fix.lat,
@@ -566,7 +746,8 @@ impl RunState {
         let newest = self.last_fix_t.get().map_or(fix.t, |t| t.max(fix.t));
         self.last_fix_t = When::at(newest);
         let departed = self.departed_at.get().unwrap_or(newest);
-        self.signal_deadline = When::at(newest.max(departed).plus_secs(self.params.max_gap_s));
+        let floor = self.swapped_at.get().map_or(departed, |s| s.max(departed));
+        self.signal_deadline = When::at(newest.max(floor).plus_secs(self.params.max_gap_s));
         let standing = fix.speed_mps < self.params.stop_speed_mps;
         let (update, route_distance) =
             self.progress

@@ -1,9 +1,10 @@
-//! The detection rules one by one (A1–A10), on the real GBG-R001 route from ../shared/data,
+//! The detection rules one by one (A1–A11), on the real GBG-R001 route from ../shared/data,
 //! including the hard cases: drift while parked, one 80 m multipath jump, a traffic-light stop
 //! just under the threshold, a reported jam, registered vs unregistered checkpoints, a U-turn,
-//! signal gaps across a deadline, and an input exactly at its deadline.
+//! signal gaps across a deadline, an input exactly at its deadline, crew alarms, rounds fired
+//! and the move to a replacement vehicle (R8, with A8's swap out of place).
 
-use cit_domain::event::{AnomalyKind, Event};
+use cit_domain::event::{AnomalyKind, Event, RoundsSpent, Severity};
 use cit_domain::{
     CheckInCode, Checkpoint, DetectionParams, Fix, IncidentKind, LatLon, Millis, PlannedStop,
 };
@@ -79,6 +80,8 @@ struct World {
     route: Vec<LatLon>,
     pos: u64,
     seq: u64,
+    /// The vehicle whose fixes `fix_at` sends for the run (the replacement after a swap).
+    vehicle: String,
     raised: Vec<(AnomalyKind, Millis)>,
     /// The accuracy the unit reports with each fix, metres.
     accuracy_m: f64,
@@ -95,6 +98,7 @@ impl World {
             route,
             pos: 0,
             seq: 0,
+            vehicle: "V-1".into(),
             raised: vec![],
             accuracy_m: 5.0,
         };
@@ -132,10 +136,28 @@ impl World {
     }
 
     fn fix_at(&mut self, t: f64, p: LatLon, speed: f64, heading: f64, ignition: bool, door: bool) {
+        let vehicle = self.vehicle.clone();
+        self.fix_of(&vehicle, Some("R-1"), t, p, speed, heading, ignition, door);
+    }
+
+    /// A fix of any vehicle, filed under `run` (as ingest files a vehicle's fixes under the run
+    /// it is on, or under none).
+    #[allow(clippy::too_many_arguments)]
+    fn fix_of(
+        &mut self,
+        vehicle: &str,
+        run: Option<&str>,
+        t: f64,
+        p: LatLon,
+        speed: f64,
+        heading: f64,
+        ignition: bool,
+        door: bool,
+    ) {
         self.seq += 1;
         self.feed(Event::FixesRecorded {
-            vehicle_id: "V-1".into(),
-            run_id: Some("R-1".into()),
+            vehicle_id: vehicle.into(),
+            run_id: run.map(str::to_string),
             fixes: vec![Fix {
                 seq: self.seq,
                 t: T0.plus_secs(t),
@@ -259,6 +281,8 @@ fn a1_a_reported_jam_covers_the_stop() {
         run_id: "R-1".into(),
         person_id: "E-1".into(),
         kind: IncidentKind::Jam,
+        rounds: None,
+        spent: None,
         note: String::new(),
         at: T0.plus_secs(100.0),
     });
@@ -338,6 +362,8 @@ fn a3_police_check_without_registered_checkpoint_is_suspect_and_with_one_is_not(
             run_id: "R-1".into(),
             person_id: "E-1".into(),
             kind: IncidentKind::PoliceCheck,
+            rounds: None,
+            spent: None,
             note: String::new(),
             at: T0.plus_secs(25.0),
         });
@@ -987,6 +1013,7 @@ fn a_snapshot_mid_run_resumes_exactly() {
         route: w.route.clone(),
         pos: w.pos,
         seq: w.seq,
+        vehicle: w.vehicle.clone(),
         raised: vec![],
         accuracy_m: w.accuracy_m,
     };
@@ -1003,4 +1030,254 @@ fn a_snapshot_mid_run_resumes_exactly() {
     );
     assert_eq!(w.raised[before..], twin.raised[..]);
     assert!(twin.kinds().contains(&AnomalyKind::UnplannedStop));
+}
+
+fn report(
+    w: &mut World,
+    t: f64,
+    kind: IncidentKind,
+    rounds: Option<u32>,
+    spent: Option<RoundsSpent>,
+) {
+    w.feed(Event::IncidentReported {
+        run_id: "R-1".into(),
+        person_id: "E-1".into(),
+        kind,
+        note: "as reported".into(),
+        rounds,
+        spent,
+        at: T0.plus_secs(t),
+    });
+}
+
+#[test]
+fn a11_robbery_shots_accident_fire_and_breakdown_raise_a_crew_alarm_at_the_report_in_any_state() {
+    let mut w = World::new(quiet(), vec![]);
+    let kinds = [
+        IncidentKind::Robbery,
+        IncidentKind::ShotsFired,
+        IncidentKind::Accident,
+        IncidentKind::Fire,
+        IncidentKind::Breakdown,
+        IncidentKind::Jam,
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        report(&mut w, 10.0 * (i + 1) as f64, kind, None, None);
+    }
+    // A jam raises none of its own; each of the others one, at its report.
+    assert_eq!(w.at(AnomalyKind::CrewAlarm), [10.0, 20.0, 30.0, 40.0, 50.0]);
+    // Closed runs too (a robbery reported after close-out still reaches dispatch).
+    w.feed(Event::RunClosed {
+        run_id: "R-1".into(),
+        at: T0.plus_secs(100.0),
+    });
+    report(&mut w, 110.0, IncidentKind::Robbery, None, None);
+    assert_eq!(w.at(AnomalyKind::CrewAlarm).len(), 6);
+}
+
+#[test]
+fn a11_robbery_and_shots_fired_are_critical_and_shots_fired_evidence_says_what_was_spent() {
+    let mut w = World::new(quiet(), vec![]);
+    let spent = RoundsSpent {
+        serial: "G-1".into(),
+        lot: "A-1".into(),
+        rounds: 10,
+        held: 10,
+    };
+    w.pos += 1;
+    let raised = w.engine.handle(
+        w.pos,
+        &Event::IncidentReported {
+            run_id: "R-1".into(),
+            person_id: "E-1".into(),
+            kind: IncidentKind::ShotsFired,
+            note: "warning shots".into(),
+            rounds: Some(12),
+            spent: Some(spent),
+            at: T0.plus_secs(5.0),
+        },
+    );
+    assert_eq!(raised.len(), 1);
+    let a = &raised[0];
+    assert_eq!(
+        (a.kind, a.severity),
+        (AnomalyKind::CrewAlarm, Severity::Critical)
+    );
+    assert_eq!(a.evidence["rounds_spent"], 10);
+    assert_eq!(a.evidence["rounds_unaccounted"], 2, "{}", a.evidence);
+    assert_eq!(a.evidence["spent_from"], "G-1");
+    w.pos += 1;
+    let breakdown = w.engine.handle(
+        w.pos,
+        &Event::IncidentReported {
+            run_id: "R-1".into(),
+            person_id: "E-1".into(),
+            kind: IncidentKind::Breakdown,
+            note: String::new(),
+            rounds: None,
+            spent: None,
+            at: T0.plus_secs(6.0),
+        },
+    );
+    assert!(breakdown[0].severity < Severity::Critical);
+}
+
+fn returned(w: &mut World, issued: u32, spent: u32, back: u32) {
+    w.feed(Event::WeaponReturned {
+        run_id: "R-1".into(),
+        serial: "G-1".into(),
+        lot: "A-1".into(),
+        by: "E-1".into(),
+        gun_custodian: "GC".into(),
+        ammo_custodian: "AC".into(),
+        rounds_issued: issued,
+        rounds_returned: back,
+        rounds_spent: spent,
+        at: T0.plus_secs(50.0),
+    });
+}
+
+#[test]
+fn a9_a_return_reconciles_issued_minus_rounds_reported_fired() {
+    // 30 issued, 1 fired, 29 back: accounted for.
+    let mut w = World::new(quiet(), vec![]);
+    returned(&mut w, 30, 1, 29);
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+    // 30 issued, 1 fired, 27 back: two rounds missing.
+    let mut w = World::new(quiet(), vec![]);
+    returned(&mut w, 30, 1, 27);
+    assert_eq!(w.at(AnomalyKind::AmmoMismatch), [50.0]);
+    // Nothing fired, full return: accounted for; short: a mismatch.
+    let mut w = World::new(quiet(), vec![]);
+    returned(&mut w, 30, 0, 30);
+    returned(&mut w, 30, 0, 29);
+    assert_eq!(w.at(AnomalyKind::AmmoMismatch), [50.0]);
+}
+
+fn swap(w: &mut World, t: f64, to: &str) {
+    let from = std::mem::replace(&mut w.vehicle, to.to_string());
+    w.feed(Event::VehicleSwapped {
+        run_id: "R-1".into(),
+        from_vehicle_id: from,
+        to_vehicle_id: to.into(),
+        boxes: vec!["B-1".into()],
+        seals: vec![1],
+        handed_by: vec!["E-1".into(), "E-2".into()],
+        received_by: vec!["D-2".into()],
+        at: T0.plus_secs(t),
+    });
+}
+
+/// The vehicle `vehicle` standing `right` metres off the route at `s`, one fix a second from `t0`
+/// for `secs`, filed under `run`.
+fn stand(w: &mut World, vehicle: &str, run: Option<&str>, t0: f64, s: f64, right: f64, secs: u32) {
+    let (p, heading) = along(&w.route.clone(), s, right);
+    for i in 0..secs {
+        w.fix_of(
+            vehicle,
+            run,
+            t0 + f64::from(i),
+            p,
+            0.1,
+            heading,
+            false,
+            false,
+        );
+    }
+}
+
+#[test]
+fn r8_after_a_swap_the_run_follows_the_replacement_from_the_swap_and_the_stop_under_way_ends() {
+    let params = DetectionParams {
+        checkin_interval_s: 1e6,
+        ..DetectionParams::default()
+    };
+    let mut w = World::new(params, vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 30);
+    // V-1 breaks down and stands 100 s (not yet judged); V-2 drives up and parks 15 m ahead,
+    // its fixes on no run.
+    stand(&mut w, "V-1", Some("R-1"), 30.0, s, 0.0, 100);
+    stand(&mut w, "V-2", None, 100.0, s + 15.0, 3.0, 30);
+    swap(&mut w, 130.0, "V-2");
+    // The replacement stands 60 s loading, then drives on; the broken vehicle goes on sending
+    // standing fixes the while (the first few filed under the run, as a batch in flight at the
+    // swap would be): not the run's any more.
+    let (p, heading) = along(&w.route.clone(), s + 15.0, 3.0);
+    for i in 0..60 {
+        let run = (i < 5).then_some("R-1");
+        stand(&mut w, "V-1", run, 131.0 + f64::from(i), s, 0.0, 1);
+        w.fix_at(131.0 + f64::from(i), p, 0.1, heading, true, false);
+    }
+    w.drive(191.0, s + 15.0, 10.0, 120);
+    // No unplanned stop (the old vehicle's ended at the swap; the replacement's short and
+    // covered by the swap as a breakdown), no signal loss, no swap out of place.
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+    assert_eq!(
+        w.engine
+            .standing("R-1")
+            .and_then(|st| st.progress_m)
+            .map(|p| p > s + 1000.0),
+        Some(true),
+        "progress follows the replacement"
+    );
+}
+
+#[test]
+fn r8_signal_loss_counts_from_the_swap_and_the_replacements_fixes_after_it() {
+    let params = DetectionParams {
+        checkin_interval_s: 1e6,
+        ..DetectionParams::default()
+    };
+    let mut w = World::new(params, vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 20);
+    stand(&mut w, "V-2", None, 0.0, s, 5.0, 40);
+    // The run's vehicle fell silent at 19 s: signal loss at 49 s. The swap at 60 s re-arms it:
+    // the replacement sends nothing after the swap, so again at 60 + 30.
+    w.feed(Event::ClockTicked {
+        at: T0.plus_secs(55.0),
+    });
+    assert_eq!(w.at(AnomalyKind::SignalLoss), [49.0]);
+    swap(&mut w, 60.0, "V-2");
+    // Its backlog from before the swap, arriving late, is not the run's.
+    stand(&mut w, "V-2", Some("R-1"), 40.0, s, 5.0, 10);
+    w.feed(Event::ClockTicked {
+        at: T0.plus_secs(100.0),
+    });
+    assert_eq!(w.at(AnomalyKind::SignalLoss), [49.0, 90.0]);
+}
+
+#[test]
+fn a8_a_swap_is_out_of_place_when_the_vehicles_are_apart_or_one_has_no_fix() {
+    // (replacement's offset along the route, metres; whether it has sent a fix) -> raised?
+    for (apart, fixes, raised) in [(60.0, true, false), (400.0, true, true), (0.0, false, true)] {
+        let mut w = World::new(quiet(), vec![]);
+        let s = w.drive(0.0, 0.0, 10.0, 30);
+        stand(&mut w, "V-1", Some("R-1"), 30.0, s, 0.0, 20);
+        if fixes {
+            stand(&mut w, "V-2", None, 30.0, s + apart, 0.0, 20);
+        }
+        swap(&mut w, 50.0, "V-2");
+        let expected: &[f64] = if raised { &[50.0] } else { &[] };
+        assert_eq!(
+            w.at(AnomalyKind::SwapOutOfPlace),
+            expected,
+            "{apart} m apart, fixes {fixes}"
+        );
+    }
+}
+
+#[test]
+fn a8_one_multipath_fix_does_not_put_two_vehicles_parked_together_apart() {
+    let mut w = World::new(quiet(), vec![]);
+    let s = w.drive(0.0, 0.0, 10.0, 30);
+    stand(&mut w, "V-1", Some("R-1"), 30.0, s, 0.0, 20);
+    stand(&mut w, "V-2", None, 30.0, s + 20.0, 0.0, 19);
+    // The replacement's very last fix before the swap lands 90 m off.
+    stand(&mut w, "V-2", None, 49.0, s + 20.0, 90.0, 1);
+    swap(&mut w, 50.0, "V-2");
+    assert!(
+        w.at(AnomalyKind::SwapOutOfPlace).is_empty(),
+        "{:?}",
+        w.raised
+    );
 }

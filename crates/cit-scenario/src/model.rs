@@ -164,10 +164,25 @@ pub enum Op {
         kind: String,
         #[serde(default)]
         note: String,
+        /// Rounds fired (`shots_fired`), as written: anything but a whole number >= 1 is no valid
+        /// count (see [`valid_rounds`]), which still raises the alarm and spends nothing.
+        #[serde(default)]
+        rounds: Option<serde_json::Value>,
     },
     Handover {
         run: String,
         stop: String,
+        boxes: Vec<String>,
+        #[serde(default)]
+        seals: Vec<u64>,
+        handed_by: Vec<String>,
+        received_by: Vec<String>,
+    },
+    SwapVehicle {
+        run: String,
+        /// The replacement.
+        vehicle: String,
+        #[serde(default)]
         boxes: Vec<String>,
         #[serde(default)]
         seals: Vec<u64>,
@@ -185,6 +200,14 @@ pub enum Op {
         run: String,
     },
     Tick,
+}
+
+/// A report's `rounds` as a count: a whole number from 1 to `u32::MAX`, else none.
+pub fn valid_rounds(rounds: Option<&serde_json::Value>) -> Option<u32> {
+    rounds
+        .and_then(serde_json::Value::as_u64)
+        .filter(|n| *n >= 1)
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,5 +1,5 @@
-//! Plays a scenario straight through the pure core — `World` (rules R1–R7) and `Engine`
-//! (A1–A10) — with a log in memory: no server, no store, no clock. It is the fast path for
+//! Plays a scenario straight through the pure core — `World` (rules R1–R9) and `Engine`
+//! (A1–A11) — with a log in memory: no server, no store, no clock. It is the fast path for
 //! tests of the rules on real roads, and the reference the gRPC path must agree with.
 
 use cit_domain::event::Event;
@@ -8,7 +8,7 @@ use cit_domain::{
 };
 use cit_engine::Engine;
 
-use crate::model::{Op, Scenario};
+use crate::model::{Op, Scenario, valid_rounds};
 use crate::score::Output;
 
 pub fn role(s: &str) -> Option<Role> {
@@ -33,6 +33,7 @@ pub fn incident(s: &str) -> Option<IncidentKind> {
         "roadblock" => IncidentKind::Roadblock,
         "fire" => IncidentKind::Fire,
         "robbery" => IncidentKind::Robbery,
+        "shots_fired" => IncidentKind::ShotsFired,
         _ => return None,
     })
 }
@@ -172,11 +173,28 @@ pub fn command(s: &Scenario, op: &Op) -> Result<Option<Command>, String> {
             person,
             kind,
             note,
+            rounds,
         } => Command::ReportIncident {
             run_id: run.clone(),
             person_id: person.clone(),
             kind: incident(kind).ok_or_else(|| format!("unknown report kind {kind:?}"))?,
             note: note.clone(),
+            rounds: valid_rounds(rounds.as_ref()),
+        },
+        Op::SwapVehicle {
+            run,
+            vehicle,
+            boxes,
+            seals,
+            handed_by,
+            received_by,
+        } => Command::SwapVehicle {
+            run_id: run.clone(),
+            vehicle_id: vehicle.clone(),
+            boxes: boxes.clone(),
+            seals: seals.clone(),
+            handed_by: handed_by.clone(),
+            received_by: received_by.clone(),
         },
         Op::Handover {
             run,

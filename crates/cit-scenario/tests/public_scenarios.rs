@@ -1,5 +1,5 @@
 //! Every public scenario of ../shared/data/scenarios played through the pure core (World +
-//! Engine): the expected anomalies and refusals, and nothing else (A1–A10, R1–R7).
+//! Engine): the expected anomalies and refusals, and nothing else (A1–A11, R1–R9).
 
 use std::path::PathBuf;
 

@@ -283,6 +283,19 @@ impl App {
             Event::RunClosed { run_id, .. } => {
                 dir.active_run.retain(|_, r| r != run_id);
             }
+            // R8: the replacement's fixes go to the run's stream from here on, the broken-down
+            // vehicle's to its own.
+            Event::VehicleSwapped {
+                run_id,
+                from_vehicle_id,
+                to_vehicle_id,
+                ..
+            } => {
+                if dir.active_run.get(from_vehicle_id) == Some(run_id) {
+                    dir.active_run.remove(from_vehicle_id);
+                }
+                dir.active_run.insert(to_vehicle_id.clone(), run_id.clone());
+            }
             _ => {}
         }
     }

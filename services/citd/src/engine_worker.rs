@@ -333,7 +333,8 @@ pub fn fold(
         run_id: Some(run), ..
     }
     | Event::RunPlanned { run_id: run, .. }
-    | Event::RunDeparted { run_id: run, .. } = event
+    | Event::RunDeparted { run_id: run, .. }
+    | Event::VehicleSwapped { run_id: run, .. } = event
     {
         fleet.set_standing(run, engine.standing(run));
     }

@@ -92,6 +92,17 @@ impl Fleet {
                 );
             }
             Event::RunDeparted { run_id, .. } => set_status(&mut runs, run_id, Status::Active),
+            // R8: the run is on its replacement from here on. Its last fix stays until the
+            // replacement's first (the two stood together at the swap, or A8 says they did not).
+            Event::VehicleSwapped {
+                run_id,
+                to_vehicle_id,
+                ..
+            } => {
+                if let Some(r) = runs.get_mut(run_id) {
+                    r.vehicle_id = to_vehicle_id.clone();
+                }
+            }
             Event::RunClosed { run_id, .. } => set_status(&mut runs, run_id, Status::Closed),
             Event::WeaponIssued { run_id, serial, .. } => {
                 if let Some(r) = runs.get_mut(run_id) {
@@ -118,11 +129,15 @@ impl Fleet {
                 }
             }
             Event::FixesRecorded {
+                vehicle_id,
                 run_id: Some(run_id),
                 fixes,
-                ..
             } => {
-                if let (Some(r), Some(f)) = (runs.get_mut(run_id), fixes.last()) {
+                // Only the run's current vehicle (a swap may race a fix batch in flight).
+                if let (Some(r), Some(f)) = (
+                    runs.get_mut(run_id).filter(|r| r.vehicle_id == *vehicle_id),
+                    fixes.last(),
+                ) {
                     r.last_fix = Some(SeenFix {
                         t: f.t,
                         position: LatLon {

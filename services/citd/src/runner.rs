@@ -1,8 +1,11 @@
 //! The scenario runner: plays a `cit-scenario/1` file through the public gRPC API of a citd in
 //! scenario-clock mode and collects the runner output of SCENARIOS.md. It is a client only: it
-//! proves the API. Consecutive fixes go as one batch on one `StreamFixes` stream and are acked
-//! before the next operation, so the log holds the timeline in order; the scenario clock is
-//! moved before every other operation (and recorded for `tick`s).
+//! proves the API. The timeline is applied in file order ("Order"): consecutive fixes of one
+//! vehicle, with nothing else between them, go as one batch on one `StreamFixes` stream and are
+//! acked before the next entry, so the log holds the timeline in order (ingest appends each
+//! vehicle's part of a batch as its own event, so a batch mixing vehicles would let one vehicle's
+//! later fixes move scenario time past another's earlier ones); the scenario clock is moved
+//! before every other operation (and recorded for `tick`s).
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,7 @@ use cit_proto::v1::{
     scenario_clock_client::ScenarioClockClient, telemetry_client::TelemetryClient,
 };
 use cit_scenario::Output;
-use cit_scenario::model::{Op, Scenario};
+use cit_scenario::model::{Entry, Op, Scenario, valid_rounds};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -25,6 +28,34 @@ use crate::grpc::ts;
 
 /// Most fixes per batch the runner sends.
 const BATCH: usize = 1000;
+/// When paced, the scenario seconds one batch spans at most (a live view sees them move).
+const PACED_BATCH_S: f64 = 5.0;
+
+/// The end (exclusive) of the batch of fixes starting at `timeline[i]`, a fix: the consecutive
+/// fixes of that one vehicle, at most `max` of them, spanning at most `span_s` scenario seconds
+/// if given. Any other entry, a fix of another vehicle included, ends it (SCENARIOS.md "Order").
+pub fn batch_end(timeline: &[Entry], i: usize, max: usize, span_s: Option<f64>) -> usize {
+    let Some(Entry {
+        t: first_t,
+        op: Op::Fix { vehicle, .. },
+    }) = timeline.get(i)
+    else {
+        return i;
+    };
+    let mut j = i;
+    while j < timeline.len() && j - i < max {
+        let e = &timeline[j];
+        match &e.op {
+            Op::Fix { vehicle: v, .. } if v == vehicle => {}
+            _ => break,
+        }
+        if span_s.is_some_and(|span| e.t.secs_since(*first_t) > span) {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -202,6 +233,7 @@ fn plan_request(s: &Scenario, run_id: &str) -> Result<pb::PlanRunRequest, Runner
             checkin_grace_s: Some(p.checkin_grace_s),
             late_grace_s: Some(p.late_grace_s),
             overspeed_s: Some(p.overspeed_s),
+            swap_radius_m: Some(p.swap_radius_m),
         }),
         // Scenario files carry no box manifest.
         cash_boxes: vec![],
@@ -281,6 +313,7 @@ async fn send_op(c: &mut Clients, s: &Scenario, op: &Op) -> Result<u64, Status> 
             person,
             kind,
             note,
+            rounds,
         } => c
             .runs
             .report_incident(pb::ReportIncidentRequest {
@@ -288,6 +321,26 @@ async fn send_op(c: &mut Clients, s: &Scenario, op: &Op) -> Result<u64, Status> 
                 person_id: person.clone(),
                 kind: incident_pb(kind) as i32,
                 note: note.clone(),
+                rounds: valid_rounds(rounds.as_ref()),
+            })
+            .await?
+            .into_inner(),
+        Op::SwapVehicle {
+            run,
+            vehicle,
+            boxes,
+            seals,
+            handed_by,
+            received_by,
+        } => c
+            .runs
+            .swap_vehicle(pb::SwapVehicleRequest {
+                run_id: run.clone(),
+                vehicle_id: vehicle.clone(),
+                box_ids: boxes.clone(),
+                seals: seals.clone(),
+                handed_by: handed_by.clone(),
+                received_by: received_by.clone(),
             })
             .await?
             .into_inner(),
@@ -349,6 +402,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Checkin { .. } => "checkin",
         Op::Report { .. } => "report",
         Op::Handover { .. } => "handover",
+        Op::SwapVehicle { .. } => "swap_vehicle",
         Op::ReturnWeapon { .. } => "return_weapon",
         Op::CloseRun { .. } => "close_run",
         Op::Tick => "tick",
@@ -364,6 +418,7 @@ fn op_run(op: &Op) -> &str {
         | Op::Checkin { run, .. }
         | Op::Report { run, .. }
         | Op::Handover { run, .. }
+        | Op::SwapVehicle { run, .. }
         | Op::CloseRun { run } => run,
         _ => "",
     }
@@ -428,20 +483,11 @@ pub async fn play(
     while i < n {
         let entry = &s.timeline[i];
         if let Op::Fix { vehicle, .. } = &entry.op {
-            // Consecutive fixes (a few seconds of scenario time when paced) as one batch.
-            let mut fixes = Vec::new();
-            let mut j = i;
-            while j < n && fixes.len() < BATCH {
-                let e = &s.timeline[j];
-                let Op::Fix { vehicle: v, .. } = &e.op else {
-                    break;
-                };
-                if opts.speed.is_some() && e.t.secs_since(entry.t) > 5.0 {
-                    break;
-                }
-                fixes.extend(fix_pb(v, e.t, &e.op));
-                j += 1;
-            }
+            let j = batch_end(&s.timeline, i, BATCH, opts.speed.map(|_| PACED_BATCH_S));
+            let fixes: Vec<pb::Fix> = s.timeline[i..j]
+                .iter()
+                .filter_map(|e| fix_pb(vehicle, e.t, &e.op))
+                .collect();
             pace(s.timeline[j - 1].t).await;
             batch_id += 1;
             fix_tx
@@ -645,4 +691,57 @@ pub async fn play_fresh(s: &Scenario, opts: &Play) -> Result<Vec<Output>, Runner
     let result = play(&server.endpoint(), s, opts, |_| {}).await;
     let _ = server.stop().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeline(entries: &[(&str, &str)]) -> Vec<Entry> {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, (op, vehicle))| {
+                let t = format!("2026-03-27T06:00:{:02}Z", i);
+                let json = match *op {
+                    "fix" => serde_json::json!({"t": t, "op": "fix", "vehicle": vehicle,
+                        "seq": i + 1, "lat": 57.7, "lon": 11.9, "speed_mps": 10.0,
+                        "heading_deg": 0.0, "accuracy_m": 5.0, "ignition": true,
+                        "door_open": false}),
+                    _ => serde_json::json!({"t": t, "op": "tick"}),
+                };
+                serde_json::from_value(json).expect("entry")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_holds_consecutive_fixes_of_one_vehicle_and_nothing_between_them() {
+        // Two vehicles interleaved, as gbg-r018 has them: every change of vehicle ends a batch,
+        // so the log holds the timeline in file order (SCENARIOS.md "Order").
+        let t = timeline(&[
+            ("fix", "V-1"),
+            ("fix", "V-1"),
+            ("fix", "V-2"),
+            ("fix", "V-1"),
+            ("tick", ""),
+            ("fix", "V-2"),
+            ("fix", "V-2"),
+        ]);
+        let mut batches = Vec::new();
+        let mut i = 0;
+        while i < t.len() {
+            let j = batch_end(&t, i, BATCH, None);
+            if j == i {
+                i += 1;
+                continue;
+            }
+            batches.push(i..j);
+            i = j;
+        }
+        assert_eq!(batches, [0..2, 2..3, 3..4, 5..7]);
+        // The batch size and (when paced) the span cut it too.
+        assert_eq!(batch_end(&t, 5, 1, None), 6);
+        assert_eq!(batch_end(&t, 0, BATCH, Some(0.5)), 1);
+    }
 }

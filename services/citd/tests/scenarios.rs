@@ -1,5 +1,5 @@
 //! Every public scenario of ../shared/data/scenarios through the real gRPC path (a citd per
-//! file, scenario clock): the expected anomalies and refusals and nothing else (A1–A10, R1–R7).
+//! file, scenario clock): the expected anomalies and refusals and nothing else (A1–A11, R1–R9).
 
 use std::path::PathBuf;
 

@@ -123,6 +123,7 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
             person_id: s.runs[0].escorts[0].clone(),
             kind: pb::IncidentKind::Jam as i32,
             note: "after the duress".into(),
+            rounds: None,
         })
         .await
         .expect("report")

@@ -36,23 +36,24 @@ pub fn geojson(d: &RunDigest) -> Vec<u8> {
             "corridor_m": d.corridor_m,
         },
     })];
-    if d.fixes.len() >= 2 {
+    // One track per vehicle: after a swap (R8) the replacement's is a feature of its own.
+    for t in d.tracks.iter().filter(|t| t.fixes.len() >= 2) {
         features.push(json!({
             "type": "Feature",
             "geometry": {
                 "type": "LineString",
-                "coordinates": d.fixes.iter().map(|f| [f.lon, f.lat]).collect::<Vec<_>>(),
+                "coordinates": t.fixes.iter().map(|f| [f.lon, f.lat]).collect::<Vec<_>>(),
             },
             "properties": {
                 "layer": "track",
                 "run_id": d.run_id,
-                "vehicle_id": d.vehicle_id,
-                "fixes": d.fixes.len(),
-                "start": d.fixes.first().map(|f| rfc3339(f.t)),
-                "end": d.fixes.last().map(|f| rfc3339(f.t)),
+                "vehicle_id": t.vehicle_id,
+                "fixes": t.fixes.len(),
+                "start": t.fixes.first().map(|f| rfc3339(f.t)),
+                "end": t.fixes.last().map(|f| rfc3339(f.t)),
                 // Per vertex, so a tool can colour or animate the track.
-                "times": d.fixes.iter().map(|f| rfc3339(f.t)).collect::<Vec<_>>(),
-                "speeds_mps": d.fixes.iter().map(|f| f.speed_mps).collect::<Vec<_>>(),
+                "times": t.fixes.iter().map(|f| rfc3339(f.t)).collect::<Vec<_>>(),
+                "speeds_mps": t.fixes.iter().map(|f| f.speed_mps).collect::<Vec<_>>(),
             },
         }));
     }
@@ -156,21 +157,23 @@ pub fn gpx(d: &RunDigest) -> Vec<u8> {
         let _ = writeln!(s, "    <rtept lat=\"{}\" lon=\"{}\"/>", p.lat, p.lon);
     }
     let _ = writeln!(s, "  </rte>");
-    let _ = writeln!(
-        s,
-        "  <trk><name>{}</name><trkseg>",
-        xml_escape(&d.vehicle_id)
-    );
-    for f in &d.fixes {
+    for t in &d.tracks {
         let _ = writeln!(
             s,
-            "    <trkpt lat=\"{}\" lon=\"{}\"><time>{}</time></trkpt>",
-            f.lat,
-            f.lon,
-            rfc3339(f.t)
+            "  <trk><name>{}</name><trkseg>",
+            xml_escape(&t.vehicle_id)
         );
+        for f in &t.fixes {
+            let _ = writeln!(
+                s,
+                "    <trkpt lat=\"{}\" lon=\"{}\"><time>{}</time></trkpt>",
+                f.lat,
+                f.lon,
+                rfc3339(f.t)
+            );
+        }
+        let _ = writeln!(s, "  </trkseg></trk>");
     }
-    let _ = writeln!(s, "  </trkseg></trk>");
     let _ = writeln!(s, "</gpx>");
     s.into_bytes()
 }
@@ -180,8 +183,12 @@ pub fn csv(d: &RunDigest) -> Vec<u8> {
     let mut s = String::from(
         "run_id,vehicle_id,seq,time_utc,lat,lon,speed_mps,heading_deg,accuracy_m,ignition,door_open\n",
     );
-    let (run, vehicle) = (csv_field(&d.run_id), csv_field(&d.vehicle_id));
-    for f in &d.fixes {
+    let run = csv_field(&d.run_id);
+    for (vehicle, f) in d
+        .tracks
+        .iter()
+        .flat_map(|t| t.fixes.iter().map(move |f| (csv_field(&t.vehicle_id), f)))
+    {
         let _ = writeln!(
             s,
             "{run},{vehicle},{},{},{},{},{},{},{},{},{}",

@@ -52,13 +52,12 @@ pub async fn load(app: &App, run_id: &str, context: bool) -> Result<RunRecord, A
         }
         .into());
     }
-    let (custody_streams, vehicle_id, checkpoints) = app
+    let (custody_streams, checkpoints) = app
         .with_world(|w| {
             let r = w.runs.get(run_id);
             (
                 r.map(|r| r.custody.iter().cloned().collect::<Vec<_>>())
                     .unwrap_or_default(),
-                r.map(|r| r.vehicle_id.clone()).unwrap_or_default(),
                 w.checkpoints.values().cloned().collect::<Vec<_>>(),
             )
         })
@@ -87,13 +86,33 @@ pub async fn load(app: &App, run_id: &str, context: bool) -> Result<RunRecord, A
         ctx.extend(app.read_stream(&s).await?);
     }
     ctx.extend(read_back_to(app, streams::CLOCK, first, false).await?);
-    // One event before the run too: the engine's "last seen" of the vehicle may come from it.
-    let vehicle = format!("{}{vehicle_id}", streams::VEHICLE);
-    ctx.extend(read_back_to(app, &vehicle, first, true).await?);
+    // Every vehicle the run has had (a replacement's drive to the breakdown site is in its own
+    // stream, and A8 judged the swap on it), each from one event before the run: the engine's
+    // "last seen" of a vehicle may come from it.
+    for vehicle_id in vehicles_of(&record.decoded_run()) {
+        let vehicle = format!("{}{vehicle_id}", streams::VEHICLE);
+        ctx.extend(read_back_to(app, &vehicle, first, true).await?);
+    }
     ctx.retain(|e| e.position <= last);
     ctx.sort_by_key(|e| e.position);
     record.context = ctx;
     Ok(record)
+}
+
+/// The vehicles a run has had, in order: the planned one, then each replacement (R8).
+pub fn vehicles_of(run: &[Event]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in run {
+        let v = match e {
+            Event::RunPlanned { vehicle_id, .. } => vehicle_id,
+            Event::VehicleSwapped { to_vehicle_id, .. } => to_vehicle_id,
+            _ => continue,
+        };
+        if !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
 }
 
 /// The events of `stream` at or after log position `min` (and the one just before it when
@@ -355,16 +374,26 @@ pub fn state_at(record: &RunRecord, at: Millis) -> Option<pb::RunView> {
     fleet.view(&record.run_id, at, &anomalies)
 }
 
+/// One vehicle's part of a run's track: the whole run unless a swap (R8) moved it to a
+/// replacement, after which the replacement's fixes are a track of their own.
+#[derive(Debug, Clone, Default)]
+pub struct Track {
+    pub vehicle_id: String,
+    pub fixes: Vec<Fix>,
+}
+
 /// What exports and pictures show of a run, read off its own stream.
 #[derive(Debug, Clone, Default)]
 pub struct RunDigest {
     pub run_id: String,
+    /// The run's vehicles in order, as one label (`V-101 → V-102` after a swap).
     pub vehicle_id: String,
     pub route: Vec<LatLon>,
     pub stops: Vec<PlannedStop>,
     pub corridor_m: f64,
     pub speed_limit_kmh: f64,
-    pub fixes: Vec<Fix>,
+    /// The fixes the run recorded, one track per vehicle, in order.
+    pub tracks: Vec<Track>,
     pub anomalies: Vec<Anomaly>,
     pub planned_at: Option<Millis>,
     pub departed_at: Option<Millis>,
@@ -396,12 +425,29 @@ impl RunDigest {
                 }
                 Event::RunDeparted { at, .. } => d.departed_at = Some(at),
                 Event::RunClosed { at, .. } => d.closed_at = Some(at),
-                Event::FixesRecorded { fixes, .. } => d.fixes.extend(fixes),
+                Event::VehicleSwapped { to_vehicle_id, .. } => {
+                    d.vehicle_id = format!("{} → {to_vehicle_id}", d.vehicle_id);
+                }
+                Event::FixesRecorded {
+                    vehicle_id, fixes, ..
+                } => match d.tracks.last_mut() {
+                    Some(t) if t.vehicle_id == vehicle_id => t.fixes.extend(fixes),
+                    _ => d.tracks.push(Track { vehicle_id, fixes }),
+                },
                 Event::AnomalyRaised { anomaly, .. } => d.anomalies.push(anomaly),
                 _ => {}
             }
         }
         d
+    }
+
+    /// Every fix of the run, in order, whichever vehicle sent it.
+    pub fn fixes(&self) -> impl Iterator<Item = &Fix> {
+        self.tracks.iter().flat_map(|t| &t.fixes)
+    }
+
+    pub fn fix_count(&self) -> usize {
+        self.tracks.iter().map(|t| t.fixes.len()).sum()
     }
 }
 

@@ -118,7 +118,7 @@ pub fn svg(d: &RunDigest, width_px: u32) -> String {
     let height = map_h + LEGEND_PX;
     let mut points: Vec<LatLon> = d.route.clone();
     points.extend(d.stops.iter().map(|s| s.position));
-    points.extend(d.fixes.iter().map(|f| LatLon {
+    points.extend(d.fixes().map(|f| LatLon {
         lat: f.lat,
         lon: f.lon,
     }));
@@ -154,21 +154,36 @@ pub fn svg(d: &RunDigest, width_px: u32) -> String {
         s,
         r#"<g id="track" fill="none" stroke-width="3" stroke-linecap="round" stroke-linejoin="round">"#
     );
-    let mut i = 0;
-    while i + 1 < d.fixes.len() {
-        let band = speed_bucket(d.fixes[i + 1].speed_mps, d.speed_limit_kmh);
-        let mut j = i + 1;
-        while j + 1 < d.fixes.len()
-            && speed_bucket(d.fixes[j + 1].speed_mps, d.speed_limit_kmh) == band
-        {
-            j += 1;
+    // Each vehicle's track apart (R8): a replacement's is dashed, and no line joins the two.
+    for (k, t) in d.tracks.iter().enumerate() {
+        let fixes = &t.fixes;
+        let dash = if k > 0 {
+            r#" stroke-dasharray="7 3""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            r#"<g data-vehicle="{}"{dash}>"#,
+            xml_escape(&t.vehicle_id)
+        );
+        let mut i = 0;
+        while i + 1 < fixes.len() {
+            let band = speed_bucket(fixes[i + 1].speed_mps, d.speed_limit_kmh);
+            let mut j = i + 1;
+            while j + 1 < fixes.len()
+                && speed_bucket(fixes[j + 1].speed_mps, d.speed_limit_kmh) == band
+            {
+                j += 1;
+            }
+            let pts = path(&mut fixes[i..=j].iter().map(|f| LatLon {
+                lat: f.lat,
+                lon: f.lon,
+            }));
+            let _ = writeln!(s, r#"<polyline points="{pts}" stroke="{}"/>"#, RAMP[band]);
+            i = j;
         }
-        let pts = path(&mut d.fixes[i..=j].iter().map(|f| LatLon {
-            lat: f.lat,
-            lon: f.lon,
-        }));
-        let _ = writeln!(s, r#"<polyline points="{pts}" stroke="{}"/>"#, RAMP[band]);
-        i = j;
+        let _ = writeln!(s, "</g>");
     }
     let _ = writeln!(s, "</g>");
     // Stops: the geofence to scale (at least a visible dot) and the name.
@@ -329,7 +344,7 @@ fn legend(s: &mut String, d: &RunDigest, proj: &Projection, width: f64, map_h: f
         "Run {} · vehicle {} · {} fixes · {} anomalies{}",
         d.run_id,
         d.vehicle_id,
-        d.fixes.len(),
+        d.fix_count(),
         d.anomalies.len(),
         d.departed_at
             .map(|t| format!(" · departed {}", rfc3339(t)))

@@ -33,6 +33,8 @@ fn weapon_state(w: &World, serial: &str) -> Option<pb::WeaponState> {
         run_id,
         lot,
         rounds,
+        spent,
+        ..
     } = &weapon.location
     {
         s.in_armory = false;
@@ -40,6 +42,7 @@ fn weapon_state(w: &World, serial: &str) -> Option<pb::WeaponState> {
         s.run_id = run_id.clone();
         s.lot = lot.clone();
         s.rounds_out = *rounds;
+        s.rounds_spent = *spent;
     }
     Some(s)
 }
@@ -50,6 +53,7 @@ fn custody_kind(e: &Event) -> Option<&'static str> {
         Event::WeaponIssued { .. } => "issued",
         Event::WeaponHandedOver { .. } => "handed_over",
         Event::WeaponReturned { .. } => "returned",
+        Event::IncidentReported { spent: Some(_), .. } => "shots_fired",
         Event::CommandRefused { .. } => "refused",
         _ => return None,
     })
@@ -176,25 +180,52 @@ impl Armory for ArmoryService {
             .into_inner()
             .subject
             .ok_or_else(|| Status::invalid_argument("subject: a serial or a lot is required"))?;
-        let (streams_to_read, lot) = match subject {
+        // Rounds fired are spent by a crew report, on the stream of the run the weapon (and its
+        // lot) was out for: those runs' streams are read too, for their reports.
+        let (custody_stream, subject_serial, lot) = match subject {
             pb::custody_history_request::Subject::Serial(s) => {
-                (vec![format!("{}{s}", streams::WEAPON)], None)
+                (format!("{}{s}", streams::WEAPON), Some(s), None)
             }
             pb::custody_history_request::Subject::Lot(l) => {
-                let serials: Vec<String> = self
-                    .app
-                    .with_world(|w| w.weapons.keys().cloned().collect())
-                    .await;
-                let mut list = vec![format!("{}{l}", streams::AMMO)];
-                list.extend(serials.iter().map(|s| format!("{}{s}", streams::WEAPON)));
-                (list, Some(l))
+                (format!("{}{l}", streams::AMMO), None, Some(l))
             }
         };
+        let streams_to_read: Vec<String> = self
+            .app
+            .with_world(|w| {
+                let mut runs: Vec<String> = w
+                    .runs
+                    .values()
+                    .filter(|r| r.custody.contains(&custody_stream))
+                    .map(|r| format!("{}{}", streams::RUN, r.run_id))
+                    .collect();
+                runs.sort();
+                let mut list = vec![custody_stream.clone()];
+                // A lot's history is in the streams of the weapons it was issued with.
+                if lot.is_some() {
+                    list.extend(w.weapons.keys().map(|s| format!("{}{s}", streams::WEAPON)));
+                }
+                list.extend(runs);
+                list
+            })
+            .await;
         let mut events = Vec::new();
         for stream in streams_to_read {
+            let run_stream = stream.starts_with(streams::RUN);
             for r in self.app.read_stream(&stream).await? {
                 let Some(e) = decode(&r) else { continue };
-                let about_lot = match (&lot, &e) {
+                let about_subject = match (&lot, &e) {
+                    // From a run's stream, only the reports that spent rounds of the subject.
+                    (
+                        _,
+                        Event::IncidentReported {
+                            spent: Some(spent), ..
+                        },
+                    ) => match &lot {
+                        None => subject_serial.as_deref() == Some(spent.serial.as_str()),
+                        Some(l) => *l == spent.lot,
+                    },
+                    _ if run_stream => false,
                     (None, _) => true,
                     (
                         Some(l),
@@ -203,7 +234,7 @@ impl Armory for ArmoryService {
                     (Some(_), Event::AmmoLotRegistered { .. }) => true,
                     _ => false,
                 };
-                if let (true, Some(kind)) = (about_lot, custody_kind(&e)) {
+                if let (true, Some(kind)) = (about_subject, custody_kind(&e)) {
                     events.push(pb::CustodyEvent {
                         log_position: r.position,
                         at: Some(ts(e.time())),

@@ -1,5 +1,5 @@
 //! `cit.v1.Runs`: vehicles, people, planning, readiness, departure, check-ins, crew reports,
-//! cash-box handovers and close-out.
+//! cash-box handovers, the move to a replacement vehicle (R8) and close-out.
 
 use std::sync::Arc;
 
@@ -45,6 +45,7 @@ fn incident(k: i32) -> Result<IncidentKind, InputError> {
             pb::IncidentKind::Roadblock => IncidentKind::Roadblock,
             pb::IncidentKind::Fire => IncidentKind::Fire,
             pb::IncidentKind::Robbery => IncidentKind::Robbery,
+            pb::IncidentKind::ShotsFired => IncidentKind::ShotsFired,
             pb::IncidentKind::Unspecified => {
                 return Err(InputError::invalid("kind", "is required"));
             }
@@ -72,6 +73,7 @@ fn params(req: &pb::PlanRunRequest) -> Result<DetectionParams, InputError> {
         set(q.checkin_grace_s, &mut p.checkin_grace_s);
         set(q.late_grace_s, &mut p.late_grace_s);
         set(q.overspeed_s, &mut p.overspeed_s);
+        set(q.swap_radius_m, &mut p.swap_radius_m);
         if let Some(n) = q.deviation_fixes {
             p.deviation_fixes = n;
         }
@@ -235,6 +237,7 @@ impl Runs for RunsService {
             person_id: r.person_id,
             kind,
             note: r.note,
+            rounds: r.rounds,
         }))
         .await
     }
@@ -247,6 +250,19 @@ impl Runs for RunsService {
         self.exec(Ok(Command::HandOverCashBoxes {
             run_id: r.run_id,
             stop_id: r.stop_id,
+            boxes: r.box_ids,
+            seals: r.seals,
+            handed_by: r.handed_by,
+            received_by: r.received_by,
+        }))
+        .await
+    }
+
+    async fn swap_vehicle(&self, req: Request<pb::SwapVehicleRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(Ok(Command::SwapVehicle {
+            run_id: r.run_id,
+            vehicle_id: r.vehicle_id,
             boxes: r.box_ids,
             seals: r.seals,
             handed_by: r.handed_by,

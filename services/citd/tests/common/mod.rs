@@ -61,9 +61,27 @@ pub fn route() -> Vec<pb::LatLon> {
         .collect()
 }
 
+/// The crew of a test run: a run of its own for each (R9: nobody serves two active runs). Run
+/// `R-n` has driver `D-n` and escorts `E-(2n-1)` and `E-2n`, so R-1's are D-1, E-1 and E-2.
+pub fn crew_of(run: &str) -> [String; 3] {
+    match run.strip_prefix("R-").and_then(|n| n.parse::<u32>().ok()) {
+        Some(n) => [
+            format!("D-{n}"),
+            format!("E-{}", 2 * n - 1),
+            format!("E-{}", 2 * n),
+        ],
+        None => [
+            format!("D-{run}"),
+            format!("E-{run}-1"),
+            format!("E-{run}-2"),
+        ],
+    }
+}
+
 /// Registers a vehicle, a crew and an armory, plans `run` on a real route, issues weapons and
 /// departs, all through the public API.
 pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
+    let [driver, e1, e2] = crew_of(run);
     c.runs
         .register_vehicle(pb::RegisterVehicleRequest {
             vehicle_id: vehicle.into(),
@@ -73,9 +91,9 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
         .await
         .expect("vehicle");
     for (id, role) in [
-        ("D-1", pb::Role::Driver),
-        ("E-1", pb::Role::Escort),
-        ("E-2", pb::Role::Escort),
+        (driver.as_str(), pb::Role::Driver),
+        (e1.as_str(), pb::Role::Escort),
+        (e2.as_str(), pb::Role::Escort),
         ("GC-1", pb::Role::GunCustodian),
         ("AC-1", pb::Role::AmmoCustodian),
         ("AP-1", pb::Role::Approver),
@@ -100,14 +118,14 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
         .plan_run(pb::PlanRunRequest {
             run_id: run.into(),
             vehicle_id: vehicle.into(),
-            driver_id: "D-1".into(),
-            escort_ids: vec!["E-1".into(), "E-2".into()],
+            driver_id: driver.clone(),
+            escort_ids: vec![e1.clone(), e2.clone()],
             route: route(),
             ..Default::default()
         })
         .await
         .expect("plan");
-    for (i, escort) in ["E-1", "E-2"].iter().enumerate() {
+    for (i, escort) in [&e1, &e2].into_iter().enumerate() {
         let serial = format!("{run}-G-{i}");
         c.armory
             .register_weapon(pb::RegisterWeaponRequest {
@@ -122,7 +140,7 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
                 serial: serial.clone(),
                 lot: "A-1".into(),
                 rounds: 30,
-                to: (*escort).into(),
+                to: escort.clone(),
                 gun_custodian: "GC-1".into(),
                 ammo_custodian: "AC-1".into(),
                 approver: "AP-1".into(),
@@ -132,7 +150,7 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
         c.runs
             .escort_ready(pb::EscortReadyRequest {
                 run_id: run.into(),
-                person_id: (*escort).into(),
+                person_id: escort.clone(),
                 weapon_serial: serial,
                 vest: true,
                 helmet: true,
