@@ -5,36 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use cit_proto::v1 as pb;
-use cit_scenario::{Scenario, score};
+use cit_scenario::Scenario;
 use cit_store::{Direction, EventStore};
 use citd::config::ClockMode;
-use citd::runner::{Clients, Play, play};
+use citd::runner::Clients;
 use tonic::Code;
-
-fn scenario(name: &str) -> Scenario {
-    Scenario::load(&scenario_dir().join(name)).expect("scenario parses")
-}
-
-fn scenario_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/scenarios")
-}
-
-/// Plays a scenario into a citd on `dir` (scenario clock), leaving the server running.
-async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients) {
-    let server = citd::server::start(common::config(dir, ClockMode::Scenario))
-        .await
-        .expect("start");
-    let out = play(&server.endpoint(), s, &Play::default(), |_| {})
-        .await
-        .expect("plays");
-    assert!(score(s, &out).passed(), "{} plays as expected", s.name);
-    let c = Clients::connect(&server.endpoint()).await.expect("connect");
-    (server, c)
-}
 
 async fn verify(c: &mut Clients, run: &str) -> pb::VerifyRunResponse {
     c.audit
@@ -57,7 +36,7 @@ async fn export(c: &mut Clients, run: &str, format: pb::ExportFormat) -> pb::Exp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_public_run_verifies_redetects_exactly_and_exports() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(scenario_dir())
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::scenario_dir())
         .expect("scenario dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -67,7 +46,7 @@ async fn every_public_run_verifies_redetects_exactly_and_exports() {
     for f in &files {
         let s = Scenario::load(f).expect("parses");
         let dir = tempfile::tempdir().expect("tmp");
-        let (server, mut c) = played(dir.path(), &s).await;
+        let (server, mut c) = common::played(dir.path(), &s).await;
         for run in &s.runs {
             let v = match c
                 .audit
@@ -143,10 +122,10 @@ async fn every_public_run_verifies_redetects_exactly_and_exports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_run_with_custody_and_paced_replay_keep_the_record() {
-    let s = scenario("gbg-r015-custody.json");
+    let s = common::scenario("gbg-r015-custody.json");
     let run = s.runs[0].id.clone();
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = played(dir.path(), &s).await;
+    let (server, mut c) = common::played(dir.path(), &s).await;
     let own = common::read_run(&mut c, &run, false).await;
     let with = common::read_run(&mut c, &run, true).await;
     assert!(own.iter().all(|e| e.stream == format!("run-{run}")));
@@ -236,10 +215,10 @@ async fn read_run_with_custody_and_paced_replay_keep_the_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_byte_in_storage_is_named_by_verify_run() {
-    let s = scenario("gbg-r006-unplanned-stop.json");
+    let s = common::scenario("gbg-r006-unplanned-stop.json");
     let run = s.runs[0].id.clone();
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = played(dir.path(), &s).await;
+    let (server, mut c) = common::played(dir.path(), &s).await;
     let before = verify(&mut c, &run).await;
     assert!(before.ok, "{}", before.reason);
     server.stop().await.expect("stop");
@@ -290,10 +269,10 @@ async fn an_edited_byte_in_storage_is_named_by_verify_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_at_the_exact_time_of_an_anomaly_shows_it() {
-    let s = scenario("gbg-r006-unplanned-stop.json");
+    let s = common::scenario("gbg-r006-unplanned-stop.json");
     let run = s.runs[0].id.clone();
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = played(dir.path(), &s).await;
+    let (server, mut c) = common::played(dir.path(), &s).await;
     let anomalies = c
         .dispatch
         .list_anomalies(pb::ListAnomaliesRequest {

@@ -5,32 +5,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use cit_proto::v1 as pb;
 use cit_scenario::model::Op;
-use cit_scenario::{Scenario, score};
-use citd::config::ClockMode;
-use citd::runner::{Clients, Play, play};
-
-fn scenario(name: &str) -> Scenario {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/scenarios");
-    Scenario::load(&dir.join(name)).expect("scenario parses")
-}
-
-/// Plays `s` into a fresh citd (scenario clock), leaving it running.
-async fn played(dir: &std::path::Path, s: &Scenario) -> (citd::server::Running, Clients) {
-    let server = citd::server::start(common::config(dir, ClockMode::Scenario))
-        .await
-        .expect("start");
-    let out = play(&server.endpoint(), s, &Play::default(), |_| {})
-        .await
-        .expect("plays");
-    let sc = score(s, &out);
-    assert!(sc.passed(), "{}: {sc:?}", s.name);
-    let c = Clients::connect(&server.endpoint()).await.expect("connect");
-    (server, c)
-}
 
 fn seconds(ts: &prost_types::Timestamp, by: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -41,7 +17,7 @@ fn seconds(ts: &prost_types::Timestamp, by: i64) -> prost_types::Timestamp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r8_dispatch_and_audit_follow_the_run_onto_its_replacement() {
-    let s = scenario("gbg-r008-breakdown-swap.json");
+    let s = common::scenario("gbg-r008-breakdown-swap.json");
     let (swap_t, from, to) = s
         .timeline
         .iter()
@@ -51,7 +27,7 @@ async fn r8_dispatch_and_audit_follow_the_run_onto_its_replacement() {
         })
         .expect("the scenario swaps");
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = played(dir.path(), &s).await;
+    let (server, mut c) = common::played(dir.path(), &s).await;
     let run = s.runs[0].id.clone();
 
     // The record shows the swap, and the run as dispatch saw it on either side of it.
@@ -125,7 +101,7 @@ async fn r8_dispatch_and_audit_follow_the_run_onto_its_replacement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shots_fired_are_spent_from_the_escorts_weapon_and_shown_in_its_custody_history() {
-    let s = scenario("gbg-r017-robbery-shots.json");
+    let s = common::scenario("gbg-r017-robbery-shots.json");
     let (shooter, rounds) = s
         .timeline
         .iter()
@@ -149,7 +125,7 @@ async fn shots_fired_are_spent_from_the_escorts_weapon_and_shown_in_its_custody_
         })
         .expect("the shooter's weapon");
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = played(dir.path(), &s).await;
+    let (server, mut c) = common::played(dir.path(), &s).await;
     let history = c
         .armory
         .custody_history(pb::CustodyHistoryRequest {

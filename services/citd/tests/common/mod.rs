@@ -1,10 +1,38 @@
 //! Helpers shared by the integration tests: a citd on port 0 with a temporary store, clients,
-//! and a departed run on a real Gothenburg route to stream fixes into.
+//! a departed run on a real Gothenburg route to stream fixes into, and public scenarios played
+//! into a citd.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
 use cit_proto::v1 as pb;
+use cit_scenario::{Scenario, score};
 use citd::config::{ClockMode, Config};
-use citd::runner::Clients;
+use citd::runner::{Clients, Play, play};
+
+pub fn scenario_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/scenarios")
+}
+
+/// A public scenario by file name.
+pub fn scenario(name: &str) -> Scenario {
+    Scenario::load(&scenario_dir().join(name)).expect("scenario parses")
+}
+
+/// Plays a scenario into a citd on `dir` (scenario clock), checks it scores as expected, and
+/// leaves the server running.
+pub async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients) {
+    let server = citd::server::start(config(dir, ClockMode::Scenario))
+        .await
+        .expect("start");
+    let out = play(&server.endpoint(), s, &Play::default(), |_| {})
+        .await
+        .expect("plays");
+    let sc = score(s, &out);
+    assert!(sc.passed(), "{}: {sc:?}", s.name);
+    let c = Clients::connect(&server.endpoint()).await.expect("connect");
+    (server, c)
+}
 
 pub fn config(dir: &std::path::Path, clock: ClockMode) -> Config {
     Config {
