@@ -732,9 +732,12 @@ impl RunState {
         if self.status != Status::Active {
             return;
         }
-        // After a swap only the replacement's fixes from the swap on are the run's: a backlog
-        // of its drive to the breakdown site arriving late is not.
-        if self.swapped_at.get().is_some_and(|s| fix.t < s) {
+        // Only fixes taken while the run was under way are judged by its rules: one dated
+        // before the departure (a unit's backlog, a wrong clock) is stored, not judged; after a
+        // swap, only the replacement's fixes from the swap on (a backlog of its drive to the
+        // breakdown site arriving late is not the run's).
+        let from = self.swapped_at.get().or(self.departed_at.get());
+        if from.is_some_and(|from| fix.t < from) {
             return;
         }
         let p = self.route.frame.to_local(fix.lat, fix.lon);

@@ -1281,3 +1281,14 @@ fn a8_one_multipath_fix_does_not_put_two_vehicles_parked_together_apart() {
         w.raised
     );
 }
+
+#[test]
+fn fixes_dated_before_the_departure_are_not_judged_by_the_runs_rules() {
+    // A unit's backlog (or a wrong clock) delivers, after departure, five minutes of standing
+    // fixes dated before it: no unplanned stop dated before the run was under way, and the
+    // run's own drive after it raises nothing either.
+    let mut w = World::new(quiet(), vec![]);
+    park(&mut w, -300.0, 0.0, 300, &[]);
+    w.drive(0.0, 0.0, 10.0, 200);
+    assert!(w.raised.is_empty(), "{:?}", w.raised);
+}

@@ -64,7 +64,12 @@ pub struct App {
     ingest: std::sync::Mutex<ingest::Vehicles>,
     /// Highest log position written by this process (for read-your-writes waits).
     pub written: watch::Sender<u64>,
+    /// How far ahead of a vehicle's latest seq a fix may jump (`max_seq_jump` in the config).
+    pub max_seq_jump: std::sync::atomic::AtomicU64,
 }
+
+/// The default of `max_seq_jump`: a unit at 1 Hz numbers a million fixes in eleven days.
+pub const MAX_SEQ_JUMP: u64 = 1_000_000;
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +100,10 @@ pub struct Rebuild {
     /// Folded for every fix event by the engine worker (foldhash: SipHash here was 7 % of that
     /// thread's time at 50,000 fixes/s).
     hwm: foldhash::HashMap<String, u64>,
+    /// The device time of each vehicle's highest-seq fix (absent in older snapshots: the log
+    /// after them sets it as fixes come).
+    #[serde(default)]
+    hwm_t: foldhash::HashMap<String, Millis>,
     latest_time: Millis,
 }
 
@@ -113,12 +122,17 @@ impl Rebuild {
         if let Event::FixesRecorded {
             vehicle_id, fixes, ..
         } = event
-            && let Some(last) = fixes.iter().map(|f| f.seq).max()
+            && let Some(last) = fixes.iter().max_by_key(|f| f.seq)
         {
             match self.hwm.get_mut(vehicle_id) {
-                Some(seq) => *seq = (*seq).max(last),
+                Some(seq) if *seq >= last.seq => {}
+                Some(seq) => {
+                    *seq = last.seq;
+                    self.hwm_t.insert(vehicle_id.clone(), last.t);
+                }
                 None => {
-                    self.hwm.insert(vehicle_id.clone(), last);
+                    self.hwm.insert(vehicle_id.clone(), last.seq);
+                    self.hwm_t.insert(vehicle_id.clone(), last.t);
                 }
             }
         }
@@ -167,6 +181,7 @@ impl App {
             world,
             versions,
             hwm,
+            hwm_t,
             latest_time,
         } = state;
         // Scenario time resumes where the log left it.
@@ -182,7 +197,8 @@ impl App {
         let ingest = hwm
             .into_iter()
             .map(|(v, seq)| {
-                let state = ingest::VehicleIngest::durable_to(seq);
+                let t = hwm_t.get(&v).copied().unwrap_or_default();
+                let state = ingest::VehicleIngest::durable_to(seq, t);
                 (v, Arc::new(std::sync::Mutex::new(state)))
             })
             .collect();
@@ -202,6 +218,7 @@ impl App {
             directory: RwLock::new(directory),
             ingest: std::sync::Mutex::new(ingest),
             written: watch::channel(after).0,
+            max_seq_jump: std::sync::atomic::AtomicU64::new(MAX_SEQ_JUMP),
         }))
     }
 

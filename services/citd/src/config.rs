@@ -64,6 +64,8 @@ pub struct Config {
     /// Seconds between two snapshots of the engine and read models (also at shutdown), so a
     /// restart resumes from there; 0: no snapshots (a restart replays the log).
     pub snapshot_interval_s: u64,
+    /// How far ahead of a vehicle's latest seq a fix may jump before it is rejected (`seq`).
+    pub max_seq_jump: u64,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             watch_buffer: 16_384,
             watch_interval_ms: 1000,
             snapshot_interval_s: 300,
+            max_seq_jump: crate::app::MAX_SEQ_JUMP,
         }
     }
 }
@@ -136,6 +139,9 @@ pub struct Overrides {
     /// Seconds between engine snapshots (0: none; a restart replays the log).
     #[arg(long, env = "CIT_SNAPSHOT_INTERVAL_S")]
     pub snapshot_interval_s: Option<u64>,
+    /// Most a fix's seq may jump ahead of its vehicle's latest before it is rejected.
+    #[arg(long, env = "CIT_MAX_SEQ_JUMP")]
+    pub max_seq_jump: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +212,9 @@ impl Config {
         if let Some(v) = o.snapshot_interval_s {
             c.snapshot_interval_s = v;
         }
+        if let Some(v) = o.max_seq_jump {
+            c.max_seq_jump = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -227,6 +236,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "watch_buffer",
                 reason: format!("must be 16 to 1048576, got {}", self.watch_buffer),
+            });
+        }
+        if self.max_seq_jump == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_seq_jump",
+                reason: "must be >= 1 (a unit's next fix has the next seq)".into(),
             });
         }
         if self.watch_interval_ms > 60_000 {

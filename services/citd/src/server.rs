@@ -314,6 +314,8 @@ pub async fn serve(
     let app = App::open(store.clone(), clock, metrics.clone(), from)
         .await
         .map_err(|e| ServerError::Store(e.to_string()))?;
+    app.max_seq_jump
+        .store(config.max_seq_jump, std::sync::atomic::Ordering::Relaxed);
     let anomalies = Arc::new(Anomalies::default());
     let fleet = Arc::new(crate::fleet::Fleet::default());
     let hub = Arc::new(crate::watch::Hub::new(

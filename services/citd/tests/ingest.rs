@@ -1,7 +1,8 @@
 //! Telemetry ingest through real gRPC: per-fix validation that keeps the good fixes of a batch,
 //! duplicate absorption by (vehicle, seq), consistent acks across reconnects (also one that
-//! dropped its batches in flight), NOT_FOUND for an unregistered vehicle, RESOURCE_EXHAUSTED
-//! for an oversized message, and a run read back in order with nothing missing or doubled.
+//! dropped its batches in flight), an unregistered vehicle, an absurd seq jump and a device time
+//! going backwards rejected fix by fix with the stream going on, RESOURCE_EXHAUSTED for an
+//! oversized message, and a run read back in order with nothing missing or doubled.
 
 mod common;
 
@@ -183,15 +184,62 @@ async fn ten_thousand_fixes_read_back_in_order() {
 }
 
 #[tokio::test]
-async fn unknown_vehicle_is_not_found_after_the_good_fixes_are_acked() {
+async fn an_unknown_vehicle_is_a_rejection_of_its_fixes_and_the_stream_goes_on() {
     let (_dir, server, mut c) = started().await;
     let (tx, mut acks) = open(&mut c).await;
-    let ack = send(&tx, &mut acks, vec![fix("V-1", 1), fix("V-404", 1)]).await;
-    assert_eq!(ack.acks[0].durable_seq, 1, "the good fix is kept");
-    assert_eq!(ack.rejected[0].field, "vehicle_id");
-    let err = acks.message().await.expect_err("stream ends with an error");
-    assert_eq!(err.code(), Code::NotFound);
-    assert!(err.message().contains("V-404"), "{}", err.message());
+    // A gateway's batch: one unregistered vehicle among good fixes.
+    let ack = send(
+        &tx,
+        &mut acks,
+        vec![fix("V-1", 1), fix("V-404", 1), fix("V-1", 2)],
+    )
+    .await;
+    assert_eq!(ack.acks[0].durable_seq, 2, "the good fixes are kept");
+    assert_eq!(ack.rejected.len(), 1);
+    let r = &ack.rejected[0];
+    assert_eq!((r.index, r.field.as_str()), (1, "vehicle_id"));
+    assert!(r.reason.contains("V-404"), "{}", r.reason);
+    // The same stream keeps serving.
+    let ack = send(&tx, &mut acks, vec![fix("V-1", 3)]).await;
+    assert_eq!(ack.acks[0].durable_seq, 3);
+    assert!(ack.rejected.is_empty());
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_absurd_seq_jump_and_a_device_time_going_backwards_are_rejected_on_their_own() {
+    let (_dir, server, mut c) = started().await;
+    let (tx, mut acks) = open(&mut c).await;
+    let mut early = fix("V-1", 3);
+    let two = fix("V-1", 2);
+    let before = two.time.expect("time");
+    early.time = Some(prost_types::Timestamp {
+        seconds: before.seconds - 60,
+        nanos: before.nanos,
+    });
+    let ack = send(
+        &tx,
+        &mut acks,
+        vec![
+            fix("V-1", 1),
+            fix("V-1", 1 << 63),
+            two,
+            early,
+            fix("V-1", 4),
+        ],
+    )
+    .await;
+    let rejected: Vec<(u32, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str()))
+        .collect();
+    assert_eq!(rejected, [(1, "seq"), (3, "time")], "{:?}", ack.rejected);
+    // The absurd seq poisoned nothing: the vehicle's fixes go on from 4.
+    assert_eq!(ack.acks[0].durable_seq, 4);
+    assert_eq!(ack.accepted, 3);
+    let ack = send(&tx, &mut acks, vec![fix("V-1", 5)]).await;
+    assert_eq!(ack.acks[0].durable_seq, 5);
     server.stop().await.expect("stop");
 }
 

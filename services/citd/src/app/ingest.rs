@@ -8,8 +8,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use cit_domain::Fix;
 use cit_domain::event::Event;
+use cit_domain::{Fix, Millis};
 use cit_store::{Append, ExpectedVersion};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -28,17 +28,61 @@ pub(super) struct VehicleIngest {
     durable_seq: u64,
     in_flight: bool,
     queued: Vec<Queued>,
+    /// The highest seq let through to ingest (durable, in flight or queued) and its device
+    /// time: a later fix may not jump absurdly far ahead of it, nor be dated before it.
+    latest_seq: u64,
+    latest_t: Millis,
 }
 
 impl VehicleIngest {
-    /// A vehicle whose fixes are durable up to `seq`.
-    pub(super) fn durable_to(seq: u64) -> Self {
+    /// A vehicle whose fixes are durable up to `seq`, the last of them taken at `t`.
+    pub(super) fn durable_to(seq: u64, t: Millis) -> Self {
         VehicleIngest {
             durable_seq: seq,
+            latest_seq: seq,
+            latest_t: t,
             ..Default::default()
         }
     }
+
+    /// Whether a fix may follow what the vehicle sent so far: `Err((field, reason))` names why
+    /// not. A seq not above the latest is a resend (judged a duplicate or not by ingest, against
+    /// what is durable); a fresh one must be within `max_jump` of the latest (one fix with seq
+    /// 2^63 would otherwise make every later fix a duplicate for good) and not dated before it.
+    fn admit(&mut self, seq: u64, t: Millis, max_jump: u64) -> Result<(), (&'static str, String)> {
+        if seq <= self.latest_seq {
+            return Ok(());
+        }
+        if seq - self.latest_seq > max_jump {
+            return Err((
+                "seq",
+                format!(
+                    "{seq} is more than {max_jump} ahead of the vehicle's latest seq {}; a unit numbers its fixes from 1 without gaps",
+                    self.latest_seq
+                ),
+            ));
+        }
+        if t < self.latest_t {
+            return Err((
+                "time",
+                format!(
+                    "device time goes backwards: seq {seq} is dated {} ms before seq {}",
+                    self.latest_t.0 - t.0,
+                    self.latest_seq
+                ),
+            ));
+        }
+        self.latest_seq = seq;
+        self.latest_t = t;
+        Ok(())
+    }
 }
+
+/// A fix of a batch, with its place in the batch (for its rejection).
+pub type Placed = (u32, Fix);
+
+/// A fix screened out of a batch: its place, its vehicle and seq, the field and the reason.
+pub type Screened = (u32, String, u64, &'static str, String);
 
 type Answer = oneshot::Sender<Result<VehicleBatchResult, AppError>>;
 
@@ -174,6 +218,27 @@ fn answer(
 }
 
 impl App {
+    /// Screens each vehicle's fixes (in batch order) against what the vehicle sent before
+    /// ([`VehicleIngest::admit`]), keeping the admitted ones in `batch` and returning the others.
+    /// Called in arrival order, before [`App::ingest`], under the same locks' order.
+    pub fn screen(&self, batch: &mut [(String, Vec<Placed>)]) -> Vec<Screened> {
+        let max_jump = self.max_seq_jump.load(std::sync::atomic::Ordering::Relaxed);
+        let mut screened = Vec::new();
+        let mut states = lock(&self.ingest);
+        for (vehicle_id, fixes) in batch.iter_mut() {
+            let state = vehicle_ingest(&mut states, vehicle_id);
+            let mut s = lock(&state);
+            fixes.retain(|(index, f)| match s.admit(f.seq, f.t, max_jump) {
+                Ok(()) => true,
+                Err((field, reason)) => {
+                    screened.push((*index, vehicle_id.clone(), f.seq, field, reason));
+                    false
+                }
+            });
+        }
+        screened
+    }
+
     /// Records validated fixes, grouped by vehicle (each vehicle's in order), durably; a fix
     /// whose seq is not above its vehicle's highest is a duplicate and absorbed. Synchronous up
     /// to handing the appends over, so calling it in arrival order keeps each vehicle's fixes

@@ -1,7 +1,9 @@
 //! `cit.v1.Telemetry`: the bidirectional fix stream. Each fix is validated on its own (a bad fix
-//! is rejected with its field and reason, the good ones of the batch are kept); the good fixes
-//! of each vehicle are appended as one batch, and the ack names the highest durable seq per
-//! vehicle only after the append is durable.
+//! is rejected with its field and reason, the good ones of the batch are kept: an unregistered
+//! vehicle, a seq jumping absurdly far, a device time going backwards are each a rejection of
+//! those fixes, not the end of the stream); the good fixes of each vehicle are appended as one
+//! batch, and the ack names the highest durable seq per vehicle only after the append is
+//! durable.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -123,7 +125,6 @@ pub fn validate(
 /// A batch validated and handed to ingest (in arrival order), waiting to be durable.
 pub struct PreparedBatch {
     ack: pb::FixAck,
-    unknown: Option<String>,
     ingesting: Ingesting,
 }
 
@@ -143,9 +144,8 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
         batch_id: batch.batch_id,
         ..Default::default()
     };
-    let mut unknown = None;
-    // Per vehicle, in batch order.
-    let mut by_vehicle: Vec<(String, Vec<Fix>)> = Vec::new();
+    // Per vehicle, in batch order, each fix with its place in the batch.
+    let mut by_vehicle: Vec<(String, Vec<(u32, Fix)>)> = Vec::new();
     let mut slot: HashMap<String, usize> = HashMap::new();
     for (index, f) in batch.fixes.iter().enumerate() {
         let reject = |field: &str, reason: String| pb::FixRejection {
@@ -157,39 +157,47 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
         };
         match validate(f, now, check_future) {
             Err((field, reason)) => ack.rejected.push(reject(field, reason)),
-            Ok(_) if !app.vehicle_known(&f.vehicle_id) => {
-                unknown.get_or_insert_with(|| f.vehicle_id.clone());
-                ack.rejected.push(reject(
-                    "vehicle_id",
-                    format!("vehicle {:?} is not registered", f.vehicle_id),
-                ));
-            }
+            Ok(_) if !app.vehicle_known(&f.vehicle_id) => ack.rejected.push(reject(
+                "vehicle_id",
+                format!(
+                    "vehicle {:?} is not registered; register it before streaming its fixes",
+                    f.vehicle_id
+                ),
+            )),
             Ok(fix) => {
                 let i = *slot.entry(f.vehicle_id.clone()).or_insert_with(|| {
                     by_vehicle.push((f.vehicle_id.clone(), Vec::new()));
                     by_vehicle.len() - 1
                 });
-                by_vehicle[i].1.push(fix);
+                by_vehicle[i].1.push((index as u32, fix));
             }
         }
     }
+    for (index, vehicle_id, seq, field, reason) in app.screen(&mut by_vehicle) {
+        ack.rejected.push(pb::FixRejection {
+            index,
+            vehicle_id,
+            seq,
+            field: field.to_string(),
+            reason,
+        });
+    }
+    ack.rejected.sort_by_key(|r| r.index);
     app.metrics.fixes_rejected.inc_by(ack.rejected.len() as u64);
+    let by_vehicle = by_vehicle
+        .into_iter()
+        .map(|(v, fixes)| (v, fixes.into_iter().map(|(_, f)| f).collect()))
+        .collect();
     Ok(PreparedBatch {
         ack,
-        unknown,
         ingesting: app.ingest(by_vehicle),
     })
 }
 
 impl PreparedBatch {
-    /// Waits until every queued fix of the batch is durable and builds the ack, and names an
-    /// unregistered vehicle if the batch had one (the stream then ends with NOT_FOUND).
-    pub async fn finish(self, app: &App) -> Result<(pb::FixAck, Option<String>), Status> {
-        let PreparedBatch {
-            mut ack,
-            unknown,
-            ingesting,
-        } = self;
+    /// Waits until every queued fix of the batch is durable and builds the ack.
+    pub async fn finish(self, app: &App) -> Result<pb::FixAck, Status> {
+        let PreparedBatch { mut ack, ingesting } = self;
         for (vehicle_id, r) in ingesting.results().await {
             let r = r.map_err(Status::from)?;
             ack.accepted += r.accepted;
@@ -206,7 +214,7 @@ impl PreparedBatch {
         if ack.log_position == 0 {
             ack.log_position = *app.written.borrow();
         }
-        Ok((ack, unknown))
+        Ok(ack)
     }
 }
 
@@ -245,26 +253,18 @@ impl Telemetry for TelemetryService {
                         return;
                     }
                     done = inflight.next(), if !inflight.is_empty() => {
-                        match done {
-                            Some(Ok((ack, unknown))) => {
-                                if tx.send(Ok(ack)).await.is_err() {
-                                    return;
-                                }
-                                if let Some(v) = unknown {
-                                    let _ = tx
-                                        .send(Err(Status::not_found(format!(
-                                            "vehicle {v:?} is not registered; register it before streaming its fixes"
-                                        ))))
-                                        .await;
-                                    return;
-                                }
-                            }
+                        let answered = match done {
+                            Some(Ok(ack)) => tx.send(Ok(ack)).await.is_ok(),
                             Some(Err(status)) => {
                                 tracing::error!(cause = %status, "fix batch failed");
                                 let _ = tx.send(Err(status)).await;
                                 return;
                             }
-                            None => {}
+                            None => true,
+                        };
+                        // The unit went away: nothing more to answer.
+                        if !answered {
+                            return;
                         }
                     }
                     msg = inbound.next(), if inbound_open && inflight.len() < PIPELINE => {
