@@ -177,7 +177,10 @@ impl Running {
     }
 }
 
-/// Binds the configured addresses (port 0 allowed) and serves in the background.
+/// Binds the configured addresses (port 0 allowed), opens the store and rebuilds the state, and
+/// serves in the background. Returns once every listener is bound and the store is open and
+/// caught up (health is SERVING from then on), or with the cause of the first failure, so a
+/// store that cannot open fails the start instead of a server that never answers.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let listener = TcpListener::bind(config.listen)
         .await
@@ -194,17 +197,43 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let console = bind_optional(config.console_listen).await?;
     let console_addr = console.as_ref().and_then(|l| l.local_addr().ok());
     let (tx, rx) = oneshot::channel::<()>();
+    let (ready_tx, ready) = oneshot::channel::<()>();
     let listeners = Listeners {
         grpc: listener,
         metrics,
         console,
     };
-    let handle = tokio::spawn(async move {
-        serve(config, listeners, async {
-            let _ = rx.await;
-        })
+    let mut handle = tokio::spawn(async move {
+        serve(
+            config,
+            listeners,
+            async {
+                let _ = rx.await;
+            },
+            Some(ready_tx),
+        )
         .await
     });
+    tokio::select! {
+        biased;
+        r = ready => {
+            if r.is_err() {
+                // The task ended before it was ready: it says why.
+                return Err(match (&mut handle).await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => ServerError::Store("stopped before it was ready".into()),
+                    Err(e) => ServerError::Store(format!("server task failed: {e}")),
+                });
+            }
+        }
+        r = &mut handle => {
+            return Err(match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => ServerError::Store("stopped before it was ready".into()),
+                Err(e) => ServerError::Store(format!("server task failed: {e}")),
+            });
+        }
+    }
     Ok(Running {
         addr,
         metrics_addr,
@@ -236,14 +265,36 @@ struct Services {
 impl Services {
     /// One port's router (routers are not `Clone`; their services are cheap handles).
     async fn routes(&self) -> Result<Routes, ServerError> {
+        // Routes are built once the store is open and the state rebuilt: every service answers
+        // SERVING from the first call the port takes.
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<TelemetryServer<grpc::telemetry::TelemetryService>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(cit_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let mut services = vec![
+            "cit.v1.Telemetry",
+            "cit.v1.Runs",
+            "cit.v1.Armory",
+            "cit.v1.PoliceLiaison",
+            "cit.v1.Dispatch",
+            "cit.v1.Audit",
+        ];
+        if self.app.clock.is_scenario() {
+            services.push("cit.v1.ScenarioClock");
+        }
+        for name in services {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        // Both reflection versions: grpcurl and most tools ask v1, some clients still v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cit_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
         let max = grpc::telemetry::MAX_MESSAGE_BYTES;
         let clock_service = self.app.clock.is_scenario().then(|| {
@@ -255,7 +306,8 @@ impl Services {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(grpc::timing::TimingLayer::new(&self.app.metrics))
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 TelemetryServer::new(grpc::telemetry::TelemetryService {
                     app: self.app.clone(),
@@ -289,11 +341,14 @@ impl Services {
     }
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves. `ready` is told once the store is open, the state rebuilt
+/// and the routes built, just before the ports start answering; a failure before that ends
+/// the call with its cause (and `ready` is dropped untold).
 pub async fn serve(
     config: Config,
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), ServerError> {
     let Listeners {
         grpc: listener,
@@ -414,6 +469,9 @@ pub async fn serve(
         store = ?config.store,
         "citd serving"
     );
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
     let begin_stop = stop_tx.clone();
     // No Nagle on accepted connections: a small response (GetRun) must not wait ~40 ms for the
     // client's delayed ACK (measured: GetRun p99 44 ms before, BENCHMARKS.md).
