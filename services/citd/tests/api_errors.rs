@@ -1,5 +1,6 @@
 //! Bad input at the boundary gets the right status and names the field; refusals name their
-//! rule (trailer `x-cit-rule`); a duress check-in answers exactly like an ok one (A6).
+//! rule (trailer `x-cit-rule`, and the gRPC richer error model's `google.rpc.Status` details);
+//! a duress check-in answers exactly like an ok one (A6).
 
 mod common;
 
@@ -7,7 +8,9 @@ use cit_proto::v1 as pb;
 use citd::config::ClockMode;
 use citd::error::refusal_rule;
 use citd::runner::Clients;
+use prost::Message;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 async fn setup() -> (tempfile::TempDir, citd::server::Running, Clients) {
     let dir = tempfile::tempdir().expect("tmp");
@@ -87,6 +90,9 @@ async fn invalid_plans_are_invalid_argument_naming_the_field() {
             "{field}: {}",
             err.message()
         );
+        // The richer error model: a standard client reads the field from a BadRequest.
+        let bad = err.get_details_bad_request().expect("a BadRequest detail");
+        assert_eq!(bad.field_violations[0].field, field);
     }
     server.stop().await.expect("stop");
 }
@@ -108,6 +114,25 @@ async fn refusals_carry_their_rule_and_unknowns_are_not_found() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(refusal_rule(&err).as_deref(), Some("R1"));
     assert!(err.message().contains("armoured"), "{}", err.message());
+    // The details are a google.rpc.Status with the same code: its ErrorInfo names the rule, and
+    // cit.v1.Refusal is packed beside it as an Any.
+    let body = tonic_types::Status::decode(err.details()).expect("google.rpc.Status");
+    assert_eq!(body.code, Code::FailedPrecondition as i32);
+    assert_eq!(body.message, err.message());
+    let info = err.get_details_error_info().expect("an ErrorInfo detail");
+    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("R1", "cit"));
+    let packed = body
+        .details
+        .iter()
+        .find(|d| d.type_url == "type.googleapis.com/cit.v1.Refusal")
+        .expect("the refusal, packed");
+    let refusal = pb::Refusal::decode(packed.value.as_slice()).expect("decodes");
+    assert_eq!(refusal.rule, "R1");
+    // Without the trailer (a proxy may drop it), the rule is read from the details.
+    let mut bare =
+        tonic::Status::with_details(err.code(), err.message(), err.details().to_vec().into());
+    bare.metadata_mut().remove("x-cit-rule");
+    assert_eq!(refusal_rule(&bare).as_deref(), Some("R1"));
 
     let err = c
         .runs
