@@ -18,6 +18,7 @@
 
 use std::time::Instant;
 
+use cit_domain::event::Event;
 use cit_domain::{DetectionParams, LatLon};
 use cit_engine::Engine;
 use cit_engine::route::RouteIndex;
@@ -125,6 +126,51 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Moves every run to a replacement vehicle that has just sent a fix off-run beside it (as in
+/// the field: it drove up to the breakdown), timing only the swaps; microseconds per swap.
+fn swap_every_run(
+    engine: &mut Engine,
+    pos: &mut u64,
+    fleet: &mut [SimVehicle],
+    routes: &[cit_loadtest::Route],
+    n: &mut u64,
+    noise_m: f64,
+) -> f64 {
+    let step = next_step(fleet, routes, n, noise_m);
+    for (run, f) in step.iter().enumerate() {
+        *pos += 1;
+        engine.handle(
+            *pos,
+            &Event::FixesRecorded {
+                vehicle_id: format!("S-{run}"),
+                run_id: None,
+                fixes: vec![f.to_domain()],
+            },
+        );
+    }
+    let swaps: Vec<Event> = (0..step.len())
+        .map(|run| Event::VehicleSwapped {
+            run_id: format!("R-{run}"),
+            from_vehicle_id: format!("V-{run}"),
+            to_vehicle_id: format!("S-{run}"),
+            boxes: vec!["B-1".into()],
+            seals: vec![1],
+            handed_by: vec!["E-1".into(), "E-2".into()],
+            received_by: vec!["D-2".into()],
+            at: step[run].to_domain().t,
+        })
+        .collect();
+    let started = Instant::now();
+    let mut raised = 0;
+    for e in &swaps {
+        *pos += 1;
+        raised += engine.handle(*pos, e).len();
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / swaps.len().max(1) as f64;
+    std::hint::black_box(raised);
+    us
+}
+
 fn main() {
     let args = Args::parse();
     if args.state_only {
@@ -139,10 +185,12 @@ fn main() {
     let mut fleet = vehicles(args.runs, args.fixes.div_ceil(args.runs), &routes);
     let before_runs = rss_kib();
     let mut route_points = 0;
+    let planning = Instant::now();
     for (i, v) in fleet.iter().enumerate() {
         route_points += routes[v.route].coords.len();
         plan(&mut engine, &mut pos, i, latlons(&routes[v.route]));
     }
+    let plan_us = planning.elapsed().as_secs_f64() * 1e6 / args.runs as f64;
     let per_run_with_route = (rss_kib() - before_runs) as f64 / args.runs as f64;
     let mut questions = Questions::new(args.zones, &routes, &fleet, corridor_m);
     println!(
@@ -230,6 +278,17 @@ fn main() {
         "ours, corridor + zone questions only: {ours_asked:.0} fixes/s (rounds {}); per fix {}",
         fmt_rates(&asked_rates),
         percentiles(&asked)
+    );
+    let swap_us = swap_every_run(
+        &mut engine,
+        &mut pos,
+        &mut fleet,
+        &routes,
+        &mut n,
+        args.noise_m,
+    );
+    println!(
+        "a vehicle swap (R8, A8 judged): {swap_us:.2} us per run; planning a run (route index built, departed): {plan_us:.2} us"
     );
     println!(
         "memory per run, its route index included: {per_run_with_route:.1} KiB (RSS delta / runs)"
