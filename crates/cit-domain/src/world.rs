@@ -229,6 +229,28 @@ fn accepted(event: Event) -> Outcome {
     }
 }
 
+/// R6 with a manifest: what is wrong with the boxes of a handover (none without a manifest).
+fn manifest_problem(run: &Run, boxes: &[String], seals: &[u64]) -> Option<String> {
+    if run.cash_boxes.is_empty() {
+        return None;
+    }
+    for (i, b) in boxes.iter().enumerate() {
+        if !run.cash_boxes.contains(b) {
+            return Some(format!("box {b:?} is not in the run's manifest"));
+        }
+        if boxes[..i].contains(b) || run.handed_over.contains(b) {
+            return Some(format!("box {b:?} is handed over twice"));
+        }
+    }
+    (seals.len() != boxes.len()).then(|| {
+        format!(
+            "{} seal(s) for {} box(es); every box is checked under its own seal",
+            seals.len(),
+            boxes.len()
+        )
+    })
+}
+
 /// R6: what is wrong with a transfer of cash boxes (a handover at a stop, or the move to a
 /// replacement vehicle): two distinct people hand over, someone receives, nobody on both sides.
 fn r6_problem(handed_by: &[String], received_by: &[String]) -> Option<String> {
@@ -467,7 +489,7 @@ impl World {
                 cash_boxes,
             } => {
                 require_id("run_id", run_id)?;
-                validate_plan(route, stops, params)?;
+                validate_plan(route, stops, params, now)?;
                 if self.runs.contains_key(run_id) {
                     return Err(InputError::AlreadyExists {
                         what: format!("run {run_id:?}"),
@@ -669,8 +691,11 @@ impl World {
                 if boxes.is_empty() {
                     return Err(InputError::invalid("box_ids", "at least one box"));
                 }
-                // R6 Two-person integrity.
-                if let Some(problem) = r6_problem(handed_by, received_by) {
+                // R6 Two-person integrity, and with a manifest the boxes checked against it: each
+                // a box of the run's manifest, handed over once, under a seal of its own.
+                if let Some(problem) = r6_problem(handed_by, received_by)
+                    .or_else(|| manifest_problem(run, boxes, seals))
+                {
                     return Ok(refused(
                         Rule::R6,
                         cmd,
@@ -1335,12 +1360,38 @@ impl World {
     }
 }
 
+/// Metres from `p` to the nearest point of the polyline `route` (an equirectangular frame at
+/// `p`'s latitude: exact to well under a metre over the few kilometres that matter here).
+fn distance_to_route_m(p: LatLon, route: &[LatLon]) -> f64 {
+    const M_PER_DEG: f64 = 111_195.08;
+    let k = p.lat.to_radians().cos();
+    let xy = |q: LatLon| ((q.lon - p.lon) * M_PER_DEG * k, (q.lat - p.lat) * M_PER_DEG);
+    route
+        .windows(2)
+        .map(|w| {
+            let ((ax, ay), (bx, by)) = (xy(w[0]), xy(w[1]));
+            let (dx, dy) = (bx - ax, by - ay);
+            let len2 = dx * dx + dy * dy;
+            let t = if len2 > 0.0 {
+                (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            (ax + t * dx).hypot(ay + t * dy)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// Checks a plan's shape: route, stops, windows and parameters (issue: bad input is refused with
-/// INVALID_ARGUMENT naming the field).
+/// INVALID_ARGUMENT naming the field). A stop must be within reach of the route: no farther from
+/// it than the corridor plus the stop's radius, else the vehicle cannot enter the stop without
+/// leaving the corridor (the plan itself would be a route deviation); and its `arrive_by` must
+/// come after `now`, the planning.
 pub fn validate_plan(
     route: &[LatLon],
     stops: &[PlannedStop],
     params: &DetectionParams,
+    now: Millis,
 ) -> Result<(), InputError> {
     if route.len() < 2 {
         return Err(InputError::invalid("route", "needs at least 2 points"));
@@ -1367,6 +1418,27 @@ pub fn validate_plan(
             return Err(InputError::invalid(
                 format!("stops[{i}].radius_m"),
                 "every stop needs a geofence radius > 0",
+            ));
+        }
+        let reach_m = params.corridor_m + s.radius_m;
+        let off_m = distance_to_route_m(s.position, route);
+        if off_m > reach_m {
+            return Err(InputError::invalid(
+                format!("stops[{i}].position"),
+                format!(
+                    "{off_m:.0} m from the route; a stop must lie within the corridor plus its radius ({reach_m:.0} m) of the route, or the route must be planned through it"
+                ),
+            ));
+        }
+        if let Some(by) = s.arrive_by
+            && by <= now
+        {
+            return Err(InputError::invalid(
+                format!("stops[{i}].arrive_by"),
+                format!(
+                    "{:.0} s before the planning; a window must lie ahead",
+                    now.secs_since(by)
+                ),
             ));
         }
         if let (Some(prev), Some(this)) = (last_deadline, s.arrive_by)

@@ -416,15 +416,7 @@ fn r7_close_out_waits_for_every_box_of_the_manifest() {
         *cash_boxes = vec!["B-1".into(), "B-2".into()];
     }
     accepted(when(&mut w, p));
-    let handover = |boxes: &[&str]| Command::HandOverCashBoxes {
-        run_id: "R-1".into(),
-        stop_id: "S-1".into(),
-        boxes: boxes.iter().map(|s| s.to_string()).collect(),
-        seals: vec![],
-        handed_by: vec!["E-1".into(), "E-2".into()],
-        received_by: vec!["O-1".into()],
-    };
-    accepted(when(&mut w, handover(&["B-1"])));
+    accepted(when(&mut w, manifest_handover(&["B-1"], 1)));
     match when(
         &mut w,
         Command::CloseRun {
@@ -437,13 +429,100 @@ fn r7_close_out_waits_for_every_box_of_the_manifest() {
         }
         other => panic!("{other:?}"),
     }
-    accepted(when(&mut w, handover(&["B-2"])));
+    accepted(when(&mut w, manifest_handover(&["B-2"], 1)));
     accepted(when(
         &mut w,
         Command::CloseRun {
             run_id: "R-1".into(),
         },
     ));
+}
+
+/// A two-person handover at S-1 of R-1 of `boxes` under `seals` seals.
+fn manifest_handover(boxes: &[&str], seals: u64) -> Command {
+    Command::HandOverCashBoxes {
+        run_id: "R-1".into(),
+        stop_id: "S-1".into(),
+        boxes: boxes.iter().map(|s| s.to_string()).collect(),
+        seals: (1..=seals).collect(),
+        handed_by: vec!["E-1".into(), "E-2".into()],
+        received_by: vec!["O-1".into()],
+    }
+}
+
+#[test]
+fn r6_with_a_manifest_a_handover_names_manifest_boxes_each_once_under_a_seal_of_its_own() {
+    let mut w = given(&registry());
+    let mut p = plan("R-1", "V-1");
+    if let Command::PlanRun { cash_boxes, .. } = &mut p {
+        *cash_boxes = vec!["B-1".into(), "B-2".into(), "B-3".into()];
+    }
+    accepted(when(&mut w, p));
+    for (boxes, seals, why) in [
+        (&["B-9"][..], 1, "not in the manifest"),
+        (&["B-1", "B-1"][..], 2, "the same box twice"),
+        (&["B-1"][..], 0, "no seal"),
+        (&["B-1", "B-2"][..], 1, "one seal for two boxes"),
+    ] {
+        assert_eq!(
+            refused_by(when(&mut w, manifest_handover(boxes, seals))),
+            Rule::R6,
+            "{why}"
+        );
+    }
+    accepted(when(&mut w, manifest_handover(&["B-1", "B-2"], 2)));
+    // Once handed over, a box is not handed over again.
+    assert_eq!(
+        refused_by(when(&mut w, manifest_handover(&["B-2"], 1))),
+        Rule::R6
+    );
+    // Without a manifest nothing is checked against one (scenario runs carry none).
+    accepted(when(&mut w, plan("R-2", "V-2")));
+    accepted(when(
+        &mut w,
+        Command::HandOverCashBoxes {
+            run_id: "R-2".into(),
+            stop_id: "S-1".into(),
+            boxes: vec!["X".into(), "X".into()],
+            seals: vec![],
+            handed_by: vec!["E-1".into(), "E-2".into()],
+            received_by: vec!["O-1".into()],
+        },
+    ));
+}
+
+#[test]
+fn a_stop_out_of_reach_of_the_route_or_a_window_already_past_is_invalid_naming_the_field() {
+    let mut w = given(&registry());
+    let with_stop = |position: LatLon, arrive_by: Option<Millis>| {
+        let mut p = plan("R-1", "V-1");
+        if let Command::PlanRun { stops, .. } = &mut p {
+            stops[0].position = position;
+            stops[0].arrive_by = arrive_by;
+        }
+        p
+    };
+    // 50 km from the route (corridor 60 m + radius 75 m allowed).
+    let far = LatLon {
+        lat: 58.15,
+        lon: 11.98,
+    };
+    let stop_far = w.handle(&with_stop(far, None), NOW);
+    assert!(
+        matches!(&stop_far, Err(InputError::Invalid { field, .. }) if field == "stops[0].position"),
+        "{stop_far:?}"
+    );
+    // 100 m off the route's end: within reach.
+    let near = LatLon {
+        lat: 57.71 + 100.0 / 111_195.0,
+        lon: 11.98,
+    };
+    let past = w.handle(&with_stop(near, Some(Millis(NOW.0 - 1))), NOW);
+    assert!(
+        matches!(&past, Err(InputError::Invalid { field, .. }) if field == "stops[0].arrive_by"),
+        "{past:?}"
+    );
+    accepted(when(&mut w, with_stop(near, Some(NOW.plus_secs(3600.0)))));
 }
 
 #[test]

@@ -40,14 +40,12 @@ fn plan(route: Vec<pb::LatLon>) -> pb::PlanRunRequest {
     }
 }
 
+/// A stop at the end of the common route.
 fn stop(id: &str, radius: f64, by_s: i64) -> pb::PlannedStop {
     pb::PlannedStop {
         stop_id: id.into(),
         name: id.into(),
-        position: Some(pb::LatLon {
-            lat: 57.7,
-            lon: 11.95,
-        }),
+        position: common::route().last().copied(),
         radius_m: radius,
         arrive_by: Some(prost_types::Timestamp {
             seconds: by_s,
@@ -82,6 +80,16 @@ async fn invalid_plans_are_invalid_argument_naming_the_field() {
         stop("S-2", 50.0, 1_773_000_600),
     ];
     cases.push((windows, "stops[1].arrive_by"));
+    let mut far = plan(good.clone());
+    far.stops = vec![stop("S-1", 50.0, 1_773_003_600)];
+    far.stops[0].position = Some(pb::LatLon {
+        lat: 58.15,
+        lon: 11.95,
+    });
+    cases.push((far, "stops[0].position"));
+    let mut past = plan(good.clone());
+    past.stops = vec![stop("S-1", 50.0, 1_772_999_000)];
+    cases.push((past, "stops[0].arrive_by"));
     for (req, field) in cases {
         let err = c.runs.plan_run(req).await.expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
