@@ -162,7 +162,7 @@ async fn print_events(mut s: tonic::Streaming<pb::RunEvent>) -> Result<bool, Str
 
 /// Runs one subcommand; Ok(false) when the record did not hold up (exit 1).
 pub async fn run(args: AuditArgs) -> Result<bool, String> {
-    let channel = Channel::from_shared(args.addr.clone())
+    let channel = Channel::from_shared(crate::runner::endpoint_uri(&args.addr))
         .map_err(|e| format!("{}: {e}", args.addr))?
         .connect()
         .await

@@ -37,11 +37,13 @@ pub enum LogFormat {
 pub struct Config {
     /// gRPC address for every service.
     pub listen: SocketAddr,
-    /// Prometheus `/metrics` address; none to disable.
+    /// Prometheus `/metrics` address; none (`"off"` in the file) to disable.
+    #[serde(deserialize_with = "de_address_or_off")]
     pub metrics_listen: Option<SocketAddr>,
     /// A second gRPC address, for the dispatch and audit consoles: the same services, served by
     /// a thread and runtime of its own, so a flood of telemetry on `listen` never queues a
-    /// dispatcher's call behind it. None: everything on `listen`.
+    /// dispatcher's call behind it. None (`"off"` in the file): everything on `listen`.
+    #[serde(deserialize_with = "de_address_or_off")]
     pub console_listen: Option<SocketAddr>,
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
@@ -66,6 +68,8 @@ pub struct Config {
     pub snapshot_interval_s: u64,
     /// How far ahead of a vehicle's latest seq a fix may jump before it is rejected (`seq`).
     pub max_seq_jump: u64,
+    /// The deployment's road map (GeoJSON lines), drawn under audit pictures; none: no roads.
+    pub map: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             watch_interval_ms: 1000,
             snapshot_interval_s: 300,
             max_seq_jump: crate::app::MAX_SEQ_JUMP,
+            map: None,
         }
     }
 }
@@ -142,6 +147,10 @@ pub struct Overrides {
     /// Most a fix's seq may jump ahead of its vehicle's latest before it is rejected.
     #[arg(long, env = "CIT_MAX_SEQ_JUMP")]
     pub max_seq_jump: Option<u64>,
+    /// Road map to draw under audit pictures (GeoJSON LineStrings, e.g. an OpenStreetMap
+    /// extract); nothing is fetched from a tile server.
+    #[arg(long, env = "CIT_MAP")]
+    pub map: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +224,9 @@ impl Config {
         if let Some(v) = o.max_seq_jump {
             c.max_seq_jump = v;
         }
+        if let Some(v) = &o.map {
+            c.map = Some(v.clone());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -238,6 +250,7 @@ impl Config {
                 reason: format!("must be 16 to 1048576, got {}", self.watch_buffer),
             });
         }
+        validate_log_level(&self.log_level)?;
         if self.max_seq_jump == 0 {
             return Err(ConfigError::Invalid {
                 field: "max_seq_jump",
@@ -266,6 +279,43 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// A `tracing` filter: directives `level` or `target=level`, comma-separated. A bare word that is
+/// no level (`verbose`) would parse as a target name and silence everything else, so it is
+/// refused here rather than found out from an empty log.
+fn validate_log_level(filter: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "log_level",
+        reason,
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit('=').next().unwrap_or(directive);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(invalid(format!(
+                "{directive:?}: each directive is a level ({}) or target=level, e.g. \"info,cit_store=debug\"",
+                LEVELS.join(", ")
+            )));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("{filter:?}: {e}")))
+}
+
+/// An optional listen address in the file: an address, or "off" (as the flags take it).
+fn de_address_or_off<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let v = Option::<String>::deserialize(d)?;
+    match v.as_deref() {
+        None | Some("off") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{a:?}: {e} (an address, or \"off\")"))),
     }
 }
 
@@ -320,6 +370,31 @@ mod tests {
         std::fs::write(&file, "listen_port = 1\n").expect("write");
         let err = Config::from_file(&file).expect_err("unknown field");
         assert!(err.to_string().contains("listen_port"), "{err}");
+        // "off" in the file as on the command line; a log level that is no level is refused
+        // rather than silencing everything.
+        std::fs::write(
+            &file,
+            "metrics_listen = \"off\"\nconsole_listen = \"127.0.0.1:50060\"\n",
+        )
+        .expect("write");
+        let c = Config::from_file(&file).expect("off is a value");
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.console_listen, "127.0.0.1:50060".parse().ok());
+        for level in ["verbose", "info,loud", "cit_store=chatty"] {
+            let o = Overrides {
+                log_level: Some(level.into()),
+                ..Overrides::default()
+            };
+            let err = Config::load(&o).expect_err(level);
+            assert!(err.to_string().contains("log_level"), "{level}: {err}");
+        }
+        for level in ["info", "warn,citd=debug", "cit_store=trace,info"] {
+            let o = Overrides {
+                log_level: Some(level.into()),
+                ..Overrides::default()
+            };
+            assert!(Config::load(&o).is_ok(), "{level}");
+        }
         for (console, why) in [
             ("127.0.0.1:50051", "the gRPC port"),
             ("nowhere", "no address"),

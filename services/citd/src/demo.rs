@@ -17,16 +17,14 @@ use crate::runner::{Clients, Play, Progress, play};
 pub const ATTRIBUTION: &str = "Map data © OpenStreetMap contributors, ODbL 1.0 \
 (https://www.openstreetmap.org/copyright); routes and scenarios derived from it (shared/data).";
 
-/// Where the shared scenarios are when running from a checkout.
-pub fn default_scenario_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/scenarios")
-}
+/// The demo's run, built into the binary: an installed `citd demo` needs no checkout beside it.
+const DEMO_SCENARIO: &str = include_str!("../../../../shared/data/scenarios/gbg-cit02-full.json");
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Scenario to play.
-    #[arg(long, default_value_os_t = default_scenario_dir().join("gbg-cit02-full.json"))]
-    pub scenario: PathBuf,
+    /// Scenario to play (default: gbg-cit02-full, built into the binary).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
     /// Scenario seconds per wall second.
     #[arg(long, default_value_t = 60.0)]
     pub speed: f64,
@@ -41,8 +39,19 @@ fn hhmm(t: cit_domain::Millis) -> String {
 }
 
 pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), String> {
-    let scenario = Scenario::load(&args.scenario).map_err(|e| e.to_string())?;
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::load(path),
+        None => Scenario::parse(DEMO_SCENARIO, "the built-in gbg-cit02-full"),
+    }
+    .map_err(|e| e.to_string())?;
     config.clock = crate::config::ClockMode::Scenario;
+    // Run from a checkout, the demo draws its pictures over the Gothenburg road network in the
+    // shared data (an installed binary without it draws none, unless given --map).
+    let roads = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/gothenburg/gothenburg_drivable.geojson");
+    if config.map.is_none() && roads.is_file() {
+        config.map = Some(roads);
+    }
     let _tmp;
     if config.data_dir == Config::default().data_dir {
         // A fresh store per demo, so it can be run again and again.

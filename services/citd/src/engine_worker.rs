@@ -381,7 +381,7 @@ fn announce(app: &App, anomalies: &Anomalies, raised: &[Anomaly], hub: &Hub, fle
             }
         }
         app.metrics.anomaly(a.kind.as_str());
-        tracing::warn!(kind = a.kind.as_str(), run = %a.run_id, severity = a.severity.as_str(), at = a.at.0, summary = %a.summary, "anomaly raised");
+        tracing::warn!(kind = a.kind.as_str(), run = %a.run_id, severity = a.severity.as_str(), at = %crate::audit::export::rfc3339(a.at), summary = %a.summary, "anomaly raised");
     }
 }
 

@@ -23,6 +23,7 @@ pub mod anomalies;
 pub mod app;
 pub mod audit;
 pub mod audit_client;
+pub mod basemap;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -40,8 +41,11 @@ pub mod watch;
 pub fn init_tracing(level: &str, format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a file or a journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         config::LogFormat::Text => builder.try_init(),

@@ -83,8 +83,19 @@ pub struct Clients {
     pub clock: ScenarioClockClient<Channel>,
 }
 
+/// A citd address as an endpoint URI: `host:port` as people type it gets `http://` (an address
+/// with a scheme is kept).
+pub fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 impl Clients {
     pub async fn connect(endpoint: &str) -> Result<Clients, RunnerError> {
+        let endpoint = &endpoint_uri(endpoint);
         let channel = Channel::from_shared(endpoint.to_string())
             .map_err(|e| RunnerError::Connect(endpoint.into(), e.to_string()))?
             .connect()
@@ -456,7 +467,15 @@ pub async fn play(
             tick: false,
         })
         .await
-        .map_err(call("AdvanceClock"))?;
+        .map_err(|status| match status.code() {
+            Code::Unimplemented => RunnerError::Scenario(format!(
+                "{endpoint} runs on the wall clock; a scenario plays on scenario time: start citd with --clock scenario on a fresh --data-dir (or leave out --addr for a private one)"
+            )),
+            _ => RunnerError::Call {
+                call: "AdvanceClock",
+                status,
+            },
+        })?;
     register(&mut c, s).await?;
 
     // One fix stream for the whole play; acks come back in order.

@@ -42,6 +42,8 @@ pub enum ServerError {
     EngineThread(std::io::Error),
     #[error("cannot start the console port's thread: {0}")]
     ConsoleThread(std::io::Error),
+    #[error("{0}")]
+    Map(String),
 }
 
 /// The router every gRPC port serves: all services behind the timing layer.
@@ -256,6 +258,7 @@ async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, 
 /// What every gRPC port serves, shared by the ports.
 struct Services {
     app: Arc<App>,
+    map: Option<Arc<crate::basemap::BaseMap>>,
     anomalies: Arc<Anomalies>,
     fleet: Arc<crate::fleet::Fleet>,
     hub: Arc<crate::watch::Hub>,
@@ -335,6 +338,7 @@ impl Services {
             ))
             .add_service(AuditServer::new(grpc::audit::AuditService {
                 app: self.app.clone(),
+                map: self.map.clone(),
             }))
             .add_optional_service(clock_service);
         Ok(router)
@@ -355,6 +359,13 @@ pub async fn serve(
         metrics: metrics_listener,
         console: console_listener,
     } = listeners;
+    // The map first: a bad file fails the start before the store is opened.
+    let map = match &config.map {
+        Some(path) => Some(Arc::new(
+            crate::basemap::BaseMap::load(path).map_err(ServerError::Map)?,
+        )),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&config, &metrics).await?;
     let clock = match config.clock {
@@ -433,6 +444,7 @@ pub async fn serve(
 
     let services = Services {
         app: app.clone(),
+        map,
         anomalies: anomalies.clone(),
         fleet: fleet.clone(),
         hub: hub.clone(),

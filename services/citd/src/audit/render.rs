@@ -11,13 +11,14 @@ use cit_domain::event::Severity;
 
 use super::RunDigest;
 use super::export::{ATTRIBUTION, rfc3339, xml_escape};
+use crate::basemap::BaseMap;
 
 pub const DEFAULT_WIDTH_PX: u32 = 1200;
 pub const MIN_WIDTH_PX: u32 = 320;
 pub const MAX_WIDTH_PX: u32 = 8000;
 
 /// Height of the legend band under the map, px.
-const LEGEND_PX: f64 = 96.0;
+const LEGEND_PX: f64 = 110.0;
 /// Margin around the map, px.
 const MARGIN_PX: f64 = 24.0;
 /// Track colours from standing to the speed limit and over (colour-blind-safe ramp).
@@ -67,6 +68,18 @@ impl Projection {
         }
     }
 
+    /// The lat/lon box the picture of `width` x `height` px shows (south, west, north, east).
+    fn shown(&self, width: f64, height: f64) -> [f64; 4] {
+        let half_lat = height / 2.0 * self.m_per_px / M_PER_DEG;
+        let half_lon = width / 2.0 * self.m_per_px / (M_PER_DEG * self.cos0);
+        [
+            self.lat0 - half_lat,
+            self.lon0 - half_lon,
+            self.lat0 + half_lat,
+            self.lon0 + half_lon,
+        ]
+    }
+
     fn xy(&self, p: LatLon) -> (f64, f64) {
         let x = (p.lon - self.lon0) * self.cos0 * M_PER_DEG / self.m_per_px;
         let y = (p.lat - self.lat0) * M_PER_DEG / self.m_per_px;
@@ -108,8 +121,9 @@ fn nice_length(m: f64) -> f64 {
         .unwrap_or(p)
 }
 
-/// The SVG document, `width_px` wide (clamped to the supported range; 0 = default).
-pub fn svg(d: &RunDigest, width_px: u32) -> String {
+/// The SVG document, `width_px` wide (clamped to the supported range; 0 = default), over the
+/// deployment's road map when there is one.
+pub fn svg(d: &RunDigest, width_px: u32, map: Option<&BaseMap>) -> String {
     let width = match width_px {
         0 => DEFAULT_WIDTH_PX,
         w => w.clamp(MIN_WIDTH_PX, MAX_WIDTH_PX),
@@ -142,6 +156,18 @@ pub fn svg(d: &RunDigest, width_px: u32) -> String {
         .collect::<Vec<_>>()
         .join(" ")
     };
+    // Roads of the deployment's map under everything, clipped to the map's area.
+    if let Some(map) = map {
+        let _ = writeln!(
+            s,
+            r##"<clipPath id="map-area"><rect width="{width}" height="{map_h}"/></clipPath><g id="roads" clip-path="url(#map-area)" fill="none" stroke="#d9d6cc" stroke-width="1.5" stroke-linecap="round" stroke-linejoin="round">"##
+        );
+        for road in map.roads_in(proj.shown(width, map_h)) {
+            let pts = path(&mut road.points.iter().copied());
+            let _ = writeln!(s, r#"<polyline points="{pts}"/>"#);
+        }
+        let _ = writeln!(s, "</g>");
+    }
     // Corridor: the route stroked at twice the corridor half-width, to scale.
     let route = path(&mut d.route.iter().copied());
     let corridor_px = (2.0 * d.corridor_m / proj.m_per_px).max(2.0);
@@ -210,6 +236,8 @@ pub fn svg(d: &RunDigest, width_px: u32) -> String {
     let _ = writeln!(s, r#"<g id="anomalies">"#);
     let mut placed: Vec<(f64, f64, f64)> = Vec::new();
     for a in &d.anomalies {
+        // Custody anomalies (a weapon not returned, a round-count mismatch) have no place: the
+        // legend lists them.
         let Some(p) = a.position else { continue };
         let (x, y) = proj.xy(p);
         let time = rfc3339(a.at);
@@ -340,12 +368,31 @@ fn legend(s: &mut String, d: &RunDigest, proj: &Projection, width: f64, map_h: f
         r##"<g id="scale"><rect x="{bx:.1}" y="{by:.1}" width="{bar_px:.1}" height="4" fill="#222"/><text x="{bx:.1}" y="{:.1}">{label}</text></g>"##,
         by - 4.0
     );
+    let unplaced: Vec<String> = d
+        .anomalies
+        .iter()
+        .filter(|a| a.position.is_none())
+        .map(|a| {
+            let time = rfc3339(a.at);
+            format!("{} {}", time.get(11..19).unwrap_or(&time), a.kind.as_str())
+        })
+        .collect();
+    let total = match d.anomalies.len() {
+        1 => "1 anomaly".to_string(),
+        n => format!("{n} anomalies"),
+    };
+    let anomalies = match unplaced.len() {
+        0 => total,
+        n => format!(
+            "{total} ({} on the map, {n} without a place)",
+            d.anomalies.len() - n
+        ),
+    };
     let title = format!(
-        "Run {} · vehicle {} · {} fixes · {} anomalies{}",
+        "Run {} · vehicle {} · {} fixes · {anomalies}{}",
         d.run_id,
         d.vehicle_id,
         d.fix_count(),
-        d.anomalies.len(),
         d.departed_at
             .map(|t| format!(" · departed {}", rfc3339(t)))
             .unwrap_or_default()
@@ -356,18 +403,93 @@ fn legend(s: &mut String, d: &RunDigest, proj: &Projection, width: f64, map_h: f
         y0 + 68.0,
         xml_escape(&title)
     );
+    if !unplaced.is_empty() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{MARGIN_PX}" y="{:.1}">{}</text>"#,
+            y0 + 84.0,
+            xml_escape(&format!("Without a place: {}", unplaced.join(", ")))
+        );
+    }
     let _ = writeln!(
         s,
         r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#555" text-anchor="end">{}</text></g>"##,
         width - MARGIN_PX,
-        y0 + 82.0,
+        y0 + 98.0,
         xml_escape(ATTRIBUTION)
     );
 }
 
 #[cfg(test)]
 mod tests {
+    use cit_domain::event::{Anomaly, AnomalyKind};
+
     use super::*;
+
+    fn anomaly(kind: AnomalyKind, position: Option<LatLon>) -> Anomaly {
+        Anomaly {
+            id: format!("{}:R-1:p1", kind.as_str()),
+            kind,
+            run_id: "R-1".into(),
+            vehicle_id: "V-1".into(),
+            at: cit_domain::Millis(1_773_000_000_000),
+            severity: Severity::High,
+            summary: String::new(),
+            position,
+            evidence: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn roads_are_drawn_under_the_run_when_a_map_is_given_and_every_anomaly_is_counted_honestly() {
+        let here = LatLon {
+            lat: 57.70,
+            lon: 11.97,
+        };
+        let d = RunDigest {
+            run_id: "R-1".into(),
+            vehicle_id: "V-1".into(),
+            route: vec![
+                here,
+                LatLon {
+                    lat: 57.71,
+                    lon: 11.98,
+                },
+            ],
+            corridor_m: 60.0,
+            anomalies: vec![
+                anomaly(AnomalyKind::RouteDeviation, Some(here)),
+                anomaly(AnomalyKind::AmmoMismatch, None),
+            ],
+            ..RunDigest::default()
+        };
+        let map = BaseMap::parse(
+            r#"{"features":[
+              {"geometry":{"type":"LineString","coordinates":[[11.965,57.705],[11.985,57.705]]}},
+              {"geometry":{"type":"LineString","coordinates":[[13.0,59.0],[13.1,59.1]]}}]}"#,
+        )
+        .expect("map");
+        let with = svg(&d, 0, Some(&map));
+        assert_eq!(with.matches(r#"<g id="roads""#).count(), 1);
+        let group = |id: &str| {
+            let from = with.find(&format!(r#"<g id="{id}""#)).unwrap_or(0);
+            let to = with[from..].find("\n</g>").map_or(with.len(), |n| from + n);
+            with[from..to].to_string()
+        };
+        assert_eq!(
+            group("roads").matches("<polyline").count(),
+            1,
+            "only the road in view"
+        );
+        assert!(!svg(&d, 0, None).contains(r#"id="roads""#));
+        // One anomaly drawn, the other named in the legend, and the count says so.
+        assert_eq!(group("anomalies").matches("<path d=").count(), 1);
+        assert!(
+            with.contains("2 anomalies (1 on the map, 1 without a place)")
+                && with.contains("Without a place: 20:00:00 ammo_mismatch"),
+            "{with}"
+        );
+    }
 
     #[test]
     fn scale_bar_lengths_are_round() {

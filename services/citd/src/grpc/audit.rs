@@ -25,6 +25,8 @@ const MAX_REPLAY_PAUSE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct AuditService {
     pub app: Arc<App>,
+    /// The deployment's road map (`--map`), drawn under `RenderRun`'s picture.
+    pub map: Option<Arc<crate::basemap::BaseMap>>,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -165,7 +167,8 @@ impl Audit for AuditService {
 
     async fn export_run(&self, req: Request<pb::ExportRunRequest>) -> Res<pb::ExportRunResponse> {
         let r = req.into_inner();
-        let format = pb::ExportFormat::try_from(r.format).unwrap_or(pb::ExportFormat::Unspecified);
+        let format =
+            super::enum_value::<pb::ExportFormat>("format", r.format).map_err(AppError::from)?;
         if format == pb::ExportFormat::Unspecified {
             return Err(Status::invalid_argument(
                 "format: one of EXPORT_FORMAT_GEOJSON, EXPORT_FORMAT_GPX, EXPORT_FORMAT_CSV",
@@ -196,7 +199,7 @@ impl Audit for AuditService {
         }
         let digest = RunDigest::of(&self.load(&r.run_id, false).await?);
         Ok(Response::new(pb::RenderRunResponse {
-            svg: render::svg(&digest, r.width_px),
+            svg: render::svg(&digest, r.width_px, self.map.as_deref()),
         }))
     }
 }

@@ -32,6 +32,13 @@ pub fn required_time(t: Option<&Timestamp>, field: &str) -> Result<Millis, Input
         .ok_or_else(|| InputError::invalid(field, "is required"))
 }
 
+/// An enum field's value, read by name: a number the API does not define is `unknown value N`
+/// (its names are in the proto and the reflection service), not taken for the unset value. The
+/// caller then refuses the unset value (0) as `is required` where the field is.
+pub fn enum_value<E: TryFrom<i32>>(field: &str, v: i32) -> Result<E, InputError> {
+    E::try_from(v).map_err(|_| InputError::invalid(field, format!("unknown value {v}")))
+}
+
 pub fn latlon(p: Option<&pb::LatLon>, field: &str) -> Result<LatLon, InputError> {
     let p = p.ok_or_else(|| InputError::invalid(field, "is required"))?;
     LatLon::new(p.lat, p.lon, field)

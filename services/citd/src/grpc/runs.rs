@@ -11,7 +11,7 @@ use cit_proto::v1 as pb;
 use cit_proto::v1::runs_server::Runs;
 use tonic::{Request, Response, Status};
 
-use super::{latlon, millis, ts, write_result};
+use super::{enum_value, latlon, millis, ts, write_result};
 use crate::app::App;
 use crate::error::AppError;
 
@@ -21,36 +21,40 @@ pub struct RunsService {
 }
 
 fn role(r: i32) -> Result<Role, InputError> {
-    Ok(
-        match pb::Role::try_from(r).unwrap_or(pb::Role::Unspecified) {
-            pb::Role::Driver => Role::Driver,
-            pb::Role::Escort => Role::Escort,
-            pb::Role::GunCustodian => Role::GunCustodian,
-            pb::Role::AmmoCustodian => Role::AmmoCustodian,
-            pb::Role::Approver => Role::Approver,
-            pb::Role::OutletStaff => Role::OutletStaff,
-            pb::Role::Dispatcher => Role::Dispatcher,
-            pb::Role::Unspecified => return Err(InputError::invalid("role", "is required")),
-        },
-    )
+    Ok(match enum_value::<pb::Role>("role", r)? {
+        pb::Role::Driver => Role::Driver,
+        pb::Role::Escort => Role::Escort,
+        pb::Role::GunCustodian => Role::GunCustodian,
+        pb::Role::AmmoCustodian => Role::AmmoCustodian,
+        pb::Role::Approver => Role::Approver,
+        pb::Role::OutletStaff => Role::OutletStaff,
+        pb::Role::Dispatcher => Role::Dispatcher,
+        pb::Role::Unspecified => {
+            return Err(InputError::invalid(
+                "role",
+                "is required: driver, escort, gun_custodian, ammo_custodian, approver, outlet_staff or dispatcher",
+            ));
+        }
+    })
 }
 
 fn incident(k: i32) -> Result<IncidentKind, InputError> {
-    Ok(
-        match pb::IncidentKind::try_from(k).unwrap_or(pb::IncidentKind::Unspecified) {
-            pb::IncidentKind::Jam => IncidentKind::Jam,
-            pb::IncidentKind::Breakdown => IncidentKind::Breakdown,
-            pb::IncidentKind::Accident => IncidentKind::Accident,
-            pb::IncidentKind::PoliceCheck => IncidentKind::PoliceCheck,
-            pb::IncidentKind::Roadblock => IncidentKind::Roadblock,
-            pb::IncidentKind::Fire => IncidentKind::Fire,
-            pb::IncidentKind::Robbery => IncidentKind::Robbery,
-            pb::IncidentKind::ShotsFired => IncidentKind::ShotsFired,
-            pb::IncidentKind::Unspecified => {
-                return Err(InputError::invalid("kind", "is required"));
-            }
-        },
-    )
+    Ok(match enum_value::<pb::IncidentKind>("kind", k)? {
+        pb::IncidentKind::Jam => IncidentKind::Jam,
+        pb::IncidentKind::Breakdown => IncidentKind::Breakdown,
+        pb::IncidentKind::Accident => IncidentKind::Accident,
+        pb::IncidentKind::PoliceCheck => IncidentKind::PoliceCheck,
+        pb::IncidentKind::Roadblock => IncidentKind::Roadblock,
+        pb::IncidentKind::Fire => IncidentKind::Fire,
+        pb::IncidentKind::Robbery => IncidentKind::Robbery,
+        pb::IncidentKind::ShotsFired => IncidentKind::ShotsFired,
+        pb::IncidentKind::Unspecified => {
+            return Err(InputError::invalid(
+                "kind",
+                "is required: jam, breakdown, accident, police_check, roadblock, fire, robbery or shots_fired",
+            ));
+        }
+    })
 }
 
 /// Detection parameters from the request: per-run values over explicit params over defaults.
@@ -201,7 +205,7 @@ impl Runs for RunsService {
 
     async fn check_in(&self, req: Request<pb::CheckInRequest>) -> Res<pb::CheckInResponse> {
         let r = req.into_inner();
-        let code = match pb::CheckInCode::try_from(r.code).unwrap_or(pb::CheckInCode::Unspecified) {
+        let code = match enum_value::<pb::CheckInCode>("code", r.code).map_err(AppError::from)? {
             pb::CheckInCode::Ok => CheckInCode::Ok,
             pb::CheckInCode::Duress => CheckInCode::Duress,
             pb::CheckInCode::Unspecified => {
