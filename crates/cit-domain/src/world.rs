@@ -57,8 +57,9 @@ pub enum InputError {
     Invalid { field: String, reason: String },
     #[error("{what} not found")]
     NotFound { what: String },
-    #[error("{what} already exists with different data")]
-    AlreadyExists { what: String },
+    /// A registration again with other data: corrections are new events, not re-registrations.
+    #[error("{what} already exists with a different {field}")]
+    AlreadyExists { what: String, field: String },
     /// The command is well-formed but the subject is in the wrong state (e.g. depart twice).
     #[error("{0}")]
     WrongState(String),
@@ -188,7 +189,11 @@ pub struct World {
     pub vehicles: HashMap<String, Vehicle>,
     pub people: HashMap<String, Person>,
     pub weapons: BTreeMap<String, Weapon>,
+    /// Rounds left in each lot.
     pub ammo_lots: HashMap<String, u32>,
+    /// Rounds each lot was registered with (a re-registration is compared with these).
+    #[serde(default)]
+    pub ammo_registered: HashMap<String, u32>,
     pub checkpoints: HashMap<String, Checkpoint>,
     pub runs: HashMap<String, Run>,
     /// The run each vehicle is currently on (active runs only).
@@ -269,6 +274,23 @@ fn r6_problem(handed_by: &[String], received_by: &[String]) -> Option<String> {
             .iter()
             .find(|r| handed_by.contains(r))
             .map(|p| format!("{p:?} is on both sides of the handover"))
+    }
+}
+
+/// The first field whose values differ, of (field, equal) pairs.
+fn first_difference<const N: usize>(fields: [(&'static str, bool); N]) -> Option<&'static str> {
+    fields.into_iter().find(|(_, same)| !same).map(|(f, _)| f)
+}
+
+/// A registration again: the same data is no change (an idempotent retry); other data is
+/// ALREADY_EXISTS naming the first field that differs.
+fn already(what: String, differs: Option<&'static str>) -> Result<Outcome, InputError> {
+    match differs {
+        None => Ok(Outcome::NoChange),
+        Some(field) => Err(InputError::AlreadyExists {
+            what,
+            field: field.to_string(),
+        }),
     }
 }
 
@@ -387,13 +409,11 @@ impl World {
             } => {
                 require_id("vehicle_id", vehicle_id)?;
                 if let Some(v) = self.vehicles.get(vehicle_id) {
-                    return if v.plate == *plate && v.armoured == *armoured {
-                        Ok(Outcome::NoChange)
-                    } else {
-                        Err(InputError::AlreadyExists {
-                            what: format!("vehicle {vehicle_id:?}"),
-                        })
-                    };
+                    let differs = first_difference([
+                        ("plate", v.plate == *plate),
+                        ("armoured", v.armoured == *armoured),
+                    ]);
+                    return already(format!("vehicle {vehicle_id:?}"), differs);
                 }
                 Ok(accepted(Event::VehicleRegistered {
                     vehicle_id: vehicle_id.clone(),
@@ -409,13 +429,9 @@ impl World {
             } => {
                 require_id("person_id", person_id)?;
                 if let Some(p) = self.people.get(person_id) {
-                    return if p.name == *name && p.role == *role {
-                        Ok(Outcome::NoChange)
-                    } else {
-                        Err(InputError::AlreadyExists {
-                            what: format!("person {person_id:?}"),
-                        })
-                    };
+                    let differs =
+                        first_difference([("name", p.name == *name), ("role", p.role == *role)]);
+                    return already(format!("person {person_id:?}"), differs);
                 }
                 Ok(accepted(Event::PersonRegistered {
                     person_id: person_id.clone(),
@@ -427,13 +443,8 @@ impl World {
             Command::RegisterWeapon { serial, kind } => {
                 require_id("serial", serial)?;
                 if let Some(w) = self.weapons.get(serial) {
-                    return if w.kind == *kind {
-                        Ok(Outcome::NoChange)
-                    } else {
-                        Err(InputError::AlreadyExists {
-                            what: format!("weapon {serial:?}"),
-                        })
-                    };
+                    let differs = first_difference([("kind", w.kind == *kind)]);
+                    return already(format!("weapon {serial:?}"), differs);
                 }
                 Ok(accepted(Event::WeaponRegistered {
                     serial: serial.clone(),
@@ -444,7 +455,10 @@ impl World {
             Command::RegisterAmmoLot { lot, rounds } => {
                 require_id("lot", lot)?;
                 if self.ammo_lots.contains_key(lot) {
-                    return Ok(Outcome::NoChange);
+                    // Older logs did not keep the registered count: taken as the same.
+                    let registered = self.ammo_registered.get(lot).copied().unwrap_or(*rounds);
+                    let differs = first_difference([("rounds", registered == *rounds)]);
+                    return already(format!("ammunition lot {lot:?}"), differs);
                 }
                 Ok(accepted(Event::AmmoLotRegistered {
                     lot: lot.clone(),
@@ -464,14 +478,14 @@ impl World {
                         "must be after valid_from",
                     ));
                 }
-                if let Some(existing) = self.checkpoints.get(&cp.checkpoint_id) {
-                    return if existing == cp {
-                        Ok(Outcome::NoChange)
-                    } else {
-                        Err(InputError::AlreadyExists {
-                            what: format!("checkpoint {:?}", cp.checkpoint_id),
-                        })
-                    };
+                if let Some(e) = self.checkpoints.get(&cp.checkpoint_id) {
+                    let differs = first_difference([
+                        ("position", e.position == cp.position),
+                        ("radius_m", e.radius_m == cp.radius_m),
+                        ("valid_from", e.valid_from == cp.valid_from),
+                        ("valid_to", e.valid_to == cp.valid_to),
+                    ]);
+                    return already(format!("checkpoint {:?}", cp.checkpoint_id), differs);
                 }
                 Ok(accepted(Event::CheckpointRegistered {
                     checkpoint: cp.clone(),
@@ -490,9 +504,21 @@ impl World {
             } => {
                 require_id("run_id", run_id)?;
                 validate_plan(route, stops, params, now)?;
-                if self.runs.contains_key(run_id) {
+                if let Some(r) = self.runs.get(run_id) {
+                    // The route is not kept here (see `Run`): a plan the same in everything
+                    // else is named as a plan again, which is still no re-planning.
+                    let differs = first_difference([
+                        ("vehicle_id", r.vehicle_id == *vehicle_id),
+                        ("driver_id", r.driver_id == *driver_id),
+                        ("escort_ids", r.escort_ids == *escort_ids),
+                        ("stops", r.stops == *stops),
+                        ("params", r.params == *params),
+                        ("cash_boxes", r.cash_boxes == *cash_boxes),
+                    ])
+                    .unwrap_or("route, or it is the same plan again (a run is planned once)");
                     return Err(InputError::AlreadyExists {
                         what: format!("run {run_id:?}"),
+                        field: differs.to_string(),
                     });
                 }
                 // R1 Armoured vehicle only.
@@ -1167,6 +1193,7 @@ impl World {
             }
             Event::AmmoLotRegistered { lot, rounds, .. } => {
                 self.ammo_lots.insert(lot.clone(), *rounds);
+                self.ammo_registered.insert(lot.clone(), *rounds);
             }
             Event::CheckpointRegistered { checkpoint, .. } => {
                 self.checkpoints

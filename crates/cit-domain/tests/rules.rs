@@ -817,3 +817,41 @@ fn shots_fired_by_someone_without_a_weapon_spend_nothing_and_several_weapons_spe
         Some(("G-2".into(), 4, 30))
     );
 }
+
+#[test]
+fn a_registration_again_with_other_data_is_already_exists_naming_the_field() {
+    let mut w = given(&registry());
+    let differs = |out: Result<Outcome, InputError>| match out {
+        Err(InputError::AlreadyExists { field, .. }) => field,
+        other => panic!("expected ALREADY_EXISTS, got {other:?}"),
+    };
+    let vehicle = |plate: &str, armoured: bool| Command::RegisterVehicle {
+        vehicle_id: "V-1".into(),
+        plate: plate.into(),
+        armoured,
+    };
+    // The same data again is an idempotent retry.
+    assert_eq!(w.handle(&vehicle("GB 1", true), NOW), Ok(Outcome::NoChange));
+    assert_eq!(differs(w.handle(&vehicle("GB 9", true), NOW)), "plate");
+    assert_eq!(differs(w.handle(&vehicle("GB 1", false), NOW)), "armoured");
+    let person = Command::RegisterPerson {
+        person_id: "E-1".into(),
+        name: "E-1".into(),
+        role: Role::Driver,
+    };
+    assert_eq!(differs(w.handle(&person, NOW)), "role");
+    // A lot is compared with the rounds it was registered with, not those left after issues.
+    let lot = |rounds: u32| Command::RegisterAmmoLot {
+        lot: "A-1".into(),
+        rounds,
+    };
+    accepted(when(&mut w, plan("R-1", "V-1")));
+    accepted(when(&mut w, issue("R-1", "G-1", "E-1", "GC", "AC", "AP")));
+    assert_eq!(w.handle(&lot(200), NOW), Ok(Outcome::NoChange));
+    assert_eq!(differs(w.handle(&lot(500), NOW)), "rounds");
+    let mut again = plan("R-1", "V-1");
+    if let Command::PlanRun { driver_id, .. } = &mut again {
+        *driver_id = "D-2".into();
+    }
+    assert_eq!(differs(w.handle(&again, NOW)), "driver_id");
+}
