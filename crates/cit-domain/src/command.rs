@@ -104,6 +104,11 @@ pub enum Command {
     CloseRun {
         run_id: String,
     },
+    /// A planned run that will not depart.
+    CancelRun {
+        run_id: String,
+        reason: String,
+    },
     AcknowledgeAnomaly {
         anomaly_id: String,
         by: String,
@@ -136,6 +141,7 @@ impl Command {
             Command::HandOverWeapon { .. } => "hand_over_weapon",
             Command::ReturnWeapon { .. } => "return_weapon",
             Command::CloseRun { .. } => "close_run",
+            Command::CancelRun { .. } => "cancel_run",
             Command::AcknowledgeAnomaly { .. } => "acknowledge_anomaly",
             Command::ResolveAnomaly { .. } => "resolve_anomaly",
         }

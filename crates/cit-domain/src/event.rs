@@ -304,6 +304,12 @@ pub enum Event {
         run_id: String,
         at: Millis,
     },
+    /// A planned run called off before departure; it never becomes active.
+    RunCancelled {
+        run_id: String,
+        reason: String,
+        at: Millis,
+    },
     /// Scenario time passed with no input.
     ClockTicked {
         at: Millis,
@@ -352,6 +358,7 @@ impl Event {
             Event::VehicleSwapped { .. } => "VehicleSwapped.v1",
             Event::CommandRefused { .. } => "CommandRefused.v1",
             Event::RunClosed { .. } => "RunClosed.v1",
+            Event::RunCancelled { .. } => "RunCancelled.v1",
             Event::ClockTicked { .. } => "ClockTicked.v1",
             Event::AnomalyRaised { .. } => "AnomalyRaised.v1",
             Event::AnomalyAcknowledged { .. } => "AnomalyAcknowledged.v1",
@@ -387,6 +394,7 @@ impl Event {
             | Event::CashBoxesHandedOver { run_id, .. }
             | Event::VehicleSwapped { run_id, .. }
             | Event::RunClosed { run_id, .. }
+            | Event::RunCancelled { run_id, .. }
             | Event::AnomalyAcknowledged { run_id, .. }
             | Event::AnomalyResolved { run_id, .. } => format!("{RUN}{run_id}"),
             Event::AnomalyRaised { anomaly, .. } => format!("{RUN}{}", anomaly.run_id),
@@ -412,6 +420,7 @@ impl Event {
             | Event::WeaponHandedOver { run_id, .. }
             | Event::WeaponReturned { run_id, .. }
             | Event::RunClosed { run_id, .. }
+            | Event::RunCancelled { run_id, .. }
             | Event::AnomalyAcknowledged { run_id, .. }
             | Event::AnomalyResolved { run_id, .. } => Some(run_id),
             Event::AnomalyRaised { anomaly, .. } => Some(&anomaly.run_id),
@@ -450,6 +459,7 @@ impl Event {
             | Event::WeaponReturned { at, .. }
             | Event::CommandRefused { at, .. }
             | Event::RunClosed { at, .. }
+            | Event::RunCancelled { at, .. }
             | Event::ClockTicked { at }
             | Event::AnomalyAcknowledged { at, .. }
             | Event::AnomalyResolved { at, .. } => *at,

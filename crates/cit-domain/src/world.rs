@@ -142,6 +142,25 @@ pub enum RunStatus {
     /// an active run marks it. Fixes still belong to the run until it closes.
     Returned,
     Closed,
+    /// Called off before departure.
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Planned => "planned",
+            RunStatus::Active => "active",
+            RunStatus::Returned => "returned",
+            RunStatus::Closed => "closed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Closed or cancelled: nothing more happens on the run.
+    pub fn is_over(self) -> bool {
+        matches!(self, RunStatus::Closed | RunStatus::Cancelled)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +192,16 @@ pub struct Run {
     /// Weapons and ammunition lots ever issued on this run: the custody streams an audit of
     /// the run reads beside the run's own.
     pub custody: BTreeSet<String>,
+    /// Vehicles the run had before its current one (R8 swaps), in order.
+    #[serde(default)]
+    pub former_vehicles: Vec<String>,
+}
+
+impl Run {
+    /// Whether `vehicle_id` is or was this run's vehicle.
+    pub fn served_by(&self, vehicle_id: &str) -> bool {
+        self.vehicle_id == vehicle_id || self.former_vehicles.iter().any(|v| v == vehicle_id)
+    }
 }
 
 /// Workflow state of an anomaly (for acknowledge / resolve).
@@ -558,8 +587,11 @@ impl World {
             } => {
                 let run = self.run(run_id)?;
                 self.person("person_id", person_id)?;
-                if run.status == RunStatus::Closed {
-                    return Err(InputError::WrongState(format!("run {run_id:?} is closed")));
+                if run.status.is_over() {
+                    return Err(InputError::WrongState(format!(
+                        "run {run_id:?} is {}",
+                        run.status.as_str()
+                    )));
                 }
                 Ok(accepted(Event::EscortReadied {
                     run_id: run_id.clone(),
@@ -574,7 +606,8 @@ impl World {
                 let run = self.run(run_id)?;
                 if run.status != RunStatus::Planned {
                     return Err(InputError::WrongState(format!(
-                        "run {run_id:?} has already departed"
+                        "run {run_id:?} is {}; only a planned run departs",
+                        run.status.as_str()
                     )));
                 }
                 if let Some(refusal) = self.check_r1(cmd, run_id, &run.vehicle_id, now) {
@@ -865,8 +898,8 @@ impl World {
                 // R4 Issue only for a task.
                 let r4 = match self.runs.get(run_id) {
                     None => Some(format!("run {run_id:?} is not planned")),
-                    Some(r) if r.status == RunStatus::Closed => {
-                        Some(format!("run {run_id:?} is already closed"))
+                    Some(r) if r.status.is_over() => {
+                        Some(format!("run {run_id:?} is already {}", r.status.as_str()))
                     }
                     Some(r) if !r.escort_ids.contains(to) => Some(format!(
                         "{to:?} is not rostered as an escort on run {run_id:?}"
@@ -1028,9 +1061,10 @@ impl World {
             }
             Command::CloseRun { run_id } => {
                 let run = self.run(run_id)?;
-                if run.status == RunStatus::Closed {
+                if run.status.is_over() {
                     return Err(InputError::WrongState(format!(
-                        "run {run_id:?} is already closed"
+                        "run {run_id:?} is already {}",
+                        run.status.as_str()
                     )));
                 }
                 // R7 Close-out: every weapon and round back, every box of the manifest handed over.
@@ -1076,6 +1110,47 @@ impl World {
                 }
                 Ok(accepted(Event::RunClosed {
                     run_id: run_id.clone(),
+                    at: now,
+                }))
+            }
+            Command::CancelRun { run_id, reason } => {
+                require_id("reason", reason)?;
+                let run = self.run(run_id)?;
+                match run.status {
+                    RunStatus::Planned => {}
+                    RunStatus::Cancelled => return Ok(Outcome::NoChange),
+                    RunStatus::Active | RunStatus::Returned => {
+                        return Err(InputError::WrongState(format!(
+                            "run {run_id:?} has departed: it is closed, not cancelled"
+                        )));
+                    }
+                    RunStatus::Closed => {
+                        return Err(InputError::WrongState(format!("run {run_id:?} is closed")));
+                    }
+                }
+                // R7: every weapon issued for the run back in the armory first.
+                let out = self.weapons_out_for(run_id);
+                if !out.is_empty() {
+                    let list = out
+                        .iter()
+                        .map(|(s, h)| format!("{s} held by {h}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Ok(refused(
+                        Rule::R7,
+                        cmd,
+                        Some(run_id),
+                        run_id,
+                        format!(
+                            "R7: run {run_id:?} cannot be cancelled while weapons issued for it are out: {list}; return them first"
+                        ),
+                        vec![],
+                        now,
+                    ));
+                }
+                Ok(accepted(Event::RunCancelled {
+                    run_id: run_id.clone(),
+                    reason: reason.clone(),
                     at: now,
                 }))
             }
@@ -1227,6 +1302,7 @@ impl World {
                         cash_boxes: cash_boxes.clone(),
                         handed_over: Default::default(),
                         custody: BTreeSet::new(),
+                        former_vehicles: Vec::new(),
                     },
                 );
             }
@@ -1260,6 +1336,12 @@ impl World {
                 }
                 self.active_run_of_vehicle
                     .insert(vehicle_id.clone(), run_id.clone());
+            }
+            Event::RunCancelled { run_id, at, .. } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.status = RunStatus::Cancelled;
+                    run.closed_at = Some(*at);
+                }
             }
             Event::RunClosed { run_id, at } => {
                 if let Some(run) = self.runs.get_mut(run_id) {
@@ -1329,7 +1411,8 @@ impl World {
                 ..
             } => {
                 if let Some(run) = self.runs.get_mut(run_id) {
-                    run.vehicle_id = to_vehicle_id.clone();
+                    let former = std::mem::replace(&mut run.vehicle_id, to_vehicle_id.clone());
+                    run.former_vehicles.push(former);
                 }
                 if self.active_run_of_vehicle.get(from_vehicle_id) == Some(run_id) {
                     self.active_run_of_vehicle.remove(from_vehicle_id);

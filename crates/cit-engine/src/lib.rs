@@ -308,7 +308,7 @@ impl Engine {
                     requeue(&mut self.deadlines, &mut self.next_deadline, run);
                 }
             }
-            Event::RunClosed { run_id, at } => {
+            Event::RunClosed { run_id, at } | Event::RunCancelled { run_id, at, .. } => {
                 if let Some(run) = self.runs.get_mut(run_id.as_bytes()) {
                     run.on_closed(*at);
                 }

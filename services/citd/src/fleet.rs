@@ -25,6 +25,7 @@ enum Status {
     Active,
     Returned,
     Closed,
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -104,6 +105,7 @@ impl Fleet {
                 }
             }
             Event::RunClosed { run_id, .. } => set_status(&mut runs, run_id, Status::Closed),
+            Event::RunCancelled { run_id, .. } => set_status(&mut runs, run_id, Status::Cancelled),
             Event::WeaponIssued { run_id, serial, .. } => {
                 if let Some(r) = runs.get_mut(run_id) {
                     r.weapons_out.insert(serial.clone());
@@ -256,6 +258,7 @@ fn view(run_id: &str, r: &RunEntry, now: Millis, anomalies: &Anomalies) -> pb::R
         Status::Active => pb::RunStatus::Active,
         Status::Returned => pb::RunStatus::Returned,
         Status::Closed => pb::RunStatus::Closed,
+        Status::Cancelled => pb::RunStatus::Cancelled,
     };
     let mut crew = vec![pb::CrewMember {
         person_id: r.driver_id.clone(),

@@ -172,6 +172,55 @@ impl Armory for ArmoryService {
         }))
     }
 
+    async fn list_weapons(&self, req: Request<pb::ListPage>) -> Res<pb::ListWeaponsResponse> {
+        let page = req.into_inner();
+        let (weapons, next_page_token) = self
+            .app
+            .with_world(|w| {
+                super::paged(
+                    Some(&page),
+                    w.weapons
+                        .keys()
+                        .filter_map(|s| Some((s.as_str(), weapon_state(w, s)?))),
+                )
+            })
+            .await;
+        Ok(Response::new(pb::ListWeaponsResponse {
+            weapons,
+            next_page_token,
+        }))
+    }
+
+    async fn list_ammo_lots(&self, req: Request<pb::ListPage>) -> Res<pb::ListAmmoLotsResponse> {
+        let page = req.into_inner();
+        let (lots, next_page_token) = self
+            .app
+            .with_world(|w| {
+                super::paged(
+                    Some(&page),
+                    w.ammo_lots.iter().map(|(lot, left)| {
+                        (
+                            lot.as_str(),
+                            pb::AmmoLot {
+                                lot: lot.clone(),
+                                rounds_registered: w
+                                    .ammo_registered
+                                    .get(lot)
+                                    .copied()
+                                    .unwrap_or(*left),
+                                rounds_left: *left,
+                            },
+                        )
+                    }),
+                )
+            })
+            .await;
+        Ok(Response::new(pb::ListAmmoLotsResponse {
+            lots,
+            next_page_token,
+        }))
+    }
+
     async fn custody_history(
         &self,
         req: Request<pb::CustodyHistoryRequest>,

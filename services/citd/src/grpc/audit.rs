@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cit_domain::event::{Event, streams};
 use cit_proto::v1 as pb;
 use cit_proto::v1::audit_server::Audit;
 use cit_store::RecordedEvent;
@@ -63,6 +64,70 @@ impl AuditService {
 
 #[tonic::async_trait]
 impl Audit for AuditService {
+    async fn read_vehicle_fixes(
+        &self,
+        req: Request<pb::ReadVehicleFixesRequest>,
+    ) -> Res<pb::ReadVehicleFixesResponse> {
+        const MAX_FIXES: usize = 100_000;
+        let r = req.into_inner();
+        let from = required_time(r.from.as_ref(), "from").map_err(AppError::from)?;
+        let to = required_time(r.to.as_ref(), "to").map_err(AppError::from)?;
+        if to < from {
+            return Err(AppError::from(cit_domain::InputError::invalid(
+                "to",
+                "must not be before from",
+            ))
+            .into());
+        }
+        let vehicle = r.vehicle_id;
+        let (known, mut to_read) = self
+            .app
+            .with_world(|w| {
+                let mut runs: Vec<String> = w
+                    .runs
+                    .values()
+                    .filter(|run| run.served_by(&vehicle))
+                    .map(|run| format!("{}{}", streams::RUN, run.run_id))
+                    .collect();
+                runs.sort();
+                (w.vehicles.contains_key(&vehicle), runs)
+            })
+            .await;
+        if !known {
+            return Err(Status::not_found(format!("vehicle {vehicle:?} not found")));
+        }
+        to_read.insert(0, format!("{}{vehicle}", streams::VEHICLE));
+        let mut fixes = Vec::new();
+        for stream in to_read {
+            for e in self.app.read_stream(&stream).await? {
+                let Some(Event::FixesRecorded {
+                    vehicle_id,
+                    run_id,
+                    fixes: batch,
+                }) = decode(&e)
+                else {
+                    continue;
+                };
+                if vehicle_id != vehicle {
+                    continue;
+                }
+                for f in batch.into_iter().filter(|f| (from..=to).contains(&f.t)) {
+                    if fixes.len() == MAX_FIXES {
+                        return Err(Status::resource_exhausted(format!(
+                            "more than {MAX_FIXES} fixes in that range; ask for a narrower one"
+                        )));
+                    }
+                    fixes.push(pb::VehicleFix {
+                        run_id: run_id.clone().unwrap_or_default(),
+                        fix: Some(fix_pb(&vehicle, &f)),
+                    });
+                }
+            }
+        }
+        fixes.sort_by_key(|f| f.fix.as_ref().map(|f| f.seq));
+        Ok(Response::new(pb::ReadVehicleFixesResponse { fixes }))
+    }
+
     type ReadRunStream = EventStream;
     type ReplayRunStream = EventStream;
 
@@ -201,5 +266,20 @@ impl Audit for AuditService {
         Ok(Response::new(pb::RenderRunResponse {
             svg: render::svg(&digest, r.width_px, self.map.as_deref()),
         }))
+    }
+}
+
+fn fix_pb(vehicle: &str, f: &cit_domain::Fix) -> pb::Fix {
+    pb::Fix {
+        vehicle_id: vehicle.to_string(),
+        seq: f.seq,
+        time: Some(super::ts(f.t)),
+        lat: f.lat,
+        lon: f.lon,
+        speed_mps: f.speed_mps,
+        heading_deg: f.heading_deg,
+        accuracy_m: f.accuracy_m,
+        ignition: f.ignition,
+        door_open: f.door_open,
     }
 }

@@ -39,6 +39,31 @@ pub fn enum_value<E: TryFrom<i32>>(field: &str, v: i32) -> Result<E, InputError>
     E::try_from(v).map_err(|_| InputError::invalid(field, format!("unknown value {v}")))
 }
 
+/// Most entries of one page of a list.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of `entries` (any order) by their ids: those after `page.page_token`, in id order, at
+/// most `page.page_size` (default 100, at most [`MAX_PAGE`]); with the next page's token, empty
+/// on the last.
+pub fn paged<'a, T>(
+    page: Option<&pb::ListPage>,
+    entries: impl Iterator<Item = (&'a str, T)>,
+) -> (Vec<T>, String) {
+    let (size, after) = match page {
+        Some(p) if p.page_size > 0 => ((p.page_size as usize).min(MAX_PAGE), p.page_token.as_str()),
+        Some(p) => (100, p.page_token.as_str()),
+        None => (100, ""),
+    };
+    let mut rest: Vec<(&str, T)> = entries.filter(|(id, _)| *id > after).collect();
+    rest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let next = match rest.get(size) {
+        Some(_) => rest[size - 1].0.to_string(),
+        None => String::new(),
+    };
+    rest.truncate(size);
+    (rest.into_iter().map(|(_, t)| t).collect(), next)
+}
+
 pub fn latlon(p: Option<&pb::LatLon>, field: &str) -> Result<LatLon, InputError> {
     let p = p.ok_or_else(|| InputError::invalid(field, "is required"))?;
     LatLon::new(p.lat, p.lon, field)

@@ -11,7 +11,7 @@ use cit_proto::v1 as pb;
 use cit_proto::v1::runs_server::Runs;
 use tonic::{Request, Response, Status};
 
-use super::{enum_value, latlon, millis, ts, write_result};
+use super::{enum_value, latlon, millis, paged, ts, write_result};
 use crate::app::App;
 use crate::error::AppError;
 
@@ -55,6 +55,40 @@ fn incident(k: i32) -> Result<IncidentKind, InputError> {
             ));
         }
     })
+}
+
+fn role_pb(r: Role) -> pb::Role {
+    match r {
+        Role::Driver => pb::Role::Driver,
+        Role::Escort => pb::Role::Escort,
+        Role::GunCustodian => pb::Role::GunCustodian,
+        Role::AmmoCustodian => pb::Role::AmmoCustodian,
+        Role::Approver => pb::Role::Approver,
+        Role::OutletStaff => pb::Role::OutletStaff,
+        Role::Dispatcher => pb::Role::Dispatcher,
+    }
+}
+
+fn run_summary(run: &cit_domain::world::Run) -> pb::RunSummary {
+    use cit_domain::world::RunStatus;
+    let status = match run.status {
+        RunStatus::Planned => pb::RunStatus::Planned,
+        RunStatus::Active => pb::RunStatus::Active,
+        RunStatus::Returned => pb::RunStatus::Returned,
+        RunStatus::Closed => pb::RunStatus::Closed,
+        RunStatus::Cancelled => pb::RunStatus::Cancelled,
+    };
+    pb::RunSummary {
+        run_id: run.run_id.clone(),
+        vehicle_id: run.vehicle_id.clone(),
+        driver_id: run.driver_id.clone(),
+        escort_ids: run.escort_ids.clone(),
+        status: status as i32,
+        planned_at: Some(ts(run.planned_at)),
+        departed_at: run.departed_at.map(ts),
+        closed_at: run.closed_at.map(ts),
+        stop_ids: run.stops.iter().map(|s| s.stop_id.clone()).collect(),
+    }
 }
 
 /// Detection parameters from the request: per-run values over explicit params over defaults.
@@ -273,6 +307,95 @@ impl Runs for RunsService {
             received_by: r.received_by,
         }))
         .await
+    }
+
+    async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        self.exec(Ok(Command::CancelRun {
+            run_id: r.run_id,
+            reason: r.reason,
+        }))
+        .await
+    }
+
+    async fn list_vehicles(&self, req: Request<pb::ListPage>) -> Res<pb::ListVehiclesResponse> {
+        let page = req.into_inner();
+        let (vehicles, next_page_token) = self
+            .app
+            .with_world(|w| {
+                paged(
+                    Some(&page),
+                    w.vehicles.iter().map(|(id, v)| {
+                        (
+                            id.as_str(),
+                            pb::Vehicle {
+                                vehicle_id: id.clone(),
+                                plate: v.plate.clone(),
+                                armoured: v.armoured,
+                                active_run_id: w
+                                    .active_run_of_vehicle
+                                    .get(id)
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            },
+                        )
+                    }),
+                )
+            })
+            .await;
+        Ok(Response::new(pb::ListVehiclesResponse {
+            vehicles,
+            next_page_token,
+        }))
+    }
+
+    async fn list_people(&self, req: Request<pb::ListPage>) -> Res<pb::ListPeopleResponse> {
+        let page = req.into_inner();
+        let (people, next_page_token) = self
+            .app
+            .with_world(|w| {
+                paged(
+                    Some(&page),
+                    w.people.iter().map(|(id, p)| {
+                        (
+                            id.as_str(),
+                            pb::Person {
+                                person_id: id.clone(),
+                                name: p.name.clone(),
+                                role: role_pb(p.role) as i32,
+                            },
+                        )
+                    }),
+                )
+            })
+            .await;
+        Ok(Response::new(pb::ListPeopleResponse {
+            people,
+            next_page_token,
+        }))
+    }
+
+    async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Res<pb::ListRunsResponse> {
+        let r = req.into_inner();
+        let wanted = enum_value::<pb::RunStatus>("status", r.status).map_err(AppError::from)?;
+        let (runs, next_page_token) = self
+            .app
+            .with_world(|w| {
+                paged(
+                    r.page.as_ref(),
+                    w.runs
+                        .values()
+                        .map(|run| (run.run_id.as_str(), run_summary(run)))
+                        .filter(|(_, s)| {
+                            wanted == pb::RunStatus::Unspecified || s.status == wanted as i32
+                        }),
+                )
+            })
+            .await;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs,
+            next_page_token,
+        }))
     }
 
     async fn close_run(&self, req: Request<pb::CloseRunRequest>) -> Res<pb::WriteResult> {

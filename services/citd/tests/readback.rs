@@ -1,0 +1,252 @@
+//! Reading back what was registered and recorded, through gRPC: vehicles, people, runs by state,
+//! weapons and ammunition lots a page at a time, a vehicle's fixes over a time range on a run or
+//! not; and calling off a planned run (R7 while a weapon is out for it).
+
+mod common;
+
+use cit_proto::v1 as pb;
+use cit_scenario::model::Op;
+use citd::error::refusal_rule;
+use tonic::Code;
+
+fn page(size: u32, token: &str) -> pb::ListPage {
+    pb::ListPage {
+        page_size: size,
+        page_token: token.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
+    let s = common::scenario("gbg-r008-breakdown-swap.json");
+    let swap_t = s
+        .timeline
+        .iter()
+        .find_map(|e| matches!(e.op, Op::SwapVehicle { .. }).then_some(e.t))
+        .expect("a swap");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (server, mut c) = common::played(dir.path(), &s).await;
+
+    // Vehicles, a page of one at a time, in id order.
+    let first = c
+        .runs
+        .list_vehicles(page(1, ""))
+        .await
+        .expect("page 1")
+        .into_inner();
+    assert_eq!(first.vehicles[0].vehicle_id, "V-101");
+    let second = c
+        .runs
+        .list_vehicles(page(1, &first.next_page_token))
+        .await
+        .expect("page 2")
+        .into_inner();
+    assert_eq!(second.vehicles[0].vehicle_id, "V-102");
+    assert!(second.next_page_token.is_empty(), "the last page");
+    let people = c
+        .runs
+        .list_people(page(0, ""))
+        .await
+        .expect("people")
+        .into_inner()
+        .people;
+    assert_eq!(people.len(), s.people.len());
+
+    // Runs by state: the closed run names its current vehicle.
+    let closed = c
+        .runs
+        .list_runs(pb::ListRunsRequest {
+            status: pb::RunStatus::Closed as i32,
+            page: None,
+        })
+        .await
+        .expect("runs")
+        .into_inner()
+        .runs;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].vehicle_id, "V-102");
+    let unknown = c
+        .runs
+        .list_runs(pb::ListRunsRequest {
+            status: 42,
+            page: None,
+        })
+        .await
+        .expect_err("no such state");
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+    assert!(unknown.message().contains("unknown value 42"), "{unknown}");
+
+    // The armory: every weapon back, every lot's rounds accounted for.
+    let weapons = c
+        .armory
+        .list_weapons(page(0, ""))
+        .await
+        .expect("weapons")
+        .into_inner()
+        .weapons;
+    assert_eq!(weapons.len(), s.weapons.len());
+    assert!(weapons.iter().all(|w| w.in_armory));
+    let lots = c
+        .armory
+        .list_ammo_lots(page(0, ""))
+        .await
+        .expect("lots")
+        .into_inner()
+        .lots;
+    assert!(lots.iter().all(|l| l.rounds_left == l.rounds_registered));
+
+    // A vehicle's fixes over the whole morning: the broken-down one's are the run's up to the
+    // swap and on no run after it; the replacement's the other way round.
+    let whole = |vehicle: &str| pb::ReadVehicleFixesRequest {
+        vehicle_id: vehicle.into(),
+        from: Some(citd::grpc::ts(s.start())),
+        to: Some(citd::grpc::ts(s.timeline.last().expect("entries").t)),
+    };
+    for (vehicle, before, after) in [("V-101", "R-1", ""), ("V-102", "", "R-1")] {
+        let fixes = c
+            .audit
+            .read_vehicle_fixes(whole(vehicle))
+            .await
+            .expect("fixes")
+            .into_inner()
+            .fixes;
+        assert!(!fixes.is_empty(), "{vehicle}");
+        assert!(
+            fixes
+                .windows(2)
+                .all(|w| { w[0].fix.as_ref().map(|f| f.seq) < w[1].fix.as_ref().map(|f| f.seq) })
+        );
+        for f in &fixes {
+            let t = citd::grpc::millis(f.fix.as_ref().and_then(|f| f.time.as_ref()).expect("t"));
+            // A fix stamped in the swap's own second may come before it or after it.
+            if t == swap_t {
+                continue;
+            }
+            let expected = if t < swap_t { before } else { after };
+            assert_eq!(f.run_id, expected, "{vehicle} at {}", t.0);
+        }
+    }
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_for_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (server, mut c) =
+        common::serve(common::config(dir.path(), citd::config::ClockMode::Wall)).await;
+    // R-1 departs (its crew and weapons registered by the helper); R-2 is planned with a
+    // crew of its own and a weapon issued to one escort.
+    common::departed_run(&mut c, "R-1", "V-1").await;
+    c.runs
+        .register_vehicle(pb::RegisterVehicleRequest {
+            vehicle_id: "V-2".into(),
+            plate: "GB 2".into(),
+            armoured: true,
+        })
+        .await
+        .expect("vehicle");
+    let [driver, e1, e2] = common::crew_of("R-2");
+    for (id, role) in [
+        (&driver, pb::Role::Driver),
+        (&e1, pb::Role::Escort),
+        (&e2, pb::Role::Escort),
+    ] {
+        c.runs
+            .register_person(pb::RegisterPersonRequest {
+                person_id: id.clone(),
+                name: id.clone(),
+                role: role as i32,
+            })
+            .await
+            .expect("person");
+    }
+    c.runs
+        .plan_run(pb::PlanRunRequest {
+            run_id: "R-2".into(),
+            vehicle_id: "V-2".into(),
+            driver_id: driver.clone(),
+            escort_ids: vec![e1.clone(), e2.clone()],
+            route: common::route(),
+            ..Default::default()
+        })
+        .await
+        .expect("plan");
+    c.armory
+        .register_weapon(pb::RegisterWeaponRequest {
+            serial: "G-R2".into(),
+            kind: "pistol".into(),
+        })
+        .await
+        .expect("weapon");
+    c.armory
+        .issue_weapon(pb::IssueWeaponRequest {
+            run_id: "R-2".into(),
+            serial: "G-R2".into(),
+            lot: "A-1".into(),
+            rounds: 10,
+            to: e1.clone(),
+            gun_custodian: "GC-1".into(),
+            ammo_custodian: "AC-1".into(),
+            approver: "AP-1".into(),
+        })
+        .await
+        .expect("issue");
+    let cancel = |run: &str, reason: &str| pb::CancelRunRequest {
+        run_id: run.into(),
+        reason: reason.into(),
+    };
+    let no_reason = c
+        .runs
+        .cancel_run(cancel("R-2", ""))
+        .await
+        .expect_err("why?");
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    let out = c
+        .runs
+        .cancel_run(cancel("R-2", "vehicle withdrawn"))
+        .await
+        .expect_err("a weapon is out");
+    assert_eq!(refusal_rule(&out).as_deref(), Some("R7"));
+    c.armory
+        .return_weapon(pb::ReturnWeaponRequest {
+            serial: "G-R2".into(),
+            by: e1.clone(),
+            gun_custodian: "GC-1".into(),
+            ammo_custodian: "AC-1".into(),
+            rounds_returned: 10,
+        })
+        .await
+        .expect("return");
+    c.runs
+        .cancel_run(cancel("R-2", "vehicle withdrawn"))
+        .await
+        .expect("cancelled");
+    // A departed run is closed, not cancelled; the cancelled one departs no more.
+    let departed = c
+        .runs
+        .cancel_run(cancel("R-1", "changed our minds"))
+        .await
+        .expect_err("departed");
+    assert_eq!(departed.code(), Code::FailedPrecondition);
+    let gone = c
+        .runs
+        .depart(pb::DepartRequest {
+            run_id: "R-2".into(),
+        })
+        .await
+        .expect_err("cancelled");
+    assert!(gone.message().contains("cancelled"), "{gone}");
+    let cancelled = c
+        .runs
+        .list_runs(pb::ListRunsRequest {
+            status: pb::RunStatus::Cancelled as i32,
+            page: None,
+        })
+        .await
+        .expect("runs")
+        .into_inner()
+        .runs;
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].run_id, "R-2");
+    server.stop().await.expect("stop");
+}
