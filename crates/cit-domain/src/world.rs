@@ -306,6 +306,14 @@ fn r6_problem(handed_by: &[String], received_by: &[String]) -> Option<String> {
     }
 }
 
+/// Weapons out, as a person reads them: "G-1 held by E-1, G-2 held by E-2".
+fn held_list(out: &[(String, String)]) -> String {
+    out.iter()
+        .map(|(s, h)| format!("{s} held by {h}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The first field whose values differ, of (field, equal) pairs.
 fn first_difference<const N: usize>(fields: [(&'static str, bool); N]) -> Option<&'static str> {
     fields.into_iter().find(|(_, same)| !same).map(|(f, _)| f)
@@ -1093,11 +1101,7 @@ impl World {
                     ));
                 }
                 if !out.is_empty() {
-                    let list = out
-                        .iter()
-                        .map(|(s, h)| format!("{s} held by {h}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = held_list(&out);
                     return Ok(refused(
                         Rule::R7,
                         cmd,
@@ -1131,11 +1135,7 @@ impl World {
                 // R7: every weapon issued for the run back in the armory first.
                 let out = self.weapons_out_for(run_id);
                 if !out.is_empty() {
-                    let list = out
-                        .iter()
-                        .map(|(s, h)| format!("{s} held by {h}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = held_list(&out);
                     return Ok(refused(
                         Rule::R7,
                         cmd,

@@ -289,21 +289,7 @@ async fn state_at_the_exact_time_of_an_anomaly_shows_it() {
         .find(|a| a.kind == "unplanned_stop")
         .expect("an unplanned stop");
     let at = a.at.expect("time");
-    let state = |t: prost_types::Timestamp| {
-        let mut c = c.clone();
-        let run = run.clone();
-        async move {
-            c.audit
-                .state_at(pb::StateAtRequest {
-                    run_id: run,
-                    at: Some(t),
-                })
-                .await
-                .expect("state at")
-                .into_inner()
-        }
-    };
-    let then = state(at).await;
+    let then = common::state_at(&c, &run, at).await;
     assert!(
         then.open_anomalies.iter().any(|o| o.id == a.id),
         "StateAt at the anomaly's time shows it"
@@ -320,7 +306,7 @@ async fn state_at_the_exact_time_of_an_anomaly_shows_it() {
         just_before.seconds -= 1;
         just_before.nanos += 999_000_000;
     }
-    let before = state(just_before).await;
+    let before = common::state_at(&c, &run, just_before).await;
     assert!(
         before.open_anomalies.iter().all(|o| o.id != a.id),
         "a millisecond earlier it was not raised yet"

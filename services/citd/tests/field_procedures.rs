@@ -37,22 +37,13 @@ async fn r8_dispatch_and_audit_follow_the_run_onto_its_replacement() {
         "ReadRun shows the swap"
     );
     let swap_ts = citd::grpc::ts(swap_t);
-    let state = |at: prost_types::Timestamp| {
-        let mut c = c.clone();
-        let run = run.clone();
-        async move {
-            c.audit
-                .state_at(pb::StateAtRequest {
-                    run_id: run,
-                    at: Some(at),
-                })
-                .await
-                .expect("state at")
-                .into_inner()
-        }
-    };
-    assert_eq!(state(seconds(&swap_ts, -1)).await.vehicle_id, from);
-    let after = state(seconds(&swap_ts, 120)).await;
+    assert_eq!(
+        common::state_at(&c, &run, seconds(&swap_ts, -1))
+            .await
+            .vehicle_id,
+        from
+    );
+    let after = common::state_at(&c, &run, seconds(&swap_ts, 120)).await;
     assert_eq!(after.vehicle_id, *to);
     assert!(
         after

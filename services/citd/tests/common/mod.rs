@@ -19,6 +19,19 @@ pub fn scenario(name: &str) -> Scenario {
     Scenario::load(&scenario_dir().join(name)).expect("scenario parses")
 }
 
+/// The run as dispatch saw it at `at` (`StateAt`).
+pub async fn state_at(c: &Clients, run: &str, at: prost_types::Timestamp) -> pb::RunView {
+    c.clone()
+        .audit
+        .state_at(pb::StateAtRequest {
+            run_id: run.into(),
+            at: Some(at),
+        })
+        .await
+        .expect("state at")
+        .into_inner()
+}
+
 /// Plays a scenario into a citd on `dir` (scenario clock), checks it scores as expected, and
 /// leaves the server running.
 pub async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients) {
