@@ -37,6 +37,17 @@ pub enum Command {
         /// Manifest of cash boxes; close-out waits for each to be handed over (R7).
         cash_boxes: Vec<String>,
     },
+    /// A planned run planned again (a new version): the whole plan, as `PlanRun`.
+    AmendRun {
+        run_id: String,
+        vehicle_id: String,
+        driver_id: String,
+        escort_ids: Vec<String>,
+        route: Vec<LatLon>,
+        stops: Vec<PlannedStop>,
+        params: DetectionParams,
+        cash_boxes: Vec<String>,
+    },
     EscortReady {
         run_id: String,
         person_id: String,
@@ -131,6 +142,7 @@ impl Command {
             Command::RegisterAmmoLot { .. } => "register_ammo_lot",
             Command::RegisterCheckpoint(_) => "register_checkpoint",
             Command::PlanRun { .. } => "plan_run",
+            Command::AmendRun { .. } => "amend_run",
             Command::EscortReady { .. } => "escort_ready",
             Command::Depart { .. } => "depart",
             Command::CheckIn { .. } => "checkin",

@@ -195,6 +195,19 @@ pub enum Event {
         cash_boxes: Vec<String>,
         at: Millis,
     },
+    /// A planned run's new version: the whole plan again, and which of its parts changed.
+    RunAmended {
+        run_id: String,
+        vehicle_id: String,
+        driver_id: String,
+        escort_ids: Vec<String>,
+        route: Vec<LatLon>,
+        stops: Vec<PlannedStop>,
+        params: DetectionParams,
+        cash_boxes: Vec<String>,
+        changed: Vec<String>,
+        at: Millis,
+    },
     EscortReadied {
         run_id: String,
         person_id: String,
@@ -346,6 +359,7 @@ impl Event {
             Event::AmmoLotRegistered { .. } => "AmmoLotRegistered.v1",
             Event::CheckpointRegistered { .. } => "CheckpointRegistered.v1",
             Event::RunPlanned { .. } => "RunPlanned.v1",
+            Event::RunAmended { .. } => "RunAmended.v1",
             Event::EscortReadied { .. } => "EscortReadied.v1",
             Event::RunDeparted { .. } => "RunDeparted.v1",
             Event::FixesRecorded { .. } => "FixesRecorded.v1",
@@ -387,6 +401,7 @@ impl Event {
                 format!("{CHECKPOINT}{}", checkpoint.checkpoint_id)
             }
             Event::RunPlanned { run_id, .. }
+            | Event::RunAmended { run_id, .. }
             | Event::EscortReadied { run_id, .. }
             | Event::RunDeparted { run_id, .. }
             | Event::CheckedIn { run_id, .. }
@@ -410,6 +425,7 @@ impl Event {
     pub fn run_id(&self) -> Option<&str> {
         match self {
             Event::RunPlanned { run_id, .. }
+            | Event::RunAmended { run_id, .. }
             | Event::EscortReadied { run_id, .. }
             | Event::RunDeparted { run_id, .. }
             | Event::CheckedIn { run_id, .. }
@@ -448,6 +464,7 @@ impl Event {
             | Event::AmmoLotRegistered { at, .. }
             | Event::CheckpointRegistered { at, .. }
             | Event::RunPlanned { at, .. }
+            | Event::RunAmended { at, .. }
             | Event::EscortReadied { at, .. }
             | Event::RunDeparted { at, .. }
             | Event::CheckedIn { at, .. }

@@ -195,9 +195,51 @@ pub struct Run {
     /// Vehicles the run had before its current one (R8 swaps), in order.
     #[serde(default)]
     pub former_vehicles: Vec<String>,
+    /// A digest of the planned route (the route itself is read from the log): enough to tell
+    /// whether an amendment changes it. 0 in older snapshots: unknown.
+    #[serde(default)]
+    pub route_digest: u64,
+}
+
+/// FNV-1a over the route's coordinates' bits: a digest to compare routes, not a hash to trust.
+fn route_digest(route: &[LatLon]) -> u64 {
+    route
+        .iter()
+        .flat_map(|p| [p.lat.to_bits(), p.lon.to_bits()])
+        .flat_map(u64::to_le_bytes)
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 impl Run {
+    /// The parts of a plan that differ from this run's, in the order of the plan's fields.
+    #[allow(clippy::too_many_arguments)]
+    fn changes(
+        &self,
+        vehicle_id: &str,
+        driver_id: &str,
+        escort_ids: &[String],
+        route: &[LatLon],
+        stops: &[PlannedStop],
+        params: &DetectionParams,
+        cash_boxes: &[String],
+    ) -> Vec<&'static str> {
+        [
+            ("vehicle_id", self.vehicle_id == vehicle_id),
+            ("driver_id", self.driver_id == driver_id),
+            ("escort_ids", self.escort_ids == escort_ids),
+            ("route", self.route_digest == route_digest(route)),
+            ("stops", self.stops == stops),
+            ("params", self.params == *params),
+            ("cash_boxes", self.cash_boxes == cash_boxes),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(f, _)| f)
+        .collect()
+    }
+
     /// Whether `vehicle_id` is or was this run's vehicle.
     pub fn served_by(&self, vehicle_id: &str) -> bool {
         self.vehicle_id == vehicle_id || self.former_vehicles.iter().any(|v| v == vehicle_id)
@@ -542,37 +584,17 @@ impl World {
                 require_id("run_id", run_id)?;
                 validate_plan(route, stops, params, now)?;
                 if let Some(r) = self.runs.get(run_id) {
-                    // The route is not kept here (see `Run`): a plan the same in everything
-                    // else is named as a plan again, which is still no re-planning.
-                    let differs = first_difference([
-                        ("vehicle_id", r.vehicle_id == *vehicle_id),
-                        ("driver_id", r.driver_id == *driver_id),
-                        ("escort_ids", r.escort_ids == *escort_ids),
-                        ("stops", r.stops == *stops),
-                        ("params", r.params == *params),
-                        ("cash_boxes", r.cash_boxes == *cash_boxes),
-                    ])
-                    .unwrap_or("route, or it is the same plan again (a run is planned once)");
-                    return Err(InputError::AlreadyExists {
-                        what: format!("run {run_id:?}"),
-                        field: differs.to_string(),
-                    });
+                    // The same plan again is a retry; another is AmendRun's (ALREADY_EXISTS
+                    // naming the first part that differs).
+                    let changed = r.changes(
+                        vehicle_id, driver_id, escort_ids, route, stops, params, cash_boxes,
+                    );
+                    return already(format!("run {run_id:?}"), changed.first().copied());
                 }
-                // R1 Armoured vehicle only.
-                if let Some(refusal) = self.check_r1(cmd, run_id, vehicle_id, now) {
+                if let Some(refusal) =
+                    self.check_plan(cmd, run_id, vehicle_id, driver_id, escort_ids, now)
+                {
                     return Ok(refusal);
-                }
-                // R9 A whole crew.
-                if let Some(problem) = self.r9_crew_problem(driver_id, escort_ids) {
-                    return Ok(refused(
-                        Rule::R9,
-                        cmd,
-                        None,
-                        run_id,
-                        format!("R9: run {run_id:?} refused: {problem}"),
-                        vec![],
-                        now,
-                    ));
                 }
                 Ok(accepted(Event::RunPlanned {
                     run_id: run_id.clone(),
@@ -583,6 +605,48 @@ impl World {
                     stops: stops.clone(),
                     params: params.clone(),
                     cash_boxes: cash_boxes.clone(),
+                    at: now,
+                }))
+            }
+            Command::AmendRun {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                cash_boxes,
+            } => {
+                let run = self.run(run_id)?;
+                if run.status != RunStatus::Planned {
+                    return Err(InputError::WrongState(format!(
+                        "run {run_id:?} is {}: only a planned run is amended",
+                        run.status.as_str()
+                    )));
+                }
+                validate_plan(route, stops, params, now)?;
+                let changed = run.changes(
+                    vehicle_id, driver_id, escort_ids, route, stops, params, cash_boxes,
+                );
+                if changed.is_empty() {
+                    return Ok(Outcome::NoChange);
+                }
+                if let Some(refusal) =
+                    self.check_plan(cmd, run_id, vehicle_id, driver_id, escort_ids, now)
+                {
+                    return Ok(refusal);
+                }
+                Ok(accepted(Event::RunAmended {
+                    run_id: run_id.clone(),
+                    vehicle_id: vehicle_id.clone(),
+                    driver_id: driver_id.clone(),
+                    escort_ids: escort_ids.clone(),
+                    route: route.clone(),
+                    stops: stops.clone(),
+                    params: params.clone(),
+                    cash_boxes: cash_boxes.clone(),
+                    changed: changed.iter().map(|f| f.to_string()).collect(),
                     at: now,
                 }))
             }
@@ -1199,6 +1263,34 @@ impl World {
         }
     }
 
+    /// R1, then R9, for a plan or an amendment: the refusal, if any.
+    fn check_plan(
+        &self,
+        cmd: &Command,
+        run_id: &str,
+        vehicle_id: &str,
+        driver_id: &str,
+        escort_ids: &[String],
+        now: Millis,
+    ) -> Option<Outcome> {
+        // R1 Armoured vehicle only.
+        if let Some(refusal) = self.check_r1(cmd, run_id, vehicle_id, now) {
+            return Some(refusal);
+        }
+        // R9 A whole crew.
+        let problem = self.r9_crew_problem(driver_id, escort_ids)?;
+        let known_run = self.runs.contains_key(run_id).then_some(run_id);
+        Some(refused(
+            Rule::R9,
+            cmd,
+            known_run,
+            run_id,
+            format!("R9: run {run_id:?} refused: {problem}"),
+            vec![],
+            now,
+        ))
+    }
+
     fn check_r1(
         &self,
         cmd: &Command,
@@ -1274,16 +1366,39 @@ impl World {
                 self.checkpoints
                     .insert(checkpoint.checkpoint_id.clone(), checkpoint.clone());
             }
+            Event::RunAmended {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                cash_boxes,
+                ..
+            } => {
+                if let Some(run) = self.runs.get_mut(run_id) {
+                    run.vehicle_id = vehicle_id.clone();
+                    run.driver_id = driver_id.clone();
+                    run.escort_ids = escort_ids.clone();
+                    run.route_digest = route_digest(route);
+                    run.stops = stops.clone();
+                    run.params = params.clone();
+                    run.cash_boxes = cash_boxes.clone();
+                    // Readiness of escorts taken off the roster goes with them.
+                    run.readiness.retain(|p, _| escort_ids.contains(p));
+                }
+            }
             Event::RunPlanned {
                 run_id,
                 vehicle_id,
                 driver_id,
                 escort_ids,
+                route,
                 stops,
                 params,
                 cash_boxes,
                 at,
-                ..
             } => {
                 self.runs.insert(
                     run_id.clone(),
@@ -1303,6 +1418,7 @@ impl World {
                         handed_over: Default::default(),
                         custody: BTreeSet::new(),
                         former_vehicles: Vec::new(),
+                        route_digest: route_digest(route),
                     },
                 );
             }

@@ -855,3 +855,62 @@ fn a_registration_again_with_other_data_is_already_exists_naming_the_field() {
     }
     assert_eq!(differs(w.handle(&again, NOW)), "driver_id");
 }
+
+#[test]
+fn a_planned_run_is_amended_as_a_new_version_naming_what_changed_and_only_before_departure() {
+    let mut w = ready_run();
+    let amend = |cmd: Command| match cmd {
+        Command::PlanRun {
+            run_id,
+            vehicle_id,
+            driver_id,
+            escort_ids,
+            route,
+            stops,
+            params,
+            cash_boxes,
+        } => Command::AmendRun {
+            run_id,
+            vehicle_id,
+            driver_id,
+            escort_ids,
+            route,
+            stops,
+            params,
+            cash_boxes,
+        },
+        other => other,
+    };
+    // The same plan again: nothing to record.
+    assert_eq!(
+        w.handle(&amend(plan("R-1", "V-1")), NOW),
+        Ok(Outcome::NoChange)
+    );
+    // Another vehicle and another route: both named.
+    let mut other = plan("R-1", "V-2");
+    if let Command::PlanRun { route, .. } = &mut other {
+        route[1].lat += 0.001;
+    }
+    let events = accepted(when(&mut w, amend(other)));
+    assert!(
+        matches!(&events[0], Event::RunAmended { changed, .. } if changed == &["vehicle_id", "route"]),
+        "{events:?}"
+    );
+    assert_eq!(w.runs["R-1"].vehicle_id, "V-2");
+    // R9 holds for an amendment too, and the refusal changes nothing.
+    let one_escort = amend(plan_crew("R-1", "V-2", "D-1", &["E-1"]));
+    assert_eq!(refused_by(when(&mut w, one_escort)), Rule::R9);
+    assert_eq!(w.runs["R-1"].escort_ids, ["E-1", "E-2"]);
+    // Re-planning names the first part that differs.
+    let err = w.handle(&plan("R-1", "V-1"), NOW);
+    assert!(
+        matches!(&err, Err(InputError::AlreadyExists { field, .. }) if field.starts_with("vehicle_id")),
+        "{err:?}"
+    );
+    // Departed: no more amendments.
+    accepted(when(&mut w, depart("R-1")));
+    assert!(matches!(
+        w.handle(&amend(plan("R-1", "V-1")), NOW),
+        Err(InputError::WrongState(_))
+    ));
+}

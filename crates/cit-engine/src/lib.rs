@@ -289,7 +289,17 @@ impl Engine {
         self.now = self.now.max(t);
         match event {
             Event::CheckpointRegistered { checkpoint, .. } => self.zones.insert(checkpoint.clone()),
+            // An amendment is of a planned run, which holds no state yet: a new one replaces it.
             Event::RunPlanned {
+                run_id,
+                vehicle_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                ..
+            }
+            | Event::RunAmended {
                 run_id,
                 vehicle_id,
                 escort_ids,

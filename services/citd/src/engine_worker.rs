@@ -333,6 +333,7 @@ pub fn fold(
         run_id: Some(run), ..
     }
     | Event::RunPlanned { run_id: run, .. }
+    | Event::RunAmended { run_id: run, .. }
     | Event::RunDeparted { run_id: run, .. }
     | Event::VehicleSwapped { run_id: run, .. } = event
     {

@@ -92,6 +92,19 @@ impl Fleet {
                     },
                 );
             }
+            Event::RunAmended {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                ..
+            } => {
+                if let Some(r) = runs.get_mut(run_id) {
+                    r.vehicle_id = vehicle_id.clone();
+                    r.driver_id = driver_id.clone();
+                    r.escorts = escort_ids.clone();
+                }
+            }
             Event::RunDeparted { run_id, .. } => set_status(&mut runs, run_id, Status::Active),
             // R8: the run is on its replacement from here on. Its last fix stays until the
             // replacement's first (the two stood together at the swap, or A8 says they did not).

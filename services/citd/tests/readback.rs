@@ -1,6 +1,6 @@
 //! Reading back what was registered and recorded, through gRPC: vehicles, people, runs by state,
 //! weapons and ammunition lots a page at a time, a vehicle's fixes over a time range on a run or
-//! not; and calling off a planned run (R7 while a weapon is out for it).
+//! not; amending a planned run and calling it off (R7 while a weapon is out for it).
 
 mod common;
 
@@ -171,6 +171,33 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
         })
         .await
         .expect("plan");
+    // A new version of the plan: the route reversed is a change, the same plan again none;
+    // planning it again is ALREADY_EXISTS naming what differs.
+    let mut reversed = common::route();
+    reversed.reverse();
+    let version = |route: Vec<pb::LatLon>| pb::PlanRunRequest {
+        run_id: "R-2".into(),
+        vehicle_id: "V-2".into(),
+        driver_id: driver.clone(),
+        escort_ids: vec![e1.clone(), e2.clone()],
+        route,
+        ..Default::default()
+    };
+    c.runs
+        .amend_run(version(reversed.clone()))
+        .await
+        .expect("amended");
+    c.runs
+        .amend_run(version(reversed))
+        .await
+        .expect("the same again: no change");
+    let again = c
+        .runs
+        .plan_run(version(common::route()))
+        .await
+        .expect_err("planned already");
+    assert_eq!(again.code(), Code::AlreadyExists);
+    assert!(again.message().contains("route"), "{again}");
     c.armory
         .register_weapon(pb::RegisterWeaponRequest {
             serial: "G-R2".into(),

@@ -104,7 +104,9 @@ pub fn vehicles_of(run: &[Event]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for e in run {
         let v = match e {
-            Event::RunPlanned { vehicle_id, .. } => vehicle_id,
+            Event::RunPlanned { vehicle_id, .. } | Event::RunAmended { vehicle_id, .. } => {
+                vehicle_id
+            }
             Event::VehicleSwapped { to_vehicle_id, .. } => to_vehicle_id,
             _ => continue,
         };
@@ -423,6 +425,19 @@ impl RunDigest {
                     d.speed_limit_kmh = params.speed_limit_kmh;
                     d.planned_at = Some(at);
                 }
+                Event::RunAmended {
+                    vehicle_id,
+                    route,
+                    stops,
+                    params,
+                    ..
+                } => {
+                    d.vehicle_id = vehicle_id;
+                    d.route = route;
+                    d.stops = stops;
+                    d.corridor_m = params.corridor_m;
+                    d.speed_limit_kmh = params.speed_limit_kmh;
+                }
                 Event::RunDeparted { at, .. } => d.departed_at = Some(at),
                 Event::RunClosed { at, .. } => d.closed_at = Some(at),
                 Event::VehicleSwapped { to_vehicle_id, .. } => {
@@ -476,7 +491,7 @@ impl Extent {
         };
         for e in events {
             match e {
-                Event::RunPlanned { route, stops, .. } => {
+                Event::RunPlanned { route, stops, .. } | Event::RunAmended { route, stops, .. } => {
                     route.iter().copied().for_each(&mut add);
                     stops.iter().for_each(|s| add(s.position));
                 }
