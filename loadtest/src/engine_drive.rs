@@ -130,6 +130,7 @@ pub fn plan_with(
 pub fn fixes_event(run: usize, fixes: Vec<Fix>) -> Event {
     Event::FixesRecorded {
         vehicle_id: format!("V-{run}"),
+        epoch: None,
         run_id: Some(format!("R-{run}")),
         fixes,
     }

@@ -285,6 +285,7 @@ pub fn to_pb(vehicle: &str, f: &FixSample) -> pb::Fix {
         accuracy_m: 4.8,
         ignition: true,
         door_open: false,
+        seq_epoch: 0,
     }
 }
 

@@ -148,6 +148,14 @@ pub struct RoundsSpent {
     pub held: u32,
 }
 
+/// A unit's numbering epoch and where it starts in the vehicle's seq: the unit's seq `n` is
+/// stored as `base + n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SeqEpoch {
+    pub epoch: u32,
+    pub base: u64,
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -222,10 +230,16 @@ pub enum Event {
         at: Millis,
     },
     /// A batch of fixes of one vehicle; `run_id` is the run active when they were ingested.
+    /// Their `seq` is the vehicle's, strictly increasing across its units: a unit numbering in
+    /// a later epoch (a replaced or reset unit, from 1 again) is stored at `base + its seq`.
     FixesRecorded {
         vehicle_id: String,
         run_id: Option<String>,
         fixes: Vec<Fix>,
+        /// Set on the first batch of a new numbering epoch (absent otherwise, and in older
+        /// events: epoch 0, base 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<SeqEpoch>,
     },
     CheckedIn {
         run_id: String,
@@ -500,6 +514,8 @@ impl Event {
             vehicle_id: String,
             run_id: Option<String>,
             fixes: Vec<Fix>,
+            #[serde(default)]
+            epoch: Option<SeqEpoch>,
         }
         if bytes.starts_with(br#"{"type":"FixesRecorded","#) {
             let f: Fixes = serde_json::from_slice(bytes)?;
@@ -507,6 +523,7 @@ impl Event {
                 vehicle_id: f.vehicle_id,
                 run_id: f.run_id,
                 fixes: f.fixes,
+                epoch: f.epoch,
             });
         }
         serde_json::from_slice(bytes)
@@ -538,11 +555,13 @@ mod tests {
                 vehicle_id: "V-1".into(),
                 run_id: Some("R-\"quoted\"".into()),
                 fixes: vec![fix(1), fix(2)],
+                epoch: None,
             },
             Event::FixesRecorded {
                 vehicle_id: "V-2".into(),
                 run_id: None,
                 fixes: vec![],
+                epoch: Some(SeqEpoch { epoch: 2, base: 40 }),
             },
         ] {
             let json = event.to_json();

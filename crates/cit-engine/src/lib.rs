@@ -228,6 +228,7 @@ impl Engine {
                 vehicle_id,
                 run_id,
                 fixes,
+                ..
             } => {
                 for fix in fixes {
                     self.fire(fix.t, false, out);

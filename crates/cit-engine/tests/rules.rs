@@ -157,6 +157,7 @@ impl World {
         self.seq += 1;
         self.feed(Event::FixesRecorded {
             vehicle_id: vehicle.into(),
+            epoch: None,
             run_id: run.map(str::to_string),
             fixes: vec![Fix {
                 seq: self.seq,

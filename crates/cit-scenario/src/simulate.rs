@@ -313,6 +313,7 @@ pub fn run(s: &Scenario) -> Result<Vec<Output>, String> {
                 let run_id = p.world.active_run_of_vehicle.get(vehicle).cloned();
                 let e = Event::FixesRecorded {
                     vehicle_id: vehicle.clone(),
+                    epoch: None,
                     run_id,
                     fixes: vec![Fix {
                         seq: *seq,

@@ -130,6 +130,7 @@ async fn fix_to_anomaly(ports: &Ports, start: LatLon, phase: Duration) -> Probes
                 accuracy_m: 5.0,
                 ignition: true,
                 door_open: false,
+                seq_epoch: 0,
             })
             .collect();
         let t = Instant::now();
@@ -305,6 +306,7 @@ async fn write_fixture(dir: &std::path::Path, args: &Args, routes: &[Route], fle
         .map(|c| {
             encode(&Event::FixesRecorded {
                 vehicle_id: "LV-LONG".into(),
+                epoch: None,
                 run_id: Some(LONG_RUN.into()),
                 fixes: c.to_vec(),
             })

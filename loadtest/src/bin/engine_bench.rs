@@ -143,6 +143,7 @@ fn swap_every_run(
             *pos,
             &Event::FixesRecorded {
                 vehicle_id: format!("S-{run}"),
+                epoch: None,
                 run_id: None,
                 fixes: vec![f.to_domain()],
             },

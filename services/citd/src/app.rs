@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use cit_domain::event::{Event, streams};
+use cit_domain::event::{Event, SeqEpoch, streams};
 use cit_domain::{Command, Millis, Outcome, World};
 use cit_store::{Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::metrics::Metrics;
 
 mod ingest;
-pub use ingest::Ingesting;
+pub use ingest::{Ingesting, Placed};
 
 /// Namespace of deterministic event ids (fix batches, anomalies).
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6369_745f_6576_656e_7473_5f76_315f_6964);
@@ -104,6 +104,9 @@ pub struct Rebuild {
     /// after them sets it as fixes come).
     #[serde(default)]
     hwm_t: foldhash::HashMap<String, Millis>,
+    /// Each vehicle's unit numbering epoch, where it is not the first (see `SeqEpoch`).
+    #[serde(default)]
+    epochs: foldhash::HashMap<String, SeqEpoch>,
     latest_time: Millis,
 }
 
@@ -119,6 +122,14 @@ impl Rebuild {
             }
         }
         let Some(event) = event else { return };
+        if let Event::FixesRecorded {
+            vehicle_id,
+            epoch: Some(epoch),
+            ..
+        } = event
+        {
+            self.epochs.insert(vehicle_id.clone(), *epoch);
+        }
         if let Event::FixesRecorded {
             vehicle_id, fixes, ..
         } = event
@@ -182,6 +193,7 @@ impl App {
             versions,
             hwm,
             hwm_t,
+            epochs,
             latest_time,
         } = state;
         // Scenario time resumes where the log left it.
@@ -198,7 +210,8 @@ impl App {
             .into_iter()
             .map(|(v, seq)| {
                 let t = hwm_t.get(&v).copied().unwrap_or_default();
-                let state = ingest::VehicleIngest::durable_to(seq, t);
+                let numbering = epochs.get(&v).copied().unwrap_or_default();
+                let state = ingest::VehicleIngest::durable_to(seq, t, numbering);
                 (v, Arc::new(std::sync::Mutex::new(state)))
             })
             .collect();

@@ -147,6 +147,7 @@ impl Fleet {
                 vehicle_id,
                 run_id: Some(run_id),
                 fixes,
+                ..
             } => {
                 // Only the run's current vehicle (a swap may race a fix batch in flight).
                 if let (Some(r), Some(f)) = (

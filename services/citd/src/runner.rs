@@ -177,6 +177,8 @@ fn fix_pb(vehicle: &str, t: Millis, op: &Op) -> Option<pb::Fix> {
             accuracy_m: *accuracy_m,
             ignition: *ignition,
             door_open: *door_open,
+            // Scenario files number each vehicle's fixes from 1, once.
+            seq_epoch: 0,
         }),
         _ => None,
     }

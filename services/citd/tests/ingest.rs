@@ -103,7 +103,8 @@ async fn bad_fixes_are_rejected_one_by_one_and_good_ones_kept() {
         ack.acks,
         [pb::VehicleAck {
             vehicle_id: "V-1".into(),
-            durable_seq: 9
+            durable_seq: 9,
+            seq_epoch: 0,
         }]
     );
 
@@ -294,5 +295,44 @@ async fn pipelined_batches_of_one_vehicle_stay_in_order_and_acks_come_in_order()
     }
     drop(tx);
     assert_recorded_exactly(&mut c, &server, 2000).await;
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_replaced_unit_numbering_from_1_in_a_new_epoch_is_stored_after_the_old_one_across_a_restart()
+ {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = common::config(dir.path(), ClockMode::Wall);
+    // No snapshot: the restart folds the numbering back from the log itself.
+    config.snapshot_interval_s = 0;
+    let (server, mut c) = common::serve(config.clone()).await;
+    departed_run(&mut c, "R-1", "V-1").await;
+    let (tx, mut acks) = open(&mut c).await;
+    let in_epoch = |epoch: u32, seq: u64| pb::Fix {
+        seq_epoch: epoch,
+        ..fix("V-1", seq)
+    };
+    // The first unit: 1..=3.
+    let ack = send(&tx, &mut acks, (1..=3).map(|s| in_epoch(0, s)).collect()).await;
+    assert_eq!((ack.acks[0].seq_epoch, ack.acks[0].durable_seq), (0, 3));
+    // Its replacement numbers from 1 again, in epoch 1: new fixes, not duplicates, acked in
+    // the new unit's own numbering.
+    let ack = send(&tx, &mut acks, vec![in_epoch(1, 1), in_epoch(1, 2)]).await;
+    assert_eq!((ack.accepted, ack.duplicates), (2, 0));
+    assert_eq!((ack.acks[0].seq_epoch, ack.acks[0].durable_seq), (1, 2));
+    // The old unit, still sending: its epoch is over.
+    let ack = send(&tx, &mut acks, vec![in_epoch(0, 4)]).await;
+    assert_eq!(ack.rejected[0].field, "seq_epoch");
+    drop(tx);
+    server.stop().await.expect("stop");
+
+    let (server, mut c) = common::serve(config).await;
+    let (tx, mut acks) = open(&mut c).await;
+    // After the restart the new unit resends 2 (absorbed) and goes on with 3.
+    let ack = send(&tx, &mut acks, vec![in_epoch(1, 2), in_epoch(1, 3)]).await;
+    assert_eq!((ack.accepted, ack.duplicates), (1, 1));
+    assert_eq!((ack.acks[0].seq_epoch, ack.acks[0].durable_seq), (1, 3));
+    // The run's record holds the vehicle's seq: both units' fixes, in order, once each.
+    assert_recorded_exactly(&mut c, &server, 6).await;
     server.stop().await.expect("stop");
 }

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cit_domain::event::Event;
+use cit_domain::event::{Event, SeqEpoch};
 use cit_domain::{Fix, Millis};
 use cit_store::{Append, ExpectedVersion};
 use tokio::sync::oneshot;
@@ -32,17 +32,56 @@ pub(super) struct VehicleIngest {
     /// time: a later fix may not jump absurdly far ahead of it, nor be dated before it.
     latest_seq: u64,
     latest_t: Millis,
+    /// The unit's numbering epoch and where it starts in the vehicle's seq (see [`SeqEpoch`]).
+    numbering: SeqEpoch,
+    /// A new epoch not yet recorded in the log: the vehicle's next append carries it.
+    unrecorded: Option<SeqEpoch>,
 }
 
 impl VehicleIngest {
-    /// A vehicle whose fixes are durable up to `seq`, the last of them taken at `t`.
-    pub(super) fn durable_to(seq: u64, t: Millis) -> Self {
+    /// A vehicle whose fixes are durable up to `seq`, the last of them taken at `t`, numbered
+    /// by its unit in `numbering`.
+    pub(super) fn durable_to(seq: u64, t: Millis, numbering: SeqEpoch) -> Self {
         VehicleIngest {
             durable_seq: seq,
             latest_seq: seq,
             latest_t: t,
+            numbering,
             ..Default::default()
         }
+    }
+
+    /// The vehicle's seq of a unit's fix numbered `seq` in `epoch`. A later epoch (a replaced
+    /// or reset unit numbering from 1 again) starts above everything let through so far.
+    fn vehicle_seq(&mut self, epoch: u32, seq: u64) -> Result<u64, (&'static str, String)> {
+        if epoch < self.numbering.epoch {
+            return Err((
+                "seq_epoch",
+                format!(
+                    "{epoch} is older than the vehicle's numbering epoch {}: a unit replaced or reset since numbers its fixes in a later epoch",
+                    self.numbering.epoch
+                ),
+            ));
+        }
+        if epoch > self.numbering.epoch {
+            self.numbering = SeqEpoch {
+                epoch,
+                base: self.latest_seq,
+            };
+            self.unrecorded = Some(self.numbering);
+        }
+        self.numbering
+            .base
+            .checked_add(seq)
+            .ok_or(("seq", format!("{seq} is beyond any vehicle's numbering")))
+    }
+
+    /// A vehicle seq in the unit's current numbering, with its epoch (for acks).
+    fn unit_seq(&self, vehicle_seq: u64) -> (u32, u64) {
+        (
+            self.numbering.epoch,
+            vehicle_seq.saturating_sub(self.numbering.base),
+        )
     }
 
     /// Whether a fix may follow what the vehicle sent so far: `Err((field, reason))` names why
@@ -78,8 +117,9 @@ impl VehicleIngest {
     }
 }
 
-/// A fix of a batch, with its place in the batch (for its rejection).
-pub type Placed = (u32, Fix);
+/// A fix of a batch, with its place in the batch (for its rejection) and its unit's numbering
+/// epoch; its `seq` is the unit's until [`App::screen`] makes it the vehicle's.
+pub type Placed = (u32, u32, Fix);
 
 /// A fix screened out of a batch: its place, its vehicle and seq, the field and the reason.
 pub type Screened = (u32, String, u64, &'static str, String);
@@ -108,6 +148,8 @@ struct VehicleAppend {
     fresh: Vec<Fix>,
     high: u64,
     callers: Vec<(Caller, u32, u32)>,
+    /// A new numbering epoch this append records (given back if the append fails).
+    epoch: Option<SeqEpoch>,
 }
 
 /// Splits callers' fixes, in order, into fresh ones (seq above `durable` and above every fix
@@ -228,15 +270,32 @@ impl App {
         for (vehicle_id, fixes) in batch.iter_mut() {
             let state = vehicle_ingest(&mut states, vehicle_id);
             let mut s = lock(&state);
-            fixes.retain(|(index, f)| match s.admit(f.seq, f.t, max_jump) {
-                Ok(()) => true,
-                Err((field, reason)) => {
-                    screened.push((*index, vehicle_id.clone(), f.seq, field, reason));
-                    false
+            fixes.retain_mut(|(index, epoch, f)| {
+                let unit_seq = f.seq;
+                let admitted = s.vehicle_seq(*epoch, unit_seq).and_then(|seq| {
+                    s.admit(seq, f.t, max_jump)?;
+                    f.seq = seq;
+                    Ok(())
+                });
+                match admitted {
+                    Ok(()) => true,
+                    Err((field, reason)) => {
+                        screened.push((*index, vehicle_id.clone(), unit_seq, field, reason));
+                        false
+                    }
                 }
             });
         }
         screened
+    }
+
+    /// `vehicle_seq` of `vehicle_id` in its unit's current numbering: (epoch, the unit's seq).
+    pub fn unit_seq(&self, vehicle_id: &str, vehicle_seq: u64) -> (u32, u64) {
+        let states = lock(&self.ingest);
+        match states.get(vehicle_id) {
+            Some(state) => lock(state).unit_seq(vehicle_seq),
+            None => (0, vehicle_seq),
+        }
     }
 
     /// Records validated fixes, grouped by vehicle (each vehicle's in order), durably; a fix
@@ -275,6 +334,7 @@ impl App {
                         fresh,
                         high,
                         callers,
+                        epoch: None,
                     });
                     Pending::InBatch(index)
                 }
@@ -312,10 +372,14 @@ impl App {
                 // budget is spent keeps one poll to about a hundred, so a request on the same
                 // worker waits microseconds, not milliseconds (BENCHMARKS.md, consume_budget).
                 tokio::task::consume_budget().await;
+                // A new numbering epoch goes into the log with the vehicle's next fixes (the
+                // first of its own or an earlier epoch's still waiting), never after them.
+                a.epoch = lock(&a.state).unrecorded.take();
                 let event = Event::FixesRecorded {
                     vehicle_id: a.vehicle_id.clone(),
                     run_id: self.active_run(&a.vehicle_id),
                     fixes: std::mem::take(&mut a.fresh),
+                    epoch: a.epoch,
                 };
                 // Duplicates are absorbed by each vehicle's high-water mark (one append per
                 // vehicle at a time), so the id needs no content; time-ordered ids keep the
@@ -333,6 +397,9 @@ impl App {
             let mut next = Vec::new();
             for (a, result) in appends.into_iter().zip(results) {
                 let mut s = lock(&a.state);
+                if result.is_err() && s.unrecorded.is_none() {
+                    s.unrecorded = a.epoch;
+                }
                 let result = result.map(|r| {
                     s.durable_seq = a.high;
                     written = written.max(r.position);
@@ -361,6 +428,7 @@ impl App {
                     fresh,
                     high,
                     callers,
+                    epoch: None,
                 });
             }
             self.note_written(written);

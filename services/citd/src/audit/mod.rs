@@ -357,6 +357,7 @@ pub fn state_at(record: &RunRecord, at: Millis) -> Option<pb::RunView> {
                 vehicle_id,
                 run_id,
                 fixes,
+                epoch,
             } => {
                 let fixes: Vec<Fix> = fixes.into_iter().filter(|f| f.t <= at).collect();
                 if fixes.is_empty() {
@@ -366,6 +367,7 @@ pub fn state_at(record: &RunRecord, at: Millis) -> Option<pb::RunView> {
                     vehicle_id,
                     run_id,
                     fixes,
+                    epoch,
                 }
             }
             e if e.time() > at => continue,
@@ -549,6 +551,7 @@ mod tests {
     fn fixes(run: &str, vehicle: &str, t: i64) -> Event {
         Event::FixesRecorded {
             vehicle_id: vehicle.into(),
+            epoch: None,
             run_id: Some(run.into()),
             fixes: vec![Fix {
                 seq: t as u64,

@@ -104,6 +104,7 @@ impl Audit for AuditService {
                     vehicle_id,
                     run_id,
                     fixes: batch,
+                    ..
                 }) = decode(&e)
                 else {
                     continue;
@@ -281,5 +282,7 @@ fn fix_pb(vehicle: &str, f: &cit_domain::Fix) -> pb::Fix {
         accuracy_m: f.accuracy_m,
         ignition: f.ignition,
         door_open: f.door_open,
+        // The vehicle's seq, across its units' epochs.
+        seq_epoch: 0,
     }
 }

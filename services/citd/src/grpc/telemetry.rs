@@ -144,8 +144,8 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
         batch_id: batch.batch_id,
         ..Default::default()
     };
-    // Per vehicle, in batch order, each fix with its place in the batch.
-    let mut by_vehicle: Vec<(String, Vec<(u32, Fix)>)> = Vec::new();
+    // Per vehicle, in batch order, each fix with its place in the batch and its numbering epoch.
+    let mut by_vehicle: Vec<(String, Vec<crate::app::Placed>)> = Vec::new();
     let mut slot: HashMap<String, usize> = HashMap::new();
     for (index, f) in batch.fixes.iter().enumerate() {
         let reject = |field: &str, reason: String| pb::FixRejection {
@@ -169,7 +169,7 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
                     by_vehicle.push((f.vehicle_id.clone(), Vec::new()));
                     by_vehicle.len() - 1
                 });
-                by_vehicle[i].1.push((index as u32, fix));
+                by_vehicle[i].1.push((index as u32, f.seq_epoch, fix));
             }
         }
     }
@@ -186,7 +186,7 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
     app.metrics.fixes_rejected.inc_by(ack.rejected.len() as u64);
     let by_vehicle = by_vehicle
         .into_iter()
-        .map(|(v, fixes)| (v, fixes.into_iter().map(|(_, f)| f).collect()))
+        .map(|(v, fixes)| (v, fixes.into_iter().map(|(_, _, f)| f).collect()))
         .collect();
     Ok(PreparedBatch {
         ack,
@@ -203,9 +203,12 @@ impl PreparedBatch {
             ack.accepted += r.accepted;
             ack.duplicates += r.duplicates;
             ack.log_position = ack.log_position.max(r.position);
+            // In the unit's own numbering: a replaced unit counts from 1 again.
+            let (seq_epoch, durable_seq) = app.unit_seq(&vehicle_id, r.durable_seq);
             ack.acks.push(pb::VehicleAck {
                 vehicle_id,
-                durable_seq: r.durable_seq,
+                durable_seq,
+                seq_epoch,
             });
         }
         app.metrics

@@ -218,6 +218,7 @@ pub fn fix(vehicle: &str, seq: u64) -> pb::Fix {
         accuracy_m: 5.0,
         ignition: true,
         door_open: false,
+        seq_epoch: 0,
     }
 }
 
