@@ -26,6 +26,11 @@ pub enum Command {
         rounds: u32,
     },
     RegisterCheckpoint(Checkpoint),
+    /// Rounds delivered into a registered lot.
+    DeliverAmmo {
+        lot: String,
+        rounds: u32,
+    },
     PlanRun {
         run_id: String,
         vehicle_id: String,
@@ -141,6 +146,7 @@ impl Command {
             Command::RegisterWeapon { .. } => "register_weapon",
             Command::RegisterAmmoLot { .. } => "register_ammo_lot",
             Command::RegisterCheckpoint(_) => "register_checkpoint",
+            Command::DeliverAmmo { .. } => "deliver_ammo",
             Command::PlanRun { .. } => "plan_run",
             Command::AmendRun { .. } => "amend_run",
             Command::EscortReady { .. } => "escort_ready",

@@ -186,6 +186,12 @@ pub enum Event {
         rounds: u32,
         at: Millis,
     },
+    /// Rounds delivered into a lot (R5: every movement of ammunition is recorded).
+    AmmoDelivered {
+        lot: String,
+        rounds: u32,
+        at: Millis,
+    },
     CheckpointRegistered {
         checkpoint: Checkpoint,
         at: Millis,
@@ -371,6 +377,7 @@ impl Event {
             Event::PersonRegistered { .. } => "PersonRegistered.v1",
             Event::WeaponRegistered { .. } => "WeaponRegistered.v1",
             Event::AmmoLotRegistered { .. } => "AmmoLotRegistered.v1",
+            Event::AmmoDelivered { .. } => "AmmoDelivered.v1",
             Event::CheckpointRegistered { .. } => "CheckpointRegistered.v1",
             Event::RunPlanned { .. } => "RunPlanned.v1",
             Event::RunAmended { .. } => "RunAmended.v1",
@@ -410,7 +417,9 @@ impl Event {
             | Event::WeaponIssued { serial, .. }
             | Event::WeaponHandedOver { serial, .. }
             | Event::WeaponReturned { serial, .. } => format!("{WEAPON}{serial}"),
-            Event::AmmoLotRegistered { lot, .. } => format!("{AMMO}{lot}"),
+            Event::AmmoLotRegistered { lot, .. } | Event::AmmoDelivered { lot, .. } => {
+                format!("{AMMO}{lot}")
+            }
             Event::CheckpointRegistered { checkpoint, .. } => {
                 format!("{CHECKPOINT}{}", checkpoint.checkpoint_id)
             }
@@ -461,6 +470,7 @@ impl Event {
             | Event::PersonRegistered { .. }
             | Event::WeaponRegistered { .. }
             | Event::AmmoLotRegistered { .. }
+            | Event::AmmoDelivered { .. }
             | Event::CheckpointRegistered { .. }
             | Event::ClockTicked { .. } => None,
         }
@@ -476,6 +486,7 @@ impl Event {
             | Event::PersonRegistered { at, .. }
             | Event::WeaponRegistered { at, .. }
             | Event::AmmoLotRegistered { at, .. }
+            | Event::AmmoDelivered { at, .. }
             | Event::CheckpointRegistered { at, .. }
             | Event::RunPlanned { at, .. }
             | Event::RunAmended { at, .. }

@@ -545,6 +545,23 @@ impl World {
                     at: now,
                 }))
             }
+            Command::DeliverAmmo { lot, rounds } => {
+                require_id("lot", lot)?;
+                if !self.ammo_lots.contains_key(lot) {
+                    return Err(InputError::not_found(format!("ammunition lot {lot:?}")));
+                }
+                if *rounds == 0 {
+                    return Err(InputError::invalid(
+                        "rounds",
+                        "a delivery brings at least 1 round",
+                    ));
+                }
+                Ok(accepted(Event::AmmoDelivered {
+                    lot: lot.clone(),
+                    rounds: *rounds,
+                    at: now,
+                }))
+            }
             Command::RegisterCheckpoint(cp) => {
                 require_id("checkpoint.checkpoint_id", &cp.checkpoint_id)?;
                 LatLon::new(cp.position.lat, cp.position.lon, "checkpoint.position")?;
@@ -1361,6 +1378,11 @@ impl World {
             Event::AmmoLotRegistered { lot, rounds, .. } => {
                 self.ammo_lots.insert(lot.clone(), *rounds);
                 self.ammo_registered.insert(lot.clone(), *rounds);
+            }
+            Event::AmmoDelivered { lot, rounds, .. } => {
+                if let Some(left) = self.ammo_lots.get_mut(lot) {
+                    *left = left.saturating_add(*rounds);
+                }
             }
             Event::CheckpointRegistered { checkpoint, .. } => {
                 self.checkpoints

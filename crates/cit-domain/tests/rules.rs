@@ -914,3 +914,30 @@ fn a_planned_run_is_amended_as_a_new_version_naming_what_changed_and_only_before
         Err(InputError::WrongState(_))
     ));
 }
+
+#[test]
+fn r5_a_delivery_into_a_lot_is_recorded_and_counted_and_the_registration_stays_as_it_was() {
+    let mut w = ready_run();
+    // 200 registered, 2 × 30 issued.
+    assert_eq!(w.ammo_lots["A-1"], 140);
+    let deliver = |lot: &str, rounds: u32| Command::DeliverAmmo {
+        lot: lot.into(),
+        rounds,
+    };
+    accepted(when(&mut w, deliver("A-1", 100)));
+    assert_eq!(w.ammo_lots["A-1"], 240);
+    assert!(matches!(
+        w.handle(&deliver("A-404", 10), NOW),
+        Err(InputError::NotFound { .. })
+    ));
+    assert!(matches!(
+        w.handle(&deliver("A-1", 0), NOW),
+        Err(InputError::Invalid { field, .. }) if field == "rounds"
+    ));
+    // Registering the lot again as it was registered is still no change.
+    let again = Command::RegisterAmmoLot {
+        lot: "A-1".into(),
+        rounds: 200,
+    };
+    assert_eq!(w.handle(&again, NOW), Ok(Outcome::NoChange));
+}

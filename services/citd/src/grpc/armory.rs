@@ -50,6 +50,7 @@ fn weapon_state(w: &World, serial: &str) -> Option<pb::WeaponState> {
 fn custody_kind(e: &Event) -> Option<&'static str> {
     Some(match e {
         Event::WeaponRegistered { .. } | Event::AmmoLotRegistered { .. } => "registered",
+        Event::AmmoDelivered { .. } => "delivered",
         Event::WeaponIssued { .. } => "issued",
         Event::WeaponHandedOver { .. } => "handed_over",
         Event::WeaponReturned { .. } => "returned",
@@ -84,6 +85,18 @@ impl Armory for ArmoryService {
         let p = self
             .app
             .execute(Command::RegisterAmmoLot {
+                lot: r.lot,
+                rounds: r.rounds,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn deliver_ammo(&self, req: Request<pb::DeliverAmmoRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::DeliverAmmo {
                 lot: r.lot,
                 rounds: r.rounds,
             })
@@ -280,7 +293,9 @@ impl Armory for ArmoryService {
                         Some(l),
                         Event::WeaponIssued { lot, .. } | Event::WeaponReturned { lot, .. },
                     ) => lot == l,
-                    (Some(_), Event::AmmoLotRegistered { .. }) => true,
+                    (Some(_), Event::AmmoLotRegistered { .. } | Event::AmmoDelivered { .. }) => {
+                        true
+                    }
                     _ => false,
                 };
                 if let (true, Some(kind)) = (about_subject, custody_kind(&e)) {
