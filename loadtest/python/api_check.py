@@ -2,9 +2,11 @@
 
 Registers a vehicle, crew and armory, plans and departs a run on a real Gothenburg route,
 streams 10,000 fixes with bad ones mixed in (each must come back rejected with a reason), then
-reads the run back: every good fix once, in order.
+reads the run back: every good fix once, in order. Errors are decoded the way standard clients
+do (grpc_status.rpc_status.from_call): a refusal's ErrorInfo and its packed cit.v1.Refusal, an
+invalid argument's BadRequest naming the field.
 
-    pip install grpcio grpcio-tools
+    pip install grpcio grpcio-tools grpcio-status
     python3 loadtest/python/api_check.py --addr 127.0.0.1:50051     # a running citd (wall clock)
 """
 import argparse
@@ -116,8 +118,37 @@ def main():
         if e.event_type == "FixesRecorded.v1":
             seqs.extend(f["seq"] for f in json.loads(e.data_json)["fixes"])
     assert seqs == good, f"read back {len(seqs)} fixes, expected {len(good)} in order"
+    # The richer error model, read by the standard decoder.
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    def status_of(call):
+        try:
+            call()
+        except grpc.RpcError as e:
+            return e.code(), rpc_status.from_call(e)
+        sys.exit("FAIL: the call was expected to fail")
+
+    runs.RegisterVehicle(runs_pb2.RegisterVehicleRequest(vehicle_id=f"CAR-{tag}", plate="PY 2", armoured=False))
+    code, st = status_of(lambda: runs.PlanRun(runs_pb2.PlanRunRequest(
+        run_id=f"{run_id}-car", vehicle_id=f"CAR-{tag}", driver_id=f"D-{tag}",
+        escort_ids=[f"E1-{tag}", f"E2-{tag}"], route=[common_pb2.LatLon(lat=c[1], lon=c[0]) for c in route])))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, code
+    info, refusal = error_details_pb2.ErrorInfo(), common_pb2.Refusal()
+    assert any(d.Unpack(info) for d in st.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)), st
+    assert any(d.Unpack(refusal) for d in st.details if d.Is(common_pb2.Refusal.DESCRIPTOR)), st
+    assert info.reason == "R1" and refusal.rule == "R1", (info, refusal)
+    code, st = status_of(lambda: runs.PlanRun(runs_pb2.PlanRunRequest(
+        run_id=f"{run_id}-short", vehicle_id=vehicle, driver_id=f"D-{tag}",
+        escort_ids=[f"E1-{tag}", f"E2-{tag}"], route=[common_pb2.LatLon(lat=route[0][1], lon=route[0][0])])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, code
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in st.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)), st
+    assert bad.field_violations[0].field == "route", bad
+
     print(f"python api check: {len(good)} fixes read back in order, nothing missing or doubled; "
-          f"{len(rejected)} bad fixes rejected with reasons (e.g. {rejected[0].field}: {rejected[0].reason})")
+          f"{len(rejected)} bad fixes rejected with reasons (e.g. {rejected[0].field}: {rejected[0].reason}); "
+          f"errors decoded by rpc_status.from_call ({info.reason} in ErrorInfo, BadRequest on {bad.field_violations[0].field})")
     print("1 passed, 0 failed")
 
 

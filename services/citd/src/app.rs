@@ -49,10 +49,23 @@ struct CommandState {
 /// Result of one ingest batch for one vehicle.
 #[derive(Debug, Clone, Default)]
 pub struct VehicleBatchResult {
+    /// The vehicle's seq durable so far (see `SeqEpoch`).
     pub durable_seq: u64,
     pub accepted: u32,
     pub duplicates: u32,
     pub position: u64,
+    /// The vehicle's unit numbering then: the ack gives `durable_seq` in the unit's own.
+    pub numbering: SeqEpoch,
+}
+
+impl VehicleBatchResult {
+    /// `durable_seq` in the unit's numbering, with its epoch.
+    pub fn unit_durable_seq(&self) -> (u32, u64) {
+        (
+            self.numbering.epoch,
+            self.durable_seq.saturating_sub(self.numbering.base),
+        )
+    }
 }
 
 pub struct App {

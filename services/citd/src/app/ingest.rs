@@ -76,14 +76,6 @@ impl VehicleIngest {
             .ok_or(("seq", format!("{seq} is beyond any vehicle's numbering")))
     }
 
-    /// A vehicle seq in the unit's current numbering, with its epoch (for acks).
-    fn unit_seq(&self, vehicle_seq: u64) -> (u32, u64) {
-        (
-            self.numbering.epoch,
-            vehicle_seq.saturating_sub(self.numbering.base),
-        )
-    }
-
     /// Whether a fix may follow what the vehicle sent so far: `Err((field, reason))` names why
     /// not. A seq not above the latest is a resend (judged a duplicate or not by ingest, against
     /// what is durable); a fresh one must be within `max_jump` of the latest (one fix with seq
@@ -238,6 +230,7 @@ fn vehicle_ingest(vehicles: &mut Vehicles, vehicle_id: &str) -> Arc<Mutex<Vehicl
 fn answer(
     callers: Vec<(Caller, u32, u32)>,
     result: &Result<(u64, u64), cit_store::Error>,
+    numbering: SeqEpoch,
     batch: &mut BatchResults,
 ) {
     for (caller, accepted, duplicates) in callers {
@@ -247,6 +240,7 @@ fn answer(
                 accepted,
                 duplicates,
                 position: *position,
+                numbering,
             }),
             Err(e) => Err(AppError::Store(e.clone())),
         };
@@ -289,15 +283,6 @@ impl App {
         screened
     }
 
-    /// `vehicle_seq` of `vehicle_id` in its unit's current numbering: (epoch, the unit's seq).
-    pub fn unit_seq(&self, vehicle_id: &str, vehicle_seq: u64) -> (u32, u64) {
-        let states = lock(&self.ingest);
-        match states.get(vehicle_id) {
-            Some(state) => lock(state).unit_seq(vehicle_seq),
-            None => (0, vehicle_seq),
-        }
-    }
-
     /// Records validated fixes, grouped by vehicle (each vehicle's in order), durably; a fix
     /// whose seq is not above its vehicle's highest is a duplicate and absorbed. Synchronous up
     /// to handing the appends over, so calling it in arrival order keeps each vehicle's fixes
@@ -324,6 +309,7 @@ impl App {
                         accepted: 0,
                         duplicates: callers.iter().map(|c| c.2).sum(),
                         position: *self.written.borrow(),
+                        numbering: s.numbering,
                     })
                 } else {
                     s.in_flight = true;
@@ -406,7 +392,7 @@ impl App {
                     accepted += a.callers.iter().map(|c| u64::from(c.1)).sum::<u64>();
                     (a.high, r.position)
                 });
-                answer(a.callers, &result, &mut batch_results);
+                answer(a.callers, &result, s.numbering, &mut batch_results);
                 // What queued behind this append goes next, together.
                 let queued = std::mem::take(&mut s.queued);
                 let (fresh, high, callers) = absorb(
@@ -418,7 +404,12 @@ impl App {
                 if fresh.is_empty() {
                     s.in_flight = false;
                     let position = written.max(*self.written.borrow());
-                    answer(callers, &Ok((s.durable_seq, position)), &mut batch_results);
+                    answer(
+                        callers,
+                        &Ok((s.durable_seq, position)),
+                        s.numbering,
+                        &mut batch_results,
+                    );
                     continue;
                 }
                 drop(s);

@@ -204,7 +204,7 @@ impl PreparedBatch {
             ack.duplicates += r.duplicates;
             ack.log_position = ack.log_position.max(r.position);
             // In the unit's own numbering: a replaced unit counts from 1 again.
-            let (seq_epoch, durable_seq) = app.unit_seq(&vehicle_id, r.durable_seq);
+            let (seq_epoch, durable_seq) = r.unit_durable_seq();
             ack.acks.push(pb::VehicleAck {
                 vehicle_id,
                 durable_seq,
