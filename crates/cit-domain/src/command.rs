@@ -26,6 +26,12 @@ pub enum Command {
         rounds: u32,
     },
     RegisterCheckpoint(Checkpoint),
+    /// A lot counted in the armory.
+    CountAmmoLot {
+        lot: String,
+        counted: u32,
+        by: String,
+    },
     /// Rounds delivered into a registered lot.
     DeliverAmmo {
         lot: String,
@@ -147,6 +153,7 @@ impl Command {
             Command::RegisterAmmoLot { .. } => "register_ammo_lot",
             Command::RegisterCheckpoint(_) => "register_checkpoint",
             Command::DeliverAmmo { .. } => "deliver_ammo",
+            Command::CountAmmoLot { .. } => "count_ammo_lot",
             Command::PlanRun { .. } => "plan_run",
             Command::AmendRun { .. } => "amend_run",
             Command::EscortReady { .. } => "escort_ready",

@@ -24,6 +24,8 @@ pub mod streams {
     pub const CLOCK: &str = "clock";
     /// Refusals of commands that name no run.
     pub const REFUSALS: &str = "refusals";
+    /// Anomalies of no run (a lot's count that differs from the books) and their workflow.
+    pub const ARMORY: &str = "armory";
 }
 
 /// How severe an anomaly is for dispatch. Ordered.
@@ -66,6 +68,7 @@ pub enum AnomalyKind {
     Overspeed,
     CrewAlarm,
     SwapOutOfPlace,
+    InventoryMismatch,
 }
 
 impl AnomalyKind {
@@ -86,6 +89,7 @@ impl AnomalyKind {
             AnomalyKind::Overspeed => "overspeed",
             AnomalyKind::CrewAlarm => "crew_alarm",
             AnomalyKind::SwapOutOfPlace => "swap_out_of_place",
+            AnomalyKind::InventoryMismatch => "inventory_mismatch",
         }
     }
 
@@ -100,7 +104,9 @@ impl AnomalyKind {
             AnomalyKind::MissedCheckin | AnomalyKind::Duress => "A6",
             AnomalyKind::LateArrival | AnomalyKind::StopSkipped => "A7",
             AnomalyKind::HandoverOutOfPlace | AnomalyKind::SwapOutOfPlace => "A8",
-            AnomalyKind::WeaponNotReturned | AnomalyKind::AmmoMismatch => "A9",
+            AnomalyKind::WeaponNotReturned
+            | AnomalyKind::AmmoMismatch
+            | AnomalyKind::InventoryMismatch => "A9",
             AnomalyKind::Overspeed => "A10",
             AnomalyKind::CrewAlarm => "A11",
         }
@@ -156,6 +162,15 @@ pub struct SeqEpoch {
     pub base: u64,
 }
 
+/// The stream of an anomaly's record and workflow: its run's, or the armory's for none.
+fn anomaly_stream(run_id: &str) -> StreamName {
+    if run_id.is_empty() {
+        streams::ARMORY.to_string()
+    } else {
+        format!("{}{run_id}", streams::RUN)
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -184,6 +199,15 @@ pub enum Event {
     AmmoLotRegistered {
         lot: String,
         rounds: u32,
+        at: Millis,
+    },
+    /// A lot counted in the armory: `counted` is the book figure from here on; `expected` what
+    /// the books said before (a difference is an `inventory_mismatch`, A9).
+    AmmoCounted {
+        lot: String,
+        counted: u32,
+        expected: u32,
+        by: String,
         at: Millis,
     },
     /// Rounds delivered into a lot (R5: every movement of ammunition is recorded).
@@ -378,6 +402,7 @@ impl Event {
             Event::WeaponRegistered { .. } => "WeaponRegistered.v1",
             Event::AmmoLotRegistered { .. } => "AmmoLotRegistered.v1",
             Event::AmmoDelivered { .. } => "AmmoDelivered.v1",
+            Event::AmmoCounted { .. } => "AmmoCounted.v1",
             Event::CheckpointRegistered { .. } => "CheckpointRegistered.v1",
             Event::RunPlanned { .. } => "RunPlanned.v1",
             Event::RunAmended { .. } => "RunAmended.v1",
@@ -417,9 +442,9 @@ impl Event {
             | Event::WeaponIssued { serial, .. }
             | Event::WeaponHandedOver { serial, .. }
             | Event::WeaponReturned { serial, .. } => format!("{WEAPON}{serial}"),
-            Event::AmmoLotRegistered { lot, .. } | Event::AmmoDelivered { lot, .. } => {
-                format!("{AMMO}{lot}")
-            }
+            Event::AmmoLotRegistered { lot, .. }
+            | Event::AmmoDelivered { lot, .. }
+            | Event::AmmoCounted { lot, .. } => format!("{AMMO}{lot}"),
             Event::CheckpointRegistered { checkpoint, .. } => {
                 format!("{CHECKPOINT}{}", checkpoint.checkpoint_id)
             }
@@ -432,10 +457,12 @@ impl Event {
             | Event::CashBoxesHandedOver { run_id, .. }
             | Event::VehicleSwapped { run_id, .. }
             | Event::RunClosed { run_id, .. }
-            | Event::RunCancelled { run_id, .. }
-            | Event::AnomalyAcknowledged { run_id, .. }
-            | Event::AnomalyResolved { run_id, .. } => format!("{RUN}{run_id}"),
-            Event::AnomalyRaised { anomaly, .. } => format!("{RUN}{}", anomaly.run_id),
+            | Event::RunCancelled { run_id, .. } => format!("{RUN}{run_id}"),
+            // An anomaly of no run (an inventory count) lives on the armory's stream.
+            Event::AnomalyAcknowledged { run_id, .. } | Event::AnomalyResolved { run_id, .. } => {
+                anomaly_stream(run_id)
+            }
+            Event::AnomalyRaised { anomaly, .. } => anomaly_stream(&anomaly.run_id),
             Event::CommandRefused { run_id, .. } => match run_id {
                 Some(r) => format!("{RUN}{r}"),
                 None => REFUSALS.to_string(),
@@ -471,6 +498,7 @@ impl Event {
             | Event::WeaponRegistered { .. }
             | Event::AmmoLotRegistered { .. }
             | Event::AmmoDelivered { .. }
+            | Event::AmmoCounted { .. }
             | Event::CheckpointRegistered { .. }
             | Event::ClockTicked { .. } => None,
         }
@@ -487,6 +515,7 @@ impl Event {
             | Event::WeaponRegistered { at, .. }
             | Event::AmmoLotRegistered { at, .. }
             | Event::AmmoDelivered { at, .. }
+            | Event::AmmoCounted { at, .. }
             | Event::CheckpointRegistered { at, .. }
             | Event::RunPlanned { at, .. }
             | Event::RunAmended { at, .. }

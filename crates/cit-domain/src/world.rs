@@ -545,6 +545,21 @@ impl World {
                     at: now,
                 }))
             }
+            Command::CountAmmoLot { lot, counted, by } => {
+                require_id("lot", lot)?;
+                self.person("by", by)?;
+                let expected = *self
+                    .ammo_lots
+                    .get(lot)
+                    .ok_or_else(|| InputError::not_found(format!("ammunition lot {lot:?}")))?;
+                Ok(accepted(Event::AmmoCounted {
+                    lot: lot.clone(),
+                    counted: *counted,
+                    expected,
+                    by: by.clone(),
+                    at: now,
+                }))
+            }
             Command::DeliverAmmo { lot, rounds } => {
                 require_id("lot", lot)?;
                 if !self.ammo_lots.contains_key(lot) {
@@ -1378,6 +1393,11 @@ impl World {
             Event::AmmoLotRegistered { lot, rounds, .. } => {
                 self.ammo_lots.insert(lot.clone(), *rounds);
                 self.ammo_registered.insert(lot.clone(), *rounds);
+            }
+            Event::AmmoCounted { lot, counted, .. } => {
+                if let Some(left) = self.ammo_lots.get_mut(lot) {
+                    *left = *counted;
+                }
             }
             Event::AmmoDelivered { lot, rounds, .. } => {
                 if let Some(left) = self.ammo_lots.get_mut(lot) {

@@ -941,3 +941,31 @@ fn r5_a_delivery_into_a_lot_is_recorded_and_counted_and_the_registration_stays_a
     };
     assert_eq!(w.handle(&again, NOW), Ok(Outcome::NoChange));
 }
+
+#[test]
+fn r5_a_count_of_a_lot_records_what_the_books_said_and_becomes_the_book_figure() {
+    let mut w = ready_run();
+    let count = |lot: &str, counted: u32, by: &str| Command::CountAmmoLot {
+        lot: lot.into(),
+        counted,
+        by: by.into(),
+    };
+    let events = accepted(when(&mut w, count("A-1", 138, "AC")));
+    assert!(matches!(
+        &events[0],
+        Event::AmmoCounted {
+            counted: 138,
+            expected: 140,
+            ..
+        }
+    ));
+    assert_eq!(w.ammo_lots["A-1"], 138);
+    assert!(matches!(
+        w.handle(&count("A-404", 1, "AC"), NOW),
+        Err(InputError::NotFound { .. })
+    ));
+    assert!(matches!(
+        w.handle(&count("A-1", 1, "nobody"), NOW),
+        Err(InputError::NotFound { .. })
+    ));
+}

@@ -407,6 +407,17 @@ impl Engine {
                     run.raise_ammo_mismatch(position, serial, by, counts, *at, out);
                 }
             }
+            Event::AmmoCounted {
+                lot,
+                counted,
+                expected,
+                by,
+                at,
+            } if counted != expected => {
+                out.push(inventory_mismatch(
+                    position, lot, *counted, *expected, by, *at,
+                ));
+            }
             Event::VehicleSwapped {
                 run_id,
                 from_vehicle_id,
@@ -436,6 +447,37 @@ impl Engine {
             _ => {}
         }
         self.fire(t, true, out);
+    }
+}
+
+/// A9: a lot's count in the armory differs from the books (rounds unaccounted for, or found).
+/// An anomaly of no run: the armory's.
+fn inventory_mismatch(
+    position: u64,
+    lot: &str,
+    counted: u32,
+    expected: u32,
+    by: &str,
+    at: Millis,
+) -> Anomaly {
+    let difference = i64::from(counted) - i64::from(expected);
+    Anomaly {
+        id: format!("inventory_mismatch:{lot}:p{position}"),
+        kind: cit_domain::event::AnomalyKind::InventoryMismatch,
+        run_id: String::new(),
+        vehicle_id: String::new(),
+        at,
+        severity: if difference < 0 {
+            cit_domain::event::Severity::High
+        } else {
+            cit_domain::event::Severity::Medium
+        },
+        summary: format!(
+            "lot {lot} counted {counted} rounds by {by}; the books said {expected} ({difference:+})"
+        ),
+        position: None,
+        evidence: serde_json::json!({"lot": lot, "counted": counted, "expected": expected,
+                                     "difference": difference, "by": by}),
     }
 }
 

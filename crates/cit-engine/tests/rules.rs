@@ -1293,3 +1293,29 @@ fn fixes_dated_before_the_departure_are_not_judged_by_the_runs_rules() {
     w.drive(0.0, 0.0, 10.0, 200);
     assert!(w.raised.is_empty(), "{:?}", w.raised);
 }
+
+#[test]
+fn a9_a_lot_counted_short_or_over_raises_an_inventory_mismatch_of_no_run() {
+    let mut engine = Engine::new();
+    let counted = |counted: u32, expected: u32| Event::AmmoCounted {
+        lot: "A-1".into(),
+        counted,
+        expected,
+        by: "AC".into(),
+        at: T0,
+    };
+    assert!(engine.handle(1, &counted(140, 140)).is_empty());
+    let short = engine.handle(2, &counted(138, 140));
+    assert_eq!(short.len(), 1);
+    assert_eq!(short[0].kind, AnomalyKind::InventoryMismatch);
+    assert_eq!(short[0].run_id, "", "the armory's, not a run's");
+    assert_eq!(short[0].evidence["difference"], -2);
+    assert_eq!(
+        Event::AnomalyRaised {
+            anomaly: short[0].clone(),
+            mark: None
+        }
+        .stream(),
+        "armory"
+    );
+}

@@ -271,9 +271,12 @@ impl App {
             Outcome::Refused { refusal, record } => (vec![*record], Some(refusal)),
         };
         let stream = events[0].stream();
-        let expected = if stream.starts_with(streams::RUN) || stream == streams::REFUSALS {
-            // Run streams also take fixes and anomalies from other writers; the run's own rules
-            // are guarded by this lock.
+        let expected = if stream.starts_with(streams::RUN)
+            || stream == streams::REFUSALS
+            || stream == streams::ARMORY
+        {
+            // Run streams (and the armory's, for anomalies of no run) also take fixes and
+            // anomalies from other writers; the rules on them are guarded by this lock.
             ExpectedVersion::Any
         } else {
             match state.versions.get(&stream) {

@@ -1,6 +1,7 @@
 //! Reading back what was registered and recorded, through gRPC: vehicles, people, runs by state,
 //! weapons and ammunition lots a page at a time, a vehicle's fixes over a time range on a run or
-//! not; amending a planned run and calling it off (R7 while a weapon is out for it).
+//! not; amending a planned run and calling it off (R7 while a weapon is out for it); a lot's
+//! delivery and count, a count off the books reaching dispatch as an anomaly of no run.
 
 mod common;
 
@@ -275,5 +276,104 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
         .runs;
     assert_eq!(cancelled.len(), 1);
     assert_eq!(cancelled[0].run_id, "R-2");
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_anomaly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (server, mut c) =
+        common::serve(common::config(dir.path(), citd::config::ClockMode::Wall)).await;
+    c.armory
+        .register_ammo_lot(pb::RegisterAmmoLotRequest {
+            lot: "A-7".into(),
+            rounds: 100,
+        })
+        .await
+        .expect("lot");
+    c.runs
+        .register_person(pb::RegisterPersonRequest {
+            person_id: "AC-1".into(),
+            name: "AC-1".into(),
+            role: pb::Role::AmmoCustodian as i32,
+        })
+        .await
+        .expect("person");
+    c.armory
+        .deliver_ammo(pb::DeliverAmmoRequest {
+            lot: "A-7".into(),
+            rounds: 50,
+        })
+        .await
+        .expect("delivery");
+    let count = |rounds_counted: u32| pb::CountAmmoLotRequest {
+        lot: "A-7".into(),
+        rounds_counted,
+        counted_by: "AC-1".into(),
+    };
+    c.armory
+        .count_ammo_lot(count(150))
+        .await
+        .expect("as booked");
+    let written = c
+        .armory
+        .count_ammo_lot(count(147))
+        .await
+        .expect("three short")
+        .into_inner()
+        .log_position;
+    let listed = c
+        .dispatch
+        .list_anomalies(pb::ListAnomaliesRequest {
+            min_log_position: written,
+            ..Default::default()
+        })
+        .await
+        .expect("anomalies")
+        .into_inner()
+        .anomalies;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let a = &listed[0];
+    assert_eq!(
+        (a.kind.as_str(), a.run_id.as_str()),
+        ("inventory_mismatch", "")
+    );
+    c.dispatch
+        .acknowledge_anomaly(pb::AcknowledgeAnomalyRequest {
+            anomaly_id: a.id.clone(),
+            by: "DS-1".into(),
+        })
+        .await
+        .expect("acknowledged");
+    c.dispatch
+        .resolve_anomaly(pb::ResolveAnomalyRequest {
+            anomaly_id: a.id.clone(),
+            by: "DS-1".into(),
+            outcome: "recounted".into(),
+            note: "three rounds found in the range log".into(),
+        })
+        .await
+        .expect("resolved");
+    let lots = c
+        .armory
+        .list_ammo_lots(page(0, ""))
+        .await
+        .expect("lots")
+        .into_inner()
+        .lots;
+    assert_eq!((lots[0].rounds_registered, lots[0].rounds_left), (100, 147));
+    let history: Vec<String> = c
+        .armory
+        .custody_history(pb::CustodyHistoryRequest {
+            subject: Some(pb::custody_history_request::Subject::Lot("A-7".into())),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(history, ["registered", "delivered", "counted", "counted"]);
     server.stop().await.expect("stop");
 }

@@ -51,6 +51,7 @@ fn custody_kind(e: &Event) -> Option<&'static str> {
     Some(match e {
         Event::WeaponRegistered { .. } | Event::AmmoLotRegistered { .. } => "registered",
         Event::AmmoDelivered { .. } => "delivered",
+        Event::AmmoCounted { .. } => "counted",
         Event::WeaponIssued { .. } => "issued",
         Event::WeaponHandedOver { .. } => "handed_over",
         Event::WeaponReturned { .. } => "returned",
@@ -87,6 +88,19 @@ impl Armory for ArmoryService {
             .execute(Command::RegisterAmmoLot {
                 lot: r.lot,
                 rounds: r.rounds,
+            })
+            .await?;
+        Ok(Response::new(write_result(p)))
+    }
+
+    async fn count_ammo_lot(&self, req: Request<pb::CountAmmoLotRequest>) -> Res<pb::WriteResult> {
+        let r = req.into_inner();
+        let p = self
+            .app
+            .execute(Command::CountAmmoLot {
+                lot: r.lot,
+                counted: r.rounds_counted,
+                by: r.counted_by,
             })
             .await?;
         Ok(Response::new(write_result(p)))
@@ -293,9 +307,12 @@ impl Armory for ArmoryService {
                         Some(l),
                         Event::WeaponIssued { lot, .. } | Event::WeaponReturned { lot, .. },
                     ) => lot == l,
-                    (Some(_), Event::AmmoLotRegistered { .. } | Event::AmmoDelivered { .. }) => {
-                        true
-                    }
+                    (
+                        Some(_),
+                        Event::AmmoLotRegistered { .. }
+                        | Event::AmmoDelivered { .. }
+                        | Event::AmmoCounted { .. },
+                    ) => true,
                     _ => false,
                 };
                 if let (true, Some(kind)) = (about_subject, custody_kind(&e)) {
