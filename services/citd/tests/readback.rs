@@ -44,6 +44,23 @@ async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
         .into_inner();
     assert_eq!(second.vehicles[0].vehicle_id, "V-102");
     assert!(second.next_page_token.is_empty(), "the last page");
+    let v = c
+        .runs
+        .get_vehicle(pb::GetVehicleRequest {
+            vehicle_id: "V-102".into(),
+        })
+        .await
+        .expect("vehicle")
+        .into_inner();
+    assert!(v.armoured && v.active_run_id.is_empty(), "{v:?}");
+    let nobody = c
+        .runs
+        .get_person(pb::GetPersonRequest {
+            person_id: "P-404".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(nobody.code(), Code::NotFound);
     let people = c
         .runs
         .list_people(page(0, ""))
@@ -315,6 +332,43 @@ async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_a
         .count_ammo_lot(count(150))
         .await
         .expect("as booked");
+    // Checkpoints too come a page at a time.
+    for id in ["PC-1", "PC-2", "PC-3"] {
+        c.liaison
+            .register_checkpoint(pb::RegisterCheckpointRequest {
+                checkpoint: Some(pb::Checkpoint {
+                    checkpoint_id: id.into(),
+                    position: common::route().first().copied(),
+                    radius_m: 100.0,
+                    valid_from: Some(common::now_ts()),
+                    valid_to: Some(prost_types::Timestamp {
+                        seconds: common::now_ts().seconds + 3600,
+                        nanos: 0,
+                    }),
+                }),
+            })
+            .await
+            .expect("checkpoint");
+    }
+    let listed = |token: &str| pb::ListCheckpointsRequest {
+        valid_at: None,
+        page: Some(page(2, token)),
+    };
+    let first = c
+        .liaison
+        .list_checkpoints(listed(""))
+        .await
+        .expect("page 1")
+        .into_inner();
+    assert_eq!(first.checkpoints.len(), 2);
+    let rest = c
+        .liaison
+        .list_checkpoints(listed(&first.next_page_token))
+        .await
+        .expect("page 2")
+        .into_inner();
+    assert_eq!(rest.checkpoints[0].checkpoint_id, "PC-3");
+    assert!(rest.next_page_token.is_empty());
     let written = c
         .armory
         .count_ammo_lot(count(147))

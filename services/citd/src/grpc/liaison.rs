@@ -47,26 +47,41 @@ impl PoliceLiaison for LiaisonService {
         &self,
         req: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        let at = req.into_inner().valid_at.as_ref().map(millis);
-        let mut list: Vec<pb::Checkpoint> = self
+        let r = req.into_inner();
+        let at = r.valid_at.as_ref().map(millis);
+        let (checkpoints, next_page_token) = self
             .app
             .with_world(|w| {
-                w.checkpoints
+                let valid = w
+                    .checkpoints
                     .values()
                     .filter(|c| at.is_none_or(|t| c.valid_from <= t && t <= c.valid_to))
-                    .map(|c| pb::Checkpoint {
-                        checkpoint_id: c.checkpoint_id.clone(),
-                        position: Some(pb_latlon(c.position)),
-                        radius_m: c.radius_m,
-                        valid_from: Some(ts(c.valid_from)),
-                        valid_to: Some(ts(c.valid_to)),
-                    })
-                    .collect()
+                    .map(|c| {
+                        (
+                            c.checkpoint_id.as_str(),
+                            pb::Checkpoint {
+                                checkpoint_id: c.checkpoint_id.clone(),
+                                position: Some(pb_latlon(c.position)),
+                                radius_m: c.radius_m,
+                                valid_from: Some(ts(c.valid_from)),
+                                valid_to: Some(ts(c.valid_to)),
+                            },
+                        )
+                    });
+                match &r.page {
+                    Some(page) => super::paged(Some(page), valid),
+                    // Without a page, every one at once (as before pages existed).
+                    None => {
+                        let mut all: Vec<_> = valid.collect();
+                        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                        (all.into_iter().map(|(_, c)| c).collect(), String::new())
+                    }
+                }
             })
             .await;
-        list.sort_by(|a, b| a.checkpoint_id.cmp(&b.checkpoint_id));
         Ok(Response::new(pb::ListCheckpointsResponse {
-            checkpoints: list,
+            checkpoints,
+            next_page_token,
         }))
     }
 }

@@ -57,6 +57,23 @@ fn incident(k: i32) -> Result<IncidentKind, InputError> {
     })
 }
 
+fn vehicle_pb(w: &cit_domain::World, id: &str, v: &cit_domain::world::Vehicle) -> pb::Vehicle {
+    pb::Vehicle {
+        vehicle_id: id.to_string(),
+        plate: v.plate.clone(),
+        armoured: v.armoured,
+        active_run_id: w.active_run_of_vehicle.get(id).cloned().unwrap_or_default(),
+    }
+}
+
+fn person_pb(id: &str, p: &cit_domain::world::Person) -> pb::Person {
+    pb::Person {
+        person_id: id.to_string(),
+        name: p.name.clone(),
+        role: role_pb(p.role) as i32,
+    }
+}
+
 fn role_pb(r: Role) -> pb::Role {
     match r {
         Role::Driver => pb::Role::Driver,
@@ -344,6 +361,24 @@ impl Runs for RunsService {
         .await
     }
 
+    async fn get_vehicle(&self, req: Request<pb::GetVehicleRequest>) -> Res<pb::Vehicle> {
+        let id = req.into_inner().vehicle_id;
+        self.app
+            .with_world(|w| w.vehicles.get(&id).map(|v| vehicle_pb(w, &id, v)))
+            .await
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("vehicle {id:?} not found")))
+    }
+
+    async fn get_person(&self, req: Request<pb::GetPersonRequest>) -> Res<pb::Person> {
+        let id = req.into_inner().person_id;
+        self.app
+            .with_world(|w| w.people.get(&id).map(|p| person_pb(&id, p)))
+            .await
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("person {id:?} not found")))
+    }
+
     async fn list_vehicles(&self, req: Request<pb::ListPage>) -> Res<pb::ListVehiclesResponse> {
         let page = req.into_inner();
         let (vehicles, next_page_token) = self
@@ -351,21 +386,9 @@ impl Runs for RunsService {
             .with_world(|w| {
                 paged(
                     Some(&page),
-                    w.vehicles.iter().map(|(id, v)| {
-                        (
-                            id.as_str(),
-                            pb::Vehicle {
-                                vehicle_id: id.clone(),
-                                plate: v.plate.clone(),
-                                armoured: v.armoured,
-                                active_run_id: w
-                                    .active_run_of_vehicle
-                                    .get(id)
-                                    .cloned()
-                                    .unwrap_or_default(),
-                            },
-                        )
-                    }),
+                    w.vehicles
+                        .iter()
+                        .map(|(id, v)| (id.as_str(), vehicle_pb(w, id, v))),
                 )
             })
             .await;
@@ -382,16 +405,9 @@ impl Runs for RunsService {
             .with_world(|w| {
                 paged(
                     Some(&page),
-                    w.people.iter().map(|(id, p)| {
-                        (
-                            id.as_str(),
-                            pb::Person {
-                                person_id: id.clone(),
-                                name: p.name.clone(),
-                                role: role_pb(p.role) as i32,
-                            },
-                        )
-                    }),
+                    w.people
+                        .iter()
+                        .map(|(id, p)| (id.as_str(), person_pb(id, p))),
                 )
             })
             .await;
