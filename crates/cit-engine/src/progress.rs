@@ -56,6 +56,9 @@ const AMBIGUOUS_FIXES: u32 = 3;
 /// The least step back that counts as the vehicle moving back (more than GPS error moves progress
 /// from one fix to the next).
 const STEPPED_BACK_M: f64 = 20.0;
+/// The least fall, in multiples of the fix's reported accuracy, that counts as a U-turn (the
+/// rule's `uturn_m` when that is more).
+const FALL_ACCURACIES: f64 = 3.0;
 /// The U-turn window of SCENARIOS.md.
 pub const UTURN_WINDOW_S: f64 = 60.0;
 
@@ -119,7 +122,12 @@ impl ProgressTracker {
         p: [f64; 2],
         params: &DetectionParams,
     ) -> (ProgressUpdate, f64) {
-        let (search_m, fall_threshold_m) = (params.corridor_m, params.uturn_m);
+        // A fall shorter than a few times the fix's reported error is within what two fixes a
+        // minute apart can disagree by along the road: below that the error reads as a U-turn.
+        let (search_m, fall_threshold_m) = (
+            params.corridor_m,
+            params.uturn_m.max(FALL_ACCURACIES * fix.accuracy_m),
+        );
         let standing = fix.speed_mps < params.stop_speed_mps;
         let (t, speed_mps, heading_deg) = (fix.t, fix.speed_mps, fix.heading_deg);
         // Two parts of the route a fix cannot tell apart are not told apart by it: the margin a

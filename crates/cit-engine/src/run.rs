@@ -825,10 +825,13 @@ impl RunState {
         }));
     }
 
-    /// A2: a streak of fixes beyond the corridor; hysteresis clears it below 0.7 x corridor.
+    /// A2: a streak of fixes beyond the corridor; hysteresis clears it below 0.7 x corridor. A
+    /// fix counts as beyond only by more than its reported accuracy (at most half the corridor):
+    /// a receiver's error reaching past the corridor for ten seconds is not the vehicle leaving.
     fn deviation_rule(&mut self, fix: &Fix, latlon: LatLon, d: f64, out: &mut Out) {
         let corridor = self.params.corridor_m;
-        if d > corridor {
+        let beyond = corridor + fix.accuracy_m.clamp(0.0, 0.5 * corridor);
+        if d > beyond {
             if self.streak == 0 {
                 self.streak_start = fix.t;
                 self.streak_max_m = 0.0;
@@ -875,7 +878,7 @@ impl RunState {
                 self.clearing = 0;
             }
         }
-        if d > corridor {
+        if d > beyond {
             self.clearing = 0;
         }
     }

@@ -1319,3 +1319,46 @@ fn a9_a_lot_counted_short_or_over_raises_an_inventory_mismatch_of_no_run() {
         "armory"
     );
 }
+
+#[test]
+fn a2_a_fix_is_beyond_the_corridor_by_more_than_its_reported_accuracy() {
+    // 70 m off for 20 s: beyond the 60 m corridor for a unit reporting 5 m, within the error of
+    // one reporting 20 m (its fixes count only beyond 60 + 20 m).
+    for (accuracy_m, raised) in [(5.0, true), (20.0, false)] {
+        let mut w = World::new(quiet(), vec![]);
+        w.accuracy_m = accuracy_m;
+        let s = w.drive(0.0, 0.0, 10.0, 20);
+        for i in 0..20 {
+            w.fix(20.0 + f64::from(i), s + 10.0 * f64::from(i), 70.0, 10.0);
+        }
+        assert_eq!(
+            w.at(AnomalyKind::RouteDeviation).len(),
+            usize::from(raised),
+            "accuracy {accuracy_m} m: {:?}",
+            w.raised
+        );
+    }
+}
+
+#[test]
+fn a4_a_fall_within_a_few_times_the_reported_accuracy_is_not_a_u_turn_and_a_longer_one_is() {
+    // Driving back 56 m along the route: a U-turn for a unit reporting 5 m (uturn_m 50), within
+    // what a unit reporting 20 m can be off by (3 x 20 m); 120 m back is a U-turn for both.
+    for (accuracy_m, back_m, raised) in [(5.0, 56.0, 1), (20.0, 56.0, 0), (20.0, 120.0, 1)] {
+        let mut w = World::new(quiet(), vec![]);
+        w.accuracy_m = accuracy_m;
+        let s = w.drive(0.0, 0.0, 10.0, 60);
+        let steps = (back_m / 8.0) as u32;
+        for i in 0..=steps {
+            let (p, bearing) = along(&w.route, s - 8.0 * f64::from(i), 0.0);
+            let heading = (bearing + 180.0) % 360.0;
+            w.fix_at(60.0 + f64::from(i), p, 8.0, heading, true, false);
+        }
+        assert_eq!(
+            w.at(AnomalyKind::Roadblock).len(),
+            raised,
+            "accuracy {accuracy_m} m, {back_m} m back: {:?}",
+            w.raised
+        );
+    }
+}
