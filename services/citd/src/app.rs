@@ -79,6 +79,8 @@ pub struct App {
     pub written: watch::Sender<u64>,
     /// How far ahead of a vehicle's latest seq a fix may jump (`max_seq_jump` in the config).
     pub max_seq_jump: std::sync::atomic::AtomicU64,
+    /// `anonymous_readback` in the config (see `grpc::readback_allowed`).
+    pub anonymous_readback: std::sync::atomic::AtomicBool,
 }
 
 /// The default of `max_seq_jump`: a unit at 1 Hz numbers a million fixes in eleven days.
@@ -245,6 +247,7 @@ impl App {
             ingest: std::sync::Mutex::new(ingest),
             written: watch::channel(after).0,
             max_seq_jump: std::sync::atomic::AtomicU64::new(MAX_SEQ_JUMP),
+            anonymous_readback: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

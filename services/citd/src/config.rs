@@ -70,6 +70,11 @@ pub struct Config {
     pub max_seq_jump: u64,
     /// The deployment's road map (GeoJSON lines), drawn under audit pictures; none: no roads.
     pub map: Option<PathBuf>,
+    /// Serve the read-backs that disclose what no other call shows (people's names and roles,
+    /// the armory's inventory, vehicles' plates, a vehicle's positions off its runs) to callers
+    /// nobody has authenticated: off until citd authenticates callers (issue 20); an operator
+    /// on a closed network may turn it on.
+    pub anonymous_readback: bool,
 }
 
 impl Default for Config {
@@ -91,6 +96,7 @@ impl Default for Config {
             snapshot_interval_s: 300,
             max_seq_jump: crate::app::MAX_SEQ_JUMP,
             map: None,
+            anonymous_readback: false,
         }
     }
 }
@@ -151,6 +157,9 @@ pub struct Overrides {
     /// extract); nothing is fetched from a tile server.
     #[arg(long, env = "CIT_MAP")]
     pub map: Option<PathBuf>,
+    /// Serve the registries' read-backs and ReadVehicleFixes to unauthenticated callers.
+    #[arg(long, env = "CIT_ANONYMOUS_READBACK")]
+    pub anonymous_readback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +235,9 @@ impl Config {
         }
         if let Some(v) = &o.map {
             c.map = Some(v.clone());
+        }
+        if o.anonymous_readback {
+            c.anonymous_readback = true;
         }
         c.validate()?;
         Ok(c)

@@ -382,6 +382,10 @@ pub async fn serve(
         .map_err(|e| ServerError::Store(e.to_string()))?;
     app.max_seq_jump
         .store(config.max_seq_jump, std::sync::atomic::Ordering::Relaxed);
+    app.anonymous_readback.store(
+        config.anonymous_readback,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let anomalies = Arc::new(Anomalies::default());
     let fleet = Arc::new(crate::fleet::Fleet::default());
     let hub = Arc::new(crate::watch::Hub::new(

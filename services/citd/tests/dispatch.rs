@@ -125,9 +125,11 @@ async fn every_rpc_is_timed_by_method_on_the_metrics_port() {
         ..common::config(dir.path(), ClockMode::Wall)
     };
     let (server, mut c) = common::serve(config).await;
-    common::departed_run(&mut c, "R-1", "V-1").await;
+    let departed = common::departed_run(&mut c, "R-1", "V-1").await;
     for _ in 0..3 {
-        common::get_run(&mut c, "R-1").await.expect("get run");
+        common::get_run_after(&mut c, "R-1", departed)
+            .await
+            .expect("get run");
     }
     let status = common::get_run(&mut c, "nowhere")
         .await
@@ -157,13 +159,14 @@ async fn the_consoles_port_serves_the_same_services_apart_from_telemetry() {
     .await;
     // The run is planned and departed on the telemetry port and read on the consoles' port:
     // one application behind both.
-    common::departed_run(&mut c, "R-1", "V-1").await;
+    let departed = common::departed_run(&mut c, "R-1", "V-1").await;
     let console = server.console_addr.expect("console port");
     assert_ne!(console, server.addr);
     let mut d = citd::runner::Clients::connect(&format!("http://{console}"))
         .await
         .expect("connect to the consoles' port");
-    let view = common::get_run(&mut d, "R-1")
+    // Read-your-writes: the read model has seen the departure.
+    let view = common::get_run_after(&mut d, "R-1", departed)
         .await
         .expect("get run on the consoles' port");
     assert_eq!(view.run_id, "R-1");

@@ -7,8 +7,38 @@ mod common;
 
 use cit_proto::v1 as pb;
 use cit_scenario::model::Op;
+use citd::config::ClockMode;
 use citd::error::refusal_rule;
 use tonic::Code;
+
+/// A citd whose operator allowed the read-backs to unauthenticated callers (a closed network).
+fn open_config(dir: &std::path::Path, clock: ClockMode) -> citd::config::Config {
+    citd::config::Config {
+        anonymous_readback: true,
+        ..common::config(dir, clock)
+    }
+}
+
+#[tokio::test]
+async fn read_backs_that_disclose_people_or_the_armory_are_denied_unless_the_operator_allows_them()
+{
+    let dir = tempfile::tempdir().expect("tmp");
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
+    let denied = c
+        .runs
+        .list_people(page(0, ""))
+        .await
+        .expect_err("not by default");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("anonymous_readback"), "{denied}");
+    let denied = c
+        .armory
+        .list_weapons(page(0, ""))
+        .await
+        .expect_err("not by default");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    server.stop().await.expect("stop");
+}
 
 fn page(size: u32, token: &str) -> pb::ListPage {
     pb::ListPage {
@@ -26,7 +56,7 @@ async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
         .find_map(|e| matches!(e.op, Op::SwapVehicle { .. }).then_some(e.t))
         .expect("a swap");
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = common::played(dir.path(), &s).await;
+    let (server, mut c) = common::played_on(open_config(dir.path(), ClockMode::Scenario), &s).await;
 
     // Vehicles, a page of one at a time, in id order.
     let first = c
@@ -150,8 +180,7 @@ async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
 #[tokio::test]
 async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_for_it() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) =
-        common::serve(common::config(dir.path(), citd::config::ClockMode::Wall)).await;
+    let (server, mut c) = common::serve(open_config(dir.path(), ClockMode::Wall)).await;
     // R-1 departs (its crew and weapons registered by the helper); R-2 is planned with a
     // crew of its own and a weapon issued to one escort.
     common::departed_run(&mut c, "R-1", "V-1").await;
@@ -299,8 +328,7 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
 #[tokio::test]
 async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_anomaly() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) =
-        common::serve(common::config(dir.path(), citd::config::ClockMode::Wall)).await;
+    let (server, mut c) = common::serve(open_config(dir.path(), ClockMode::Wall)).await;
     c.armory
         .register_ammo_lot(pb::RegisterAmmoLotRequest {
             lot: "A-7".into(),

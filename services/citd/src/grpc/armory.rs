@@ -200,6 +200,7 @@ impl Armory for ArmoryService {
     }
 
     async fn list_weapons(&self, req: Request<pb::ListPage>) -> Res<pb::ListWeaponsResponse> {
+        super::readback_allowed(&self.app, "ListWeapons")?;
         let page = req.into_inner();
         let (weapons, next_page_token) = self
             .app
@@ -219,6 +220,7 @@ impl Armory for ArmoryService {
     }
 
     async fn list_ammo_lots(&self, req: Request<pb::ListPage>) -> Res<pb::ListAmmoLotsResponse> {
+        super::readback_allowed(&self.app, "ListAmmoLots")?;
         let page = req.into_inner();
         let (lots, next_page_token) = self
             .app

@@ -39,6 +39,22 @@ pub fn enum_value<E: TryFrom<i32>>(field: &str, v: i32) -> Result<E, InputError>
     E::try_from(v).map_err(|_| InputError::invalid(field, format!("unknown value {v}")))
 }
 
+/// The read-backs that disclose what no other call shows (people, the armory's inventory,
+/// vehicles' plates, positions off a run) are not widened to unauthenticated callers: citd does
+/// not authenticate anyone yet (issue 20), so they are served only where the operator turned
+/// `anonymous_readback` on.
+pub fn readback_allowed(app: &crate::app::App, rpc: &str) -> Result<(), tonic::Status> {
+    if app
+        .anonymous_readback
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(());
+    }
+    Err(tonic::Status::permission_denied(format!(
+        "{rpc} discloses people, the armory or vehicles' whereabouts, and citd does not authenticate callers yet: an operator on a closed network may allow it with anonymous_readback (--anonymous-readback)"
+    )))
+}
+
 /// Most entries of one page of a list.
 pub const MAX_PAGE: usize = 1000;
 

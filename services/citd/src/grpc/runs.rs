@@ -362,6 +362,7 @@ impl Runs for RunsService {
     }
 
     async fn get_vehicle(&self, req: Request<pb::GetVehicleRequest>) -> Res<pb::Vehicle> {
+        super::readback_allowed(&self.app, "GetVehicle")?;
         let id = req.into_inner().vehicle_id;
         self.app
             .with_world(|w| w.vehicles.get(&id).map(|v| vehicle_pb(w, &id, v)))
@@ -371,6 +372,7 @@ impl Runs for RunsService {
     }
 
     async fn get_person(&self, req: Request<pb::GetPersonRequest>) -> Res<pb::Person> {
+        super::readback_allowed(&self.app, "GetPerson")?;
         let id = req.into_inner().person_id;
         self.app
             .with_world(|w| w.people.get(&id).map(|p| person_pb(&id, p)))
@@ -380,6 +382,7 @@ impl Runs for RunsService {
     }
 
     async fn list_vehicles(&self, req: Request<pb::ListPage>) -> Res<pb::ListVehiclesResponse> {
+        super::readback_allowed(&self.app, "ListVehicles")?;
         let page = req.into_inner();
         let (vehicles, next_page_token) = self
             .app
@@ -399,6 +402,7 @@ impl Runs for RunsService {
     }
 
     async fn list_people(&self, req: Request<pb::ListPage>) -> Res<pb::ListPeopleResponse> {
+        super::readback_allowed(&self.app, "ListPeople")?;
         let page = req.into_inner();
         let (people, next_page_token) = self
             .app
@@ -418,6 +422,7 @@ impl Runs for RunsService {
     }
 
     async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Res<pb::ListRunsResponse> {
+        super::readback_allowed(&self.app, "ListRuns")?;
         let r = req.into_inner();
         let wanted = enum_value::<pb::RunStatus>("status", r.status).map_err(AppError::from)?;
         let (runs, next_page_token) = self

@@ -35,9 +35,12 @@ pub async fn state_at(c: &Clients, run: &str, at: prost_types::Timestamp) -> pb:
 /// Plays a scenario into a citd on `dir` (scenario clock), checks it scores as expected, and
 /// leaves the server running.
 pub async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients) {
-    let server = citd::server::start(config(dir, ClockMode::Scenario))
-        .await
-        .expect("start");
+    played_on(config(dir, ClockMode::Scenario), s).await
+}
+
+/// [`played`] on a citd of the given configuration (scenario clock).
+pub async fn played_on(config: Config, s: &Scenario) -> (citd::server::Running, Clients) {
+    let server = citd::server::start(config).await.expect("start");
     let out = play(&server.endpoint(), s, &Play::default(), |_| {})
         .await
         .expect("plays");
@@ -120,8 +123,8 @@ pub fn crew_of(run: &str) -> [String; 3] {
 }
 
 /// Registers a vehicle, a crew and an armory, plans `run` on a real route, issues weapons and
-/// departs, all through the public API.
-pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
+/// departs, all through the public API; returns the departure's log position (to read it back).
+pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) -> u64 {
     let [driver, e1, e2] = crew_of(run);
     c.runs
         .register_vehicle(pb::RegisterVehicleRequest {
@@ -202,7 +205,9 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) {
     c.runs
         .depart(pb::DepartRequest { run_id: run.into() })
         .await
-        .expect("depart");
+        .expect("depart")
+        .into_inner()
+        .log_position
 }
 
 /// A valid fix near the start of the route.
@@ -224,10 +229,20 @@ pub fn fix(vehicle: &str, seq: u64) -> pb::Fix {
 
 /// The run as dispatch sees it now (`GetRun`, no log position to wait for).
 pub async fn get_run(c: &mut Clients, run: &str) -> Result<pb::RunView, tonic::Status> {
+    get_run_after(c, run, 0).await
+}
+
+/// The run as dispatch sees it once its read model has processed log position `after`
+/// (read-your-writes).
+pub async fn get_run_after(
+    c: &mut Clients,
+    run: &str,
+    after: u64,
+) -> Result<pb::RunView, tonic::Status> {
     c.dispatch
         .get_run(pb::GetRunRequest {
             run_id: run.into(),
-            min_log_position: 0,
+            min_log_position: after,
         })
         .await
         .map(tonic::Response::into_inner)
