@@ -144,6 +144,33 @@ pub enum Command {
 }
 
 impl Command {
+    /// A plan as the amendment of the run it names (`PlanRun` -> `AmendRun`, the same plan);
+    /// any other command as it is.
+    pub fn into_amendment(self) -> Command {
+        match self {
+            Command::PlanRun {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                cash_boxes,
+            } => Command::AmendRun {
+                run_id,
+                vehicle_id,
+                driver_id,
+                escort_ids,
+                route,
+                stops,
+                params,
+                cash_boxes,
+            },
+            other => other,
+        }
+    }
+
     /// Short name used in refusal records and logs.
     pub fn name(&self) -> &'static str {
         match self {

@@ -859,28 +859,7 @@ fn a_registration_again_with_other_data_is_already_exists_naming_the_field() {
 #[test]
 fn a_planned_run_is_amended_as_a_new_version_naming_what_changed_and_only_before_departure() {
     let mut w = ready_run();
-    let amend = |cmd: Command| match cmd {
-        Command::PlanRun {
-            run_id,
-            vehicle_id,
-            driver_id,
-            escort_ids,
-            route,
-            stops,
-            params,
-            cash_boxes,
-        } => Command::AmendRun {
-            run_id,
-            vehicle_id,
-            driver_id,
-            escort_ids,
-            route,
-            stops,
-            params,
-            cash_boxes,
-        },
-        other => other,
-    };
+    let amend = Command::into_amendment;
     // The same plan again: nothing to record.
     assert_eq!(
         w.handle(&amend(plan("R-1", "V-1")), NOW),

@@ -236,29 +236,8 @@ impl Runs for RunsService {
     }
 
     async fn amend_run(&self, req: Request<pb::PlanRunRequest>) -> Res<pb::WriteResult> {
-        let amend = plan_command(req.into_inner()).map(|plan| match plan {
-            Command::PlanRun {
-                run_id,
-                vehicle_id,
-                driver_id,
-                escort_ids,
-                route,
-                stops,
-                params,
-                cash_boxes,
-            } => Command::AmendRun {
-                run_id,
-                vehicle_id,
-                driver_id,
-                escort_ids,
-                route,
-                stops,
-                params,
-                cash_boxes,
-            },
-            other => other,
-        });
-        self.exec(amend).await
+        self.exec(plan_command(req.into_inner()).map(Command::into_amendment))
+            .await
     }
 
     async fn escort_ready(&self, req: Request<pb::EscortReadyRequest>) -> Res<pb::WriteResult> {
