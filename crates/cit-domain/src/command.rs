@@ -5,6 +5,20 @@ use crate::model::{
     CheckInCode, Checkpoint, DetectionParams, IncidentKind, LatLon, PlannedStop, Role,
 };
 
+/// A run's plan: what `PlanRun` proposes, and `AmendRun` proposes again for a planned run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPlan {
+    pub run_id: String,
+    pub vehicle_id: String,
+    pub driver_id: String,
+    pub escort_ids: Vec<String>,
+    pub route: Vec<LatLon>,
+    pub stops: Vec<PlannedStop>,
+    pub params: DetectionParams,
+    /// Manifest of cash boxes; close-out waits for each to be handed over (R7).
+    pub cash_boxes: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     RegisterVehicle {
@@ -37,28 +51,9 @@ pub enum Command {
         lot: String,
         rounds: u32,
     },
-    PlanRun {
-        run_id: String,
-        vehicle_id: String,
-        driver_id: String,
-        escort_ids: Vec<String>,
-        route: Vec<LatLon>,
-        stops: Vec<PlannedStop>,
-        params: DetectionParams,
-        /// Manifest of cash boxes; close-out waits for each to be handed over (R7).
-        cash_boxes: Vec<String>,
-    },
+    PlanRun(RunPlan),
     /// A planned run planned again (a new version): the whole plan, as `PlanRun`.
-    AmendRun {
-        run_id: String,
-        vehicle_id: String,
-        driver_id: String,
-        escort_ids: Vec<String>,
-        route: Vec<LatLon>,
-        stops: Vec<PlannedStop>,
-        params: DetectionParams,
-        cash_boxes: Vec<String>,
-    },
+    AmendRun(RunPlan),
     EscortReady {
         run_id: String,
         person_id: String,
@@ -148,25 +143,7 @@ impl Command {
     /// any other command as it is.
     pub fn into_amendment(self) -> Command {
         match self {
-            Command::PlanRun {
-                run_id,
-                vehicle_id,
-                driver_id,
-                escort_ids,
-                route,
-                stops,
-                params,
-                cash_boxes,
-            } => Command::AmendRun {
-                run_id,
-                vehicle_id,
-                driver_id,
-                escort_ids,
-                route,
-                stops,
-                params,
-                cash_boxes,
-            },
+            Command::PlanRun(plan) => Command::AmendRun(plan),
             other => other,
         }
     }
@@ -181,8 +158,8 @@ impl Command {
             Command::RegisterCheckpoint(_) => "register_checkpoint",
             Command::DeliverAmmo { .. } => "deliver_ammo",
             Command::CountAmmoLot { .. } => "count_ammo_lot",
-            Command::PlanRun { .. } => "plan_run",
-            Command::AmendRun { .. } => "amend_run",
+            Command::PlanRun(_) => "plan_run",
+            Command::AmendRun(_) => "amend_run",
             Command::EscortReady { .. } => "escort_ready",
             Command::Depart { .. } => "depart",
             Command::CheckIn { .. } => "checkin",

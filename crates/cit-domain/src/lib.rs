@@ -16,7 +16,7 @@ pub mod model;
 pub mod time;
 pub mod world;
 
-pub use command::Command;
+pub use command::{Command, RunPlan};
 pub use event::{Event, StreamName};
 pub use model::*;
 pub use time::Millis;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::Command;
+use crate::command::{Command, RunPlan};
 use crate::event::{Event, RoundsSpent, StreamName};
 use crate::model::{
     Checkpoint, DetectionParams, IncidentKind, LatLon, MAX_ROUTE_POINTS, PlannedStop, Role,
@@ -214,25 +214,15 @@ fn route_digest(route: &[LatLon]) -> u64 {
 
 impl Run {
     /// The parts of a plan that differ from this run's, in the order of the plan's fields.
-    #[allow(clippy::too_many_arguments)]
-    fn changes(
-        &self,
-        vehicle_id: &str,
-        driver_id: &str,
-        escort_ids: &[String],
-        route: &[LatLon],
-        stops: &[PlannedStop],
-        params: &DetectionParams,
-        cash_boxes: &[String],
-    ) -> Vec<&'static str> {
+    fn changes(&self, plan: &RunPlan) -> Vec<&'static str> {
         [
-            ("vehicle_id", self.vehicle_id == vehicle_id),
-            ("driver_id", self.driver_id == driver_id),
-            ("escort_ids", self.escort_ids == escort_ids),
-            ("route", self.route_digest == route_digest(route)),
-            ("stops", self.stops == stops),
-            ("params", self.params == *params),
-            ("cash_boxes", self.cash_boxes == cash_boxes),
+            ("vehicle_id", self.vehicle_id == plan.vehicle_id),
+            ("driver_id", self.driver_id == plan.driver_id),
+            ("escort_ids", self.escort_ids == plan.escort_ids),
+            ("route", self.route_digest == route_digest(&plan.route)),
+            ("stops", self.stops == plan.stops),
+            ("params", self.params == plan.params),
+            ("cash_boxes", self.cash_boxes == plan.cash_boxes),
         ]
         .into_iter()
         .filter(|(_, same)| !same)
@@ -603,53 +593,32 @@ impl World {
                     at: now,
                 }))
             }
-            Command::PlanRun {
-                run_id,
-                vehicle_id,
-                driver_id,
-                escort_ids,
-                route,
-                stops,
-                params,
-                cash_boxes,
-            } => {
+            Command::PlanRun(plan) => {
+                let run_id = &plan.run_id;
                 require_id("run_id", run_id)?;
-                validate_plan(route, stops, params, now)?;
+                validate_plan(&plan.route, &plan.stops, &plan.params, now)?;
                 if let Some(r) = self.runs.get(run_id) {
                     // The same plan again is a retry; another is AmendRun's (ALREADY_EXISTS
                     // naming the first part that differs).
-                    let changed = r.changes(
-                        vehicle_id, driver_id, escort_ids, route, stops, params, cash_boxes,
-                    );
-                    return already(format!("run {run_id:?}"), changed.first().copied());
+                    return already(format!("run {run_id:?}"), r.changes(plan).first().copied());
                 }
-                if let Some(refusal) =
-                    self.check_plan(cmd, run_id, vehicle_id, driver_id, escort_ids, now)
-                {
+                if let Some(refusal) = self.check_plan(cmd, plan, now) {
                     return Ok(refusal);
                 }
                 Ok(accepted(Event::RunPlanned {
-                    run_id: run_id.clone(),
-                    vehicle_id: vehicle_id.clone(),
-                    driver_id: driver_id.clone(),
-                    escort_ids: escort_ids.clone(),
-                    route: route.clone(),
-                    stops: stops.clone(),
-                    params: params.clone(),
-                    cash_boxes: cash_boxes.clone(),
+                    run_id: plan.run_id.clone(),
+                    vehicle_id: plan.vehicle_id.clone(),
+                    driver_id: plan.driver_id.clone(),
+                    escort_ids: plan.escort_ids.clone(),
+                    route: plan.route.clone(),
+                    stops: plan.stops.clone(),
+                    params: plan.params.clone(),
+                    cash_boxes: plan.cash_boxes.clone(),
                     at: now,
                 }))
             }
-            Command::AmendRun {
-                run_id,
-                vehicle_id,
-                driver_id,
-                escort_ids,
-                route,
-                stops,
-                params,
-                cash_boxes,
-            } => {
+            Command::AmendRun(plan) => {
+                let run_id = &plan.run_id;
                 let run = self.run(run_id)?;
                 if run.status != RunStatus::Planned {
                     return Err(InputError::WrongState(format!(
@@ -657,27 +626,23 @@ impl World {
                         run.status.as_str()
                     )));
                 }
-                validate_plan(route, stops, params, now)?;
-                let changed = run.changes(
-                    vehicle_id, driver_id, escort_ids, route, stops, params, cash_boxes,
-                );
+                validate_plan(&plan.route, &plan.stops, &plan.params, now)?;
+                let changed = run.changes(plan);
                 if changed.is_empty() {
                     return Ok(Outcome::NoChange);
                 }
-                if let Some(refusal) =
-                    self.check_plan(cmd, run_id, vehicle_id, driver_id, escort_ids, now)
-                {
+                if let Some(refusal) = self.check_plan(cmd, plan, now) {
                     return Ok(refusal);
                 }
                 Ok(accepted(Event::RunAmended {
-                    run_id: run_id.clone(),
-                    vehicle_id: vehicle_id.clone(),
-                    driver_id: driver_id.clone(),
-                    escort_ids: escort_ids.clone(),
-                    route: route.clone(),
-                    stops: stops.clone(),
-                    params: params.clone(),
-                    cash_boxes: cash_boxes.clone(),
+                    run_id: plan.run_id.clone(),
+                    vehicle_id: plan.vehicle_id.clone(),
+                    driver_id: plan.driver_id.clone(),
+                    escort_ids: plan.escort_ids.clone(),
+                    route: plan.route.clone(),
+                    stops: plan.stops.clone(),
+                    params: plan.params.clone(),
+                    cash_boxes: plan.cash_boxes.clone(),
                     changed: changed.iter().map(|f| f.to_string()).collect(),
                     at: now,
                 }))
@@ -1296,21 +1261,14 @@ impl World {
     }
 
     /// R1, then R9, for a plan or an amendment: the refusal, if any.
-    fn check_plan(
-        &self,
-        cmd: &Command,
-        run_id: &str,
-        vehicle_id: &str,
-        driver_id: &str,
-        escort_ids: &[String],
-        now: Millis,
-    ) -> Option<Outcome> {
+    fn check_plan(&self, cmd: &Command, plan: &RunPlan, now: Millis) -> Option<Outcome> {
+        let run_id = plan.run_id.as_str();
         // R1 Armoured vehicle only.
-        if let Some(refusal) = self.check_r1(cmd, run_id, vehicle_id, now) {
+        if let Some(refusal) = self.check_r1(cmd, run_id, &plan.vehicle_id, now) {
             return Some(refusal);
         }
         // R9 A whole crew.
-        let problem = self.r9_crew_problem(driver_id, escort_ids)?;
+        let problem = self.r9_crew_problem(&plan.driver_id, &plan.escort_ids)?;
         let known_run = self.runs.contains_key(run_id).then_some(run_id);
         Some(refused(
             Rule::R9,

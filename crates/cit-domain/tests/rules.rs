@@ -3,7 +3,8 @@
 
 use cit_domain::event::Event;
 use cit_domain::{
-    CheckInCode, Command, DetectionParams, InputError, LatLon, Millis, Outcome, Role, Rule, World,
+    CheckInCode, Command, DetectionParams, InputError, LatLon, Millis, Outcome, Role, Rule,
+    RunPlan, World,
 };
 
 const NOW: Millis = Millis(1_773_000_000_000);
@@ -116,7 +117,7 @@ fn registry() -> Vec<Event> {
 }
 
 fn plan(run: &str, vehicle: &str) -> Command {
-    Command::PlanRun {
+    Command::PlanRun(RunPlan {
         run_id: run.into(),
         vehicle_id: vehicle.into(),
         driver_id: "D-1".into(),
@@ -144,7 +145,7 @@ fn plan(run: &str, vehicle: &str) -> Command {
         }],
         params: DetectionParams::default(),
         cash_boxes: vec![],
-    }
+    })
 }
 
 fn issue(run: &str, serial: &str, to: &str, gun: &str, ammo: &str, approver: &str) -> Command {
@@ -277,8 +278,8 @@ fn r4_weapons_only_to_rostered_escorts_of_open_runs_and_never_twice() {
     );
     // Handover to an escort of another run.
     let mut other = plan("R-2", "V-1");
-    if let Command::PlanRun { escort_ids, .. } = &mut other {
-        *escort_ids = vec!["E-9".into(), "E-8".into()];
+    if let Command::PlanRun(plan) = &mut other {
+        plan.escort_ids = vec!["E-9".into(), "E-8".into()];
     }
     accepted(when(&mut w, other));
     let handover = |to: &str| Command::HandOverWeapon {
@@ -412,8 +413,8 @@ fn r7_close_out_waits_for_every_weapon_and_names_what_is_out() {
 fn r7_close_out_waits_for_every_box_of_the_manifest() {
     let mut w = given(&registry());
     let mut p = plan("R-1", "V-1");
-    if let Command::PlanRun { cash_boxes, .. } = &mut p {
-        *cash_boxes = vec!["B-1".into(), "B-2".into()];
+    if let Command::PlanRun(plan) = &mut p {
+        plan.cash_boxes = vec!["B-1".into(), "B-2".into()];
     }
     accepted(when(&mut w, p));
     accepted(when(&mut w, manifest_handover(&["B-1"], 1)));
@@ -454,8 +455,8 @@ fn manifest_handover(boxes: &[&str], seals: u64) -> Command {
 fn r6_with_a_manifest_a_handover_names_manifest_boxes_each_once_under_a_seal_of_its_own() {
     let mut w = given(&registry());
     let mut p = plan("R-1", "V-1");
-    if let Command::PlanRun { cash_boxes, .. } = &mut p {
-        *cash_boxes = vec!["B-1".into(), "B-2".into(), "B-3".into()];
+    if let Command::PlanRun(plan) = &mut p {
+        plan.cash_boxes = vec!["B-1".into(), "B-2".into(), "B-3".into()];
     }
     accepted(when(&mut w, p));
     for (boxes, seals, why) in [
@@ -496,9 +497,9 @@ fn a_stop_out_of_reach_of_the_route_or_a_window_already_past_is_invalid_naming_t
     let mut w = given(&registry());
     let with_stop = |position: LatLon, arrive_by: Option<Millis>| {
         let mut p = plan("R-1", "V-1");
-        if let Command::PlanRun { stops, .. } = &mut p {
-            stops[0].position = position;
-            stops[0].arrive_by = arrive_by;
+        if let Command::PlanRun(plan) = &mut p {
+            plan.stops[0].position = position;
+            plan.stops[0].arrive_by = arrive_by;
         }
         p
     };
@@ -588,14 +589,9 @@ fn lifecycle_planned_active_returned_closed_and_wrong_states_are_errors_not_refu
 
 fn plan_crew(run: &str, vehicle: &str, driver: &str, escorts: &[&str]) -> Command {
     let mut cmd = plan(run, vehicle);
-    if let Command::PlanRun {
-        driver_id,
-        escort_ids,
-        ..
-    } = &mut cmd
-    {
-        *driver_id = driver.into();
-        *escort_ids = escorts.iter().map(|e| e.to_string()).collect();
+    if let Command::PlanRun(p) = &mut cmd {
+        p.driver_id = driver.into();
+        p.escort_ids = escorts.iter().map(|e| e.to_string()).collect();
     }
     cmd
 }
@@ -850,8 +846,8 @@ fn a_registration_again_with_other_data_is_already_exists_naming_the_field() {
     assert_eq!(w.handle(&lot(200), NOW), Ok(Outcome::NoChange));
     assert_eq!(differs(w.handle(&lot(500), NOW)), "rounds");
     let mut again = plan("R-1", "V-1");
-    if let Command::PlanRun { driver_id, .. } = &mut again {
-        *driver_id = "D-2".into();
+    if let Command::PlanRun(plan) = &mut again {
+        plan.driver_id = "D-2".into();
     }
     assert_eq!(differs(w.handle(&again, NOW)), "driver_id");
 }
@@ -867,8 +863,8 @@ fn a_planned_run_is_amended_as_a_new_version_naming_what_changed_and_only_before
     );
     // Another vehicle and another route: both named.
     let mut other = plan("R-1", "V-2");
-    if let Command::PlanRun { route, .. } = &mut other {
-        route[1].lat += 0.001;
+    if let Command::PlanRun(plan) = &mut other {
+        plan.route[1].lat += 0.001;
     }
     let events = accepted(when(&mut w, amend(other)));
     assert!(

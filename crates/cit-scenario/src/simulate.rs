@@ -4,7 +4,8 @@
 
 use cit_domain::event::Event;
 use cit_domain::{
-    CheckInCode, Checkpoint, Command, Fix, IncidentKind, LatLon, Outcome, PlannedStop, Role, World,
+    CheckInCode, Checkpoint, Command, Fix, IncidentKind, LatLon, Outcome, PlannedStop, Role,
+    RunPlan, World,
 };
 use cit_engine::Engine;
 
@@ -91,7 +92,7 @@ pub fn command(s: &Scenario, op: &Op) -> Result<Option<Command>, String> {
             let r = s
                 .run(run)
                 .ok_or_else(|| format!("run {run:?} is not declared"))?;
-            Command::PlanRun {
+            Command::PlanRun(RunPlan {
                 run_id: r.id.clone(),
                 vehicle_id: r.vehicle.clone(),
                 driver_id: r.driver.clone(),
@@ -122,7 +123,7 @@ pub fn command(s: &Scenario, op: &Op) -> Result<Option<Command>, String> {
                     .collect(),
                 params: s.detection_params(r)?,
                 cash_boxes: vec![],
-            }
+            })
         }
         Op::IssueWeapon {
             run,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cit_domain::{
     CheckInCode, Command, DetectionParams, IncidentKind, InputError, LatLon, MAX_ROUTE_POINTS,
-    PlannedStop, Role,
+    PlannedStop, Role, RunPlan,
 };
 use cit_proto::v1 as pb;
 use cit_proto::v1::runs_server::Runs;
@@ -181,7 +181,7 @@ pub fn plan_command(req: pb::PlanRunRequest) -> Result<Command, InputError> {
             })
         })
         .collect::<Result<Vec<_>, InputError>>()?;
-    Ok(Command::PlanRun {
+    Ok(Command::PlanRun(RunPlan {
         run_id: req.run_id,
         vehicle_id: req.vehicle_id,
         driver_id: req.driver_id,
@@ -190,7 +190,7 @@ pub fn plan_command(req: pb::PlanRunRequest) -> Result<Command, InputError> {
         stops,
         params,
         cash_boxes: req.cash_boxes,
-    })
+    }))
 }
 
 type Res<T> = Result<Response<T>, Status>;
