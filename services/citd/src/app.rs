@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use cit_domain::event::{Event, SeqEpoch, streams};
-use cit_domain::{Command, Millis, Outcome, World};
+use cit_domain::{Command, Fix, Millis, Outcome, World};
 use cit_store::{Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -113,16 +113,57 @@ pub struct Rebuild {
     world: World,
     versions: HashMap<String, u64>,
     /// Folded for every fix event by the engine worker (foldhash: SipHash here was 7 % of that
-    /// thread's time at 50,000 fixes/s).
-    hwm: foldhash::HashMap<String, u64>,
-    /// The device time of each vehicle's highest-seq fix (absent in older snapshots: the log
-    /// after them sets it as fixes come).
-    #[serde(default)]
-    hwm_t: foldhash::HashMap<String, Millis>,
-    /// Each vehicle's unit numbering epoch, where it is not the first (see `SeqEpoch`).
-    #[serde(default)]
-    epochs: foldhash::HashMap<String, SeqEpoch>,
+    /// thread's time at 50,000 fixes/s): one record a vehicle, one lookup a fix event.
+    hwm: foldhash::HashMap<String, VehicleSeq>,
     latest_time: Millis,
+}
+
+/// What the log says of a vehicle's fixes: its highest seq, that fix's device time, and the
+/// numbering epoch of its unit (see `SeqEpoch`).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+#[serde(from = "StoredVehicleSeq")]
+struct VehicleSeq {
+    seq: u64,
+    t: Millis,
+    numbering: SeqEpoch,
+}
+
+/// A [`VehicleSeq`] as snapshots hold it: older ones kept the seq alone (their time and epoch
+/// are then unknown, as the log before them never recorded an epoch).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredVehicleSeq {
+    Seq(u64),
+    Full {
+        seq: u64,
+        t: Millis,
+        numbering: SeqEpoch,
+    },
+}
+
+impl From<StoredVehicleSeq> for VehicleSeq {
+    fn from(s: StoredVehicleSeq) -> VehicleSeq {
+        match s {
+            StoredVehicleSeq::Seq(seq) => VehicleSeq {
+                seq,
+                ..VehicleSeq::default()
+            },
+            StoredVehicleSeq::Full { seq, t, numbering } => VehicleSeq { seq, t, numbering },
+        }
+    }
+}
+
+impl VehicleSeq {
+    /// Takes in a fix event's highest fix and the epoch it records, if any.
+    fn fold(&mut self, last: Option<&Fix>, epoch: Option<SeqEpoch>) {
+        if let Some(numbering) = epoch {
+            self.numbering = numbering;
+        }
+        if let Some(f) = last.filter(|f| f.seq > self.seq) {
+            self.seq = f.seq;
+            self.t = f.t;
+        }
+    }
 }
 
 impl Rebuild {
@@ -139,26 +180,20 @@ impl Rebuild {
         let Some(event) = event else { return };
         if let Event::FixesRecorded {
             vehicle_id,
-            epoch: Some(epoch),
+            fixes,
+            epoch,
             ..
         } = event
+            && (!fixes.is_empty() || epoch.is_some())
         {
-            self.epochs.insert(vehicle_id.clone(), *epoch);
-        }
-        if let Event::FixesRecorded {
-            vehicle_id, fixes, ..
-        } = event
-            && let Some(last) = fixes.iter().max_by_key(|f| f.seq)
-        {
+            let last = fixes.iter().max_by_key(|f| f.seq);
+            // The vehicle's id is copied only for its first fix event.
             match self.hwm.get_mut(vehicle_id) {
-                Some(seq) if *seq >= last.seq => {}
-                Some(seq) => {
-                    *seq = last.seq;
-                    self.hwm_t.insert(vehicle_id.clone(), last.t);
-                }
+                Some(v) => v.fold(last, *epoch),
                 None => {
-                    self.hwm.insert(vehicle_id.clone(), last.seq);
-                    self.hwm_t.insert(vehicle_id.clone(), last.t);
+                    let mut v = VehicleSeq::default();
+                    v.fold(last, *epoch);
+                    self.hwm.insert(vehicle_id.clone(), v);
                 }
             }
         }
@@ -207,8 +242,6 @@ impl App {
             world,
             versions,
             hwm,
-            hwm_t,
-            epochs,
             latest_time,
         } = state;
         // Scenario time resumes where the log left it.
@@ -223,10 +256,8 @@ impl App {
         };
         let ingest = hwm
             .into_iter()
-            .map(|(v, seq)| {
-                let t = hwm_t.get(&v).copied().unwrap_or_default();
-                let numbering = epochs.get(&v).copied().unwrap_or_default();
-                let state = ingest::VehicleIngest::durable_to(seq, t, numbering);
+            .map(|(v, h)| {
+                let state = ingest::VehicleIngest::durable_to(h.seq, h.t, h.numbering);
                 (v, Arc::new(std::sync::Mutex::new(state)))
             })
             .collect();
@@ -409,5 +440,34 @@ impl App {
             out.extend(batch);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_that_kept_only_each_vehicles_seq_still_reads() {
+        let old: foldhash::HashMap<String, u64> = [("V-1".to_string(), 7)].into_iter().collect();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).expect("write");
+        let read: foldhash::HashMap<String, VehicleSeq> =
+            ciborium::from_reader(bytes.as_slice()).expect("read");
+        assert_eq!(read["V-1"].seq, 7);
+        assert_eq!(read["V-1"].numbering, SeqEpoch::default());
+        // And the record as written now reads back whole.
+        let now = VehicleSeq {
+            seq: 9,
+            t: Millis(5),
+            numbering: SeqEpoch { epoch: 2, base: 3 },
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&now, &mut bytes).expect("write");
+        let back: VehicleSeq = ciborium::from_reader(bytes.as_slice()).expect("read");
+        assert_eq!(
+            (back.seq, back.t, back.numbering),
+            (9, Millis(5), now.numbering)
+        );
     }
 }
