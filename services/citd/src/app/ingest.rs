@@ -140,7 +140,9 @@ struct VehicleAppend {
     fresh: Vec<Fix>,
     high: u64,
     callers: Vec<(Caller, u32, u32)>,
-    /// A new numbering epoch this append records (given back if the append fails).
+    /// A new numbering epoch this append records, taken from the vehicle's state when the
+    /// append is made (under the lock that makes it): it goes into the log with the vehicle's
+    /// next fixes, never after them, and is given back if the append fails.
     epoch: Option<SeqEpoch>,
 }
 
@@ -313,6 +315,7 @@ impl App {
                     })
                 } else {
                     s.in_flight = true;
+                    let epoch = s.unrecorded.take();
                     drop(s);
                     appends.push(VehicleAppend {
                         vehicle_id: vehicle_id.clone(),
@@ -320,7 +323,7 @@ impl App {
                         fresh,
                         high,
                         callers,
-                        epoch: None,
+                        epoch,
                     });
                     Pending::InBatch(index)
                 }
@@ -358,9 +361,6 @@ impl App {
                 // budget is spent keeps one poll to about a hundred, so a request on the same
                 // worker waits microseconds, not milliseconds (BENCHMARKS.md, consume_budget).
                 tokio::task::consume_budget().await;
-                // A new numbering epoch goes into the log with the vehicle's next fixes (the
-                // first of its own or an earlier epoch's still waiting), never after them.
-                a.epoch = lock(&a.state).unrecorded.take();
                 let event = Event::FixesRecorded {
                     vehicle_id: a.vehicle_id.clone(),
                     run_id: self.active_run(&a.vehicle_id),
@@ -412,6 +412,7 @@ impl App {
                     );
                     continue;
                 }
+                let epoch = s.unrecorded.take();
                 drop(s);
                 next.push(VehicleAppend {
                     vehicle_id: a.vehicle_id,
@@ -419,7 +420,7 @@ impl App {
                     fresh,
                     high,
                     callers,
-                    epoch: None,
+                    epoch,
                 });
             }
             self.note_written(written);
