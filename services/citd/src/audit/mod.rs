@@ -411,23 +411,19 @@ impl RunDigest {
             ..RunDigest::default()
         };
         for e in record.decoded_run() {
+            if let Event::RunPlanned { at, .. } = &e {
+                d.planned_at = Some(*at);
+            }
             match e {
+                // An amendment is the plan again: the digest shows the latest.
                 Event::RunPlanned {
                     vehicle_id,
                     route,
                     stops,
                     params,
-                    at,
                     ..
-                } => {
-                    d.vehicle_id = vehicle_id;
-                    d.route = route;
-                    d.stops = stops;
-                    d.corridor_m = params.corridor_m;
-                    d.speed_limit_kmh = params.speed_limit_kmh;
-                    d.planned_at = Some(at);
                 }
-                Event::RunAmended {
+                | Event::RunAmended {
                     vehicle_id,
                     route,
                     stops,
