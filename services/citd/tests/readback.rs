@@ -40,6 +40,19 @@ async fn read_backs_that_disclose_people_or_the_armory_are_denied_unless_the_ope
     server.stop().await.expect("stop");
 }
 
+/// The runs in `status` (`ListRuns`, one page).
+async fn runs_in(c: &mut citd::runner::Clients, status: pb::RunStatus) -> Vec<pb::RunSummary> {
+    c.runs
+        .list_runs(pb::ListRunsRequest {
+            status: status as i32,
+            page: None,
+        })
+        .await
+        .expect("runs")
+        .into_inner()
+        .runs
+}
+
 fn page(size: u32, token: &str) -> pb::ListPage {
     pb::ListPage {
         page_size: size,
@@ -101,16 +114,7 @@ async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
     assert_eq!(people.len(), s.people.len());
 
     // Runs by state: the closed run names its current vehicle.
-    let closed = c
-        .runs
-        .list_runs(pb::ListRunsRequest {
-            status: pb::RunStatus::Closed as i32,
-            page: None,
-        })
-        .await
-        .expect("runs")
-        .into_inner()
-        .runs;
+    let closed = runs_in(&mut c, pb::RunStatus::Closed).await;
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].vehicle_id, "V-102");
     let unknown = c
@@ -193,20 +197,15 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
         .await
         .expect("vehicle");
     let [driver, e1, e2] = common::crew_of("R-2");
-    for (id, role) in [
-        (&driver, pb::Role::Driver),
-        (&e1, pb::Role::Escort),
-        (&e2, pb::Role::Escort),
-    ] {
-        c.runs
-            .register_person(pb::RegisterPersonRequest {
-                person_id: id.clone(),
-                name: id.clone(),
-                role: role as i32,
-            })
-            .await
-            .expect("person");
-    }
+    common::register_people(
+        &mut c,
+        &[
+            (&driver, pb::Role::Driver),
+            (&e1, pb::Role::Escort),
+            (&e2, pb::Role::Escort),
+        ],
+    )
+    .await;
     c.runs
         .plan_run(pb::PlanRunRequest {
             run_id: "R-2".into(),
@@ -310,16 +309,7 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
         .await
         .expect_err("cancelled");
     assert!(gone.message().contains("cancelled"), "{gone}");
-    let cancelled = c
-        .runs
-        .list_runs(pb::ListRunsRequest {
-            status: pb::RunStatus::Cancelled as i32,
-            page: None,
-        })
-        .await
-        .expect("runs")
-        .into_inner()
-        .runs;
+    let cancelled = runs_in(&mut c, pb::RunStatus::Cancelled).await;
     assert_eq!(cancelled.len(), 1);
     assert_eq!(cancelled[0].run_id, "R-2");
     server.stop().await.expect("stop");
@@ -336,14 +326,7 @@ async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_a
         })
         .await
         .expect("lot");
-    c.runs
-        .register_person(pb::RegisterPersonRequest {
-            person_id: "AC-1".into(),
-            name: "AC-1".into(),
-            role: pb::Role::AmmoCustodian as i32,
-        })
-        .await
-        .expect("person");
+    common::register_people(&mut c, &[("AC-1", pb::Role::AmmoCustodian)]).await;
     c.armory
         .deliver_ammo(pb::DeliverAmmoRequest {
             lot: "A-7".into(),

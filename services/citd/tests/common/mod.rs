@@ -122,6 +122,20 @@ pub fn crew_of(run: &str) -> [String; 3] {
     }
 }
 
+/// Registers each person (named by their id) in their role.
+pub async fn register_people(c: &mut Clients, people: &[(&str, pb::Role)]) {
+    for (id, role) in people {
+        c.runs
+            .register_person(pb::RegisterPersonRequest {
+                person_id: id.to_string(),
+                name: id.to_string(),
+                role: *role as i32,
+            })
+            .await
+            .expect("person");
+    }
+}
+
 /// Registers a vehicle, a crew and an armory, plans `run` on a real route, issues weapons and
 /// departs, all through the public API; returns the departure's log position (to read it back).
 pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) -> u64 {
@@ -134,23 +148,18 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) -> u64 {
         })
         .await
         .expect("vehicle");
-    for (id, role) in [
-        (driver.as_str(), pb::Role::Driver),
-        (e1.as_str(), pb::Role::Escort),
-        (e2.as_str(), pb::Role::Escort),
-        ("GC-1", pb::Role::GunCustodian),
-        ("AC-1", pb::Role::AmmoCustodian),
-        ("AP-1", pb::Role::Approver),
-    ] {
-        c.runs
-            .register_person(pb::RegisterPersonRequest {
-                person_id: id.into(),
-                name: id.into(),
-                role: role as i32,
-            })
-            .await
-            .expect("person");
-    }
+    register_people(
+        c,
+        &[
+            (driver.as_str(), pb::Role::Driver),
+            (e1.as_str(), pb::Role::Escort),
+            (e2.as_str(), pb::Role::Escort),
+            ("GC-1", pb::Role::GunCustodian),
+            ("AC-1", pb::Role::AmmoCustodian),
+            ("AP-1", pb::Role::Approver),
+        ],
+    )
+    .await;
     c.armory
         .register_ammo_lot(pb::RegisterAmmoLotRequest {
             lot: "A-1".into(),
