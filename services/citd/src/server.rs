@@ -205,7 +205,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         metrics,
         console,
     };
-    let mut handle = tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         serve(
             config,
             listeners,
@@ -216,25 +216,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         )
         .await
     });
-    tokio::select! {
-        biased;
-        r = ready => {
-            if r.is_err() {
-                // The task ended before it was ready: it says why.
-                return Err(match (&mut handle).await {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => ServerError::Store("stopped before it was ready".into()),
-                    Err(e) => ServerError::Store(format!("server task failed: {e}")),
-                });
-            }
-        }
-        r = &mut handle => {
-            return Err(match r {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => ServerError::Store("stopped before it was ready".into()),
-                Err(e) => ServerError::Store(format!("server task failed: {e}")),
-            });
-        }
+    // The task either says it is ready or ends (dropping `ready`, a panic included).
+    if ready.await.is_err() {
+        return Err(match handle.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => ServerError::Store("stopped before it was ready".into()),
+            Err(e) => ServerError::Store(format!("server task failed: {e}")),
+        });
     }
     Ok(Running {
         addr,
