@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cit_proto::v1 as pb;
+use citd::credentials::Credentials;
 use citd::runner::Clients;
 use hdrhistogram::Histogram;
 
@@ -317,7 +318,7 @@ pub async fn drive_stream(
     accepted: Arc<AtomicU64>,
 ) -> (Histogram<u64>, Vec<SimVehicle>) {
     let mut hist = latency_us();
-    let mut c = Clients::connect(&endpoint).await.expect("connect");
+    let mut c = Clients::connect(&endpoint, creds()).await.expect("connect");
     let (tx, mut acks) = c.fix_stream(drive.inflight).await.expect("stream");
     let mut sent: VecDeque<Instant> = VecDeque::new();
     let started = Instant::now() + offset;
@@ -401,4 +402,86 @@ pub async fn drive_fleet(
     }
     let rate = accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     (rate, lat)
+}
+
+/// The credentials of the citd a benchmark starts (see [`pki_args`]).
+static CREDS: std::sync::OnceLock<Arc<Credentials>> = std::sync::OnceLock::new();
+
+/// Roles the benchmarks' operator holds: it registers, plans, dispatches and reads.
+const OPERATOR_ROLES: &[&str] = &["admin", "dispatcher", "supervisor", "auditor"];
+
+/// Makes a development PKI in `dir` for the citd a benchmark starts and returns the citd flags
+/// that use it (TLS with client certificates, the token key); [`creds`] then calls it as the
+/// benchmark's operator, and fixes go as the PKI's gateway.
+pub fn pki_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let pki = citd::auth::devpki::generate(&dir.join("pki")).expect("development PKI");
+    let creds = Credentials::from_pki(&pki)
+        .expect("credentials")
+        .speaking_for("loadtest-operator", OPERATOR_ROLES);
+    let _ = CREDS.set(Arc::new(creds));
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, path) in [
+        ("--tls-cert", &pki.server_cert),
+        ("--tls-key", &pki.server_key),
+        ("--tls-client-ca", &pki.ca),
+    ] {
+        args.push(flag.into());
+        args.push(path.into());
+    }
+    args.push("--token-key".into());
+    args.push(
+        format!(
+            "{}={}",
+            pki.token_key.kid,
+            pki.token_key.public_key.display()
+        )
+        .into(),
+    );
+    args
+}
+
+/// The credentials [`pki_args`] made; for `--addr`, those of `CIT_PKI`.
+pub fn creds() -> Arc<Credentials> {
+    CREDS
+        .get_or_init(|| {
+            let dir = std::env::var_os("CIT_PKI")
+                .expect("a citd of the benchmark's own, or CIT_PKI for one at --addr");
+            Arc::new(
+                Credentials::from_pki_dir(std::path::Path::new(&dir))
+                    .expect("credentials")
+                    .speaking_for("loadtest-operator", OPERATOR_ROLES),
+            )
+        })
+        .clone()
+}
+
+/// Binds the PKI's gateway to every registered vehicle (a page at a time), so the
+/// benchmark's fixes are accepted.
+pub async fn bind_gateway(c: &mut Clients) {
+    let mut vehicle_ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .runs
+            .list_vehicles(pb::ListPage {
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("vehicles")
+            .into_inner();
+        vehicle_ids.extend(page.vehicles.into_iter().map(|v| v.vehicle_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    c.identity
+        .bind_unit(pb::BindUnitRequest {
+            unit_id: citd::credentials::SCENARIO_GATEWAY.into(),
+            gateway: true,
+            vehicle_ids,
+        })
+        .await
+        .expect("bind the gateway");
 }

@@ -40,6 +40,18 @@ pub enum Command {
         rounds: u32,
     },
     RegisterCheckpoint(Checkpoint),
+    /// A telematics unit (or a gateway, for several vehicles) bound to the vehicles it may
+    /// report for; binding again replaces the set.
+    BindUnit {
+        unit_id: String,
+        gateway: bool,
+        vehicle_ids: Vec<String>,
+    },
+    /// A unit that may no longer report (lost, stolen, replaced): its open streams end.
+    DisableUnit {
+        unit_id: String,
+        reason: String,
+    },
     /// A lot counted in the armory.
     CountAmmoLot {
         lot: String,
@@ -156,6 +168,8 @@ impl Command {
             Command::RegisterWeapon { .. } => "register_weapon",
             Command::RegisterAmmoLot { .. } => "register_ammo_lot",
             Command::RegisterCheckpoint(_) => "register_checkpoint",
+            Command::BindUnit { .. } => "bind_unit",
+            Command::DisableUnit { .. } => "disable_unit",
             Command::DeliverAmmo { .. } => "deliver_ammo",
             Command::CountAmmoLot { .. } => "count_ammo_lot",
             Command::PlanRun(_) => "plan_run",

@@ -20,12 +20,29 @@ pub mod streams {
     pub const WEAPON: &str = "weapon-";
     pub const AMMO: &str = "ammo-";
     pub const CHECKPOINT: &str = "checkpoint-";
+    pub const UNIT: &str = "unit-";
+    /// Calls refused by authentication or the access policy, aggregated.
+    pub const SECURITY: &str = "security";
     /// Scenario clock ticks (only in `--clock scenario`).
     pub const CLOCK: &str = "clock";
     /// Refusals of commands that name no run.
     pub const REFUSALS: &str = "refusals";
     /// Anomalies of no run (a lot's count that differs from the books) and their workflow.
     pub const ARMORY: &str = "armory";
+}
+
+/// Refused calls of one kind in an [`Event::AccessDenied`] record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeniedCalls {
+    /// Who, as far as it was authenticated (empty: nobody).
+    pub principal: String,
+    pub rpc: String,
+    /// The gRPC status ("unauthenticated", "permission_denied", ...).
+    pub code: String,
+    pub cause: String,
+    /// The peer's IP address.
+    pub peer: String,
+    pub count: u64,
 }
 
 /// How severe an anomaly is for dispatch. Ordered.
@@ -220,6 +237,28 @@ pub enum Event {
         checkpoint: Checkpoint,
         at: Millis,
     },
+    /// A unit's (or gateway's) vehicles, replacing any earlier binding.
+    UnitBound {
+        unit_id: String,
+        gateway: bool,
+        vehicle_ids: Vec<String>,
+        at: Millis,
+    },
+    UnitDisabled {
+        unit_id: String,
+        reason: String,
+        at: Millis,
+    },
+    /// Calls refused by authentication or the access policy in `[from, to)`, counted by who
+    /// (empty: anonymous), what, why and from where; `dropped` counts refusals beyond the
+    /// distinct entries one record holds (a flood cannot grow the log without bound).
+    AccessDenied {
+        from: Millis,
+        to: Millis,
+        calls: Vec<DeniedCalls>,
+        dropped: u64,
+        at: Millis,
+    },
     RunPlanned {
         run_id: String,
         vehicle_id: String,
@@ -404,6 +443,9 @@ impl Event {
             Event::AmmoDelivered { .. } => "AmmoDelivered.v1",
             Event::AmmoCounted { .. } => "AmmoCounted.v1",
             Event::CheckpointRegistered { .. } => "CheckpointRegistered.v1",
+            Event::UnitBound { .. } => "UnitBound.v1",
+            Event::UnitDisabled { .. } => "UnitDisabled.v1",
+            Event::AccessDenied { .. } => "AccessDenied.v1",
             Event::RunPlanned { .. } => "RunPlanned.v1",
             Event::RunAmended { .. } => "RunAmended.v1",
             Event::EscortReadied { .. } => "EscortReadied.v1",
@@ -448,6 +490,10 @@ impl Event {
             Event::CheckpointRegistered { checkpoint, .. } => {
                 format!("{CHECKPOINT}{}", checkpoint.checkpoint_id)
             }
+            Event::UnitBound { unit_id, .. } | Event::UnitDisabled { unit_id, .. } => {
+                format!("{UNIT}{unit_id}")
+            }
+            Event::AccessDenied { .. } => SECURITY.to_string(),
             Event::RunPlanned { run_id, .. }
             | Event::RunAmended { run_id, .. }
             | Event::EscortReadied { run_id, .. }
@@ -500,6 +546,9 @@ impl Event {
             | Event::AmmoDelivered { .. }
             | Event::AmmoCounted { .. }
             | Event::CheckpointRegistered { .. }
+            | Event::UnitBound { .. }
+            | Event::UnitDisabled { .. }
+            | Event::AccessDenied { .. }
             | Event::ClockTicked { .. } => None,
         }
     }
@@ -517,6 +566,9 @@ impl Event {
             | Event::AmmoDelivered { at, .. }
             | Event::AmmoCounted { at, .. }
             | Event::CheckpointRegistered { at, .. }
+            | Event::UnitBound { at, .. }
+            | Event::UnitDisabled { at, .. }
+            | Event::AccessDenied { at, .. }
             | Event::RunPlanned { at, .. }
             | Event::RunAmended { at, .. }
             | Event::EscortReadied { at, .. }

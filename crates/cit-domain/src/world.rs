@@ -101,6 +101,14 @@ pub struct Vehicle {
     pub armoured: bool,
 }
 
+/// A telematics unit's binding: the vehicles it may report for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    pub gateway: bool,
+    pub vehicle_ids: Vec<String>,
+    pub disabled: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Person {
     pub name: String,
@@ -263,6 +271,9 @@ pub struct World {
     /// Counts weapons changing hands (issues and handovers), in log order.
     #[serde(default)]
     pub custody_seq: u64,
+    /// Telematics units and gateways by id, with what they may report for.
+    #[serde(default)]
+    pub units: HashMap<String, Unit>,
 }
 
 fn refused(
@@ -468,6 +479,21 @@ impl World {
             .ok_or_else(|| InputError::not_found(format!("{field} {id:?} (person)")))
     }
 
+    /// A refusal of `cmd` decided outside the rules here (the caller's credentials do not
+    /// carry the role a two-person rule needs), recorded like any other.
+    pub fn refusal(
+        &self,
+        cmd: &Command,
+        rule: Rule,
+        run_id: Option<&str>,
+        subject: &str,
+        message: String,
+        now: Millis,
+    ) -> Outcome {
+        let run_ref = run_id.and_then(|r| self.runs.get(r).map(|r| r.run_id.as_str()));
+        refused(rule, cmd, run_ref, subject, message, vec![], now)
+    }
+
     /// Decides a command at time `now`. Never mutates.
     pub fn handle(&self, cmd: &Command, now: Millis) -> Result<Outcome, InputError> {
         match cmd {
@@ -566,6 +592,58 @@ impl World {
                     rounds: *rounds,
                     at: now,
                 }))
+            }
+            Command::BindUnit {
+                unit_id,
+                gateway,
+                vehicle_ids,
+            } => {
+                require_id("unit_id", unit_id)?;
+                if vehicle_ids.is_empty() || (!gateway && vehicle_ids.len() > 1) {
+                    return Err(InputError::invalid(
+                        "vehicle_ids",
+                        "a unit reports for exactly one vehicle, a gateway for one or more",
+                    ));
+                }
+                for v in vehicle_ids {
+                    if !self.vehicles.contains_key(v) {
+                        return Err(InputError::invalid(
+                            "vehicle_ids",
+                            format!("vehicle {v:?} is not registered"),
+                        ));
+                    }
+                }
+                if let Some(u) = self.units.get(unit_id) {
+                    if u.disabled {
+                        return Err(InputError::invalid(
+                            "unit_id",
+                            format!(
+                                "unit {unit_id:?} is disabled; a replacement gets an id of its own"
+                            ),
+                        ));
+                    }
+                    if u.gateway == *gateway && u.vehicle_ids == *vehicle_ids {
+                        return Ok(Outcome::NoChange);
+                    }
+                }
+                Ok(accepted(Event::UnitBound {
+                    unit_id: unit_id.clone(),
+                    gateway: *gateway,
+                    vehicle_ids: vehicle_ids.clone(),
+                    at: now,
+                }))
+            }
+            Command::DisableUnit { unit_id, reason } => {
+                require_id("unit_id", unit_id)?;
+                match self.units.get(unit_id) {
+                    None => Err(InputError::not_found(format!("unit {unit_id:?}"))),
+                    Some(u) if u.disabled => Ok(Outcome::NoChange),
+                    Some(_) => Ok(accepted(Event::UnitDisabled {
+                        unit_id: unit_id.clone(),
+                        reason: reason.clone(),
+                        at: now,
+                    })),
+                }
             }
             Command::RegisterCheckpoint(cp) => {
                 require_id("checkpoint.checkpoint_id", &cp.checkpoint_id)?;
@@ -946,6 +1024,10 @@ impl World {
                 } else if gun_custodian == ammo_custodian {
                     Some(format!(
                         "{gun_custodian:?} cannot be both gun and ammunition custodian"
+                    ))
+                } else if approver == gun_custodian || approver == ammo_custodian {
+                    Some(format!(
+                        "{approver:?} cannot approve an issue they are custodian of"
                     ))
                 } else if gun_custodian == to || ammo_custodian == to {
                     Some(format!(
@@ -1366,6 +1448,27 @@ impl World {
                 self.checkpoints
                     .insert(checkpoint.checkpoint_id.clone(), checkpoint.clone());
             }
+            Event::UnitBound {
+                unit_id,
+                gateway,
+                vehicle_ids,
+                ..
+            } => {
+                self.units.insert(
+                    unit_id.clone(),
+                    Unit {
+                        gateway: *gateway,
+                        vehicle_ids: vehicle_ids.clone(),
+                        disabled: false,
+                    },
+                );
+            }
+            Event::UnitDisabled { unit_id, .. } => {
+                if let Some(u) = self.units.get_mut(unit_id) {
+                    u.disabled = true;
+                }
+            }
+            Event::AccessDenied { .. } => {}
             Event::RunAmended {
                 run_id,
                 vehicle_id,

@@ -96,8 +96,12 @@ fn probe_vehicle(k: usize) -> String {
 /// shows), not its first fraction of a second.
 async fn fix_to_anomaly(ports: &Ports, start: LatLon, phase: Duration) -> Probes {
     // The unit's fixes on the telemetry port, the dispatcher's watch on the consoles' port.
-    let mut c = Clients::connect(&ports.endpoint()).await.expect("connect");
-    let mut console = Clients::connect(&ports.console()).await.expect("connect");
+    let mut c = Clients::connect(&ports.endpoint(), loadtest::creds())
+        .await
+        .expect("connect");
+    let mut console = Clients::connect(&ports.console(), loadtest::creds())
+        .await
+        .expect("connect");
     let mut w = console
         .dispatch
         .watch_fleet(pb::WatchFleetRequest {
@@ -346,17 +350,18 @@ impl Ports {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
+        format!("https://127.0.0.1:{}", self.grpc)
     }
 
     fn console(&self) -> String {
-        format!("http://127.0.0.1:{}", self.console)
+        format!("https://127.0.0.1:{}", self.console)
     }
 }
 
 fn spawn_citd(dir: &std::path::Path, ports: &Ports) -> std::process::Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     std::process::Command::new(&exe)
+        .args(loadtest::pki_args(dir))
         .args([
             "--listen",
             &format!("127.0.0.1:{}", ports.grpc),
@@ -528,7 +533,9 @@ async fn watchers(
                 .into_inner()
                 .boxed()
         } else {
-            let mut c = Clients::connect(endpoint).await.expect("connect");
+            let mut c = Clients::connect(endpoint, loadtest::creds())
+                .await
+                .expect("connect");
             c.dispatch
                 .watch_fleet(pb::WatchFleetRequest::default())
                 .await
@@ -615,6 +622,7 @@ async fn main() {
     let mut child = spawn_citd(dir.path(), &ports);
     let endpoint = ports.endpoint();
     let (mut c, up) = ready(&endpoint).await;
+    loadtest::bind_gateway(&mut c).await;
     let active = c
         .dispatch
         .list_active_runs(pb::ListActiveRunsRequest::default())
@@ -688,7 +696,9 @@ async fn main() {
     let probe = on_own_thread("getrun-probe", {
         let endpoint = ports.console();
         async move {
-            let mut c = Clients::connect(&endpoint).await.expect("connect");
+            let mut c = Clients::connect(&endpoint, loadtest::creds())
+                .await
+                .expect("connect");
             let mut h = latency_us();
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
             let mut every = tokio::time::interval(Duration::from_millis(1));
@@ -718,7 +728,9 @@ async fn main() {
     let checkin_probe = on_own_thread("checkin-probe", {
         let endpoint = endpoint.clone();
         async move {
-            let mut c = Clients::connect(&endpoint).await.expect("connect");
+            let mut c = Clients::connect(&endpoint, loadtest::creds())
+                .await
+                .expect("connect");
             let mut h = latency_us();
             let mut every = tokio::time::interval(Duration::from_millis(20));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -726,8 +738,11 @@ async fn main() {
             while Instant::now() < probe_deadline {
                 every.tick().await;
                 k = (k + 7_919) % n_runs as u64;
+                // The escort's own token, minted outside the timed call.
+                let mut escort = c.as_person(&format!("E-{k}"), &["escort"]);
                 let t = Instant::now();
-                c.runs
+                escort
+                    .runs
                     .check_in(pb::CheckInRequest {
                         run_id: format!("R-{k:05}"),
                         person_id: format!("E-{k}"),
@@ -1009,7 +1024,7 @@ async fn ready(endpoint: &str) -> (Clients, f64) {
     let mut n = 0u64;
     loop {
         n += 1;
-        if let Ok(mut c) = Clients::connect(endpoint).await
+        if let Ok(mut c) = Clients::connect(endpoint, loadtest::creds()).await
             && let Ok(w) = c
                 .runs
                 .register_vehicle(pb::RegisterVehicleRequest {

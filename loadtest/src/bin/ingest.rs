@@ -66,6 +66,7 @@ fn free_port() -> u16 {
 fn spawn_citd(dir: &std::path::Path, port: u16, metrics: u16) -> Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     Command::new(&exe)
+        .args(loadtest::pki_args(dir))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .arg("--data-dir")
@@ -217,14 +218,14 @@ async fn main() {
             let (port, mport) = (free_port(), free_port());
             let child = spawn_citd(dir.path(), port, mport);
             (
-                format!("http://127.0.0.1:{port}"),
+                format!("https://127.0.0.1:{port}"),
                 Some(format!("127.0.0.1:{mport}")),
                 Some(child),
             )
         }
     };
     let mut c = loop {
-        if let Ok(mut c) = Clients::connect(&endpoint).await
+        if let Ok(mut c) = Clients::connect(&endpoint, loadtest::creds()).await
             && c.liaison
                 .list_checkpoints(pb::ListCheckpointsRequest::default())
                 .await
@@ -245,6 +246,7 @@ async fn main() {
             .await
             .expect("register");
     }
+    loadtest::bind_gateway(&mut c).await;
     println!(
         "ingest: {} vehicles on {} real routes, {} streams x {} batches of {} fixes in flight, {} s",
         args.vehicles,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::error::AppError;
 use crate::metrics::Metrics;
@@ -34,6 +35,9 @@ pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 pub struct Directory {
     pub vehicles: foldhash::HashSet<String>,
     pub active_run: foldhash::HashMap<String, String>,
+    /// Units and gateways: what each may report for, and whether it is disabled (read by the
+    /// auth layer on every call of a unit).
+    pub units: HashMap<String, cit_domain::world::Unit>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,8 +83,10 @@ pub struct App {
     pub written: watch::Sender<u64>,
     /// How far ahead of a vehicle's latest seq a fix may jump (`max_seq_jump` in the config).
     pub max_seq_jump: std::sync::atomic::AtomicU64,
-    /// `anonymous_readback` in the config (see `grpc::readback_allowed`).
-    pub anonymous_readback: std::sync::atomic::AtomicBool,
+    /// Bumped when a unit is disabled: its open streams end.
+    pub units_changed: watch::Sender<u64>,
+    /// Calls denied by authentication, the policy or a scope check, counted and recorded.
+    pub denials: crate::auth::denials::Denials,
 }
 
 /// The default of `max_seq_jump`: a unit at 1 Hz numbers a million fixes in eleven days.
@@ -93,11 +99,30 @@ impl std::fmt::Debug for App {
 }
 
 pub fn encode(event: &Event, id: Uuid, source: &str) -> NewEvent {
+    encode_by(event, id, source, None)
+}
+
+/// What an event's metadata says of where it came from: the writer (`source`: a command's
+/// name, "ingest", "engine") and, for what a caller caused, the caller (principal, how it
+/// authenticated, co-signers). Covered by the event's chain hash like its data.
+#[derive(serde::Serialize)]
+struct Metadata<'a> {
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<crate::auth::Actor<'a>>,
+}
+
+pub fn encode_by(
+    event: &Event,
+    id: Uuid,
+    source: &str,
+    actor: Option<crate::auth::Actor<'_>>,
+) -> NewEvent {
     NewEvent {
         id,
         event_type: event.event_type().to_string(),
         data: event.to_json(),
-        metadata: format!("{{\"source\":\"{source}\"}}").into_bytes(),
+        metadata: serde_json::to_vec(&Metadata { source, actor }).unwrap_or_default(),
     }
 }
 
@@ -253,6 +278,7 @@ impl App {
                 .iter()
                 .map(|(v, r)| (v.clone(), r.clone()))
                 .collect(),
+            units: world.units.clone(),
         };
         let ingest = hwm
             .into_iter()
@@ -272,13 +298,14 @@ impl App {
         Ok(Arc::new(App {
             store,
             clock,
-            metrics,
             commands: Mutex::new(CommandState { world, versions }),
             directory: RwLock::new(directory),
             ingest: std::sync::Mutex::new(ingest),
             written: watch::channel(after).0,
             max_seq_jump: std::sync::atomic::AtomicU64::new(MAX_SEQ_JUMP),
-            anonymous_readback: std::sync::atomic::AtomicBool::new(false),
+            units_changed: watch::channel(0).0,
+            denials: crate::auth::denials::Denials::new(metrics.clone()),
+            metrics,
         }))
     }
 
@@ -295,10 +322,55 @@ impl App {
 
     /// Decides and records a command. Accepted: appended durably, applied, position returned.
     /// Refused: the refusal is recorded, then returned as the error.
-    pub async fn execute(&self, cmd: Command) -> Result<u64, AppError> {
+    pub async fn execute(&self, cmd: Command, caller: &Caller) -> Result<u64, AppError> {
+        self.execute_as(cmd, Some(caller.actor())).await
+    }
+
+    /// [`App::execute`], the caller first (reads better at call sites with a long command).
+    pub async fn execute_by(&self, caller: &Caller, cmd: Command) -> Result<u64, AppError> {
+        self.execute(cmd, caller).await
+    }
+
+    /// [`App::execute`] with the actor to record (None: citd's own doing).
+    pub async fn execute_as(
+        &self,
+        cmd: Command,
+        actor: Option<crate::auth::Actor<'_>>,
+    ) -> Result<u64, AppError> {
+        self.record(&cmd, actor, |w, now| w.handle(&cmd, now)).await
+    }
+
+    /// Records a refusal of `cmd` under `rule` that the caller's credentials decided (a
+    /// two-person place proven by a credential without its role), and returns it as the error.
+    pub async fn refuse(
+        &self,
+        cmd: &Command,
+        rule: cit_domain::Rule,
+        run_id: Option<&str>,
+        subject: &str,
+        message: String,
+        caller: &Caller,
+    ) -> AppError {
+        match self
+            .record(cmd, Some(caller.actor()), |w, now| {
+                Ok(w.refusal(cmd, rule, run_id, subject, message, now))
+            })
+            .await
+        {
+            Err(e) => e,
+            Ok(_) => AppError::Unavailable("a refusal was recorded as accepted".into()),
+        }
+    }
+
+    async fn record(
+        &self,
+        cmd: &Command,
+        actor: Option<crate::auth::Actor<'_>>,
+        decide: impl FnOnce(&World, Millis) -> Result<Outcome, cit_domain::InputError>,
+    ) -> Result<u64, AppError> {
         let mut state = self.commands.lock().await;
         let now = self.clock.now();
-        let outcome = state.world.handle(&cmd, now)?;
+        let outcome = decide(&state.world, now)?;
         let (events, refusal) = match outcome {
             Outcome::NoChange => return Ok(*self.written.borrow()),
             Outcome::Accepted { events, .. } => (events, None),
@@ -321,7 +393,7 @@ impl App {
         let new_events = events
             .iter()
             // Time-ordered ids keep the store's id index growing at its right edge.
-            .map(|e| encode(e, Uuid::now_v7(), cmd.name()))
+            .map(|e| encode_by(e, Uuid::now_v7(), cmd.name(), actor.clone()))
             .collect();
         let started = std::time::Instant::now();
         let result = self.store.append(&stream, expected, new_events).await?;
@@ -354,6 +426,27 @@ impl App {
         match e {
             Event::VehicleRegistered { vehicle_id, .. } => {
                 dir.vehicles.insert(vehicle_id.clone());
+            }
+            Event::UnitBound {
+                unit_id,
+                gateway,
+                vehicle_ids,
+                ..
+            } => {
+                dir.units.insert(
+                    unit_id.clone(),
+                    cit_domain::world::Unit {
+                        gateway: *gateway,
+                        vehicle_ids: vehicle_ids.clone(),
+                        disabled: false,
+                    },
+                );
+            }
+            Event::UnitDisabled { unit_id, .. } => {
+                if let Some(u) = dir.units.get_mut(unit_id) {
+                    u.disabled = true;
+                }
+                self.units_changed.send_modify(|n| *n += 1);
             }
             Event::RunDeparted {
                 run_id, vehicle_id, ..
@@ -390,6 +483,31 @@ impl App {
     pub async fn with_world<T>(&self, f: impl FnOnce(&World) -> T) -> T {
         let state = self.commands.lock().await;
         f(&state.world)
+    }
+
+    /// Appends an event citd records of its own accord (not a command's), e.g. denied calls.
+    pub async fn append_own(&self, event: &Event, source: &str) -> Result<u64, AppError> {
+        let r = self
+            .store
+            .append(
+                &event.stream(),
+                ExpectedVersion::Any,
+                vec![encode(event, Uuid::now_v7(), source)],
+            )
+            .await?;
+        self.note_written(r.position);
+        Ok(r.position)
+    }
+
+    /// Reads the units' bindings (no await: the auth layer calls it for every unit's call).
+    pub fn with_units<T>(
+        &self,
+        f: impl FnOnce(&HashMap<String, cit_domain::world::Unit>) -> T,
+    ) -> T {
+        match self.directory.read() {
+            Ok(d) => f(&d.units),
+            Err(p) => f(&p.into_inner().units),
+        }
     }
 
     pub fn vehicle_known(&self, vehicle_id: &str) -> bool {

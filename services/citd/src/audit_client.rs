@@ -6,23 +6,15 @@
 use std::path::PathBuf;
 
 use cit_proto::v1 as pb;
-use cit_proto::v1::audit_client::AuditClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::audit::export::rfc3339;
 use crate::grpc::millis;
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// citd address.
-    #[arg(
-        long,
-        global = true,
-        default_value = "http://127.0.0.1:50051",
-        env = "CIT_ADDR"
-    )]
-    pub addr: String,
+    #[command(flatten)]
+    pub connect: crate::credentials::ConnectArgs,
     #[command(subcommand)]
     pub command: AuditCmd,
 }
@@ -162,12 +154,14 @@ async fn print_events(mut s: tonic::Streaming<pb::RunEvent>) -> Result<bool, Str
 
 /// Runs one subcommand; Ok(false) when the record did not hold up (exit 1).
 pub async fn run(args: AuditArgs) -> Result<bool, String> {
-    let channel = Channel::from_shared(crate::runner::endpoint_uri(&args.addr))
-        .map_err(|e| format!("{}: {e}", args.addr))?
-        .connect()
+    // With a development PKI the CLI speaks for an auditor of its own; otherwise the token
+    // given is the auditor's.
+    let creds = std::sync::Arc::new(args.connect.credentials("cit-auditor", &["auditor"])?);
+    let addr = &args.connect.addr;
+    let mut c = crate::runner::Clients::connect(addr, creds)
         .await
-        .map_err(|e| format!("cannot reach citd at {}: {e}", args.addr))?;
-    let mut c = AuditClient::new(channel);
+        .map_err(|e| format!("cannot reach citd at {addr}: {e}"))?
+        .audit;
     match args.command {
         AuditCmd::Read { run_id, custody } => {
             let s = c

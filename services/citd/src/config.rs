@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::tls::TlsFiles;
+use crate::auth::token::{KeyConfig, TokenConfig};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockMode {
@@ -70,11 +73,14 @@ pub struct Config {
     pub max_seq_jump: u64,
     /// The deployment's road map (GeoJSON lines), drawn under audit pictures; none: no roads.
     pub map: Option<PathBuf>,
-    /// Serve the read-backs that disclose what no other call shows (people's names and roles,
-    /// the armory's inventory, vehicles' plates, a vehicle's positions off its runs) to callers
-    /// nobody has authenticated: off until citd authenticates callers (issue 20); an operator
-    /// on a closed network may turn it on.
-    pub anonymous_readback: bool,
+    /// TLS (`[tls]`: `cert`, `key`, `client_ca`): required unless `insecure`. Read again on
+    /// SIGHUP or when a file changes.
+    pub tls: Option<TlsFiles>,
+    /// Serve without TLS: loopback development only (refused on any other address), logged
+    /// loudly at start and exposed as `cit_insecure` 1. Tokens are still required.
+    pub insecure: bool,
+    /// People's bearer tokens (`[tokens]`: `issuer`, `audience`, `[[tokens.keys]]`).
+    pub tokens: TokenConfig,
 }
 
 impl Default for Config {
@@ -96,7 +102,9 @@ impl Default for Config {
             snapshot_interval_s: 300,
             max_seq_jump: crate::app::MAX_SEQ_JUMP,
             map: None,
-            anonymous_readback: false,
+            tls: None,
+            insecure: false,
+            tokens: TokenConfig::default(),
         }
     }
 }
@@ -157,9 +165,22 @@ pub struct Overrides {
     /// extract); nothing is fetched from a tile server.
     #[arg(long, env = "CIT_MAP")]
     pub map: Option<PathBuf>,
-    /// Serve the registries' read-backs and ReadVehicleFixes to unauthenticated callers.
-    #[arg(long, env = "CIT_ANONYMOUS_READBACK")]
-    pub anonymous_readback: bool,
+    /// citd's TLS certificate chain, PEM (with --tls-key).
+    #[arg(long, env = "CIT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// citd's TLS private key, PEM.
+    #[arg(long, env = "CIT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates of units' and gateways' client certificates, PEM.
+    #[arg(long, env = "CIT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve without TLS (loopback development only).
+    #[arg(long, env = "CIT_INSECURE")]
+    pub insecure: bool,
+    /// A token verification key, `KID=PATH` (EdDSA public key, PEM); repeatable, added to the
+    /// file's.
+    #[arg(long = "token-key", env = "CIT_TOKEN_KEYS", value_delimiter = ',')]
+    pub token_keys: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +257,42 @@ impl Config {
         if let Some(v) = &o.map {
             c.map = Some(v.clone());
         }
-        if o.anonymous_readback {
-            c.anonymous_readback = true;
+        match (&o.tls_cert, &o.tls_key) {
+            (Some(cert), Some(key)) => {
+                c.tls = Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: o
+                        .tls_client_ca
+                        .clone()
+                        .or_else(|| c.tls.as_ref().and_then(|t| t.client_ca.clone())),
+                })
+            }
+            (None, None) => {
+                if let (Some(ca), Some(t)) = (&o.tls_client_ca, c.tls.as_mut()) {
+                    t.client_ca = Some(ca.clone());
+                }
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "tls",
+                    reason: "--tls-cert and --tls-key go together".into(),
+                });
+            }
+        }
+        if o.insecure {
+            c.insecure = true;
+        }
+        for k in &o.token_keys {
+            let (kid, path) = k.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                field: "token_keys",
+                reason: format!("{k:?}: expected KID=PATH"),
+            })?;
+            c.tokens.keys.push(KeyConfig {
+                kid: kid.into(),
+                alg: "EdDSA".into(),
+                public_key: path.into(),
+            });
         }
         c.validate()?;
         Ok(c)
@@ -263,6 +318,30 @@ impl Config {
             });
         }
         validate_log_level(&self.log_level)?;
+        if self.tls.is_none() && !self.insecure {
+            return Err(ConfigError::Invalid {
+                field: "tls",
+                reason: "citd serves gRPC over TLS: configure [tls] cert and key (and client_ca for units), e.g. from `cit pki init DIR`, or --tls-cert/--tls-key; or pass --insecure for loopback development".into(),
+            });
+        }
+        if self.insecure && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                field: "insecure",
+                reason: format!(
+                    "--insecure serves without TLS and is for loopback development only; {} is not a loopback address",
+                    self.listen
+                ),
+            });
+        }
+        if self.insecure
+            && let Some(a) = self.console_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid {
+                field: "insecure",
+                reason: format!("--insecure: console_listen {a} is not a loopback address"),
+            });
+        }
         if self.max_seq_jump == 0 {
             return Err(ConfigError::Invalid {
                 field: "max_seq_jump",
@@ -359,6 +438,7 @@ mod tests {
             config: Some(file),
             cache_mb: Some(128),
             metrics_listen: Some("off".into()),
+            insecure: true,
             ..Overrides::default()
         };
         let c = Config::load(&o).expect("valid");
@@ -373,6 +453,7 @@ mod tests {
     fn invalid_configurations_name_the_field() {
         let o = Overrides {
             store: Some(StoreKind::Kurrentdb),
+            insecure: true,
             ..Overrides::default()
         };
         let err = Config::load(&o).expect_err("needs a url");
@@ -395,6 +476,7 @@ mod tests {
         for level in ["verbose", "info,loud", "cit_store=chatty"] {
             let o = Overrides {
                 log_level: Some(level.into()),
+                insecure: true,
                 ..Overrides::default()
             };
             let err = Config::load(&o).expect_err(level);
@@ -403,6 +485,7 @@ mod tests {
         for level in ["info", "warn,citd=debug", "cit_store=trace,info"] {
             let o = Overrides {
                 log_level: Some(level.into()),
+                insecure: true,
                 ..Overrides::default()
             };
             assert!(Config::load(&o).is_ok(), "{level}");
@@ -413,6 +496,7 @@ mod tests {
         ] {
             let o = Overrides {
                 console_listen: Some(console.into()),
+                insecure: true,
                 ..Overrides::default()
             };
             let err = Config::load(&o).expect_err(why);
@@ -420,11 +504,35 @@ mod tests {
         }
         let o = Overrides {
             console_listen: Some("127.0.0.1:50053".into()),
+            insecure: true,
             ..Overrides::default()
         };
         assert_eq!(
             Config::load(&o).expect("valid").console_listen,
             Some(SocketAddr::from(([127, 0, 0, 1], 50053)))
         );
+    }
+
+    #[test]
+    fn without_tls_citd_refuses_to_start_unless_insecure_on_loopback() {
+        let err = Config::load(&Overrides::default()).expect_err("no TLS");
+        let text = err.to_string();
+        assert!(
+            text.contains("[tls]") && text.contains("--insecure"),
+            "{text}"
+        );
+        let o = Overrides {
+            insecure: true,
+            listen: Some("0.0.0.0:50051".parse().expect("addr")),
+            ..Overrides::default()
+        };
+        let err = Config::load(&o).expect_err("not on loopback");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let o = Overrides {
+            tls_cert: Some("cert.pem".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(&o).expect_err("a cert without its key");
+        assert!(err.to_string().contains("--tls-key"), "{err}");
     }
 }

@@ -59,6 +59,16 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), String> {
         config.data_dir = dir.path().to_path_buf();
         _tmp = dir;
     }
+    // TLS and tokens from a throwaway development PKI, unless the configuration brings its own
+    // (then the demo cannot mint its people's tokens).
+    let pki_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (dev, creds) = crate::credentials::private_server(pki_dir.path())?;
+    if config.tls.is_none() || config.insecure {
+        config.tls = dev.tls;
+        config.insecure = false;
+        config.tokens = dev.tokens;
+    }
+    let creds = std::sync::Arc::new(creds);
     let server = crate::server::start(config.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -78,10 +88,12 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), String> {
     // Dispatch's view, polled over the API while the run plays.
     let watcher = {
         let endpoint = endpoint.clone();
+        let creds = creds.clone();
         tokio::spawn(async move {
-            let Ok(mut c) = Clients::connect(&endpoint).await else {
+            let Ok(c) = Clients::connect(&endpoint, creds.clone()).await else {
                 return;
             };
+            let mut c = c.as_person("demo-dispatcher", &["dispatcher"]);
             let mut seen = HashSet::new();
             loop {
                 if let Ok(list) = c
@@ -119,6 +131,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), String> {
     let mut last_print = cit_domain::Millis(0);
     let result = play(
         &endpoint,
+        &creds,
         &scenario,
         &Play {
             speed: Some(args.speed),
@@ -168,8 +181,14 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), String> {
         server.stop().await.map_err(|e| e.to_string())?;
         return Ok(());
     }
+    let pki = pki_dir.path().join("pki");
     println!(
-        "citd keeps serving on {endpoint}; try: grpcurl -plaintext {} list   (Ctrl-C to stop)",
+        "citd keeps serving on {endpoint} with a throwaway PKI in {} (Ctrl-C to stop); try:\n  cit audit --addr {} --pki {} verify R-1\n  grpcurl -cacert {}/ca.pem -H \"authorization: Bearer $(cit token mint --pki {} --person me --roles dispatcher)\" {} cit.v1.Dispatch/ListActiveRuns",
+        pki.display(),
+        server.addr,
+        pki.display(),
+        pki.display(),
+        pki.display(),
         server.addr
     );
     let _ = tokio::signal::ctrl_c().await;

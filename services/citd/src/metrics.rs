@@ -29,6 +29,14 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// "unauthenticated", "permission_denied" or "invalid_argument".
+    pub code: String,
+    /// The short cause ("bad_token", "role", "no_credential", ...).
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -52,6 +60,10 @@ pub struct Metrics {
     pub watchers: Gauge,
     pub engine_resumed_from: Gauge,
     pub commands_resumed_from: Gauge,
+    pub denied: Family<DenialLabels, Counter>,
+    pub tls_handshakes_failed: Counter,
+    /// 1 when citd serves without TLS (`--insecure`).
+    pub insecure: Gauge,
     /// When a slow group commit was last logged, and how many were not logged since.
     slow_groups: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
@@ -93,6 +105,9 @@ impl Metrics {
             watchers: Gauge::default(),
             engine_resumed_from: Gauge::default(),
             commands_resumed_from: Gauge::default(),
+            denied: Family::default(),
+            tls_handshakes_failed: Counter::default(),
+            insecure: Gauge::default(),
             slow_groups: std::sync::Mutex::new((None, 0)),
             registry: Registry::default(),
         };
@@ -169,6 +184,21 @@ impl Metrics {
             "commands_resumed_from",
             "Log position the command side's state was rebuilt from at start (0: the whole log)",
             m.commands_resumed_from.clone(),
+        );
+        registry.register(
+            "denied",
+            "Calls refused by authentication or the access policy, by code and cause",
+            m.denied.clone(),
+        );
+        registry.register(
+            "tls_handshakes_failed",
+            "TLS handshakes refused or timed out (a certificate of another CA among them)",
+            m.tls_handshakes_failed.clone(),
+        );
+        registry.register(
+            "insecure",
+            "1 when citd serves without TLS (--insecure, loopback development only)",
+            m.insecure.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -19,9 +19,14 @@ use cit_proto::v1::{
 use cit_scenario::Output;
 use cit_scenario::model::{Entry, Op, Scenario, valid_rounds};
 use futures::StreamExt;
+use std::sync::Arc;
 use tokio::sync::mpsc;
+
+use cit_proto::v1::identity_client::IdentityClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::credentials::{Bearer, Credentials};
 
 use crate::error::refusal_rule;
 use crate::grpc::ts;
@@ -71,45 +76,86 @@ fn call(name: &'static str) -> impl FnOnce(Status) -> RunnerError {
     move |status| RunnerError::Call { call: name, status }
 }
 
-/// Clients of every service the runner uses, on one channel.
+/// A client channel with the caller's tokens added to each call.
+pub type Ch = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Clients of every service, on one channel, speaking for one caller (see [`Clients::as_person`]).
+/// The telemetry client carries no token: fixes go as the channel's client certificate (the
+/// gateway's).
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub runs: RunsClient<Channel>,
-    pub armory: ArmoryClient<Channel>,
-    pub liaison: PoliceLiaisonClient<Channel>,
-    pub telemetry: TelemetryClient<Channel>,
-    pub dispatch: DispatchClient<Channel>,
-    pub audit: AuditClient<Channel>,
-    pub clock: ScenarioClockClient<Channel>,
+    channel: Channel,
+    pub creds: Arc<Credentials>,
+    pub runs: RunsClient<Ch>,
+    pub armory: ArmoryClient<Ch>,
+    pub liaison: PoliceLiaisonClient<Ch>,
+    pub telemetry: TelemetryClient<Ch>,
+    pub dispatch: DispatchClient<Ch>,
+    pub audit: AuditClient<Ch>,
+    pub clock: ScenarioClockClient<Ch>,
+    pub identity: IdentityClient<Ch>,
 }
 
-/// A citd address as an endpoint URI: `host:port` as people type it gets `http://` (an address
-/// with a scheme is kept).
-pub fn endpoint_uri(addr: &str) -> String {
+/// A citd address as an endpoint URI: `host:port` as people type it gets `https://`
+/// (`http://` with `tls` false); an address with a scheme is kept.
+pub fn endpoint_uri(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
 }
 
 impl Clients {
-    pub async fn connect(endpoint: &str) -> Result<Clients, RunnerError> {
-        let endpoint = &endpoint_uri(endpoint);
-        let channel = Channel::from_shared(endpoint.to_string())
-            .map_err(|e| RunnerError::Connect(endpoint.into(), e.to_string()))?
-            .connect()
+    pub async fn connect(endpoint: &str, creds: Arc<Credentials>) -> Result<Clients, RunnerError> {
+        let endpoint = &endpoint_uri(endpoint, creds.ca.is_some());
+        let channel = creds
+            .channel(endpoint)
             .await
-            .map_err(|e| RunnerError::Connect(endpoint.into(), e.to_string()))?;
-        Ok(Clients {
-            runs: RunsClient::new(channel.clone()),
-            armory: ArmoryClient::new(channel.clone()),
-            liaison: PoliceLiaisonClient::new(channel.clone()),
-            telemetry: TelemetryClient::new(channel.clone()),
-            dispatch: DispatchClient::new(channel.clone()),
-            audit: AuditClient::new(channel.clone()),
-            clock: ScenarioClockClient::new(channel),
-        })
+            .map_err(|e| RunnerError::Connect(endpoint.into(), e))?;
+        let token = creds.default_token();
+        Ok(Clients::on(
+            channel,
+            creds,
+            Bearer::new(token.as_deref(), &[]),
+        ))
+    }
+
+    fn on(channel: Channel, creds: Arc<Credentials>, b: Bearer) -> Clients {
+        let ch = || channel.clone();
+        Clients {
+            runs: RunsClient::with_interceptor(ch(), b.clone()),
+            armory: ArmoryClient::with_interceptor(ch(), b.clone()),
+            liaison: PoliceLiaisonClient::with_interceptor(ch(), b.clone()),
+            telemetry: TelemetryClient::with_interceptor(ch(), Bearer::default()),
+            dispatch: DispatchClient::with_interceptor(ch(), b.clone()),
+            audit: AuditClient::with_interceptor(ch(), b.clone()),
+            clock: ScenarioClockClient::with_interceptor(ch(), b.clone()),
+            identity: IdentityClient::with_interceptor(ch(), b),
+            channel,
+            creds,
+        }
+    }
+
+    /// The same connection speaking for `person` with `roles` (a token minted by the
+    /// credentials' signer), with the tokens of `cosigners` (person, roles) added.
+    pub fn as_person(&self, person: &str, roles: &[&str]) -> Clients {
+        self.cosigned(person, roles, &[])
+    }
+
+    pub fn cosigned(&self, person: &str, roles: &[&str], cosigners: &[(&str, &[&str])]) -> Clients {
+        let token = self.creds.mint(person, roles);
+        let cosign: Vec<String> = cosigners
+            .iter()
+            .filter_map(|(p, r)| self.creds.mint(p, r))
+            .collect();
+        Clients::on(
+            self.channel.clone(),
+            self.creds.clone(),
+            Bearer::new(token.as_deref(), &cosign),
+        )
     }
 
     /// Opens a `StreamFixes` stream: batches sent on the returned sender go out in order (at
@@ -253,8 +299,119 @@ fn plan_request(s: &Scenario, run_id: &str) -> Result<pb::PlanRunRequest, Runner
     })
 }
 
-/// Sends one timeline operation (not a fix, not a tick); returns its log position.
-async fn send_op(c: &mut Clients, s: &Scenario, op: &Op) -> Result<u64, Status> {
+/// Who does what in a scenario: each person it declares, with the role it gives them, and the
+/// runner's own principals for what a scenario does not say who does (registrations go as an
+/// admin, planning and close-out as the declared dispatcher, checkpoints as a police liaison).
+/// Each call goes with its people's own tokens: a two-person call with one per person.
+pub struct Actors {
+    roles: std::collections::HashMap<String, String>,
+    dispatcher: String,
+}
+
+pub const ADMIN: (&str, &[&str]) = ("scenario-admin", &["admin"]);
+pub const LIAISON: (&str, &[&str]) = ("scenario-liaison", &["police_liaison"]);
+
+impl Actors {
+    pub fn of(s: &Scenario) -> Actors {
+        Actors {
+            roles: s
+                .people
+                .iter()
+                .map(|p| (p.id.clone(), p.role.clone()))
+                .collect(),
+            dispatcher: s
+                .people
+                .iter()
+                .find(|p| p.role == "dispatcher")
+                .map(|p| p.id.clone())
+                .unwrap_or_else(|| "scenario-dispatch".into()),
+        }
+    }
+
+    /// The token roles of a declared person: their role (outlet staff hold none; unknown
+    /// people none).
+    fn roles_of(&self, person: &str) -> &[&'static str] {
+        match self.roles.get(person).map(String::as_str) {
+            Some("driver") => &["driver"],
+            Some("escort") => &["escort"],
+            Some("gun_custodian") => &["gun_custodian"],
+            Some("ammo_custodian") => &["ammo_custodian"],
+            Some("approver") => &["approver"],
+            Some("dispatcher") => &["dispatcher"],
+            _ => &[],
+        }
+    }
+
+    /// Clients speaking for `people[0]`, co-signed by the others (distinct, named).
+    pub fn signed(&self, c: &Clients, people: &[&str]) -> Clients {
+        let mut named: Vec<&str> = Vec::new();
+        for p in people.iter().filter(|p| !p.is_empty()) {
+            if !named.contains(p) {
+                named.push(p);
+            }
+        }
+        let Some((first, rest)) = named.split_first() else {
+            return self.dispatch(c);
+        };
+        let cosigners: Vec<(&str, &[&str])> = rest.iter().map(|p| (*p, self.roles_of(p))).collect();
+        c.cosigned(first, self.roles_of(first), &cosigners)
+    }
+
+    pub fn dispatch(&self, c: &Clients) -> Clients {
+        c.as_person(&self.dispatcher, &["dispatcher"])
+    }
+
+    /// The clients for one timeline operation.
+    fn for_op(&self, c: &Clients, op: &Op) -> Clients {
+        match op {
+            Op::IssueWeapon {
+                gun_custodian,
+                ammo_custodian,
+                approver,
+                ..
+            } => self.signed(c, &[gun_custodian, ammo_custodian, approver]),
+            Op::ReturnWeapon {
+                gun_custodian,
+                ammo_custodian,
+                ..
+            } => self.signed(c, &[gun_custodian, ammo_custodian]),
+            Op::EscortReady { person, .. }
+            | Op::Checkin { person, .. }
+            | Op::Report { person, .. } => self.signed(c, &[person]),
+            Op::Handover {
+                handed_by,
+                received_by,
+                ..
+            } => {
+                let people: Vec<&str> = handed_by
+                    .iter()
+                    .chain(received_by)
+                    .map(String::as_str)
+                    .collect();
+                self.signed(c, &people)
+            }
+            Op::SwapVehicle {
+                handed_by,
+                received_by,
+                ..
+            } => {
+                let cosigners: Vec<(&str, &[&str])> = handed_by
+                    .iter()
+                    .chain(received_by)
+                    .map(|p| (p.as_str(), self.roles_of(p)))
+                    .collect();
+                c.cosigned(&self.dispatcher, &["dispatcher"], &cosigners)
+            }
+            Op::PlanRun { .. } | Op::Depart { .. } | Op::CloseRun { .. } => self.dispatch(c),
+            Op::Fix { .. } | Op::Tick => c.clone(),
+        }
+    }
+}
+
+/// Sends one timeline operation (not a fix, not a tick) with its people's credentials;
+/// returns its log position.
+async fn send_op(c: &Clients, actors: &Actors, s: &Scenario, op: &Op) -> Result<u64, Status> {
+    let mut c = actors.for_op(c, op);
     let w = match op {
         Op::PlanRun { run } => {
             let req = plan_request(s, run).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -452,11 +609,14 @@ fn code_name(code: Code) -> String {
 /// Plays `s` against the server at `endpoint` (in scenario-clock mode).
 pub async fn play(
     endpoint: &str,
+    creds: &Arc<Credentials>,
     s: &Scenario,
     opts: &Play,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Vec<Output>, RunnerError> {
-    let mut c = Clients::connect(endpoint).await?;
+    let conn = Clients::connect(endpoint, creds.clone()).await?;
+    let actors = Actors::of(s);
+    let mut c = conn.as_person(ADMIN.0, ADMIN.1);
     let mut outputs = Vec::new();
     let emit = |o: Output, outputs: &mut Vec<Output>, progress: &mut dyn FnMut(Progress<'_>)| {
         progress(Progress::Output(&o));
@@ -478,7 +638,7 @@ pub async fn play(
                 status,
             },
         })?;
-    register(&mut c, s).await?;
+    register(&c, s).await?;
 
     // One fix stream for the whole play; acks come back in order.
     let (fix_tx, mut acks) = c.fix_stream(4).await.map_err(call("StreamFixes"))?;
@@ -577,7 +737,7 @@ pub async fn play(
                 op: op_name(&entry.op),
                 run: op_run(&entry.op),
             });
-            match send_op(&mut c, s, &entry.op).await {
+            match send_op(&conn, &actors, s, &entry.op).await {
                 Ok(p) => last_position = last_position.max(p),
                 Err(status) => {
                     let o = match refusal_rule(&status) {
@@ -602,7 +762,8 @@ pub async fn play(
     }
     drop(fix_tx);
     // Read our own writes: everything the engine raised up to the last position.
-    let list = c
+    let list = actors
+        .dispatch(&conn)
         .dispatch
         .list_anomalies(pb::ListAnomaliesRequest {
             min_log_position: last_position,
@@ -632,7 +793,10 @@ pub async fn play(
     Ok(outputs)
 }
 
-async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
+/// Registers what the scenario declares, each as its keeper would, and binds the runner's
+/// gateway to its vehicles.
+async fn register(admin: &Clients, s: &Scenario) -> Result<(), RunnerError> {
+    let mut c = admin.clone();
     for v in &s.vehicles {
         c.runs
             .register_vehicle(pb::RegisterVehicleRequest {
@@ -655,6 +819,28 @@ async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
             .await
             .map_err(call("RegisterPerson"))?;
     }
+    if let Some(gateway) = &c.creds.gateway_id
+        && !s.vehicles.is_empty()
+    {
+        c.identity
+            .bind_unit(pb::BindUnitRequest {
+                unit_id: gateway.clone(),
+                gateway: true,
+                vehicle_ids: s.vehicles.iter().map(|v| v.id.clone()).collect(),
+            })
+            .await
+            .map_err(call("BindUnit"))?;
+    }
+    let keeper = |role: &str, synthetic: &'static str| {
+        let id = s
+            .people
+            .iter()
+            .find(|p| p.role == role)
+            .map(|p| p.id.as_str())
+            .unwrap_or(synthetic);
+        admin.as_person(id, &[role])
+    };
+    let mut c = keeper("gun_custodian", "scenario-gun-custodian");
     for w in &s.weapons {
         c.armory
             .register_weapon(pb::RegisterWeaponRequest {
@@ -664,6 +850,7 @@ async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
             .await
             .map_err(call("RegisterWeapon"))?;
     }
+    let mut c = keeper("ammo_custodian", "scenario-ammo-custodian");
     for l in &s.ammo_lots {
         c.armory
             .register_ammo_lot(pb::RegisterAmmoLotRequest {
@@ -673,6 +860,7 @@ async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
             .await
             .map_err(call("RegisterAmmoLot"))?;
     }
+    let mut c = admin.as_person(LIAISON.0, LIAISON.1);
     for cp in &s.checkpoints {
         c.liaison
             .register_checkpoint(pb::RegisterCheckpointRequest {
@@ -697,19 +885,12 @@ async fn register(c: &mut Clients, s: &Scenario) -> Result<(), RunnerError> {
 /// through its API, and stops it.
 pub async fn play_fresh(s: &Scenario, opts: &Play) -> Result<Vec<Output>, RunnerError> {
     let dir = tempfile::tempdir().map_err(|e| RunnerError::Scenario(e.to_string()))?;
-    let config = crate::config::Config {
-        listen: "127.0.0.1:0"
-            .parse()
-            .map_err(|_| RunnerError::Scenario("addr".into()))?,
-        metrics_listen: None,
-        data_dir: dir.path().to_path_buf(),
-        clock: crate::config::ClockMode::Scenario,
-        ..crate::config::Config::default()
-    };
+    let (config, creds) =
+        crate::credentials::private_server(dir.path()).map_err(RunnerError::Scenario)?;
     let server = crate::server::start(config)
         .await
         .map_err(|e| RunnerError::Connect("in-process citd".into(), e.to_string()))?;
-    let result = play(&server.endpoint(), s, opts, |_| {}).await;
+    let result = play(&server.endpoint(), &Arc::new(creds), s, opts, |_| {}).await;
     let _ = server.stop().await;
     result
 }

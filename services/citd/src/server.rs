@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use cit_proto::v1::armory_server::ArmoryServer;
 use cit_proto::v1::audit_server::AuditServer;
+use cit_proto::v1::identity_server::IdentityServer;
 use cit_proto::v1::police_liaison_server::PoliceLiaisonServer;
 use cit_proto::v1::runs_server::RunsServer;
 use cit_proto::v1::scenario_clock_server::ScenarioClockServer;
@@ -44,11 +45,21 @@ pub enum ServerError {
     ConsoleThread(std::io::Error),
     #[error("{0}")]
     Map(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("tokens: {0}")]
+    Tokens(String),
 }
 
-/// The router every gRPC port serves: all services behind the timing layer.
+/// The router every gRPC port serves: all services behind the timing layer and, inside it,
+/// the authentication and policy layer.
 type Routes = tonic::transport::server::Router<
-    tower::layer::util::Stack<grpc::timing::TimingLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        crate::auth::layer::AuthLayer,
+        tower::layer::util::Stack<grpc::timing::TimingLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 /// What `serve` listens on.
@@ -152,10 +163,116 @@ async fn reannounce(
     }
 }
 
+/// Reads the TLS files and the token keys again on SIGHUP, and whenever one of their files
+/// changes (checked every few seconds): certificates and keys rotate without a restart, and
+/// open connections keep the configuration they were accepted with. A set that does not load
+/// is logged and the one in force stays.
+async fn reload_credentials(
+    auth: Arc<crate::auth::layer::Auth>,
+    tls: Option<Arc<crate::auth::tls::Reloadable>>,
+    tokens: crate::auth::token::TokenConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let stamps = |t: &crate::auth::token::TokenConfig| -> Vec<Option<std::time::SystemTime>> {
+        t.keys
+            .iter()
+            .map(|k| {
+                std::fs::metadata(&k.public_key)
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .collect()
+    };
+    let mut seen = stamps(&tokens);
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::pin!(shutdown);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = &mut shutdown => return,
+            _ = hangup => true,
+            _ = every.tick() => false,
+        };
+        if let Some(tls) = &tls
+            && (forced || tls.changed())
+        {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(cause = %e, "TLS reload failed; the certificates in force stay")
+                }
+            }
+        }
+        let now = stamps(&tokens);
+        if forced || now != seen {
+            seen = now;
+            match crate::auth::token::Verifier::load(&tokens) {
+                Ok(v) => {
+                    tracing::info!(keys = v.key_count(), "token keys reloaded");
+                    match auth.tokens.write() {
+                        Ok(mut t) => *t = Arc::new(v),
+                        Err(p) => *p.into_inner() = Arc::new(v),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "token key reload failed; the keys in force stay")
+                }
+            }
+        }
+    }
+}
+
+/// Writes each window of denials to the log (see `auth::denials`), and the last at shutdown.
+async fn record_denials(app: Arc<App>, shutdown: impl std::future::Future<Output = ()>) {
+    let mut every = tokio::time::interval(crate::auth::denials::WINDOW);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    every.tick().await;
+    let mut from = crate::clock::wall_now();
+    tokio::pin!(shutdown);
+    loop {
+        let last = tokio::select! {
+            _ = &mut shutdown => true,
+            _ = every.tick() => false,
+        };
+        let to = crate::clock::wall_now();
+        if let Some(event) = app.denials.take(from, to) {
+            if let cit_domain::event::Event::AccessDenied { calls, dropped, .. } = &event {
+                tracing::warn!(
+                    entries = calls.len(),
+                    calls = calls.iter().map(|c| c.count).sum::<u64>() + dropped,
+                    "calls denied in the last window"
+                );
+            }
+            if let Err(e) = app.append_own(&event, "auth").await {
+                tracing::error!(cause = %e, "cannot record denied calls");
+            }
+        }
+        from = to;
+        if last {
+            return;
+        }
+    }
+}
+
 /// A started server.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// Whether the ports serve TLS (https) or, with `--insecure`, plain HTTP/2.
+    pub tls: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub console_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -175,7 +292,8 @@ impl Running {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -184,6 +302,8 @@ impl Running {
 /// caught up (health is SERVING from then on), or with the cause of the first failure, so a
 /// store that cannot open fails the start instead of a server that never answers.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    config.validate()?;
+    let tls = config.tls.is_some();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -226,6 +346,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
     Ok(Running {
         addr,
+        tls,
         metrics_addr,
         console_addr,
         shutdown: Some(tx),
@@ -246,6 +367,7 @@ async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, 
 /// What every gRPC port serves, shared by the ports.
 struct Services {
     app: Arc<App>,
+    auth: Arc<crate::auth::layer::Auth>,
     map: Option<Arc<crate::basemap::BaseMap>>,
     anomalies: Arc<Anomalies>,
     fleet: Arc<crate::fleet::Fleet>,
@@ -266,6 +388,7 @@ impl Services {
             "cit.v1.PoliceLiaison",
             "cit.v1.Dispatch",
             "cit.v1.Audit",
+            "cit.v1.Identity",
         ];
         if self.app.clock.is_scenario() {
             services.push("cit.v1.ScenarioClock");
@@ -296,6 +419,7 @@ impl Services {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(grpc::timing::TimingLayer::new(&self.app.metrics))
+            .layer(crate::auth::layer::AuthLayer::new(self.auth.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -324,6 +448,9 @@ impl Services {
                     stopping: self.stopping.clone(),
                 },
             ))
+            .add_service(IdentityServer::new(grpc::identity::IdentityService {
+                app: self.app.clone(),
+            }))
             .add_service(AuditServer::new(grpc::audit::AuditService {
                 app: self.app.clone(),
                 map: self.map.clone(),
@@ -347,6 +474,16 @@ pub async fn serve(
         metrics: metrics_listener,
         console: console_listener,
     } = listeners;
+    config.validate()?;
+    // Credentials next: a bad key or certificate fails the start before the store is opened.
+    let verifier =
+        crate::auth::token::Verifier::load(&config.tokens).map_err(ServerError::Tokens)?;
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            crate::auth::tls::Reloadable::load(files.clone()).map_err(ServerError::Tls)?,
+        )),
+        None => None,
+    };
     // The map first: a bad file fails the start before the store is opened.
     let map = match &config.map {
         Some(path) => Some(Arc::new(
@@ -370,10 +507,6 @@ pub async fn serve(
         .map_err(|e| ServerError::Store(e.to_string()))?;
     app.max_seq_jump
         .store(config.max_seq_jump, std::sync::atomic::Ordering::Relaxed);
-    app.anonymous_readback.store(
-        config.anonymous_readback,
-        std::sync::atomic::Ordering::Relaxed,
-    );
     let anomalies = Arc::new(Anomalies::default());
     let fleet = Arc::new(crate::fleet::Fleet::default());
     let hub = Arc::new(crate::watch::Hub::new(
@@ -434,7 +567,29 @@ pub async fn serve(
         });
     }
 
+    if config.insecure {
+        metrics.insecure.set(1);
+        tracing::warn!(addr = %config.listen, "INSECURE: serving gRPC WITHOUT TLS (--insecure); tokens travel in clear text; for loopback development only");
+    }
+    if verifier.key_count() == 0 {
+        tracing::warn!(
+            "no token verification keys configured ([tokens] keys, --token-key): no person can authenticate"
+        );
+    }
+    let auth = Arc::new(crate::auth::layer::Auth {
+        policy: crate::auth::policy::Policy::default(),
+        tokens: std::sync::RwLock::new(Arc::new(verifier)),
+        app: app.clone(),
+    });
+    tokio::spawn(reload_credentials(
+        auth.clone(),
+        tls.clone(),
+        config.tokens.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(record_denials(app.clone(), stopped(stop_rx.clone())));
     let services = Services {
+        auth,
         app: app.clone(),
         map,
         anomalies: anomalies.clone(),
@@ -452,15 +607,29 @@ pub async fn serve(
             let routes = services.routes().await?;
             let l = l.into_std().map_err(ServerError::ConsoleThread)?;
             let stop = stop_rx.clone();
+            let console_tls = tls
+                .clone()
+                .map(|t| (t, metrics.tls_handshakes_failed.clone()));
             let done = on_own_thread("cit-console", async move {
                 let l = TcpListener::from_std(l)?;
                 tracing::info!(addr = %l.local_addr()?, "console port serving");
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
-                routes
-                    .serve_with_incoming_shutdown(incoming, stopped(stop))
-                    .await
-                    .map_err(std::io::Error::other)
+                match console_tls {
+                    Some((tls, failed)) => routes
+                        .serve_with_incoming_shutdown(
+                            crate::auth::tls::incoming(l, tls, failed),
+                            stopped(stop),
+                        )
+                        .await
+                        .map_err(std::io::Error::other),
+                    None => {
+                        let incoming =
+                            tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+                        routes
+                            .serve_with_incoming_shutdown(incoming, stopped(stop))
+                            .await
+                            .map_err(std::io::Error::other)
+                    }
+                }
             })
             .map_err(ServerError::ConsoleThread)?;
             Some(done)
@@ -479,11 +648,22 @@ pub async fn serve(
     let begin_stop = stop_tx.clone();
     // No Nagle on accepted connections: a small response (GetRun) must not wait ~40 ms for the
     // client's delayed ACK (measured: GetRun p99 44 ms before, BENCHMARKS.md).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = router.serve_with_incoming_shutdown(incoming, async move {
+    let until = async move {
         shutdown.await;
         let _ = begin_stop.send(true);
-    });
+    };
+    let serving: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::auth::tls::incoming(listener, tls, metrics.tls_handshakes_failed.clone()),
+            until,
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            until,
+        )),
+    };
     tokio::pin!(serving);
     let grace = stop_rx.clone();
     let result = tokio::select! {

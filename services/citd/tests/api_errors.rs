@@ -143,6 +143,7 @@ async fn refusals_carry_their_rule_and_unknowns_are_not_found() {
     assert_eq!(refusal_rule(&bare).as_deref(), Some("R1"));
 
     let err = c
+        .as_person("E-1", &["escort"])
         .runs
         .hand_over_cash_boxes(pb::HandOverCashBoxesRequest {
             run_id: "R-1".into(),
@@ -166,7 +167,8 @@ async fn refusals_carry_their_rule_and_unknowns_are_not_found() {
 
 #[tokio::test]
 async fn duress_checkin_answers_exactly_like_ok() {
-    let (_dir, server, mut c) = setup().await;
+    let (_dir, server, c) = setup().await;
+    let mut c = c.as_person("E-1", &["escort"]);
     let ask = |code: pb::CheckInCode| pb::CheckInRequest {
         run_id: "R-1".into(),
         person_id: "E-1".into(),
@@ -220,7 +222,15 @@ async fn two_clerks_issuing_one_weapon_at_once_exactly_one_wins() {
         ammo_custodian: "AC-1".into(),
         approver: "AP-1".into(),
     };
-    let (mut a, mut b) = (c.armory.clone(), c.armory.clone());
+    let desk = common::signed(
+        &c,
+        &[
+            ("GC-1", "gun_custodian"),
+            ("AC-1", "ammo_custodian"),
+            ("AP-1", "approver"),
+        ],
+    );
+    let (mut a, mut b) = (desk.armory.clone(), desk.armory.clone());
     let (ra, rb) = tokio::join!(a.issue_weapon(ask("E-1")), b.issue_weapon(ask("E-2")));
     let (wins, losses): (Vec<_>, Vec<_>) = [ra, rb].into_iter().partition(|r| r.is_ok());
     assert_eq!(wins.len(), 1, "exactly one issue succeeds");

@@ -22,7 +22,19 @@ fn free_port() -> u16 {
 }
 
 fn spawn(dir: &std::path::Path, port: u16) -> Child {
+    // TLS and the token key of the test PKI in dir/pki, as flags.
+    let config = common::config(dir, citd::config::ClockMode::Wall);
+    let tls = config.tls.expect("tls");
+    let key = &config.tokens.keys[0];
     Command::new(env!("CARGO_BIN_EXE_citd"))
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
+        .arg("--tls-client-ca")
+        .arg(tls.client_ca.as_ref().expect("client CA"))
+        .arg("--token-key")
+        .arg(format!("{}={}", key.kid, key.public_key.display()))
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -40,10 +52,10 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         .expect("spawn citd")
 }
 
-async fn ready(endpoint: &str) -> Clients {
+async fn ready(endpoint: &str, dir: &std::path::Path) -> Clients {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut c) = Clients::connect(endpoint).await
+        if let Ok(mut c) = Clients::connect(endpoint, common::creds(dir)).await
             && c.liaison
                 .list_checkpoints(pb::ListCheckpointsRequest::default())
                 .await
@@ -129,7 +141,7 @@ async fn acked_fixes_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut port = free_port();
     let mut child = spawn(dir.path(), port);
-    let mut c = ready(&format!("http://127.0.0.1:{port}")).await;
+    let mut c = ready(&format!("https://127.0.0.1:{port}"), dir.path()).await;
     departed_run(&mut c, "R-1", "V-1").await;
     let mut unit = Unit {
         next_seq: 1,
@@ -157,7 +169,7 @@ async fn acked_fixes_survive_kill_9_exactly_once() {
         let _ = victim.lock().expect("child").wait();
         port = free_port();
         child = spawn(dir.path(), port);
-        c = ready(&format!("http://127.0.0.1:{port}")).await;
+        c = ready(&format!("https://127.0.0.1:{port}"), dir.path()).await;
     }
     // Drain: resend until everything sent is acked.
     let sent = unit.next_seq - 1;

@@ -162,7 +162,7 @@ async fn the_consoles_port_serves_the_same_services_apart_from_telemetry() {
     let departed = common::departed_run(&mut c, "R-1", "V-1").await;
     let console = server.console_addr.expect("console port");
     assert_ne!(console, server.addr);
-    let mut d = citd::runner::Clients::connect(&format!("http://{console}"))
+    let mut d = citd::runner::Clients::connect(&format!("https://{console}"), c.creds.clone())
         .await
         .expect("connect to the consoles' port");
     // Read-your-writes: the read model has seen the departure.

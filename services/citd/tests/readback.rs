@@ -11,32 +11,42 @@ use citd::config::ClockMode;
 use citd::error::refusal_rule;
 use tonic::Code;
 
-/// A citd whose operator allowed the read-backs to unauthenticated callers (a closed network).
-fn open_config(dir: &std::path::Path, clock: ClockMode) -> citd::config::Config {
-    citd::config::Config {
-        anonymous_readback: true,
-        ..common::config(dir, clock)
-    }
-}
-
 #[tokio::test]
-async fn read_backs_that_disclose_people_or_the_armory_are_denied_unless_the_operator_allows_them()
+async fn read_backs_that_disclose_people_or_the_armory_are_denied_to_whom_the_policy_does_not_name()
 {
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
-    let denied = c
+    let (server, c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
+    // A driver reads neither the registry of people nor the armory's books.
+    let mut driver = c.as_person("D-1", &["driver"]);
+    let denied = driver
         .runs
         .list_people(page(0, ""))
         .await
-        .expect_err("not by default");
+        .expect_err("not a driver's");
     assert_eq!(denied.code(), Code::PermissionDenied);
-    assert!(denied.message().contains("anonymous_readback"), "{denied}");
-    let denied = c
+    assert!(denied.message().contains("ListPeople"), "{denied}");
+    let denied = driver
         .armory
         .list_weapons(page(0, ""))
         .await
-        .expect_err("not by default");
+        .expect_err("not a driver's");
     assert_eq!(denied.code(), Code::PermissionDenied);
+    // Nobody at all: unauthenticated.
+    let mut anonymous = citd::runner::Clients::connect(
+        &server.endpoint(),
+        std::sync::Arc::new(citd::credentials::Credentials {
+            ca: c.creds.ca.clone(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("connect");
+    let denied = anonymous
+        .runs
+        .list_people(page(0, ""))
+        .await
+        .expect_err("nobody's");
+    assert_eq!(denied.code(), Code::Unauthenticated);
     server.stop().await.expect("stop");
 }
 
@@ -69,7 +79,8 @@ async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
         .find_map(|e| matches!(e.op, Op::SwapVehicle { .. }).then_some(e.t))
         .expect("a swap");
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = common::played_on(open_config(dir.path(), ClockMode::Scenario), &s).await;
+    let (server, mut c) =
+        common::played_on(common::config(dir.path(), ClockMode::Scenario), &s).await;
 
     // Vehicles, a page of one at a time, in id order.
     let first = c
@@ -184,7 +195,7 @@ async fn registries_runs_and_a_vehicles_fixes_read_back_after_a_swap() {
 #[tokio::test]
 async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_for_it() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = common::serve(open_config(dir.path(), ClockMode::Wall)).await;
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     // R-1 departs (its crew and weapons registered by the helper); R-2 is planned with a
     // crew of its own and a weapon issued to one escort.
     common::departed_run(&mut c, "R-1", "V-1").await;
@@ -251,19 +262,27 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
         })
         .await
         .expect("weapon");
-    c.armory
-        .issue_weapon(pb::IssueWeaponRequest {
-            run_id: "R-2".into(),
-            serial: "G-R2".into(),
-            lot: "A-1".into(),
-            rounds: 10,
-            to: e1.clone(),
-            gun_custodian: "GC-1".into(),
-            ammo_custodian: "AC-1".into(),
-            approver: "AP-1".into(),
-        })
-        .await
-        .expect("issue");
+    common::signed(
+        &c,
+        &[
+            ("GC-1", "gun_custodian"),
+            ("AC-1", "ammo_custodian"),
+            ("AP-1", "approver"),
+        ],
+    )
+    .armory
+    .issue_weapon(pb::IssueWeaponRequest {
+        run_id: "R-2".into(),
+        serial: "G-R2".into(),
+        lot: "A-1".into(),
+        rounds: 10,
+        to: e1.clone(),
+        gun_custodian: "GC-1".into(),
+        ammo_custodian: "AC-1".into(),
+        approver: "AP-1".into(),
+    })
+    .await
+    .expect("issue");
     let cancel = |run: &str, reason: &str| pb::CancelRunRequest {
         run_id: run.into(),
         reason: reason.into(),
@@ -280,7 +299,8 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
         .await
         .expect_err("a weapon is out");
     assert_eq!(refusal_rule(&out).as_deref(), Some("R7"));
-    c.armory
+    common::signed(&c, &[("GC-1", "gun_custodian"), ("AC-1", "ammo_custodian")])
+        .armory
         .return_weapon(pb::ReturnWeaponRequest {
             serial: "G-R2".into(),
             by: e1.clone(),
@@ -318,7 +338,7 @@ async fn a_planned_run_is_cancelled_with_a_reason_and_not_while_a_weapon_is_out_
 #[tokio::test]
 async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_anomaly() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (server, mut c) = common::serve(open_config(dir.path(), ClockMode::Wall)).await;
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Wall)).await;
     c.armory
         .register_ammo_lot(pb::RegisterAmmoLotRequest {
             lot: "A-7".into(),
@@ -339,7 +359,8 @@ async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_a
         rounds_counted,
         counted_by: "AC-1".into(),
     };
-    c.armory
+    c.as_person("AC-1", &["ammo_custodian"])
+        .armory
         .count_ammo_lot(count(150))
         .await
         .expect("as booked");
@@ -381,6 +402,7 @@ async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_a
     assert_eq!(rest.checkpoints[0].checkpoint_id, "PC-3");
     assert!(rest.next_page_token.is_empty());
     let written = c
+        .as_person("AC-1", &["ammo_custodian"])
         .armory
         .count_ammo_lot(count(147))
         .await
@@ -403,14 +425,15 @@ async fn a_lot_counted_off_the_books_reaches_dispatch_and_is_answered_like_any_a
         (a.kind.as_str(), a.run_id.as_str()),
         ("inventory_mismatch", "")
     );
-    c.dispatch
+    let mut ds = c.as_person("DS-1", &["dispatcher"]);
+    ds.dispatch
         .acknowledge_anomaly(pb::AcknowledgeAnomalyRequest {
             anomaly_id: a.id.clone(),
             by: "DS-1".into(),
         })
         .await
         .expect("acknowledged");
-    c.dispatch
+    ds.dispatch
         .resolve_anomaly(pb::ResolveAnomalyRequest {
             anomaly_id: a.id.clone(),
             by: "DS-1".into(),

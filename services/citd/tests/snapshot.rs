@@ -54,10 +54,16 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
         .await
         .expect("start");
-    play(&server.endpoint(), &s, &Play::default(), |_| {})
-        .await
-        .expect("plays");
-    let mut c = Clients::connect(&server.endpoint()).await.expect("connect");
+    play(
+        &server.endpoint(),
+        &common::creds(dir.path()),
+        &s,
+        &Play::default(),
+        |_| {},
+    )
+    .await
+    .expect("plays");
+    let mut c = common::connect(&server, dir.path()).await;
     let before = anomaly_ids(&mut c, &run, 0).await;
     assert!(!before.is_empty(), "the scenario raised anomalies");
     let view_before = common::get_run(&mut c, &run).await.expect("get run");
@@ -95,7 +101,8 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
         "dispatch is served from the snapshot"
     );
     // The command side knows the anomalies from the snapshot alone: one is acknowledged.
-    c.dispatch
+    c.as_person("dispatcher-2", &["dispatcher"])
+        .dispatch
         .acknowledge_anomaly(pb::AcknowledgeAnomalyRequest {
             anomaly_id: before[0].clone(),
             by: "dispatcher-2".into(),
@@ -107,7 +114,9 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
     assert_eq!(view.position, view_before.position);
 
     // The restored engine knows the run: a duress now is raised, once.
-    c.runs
+    let mut escort = c.as_person(&s.runs[0].escorts[0], &["escort"]);
+    escort
+        .runs
         .check_in(pb::CheckInRequest {
             run_id: run.clone(),
             person_id: s.runs[0].escorts[0].clone(),
@@ -116,7 +125,7 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
         .await
         .expect("duress");
     // A later write, to wait on: the engine has handled the duress once it has handled this.
-    let head = c
+    let head = escort
         .runs
         .report_incident(pb::ReportIncidentRequest {
             run_id: run.clone(),

@@ -56,9 +56,9 @@ async fn health_answers_serving_for_every_service_once_started() {
     let server = citd::server::start(common::config(dir.path(), ClockMode::Scenario))
         .await
         .expect("start");
-    let channel = tonic::transport::Channel::from_shared(server.endpoint())
-        .expect("endpoint")
-        .connect()
+    // Health needs no credential, only the CA to trust citd by.
+    let channel = common::creds(dir.path())
+        .channel(&server.endpoint())
         .await
         .expect("connect");
     let mut health = HealthClient::new(channel);

@@ -34,7 +34,8 @@ async fn next(w: &mut Streaming<pb::FleetEvent>) -> Fe {
 
 /// A duress check-in by `escort` on R-1; returns the first anomaly the watcher then sees.
 async fn duress(c: &mut Clients, w: &mut Streaming<pb::FleetEvent>, escort: &str) -> pb::Anomaly {
-    c.runs
+    c.as_person(escort, &["escort"])
+        .runs
         .check_in(pb::CheckInRequest {
             run_id: "R-1".into(),
             person_id: escort.into(),
@@ -134,7 +135,8 @@ async fn snapshot_then_fixes_anomalies_and_their_workflow() {
     assert_eq!(duress.kind, "duress");
     assert_eq!(duress.severity, pb::Severity::Critical as i32);
     assert_eq!(duress.announcements, 1);
-    c.dispatch
+    c.as_person("dispatcher-7", &["dispatcher"])
+        .dispatch
         .acknowledge_anomaly(pb::AcknowledgeAnomalyRequest {
             anomaly_id: duress.id.clone(),
             by: "dispatcher-7".into(),
@@ -198,19 +200,27 @@ async fn a_stuck_watcher_falls_behind_without_slowing_or_losing_ingest() {
     // only 4 KiB in flight. (With more, a client that never reads buffers hundreds of small
     // DATA frames and its own h2 library closes the connection, ENHANCE_YOUR_CALM, before the
     // ring can tell it anything.)
-    let small = tonic::transport::Endpoint::from_shared(server.endpoint())
+    let small = c
+        .creds
+        .endpoint(&server.endpoint())
         .expect("endpoint")
         .initial_stream_window_size(4_096)
         .initial_connection_window_size(65_535)
         .connect()
         .await
         .expect("connect");
-    let mut stuck = pb::dispatch_client::DispatchClient::new(small)
-        .watch_fleet(pb::WatchFleetRequest::default())
+    let token = c.creds.default_token();
+    let mut stuck = pb::dispatch_client::DispatchClient::with_interceptor(
+        small,
+        citd::credentials::Bearer::new(token.as_deref(), &[]),
+    )
+    .watch_fleet(pb::WatchFleetRequest::default())
+    .await
+    .expect("watch")
+    .into_inner();
+    let mut other = Clients::connect(&server.endpoint(), c.creds.clone())
         .await
-        .expect("watch")
-        .into_inner();
-    let mut other = Clients::connect(&server.endpoint()).await.expect("connect");
+        .expect("connect");
     let mut reading = watch(&mut other, pb::WatchFleetRequest::default()).await;
     let reader = tokio::spawn(async move {
         let mut changes = 0u64;

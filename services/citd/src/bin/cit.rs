@@ -23,6 +23,100 @@ enum Cmd {
     Scenario(ScenarioCmd),
     /// A recorded run, for auditors: read, replay, state-at, verify, redetect, export, render.
     Audit(citd::audit_client::AuditArgs),
+    /// A development PKI: a CA, citd's certificate, a gateway's and a token signing key.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Bearer tokens signed with a local key (installations without an identity provider).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCmd {
+    /// Make a development PKI in DIR and print the citd flags that use it.
+    Init { dir: PathBuf },
+    /// A client certificate for a unit (or, with --gateway, a gateway) signed by DIR's CA.
+    Unit {
+        dir: PathBuf,
+        id: String,
+        #[arg(long)]
+        gateway: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Print a token for a person with roles, signed by DIR's token key.
+    Mint {
+        /// The development PKI directory holding the signing key.
+        #[arg(long, env = "CIT_PKI")]
+        pki: PathBuf,
+        /// The person's id (the token's subject).
+        #[arg(long)]
+        person: String,
+        /// Roles, comma-separated: driver, escort, gun_custodian, ammo_custodian, approver,
+        /// dispatcher, supervisor, police_liaison, auditor, admin.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
+}
+
+fn pki_cmd(cmd: PkiCmd) -> Result<(), String> {
+    use citd::auth::devpki;
+    match cmd {
+        PkiCmd::Init { dir } => {
+            let pki = devpki::generate(&dir)?;
+            citd::credentials::Credentials::from_pki(&pki)?;
+            println!("development PKI in {} (not for production)", dir.display());
+            println!(
+                "citd --tls-cert {} --tls-key {} --tls-client-ca {} --token-key {}={}",
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                pki.ca.display(),
+                pki.token_key.kid,
+                pki.token_key.public_key.display()
+            );
+            println!(
+                "cit scenario run FILE --addr 127.0.0.1:50051 --pki {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        PkiCmd::Unit { dir, id, gateway } => {
+            let kind = if gateway {
+                citd::auth::Kind::Gateway
+            } else {
+                citd::auth::Kind::Unit
+            };
+            let (cert, key) = devpki::issue_client(&dir, kind, &id)?;
+            println!("{}\n{}", cert.display(), key.display());
+            Ok(())
+        }
+    }
+}
+
+fn token_cmd(cmd: TokenCmd) -> Result<(), String> {
+    let TokenCmd::Mint {
+        pki,
+        person,
+        roles,
+        ttl_s,
+    } = cmd;
+    for r in &roles {
+        if citd::auth::Role::parse(r).is_none() {
+            return Err(format!("unknown role {r:?}"));
+        }
+    }
+    let kid = citd::auth::devpki::DEV_KID;
+    let path = pki.join(format!("token-{kid}.key.pem"));
+    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let signer = citd::auth::token::Signer::from_pem(kid, &pem, "cit-local", "cit")?;
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    println!("{}", signer.mint(&person, &roles, ttl_s));
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,10 +133,14 @@ struct ScenarioArgs {
     /// Files or directories.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// A citd in `--clock scenario` mode with a fresh store (one scenario per server). Without
-    /// it, a private citd is started for each file.
+    /// A citd in `--clock scenario` mode with a fresh store (one scenario per server), reached
+    /// with --pki (the runner acts as every person of the scenario). Without it, a private
+    /// citd is started for each file.
     #[arg(long)]
     addr: Option<String>,
+    /// The development PKI of the citd at --addr (`cit pki init`).
+    #[arg(long, env = "CIT_PKI")]
+    pki: Option<PathBuf>,
 }
 
 fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
@@ -66,10 +164,15 @@ fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 async fn play_one(
     path: &Path,
     addr: Option<&str>,
+    pki: Option<&Path>,
 ) -> Result<(Scenario, Vec<cit_scenario::Output>), String> {
     let s = Scenario::load(path).map_err(|e| e.to_string())?;
     let out = match addr {
-        Some(a) => play(a, &s, &Play::default(), |_| {}).await,
+        Some(a) => {
+            let dir = pki.ok_or("--addr needs --pki: the runner acts as the scenario's people")?;
+            let creds = std::sync::Arc::new(citd::credentials::Credentials::from_pki_dir(dir)?);
+            play(a, &creds, &s, &Play::default(), |_| {}).await
+        }
         None => play_fresh(&s, &Play::default()).await,
     }
     .map_err(|e| format!("{}: {e}", s.name))?;
@@ -96,6 +199,8 @@ fn main() -> std::process::ExitCode {
     rt.block_on(async move {
         let cmd = match cli.command {
             Cmd::Scenario(cmd) => cmd,
+            Cmd::Pki(cmd) => return exit(pki_cmd(cmd)),
+            Cmd::Token(cmd) => return exit(token_cmd(cmd)),
             Cmd::Audit(args) => {
                 return match citd::audit_client::run(args).await {
                     Ok(true) => std::process::ExitCode::SUCCESS,
@@ -120,7 +225,7 @@ fn main() -> std::process::ExitCode {
         };
         let (mut passed, mut failed) = (0, 0);
         for f in &list {
-            match play_one(f, args.addr.as_deref()).await {
+            match play_one(f, args.addr.as_deref(), args.pki.as_deref()).await {
                 Ok((s, out)) if check => {
                     let sc = score(&s, &out);
                     if sc.passed() {
@@ -160,4 +265,14 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
     })
+}
+
+fn exit(r: Result<(), String>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cit: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use cit_domain::event::{Event, streams};
 use cit_domain::world::WeaponLocation;
-use cit_domain::{Command, World};
+use cit_domain::{Command, Rule, World};
 use cit_proto::v1 as pb;
 use cit_proto::v1::armory_server::Armory;
 use tonic::{Request, Response, Status};
 
-use super::{ts, write_result};
+use super::{acting, caller, ts, two_person, write_result};
 use crate::app::{App, decode};
+use crate::auth::Role;
+use crate::auth::scope::Place;
 
 #[derive(Debug)]
 pub struct ArmoryService {
@@ -67,13 +69,17 @@ impl Armory for ArmoryService {
         &self,
         req: Request<pb::RegisterWeaponRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
         let p = self
             .app
-            .execute(Command::RegisterWeapon {
-                serial: r.serial,
-                kind: r.kind,
-            })
+            .execute_by(
+                &caller,
+                Command::RegisterWeapon {
+                    serial: r.serial,
+                    kind: r.kind,
+                },
+            )
             .await?;
         Ok(Response::new(write_result(p)))
     }
@@ -82,57 +88,103 @@ impl Armory for ArmoryService {
         &self,
         req: Request<pb::RegisterAmmoLotRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
         let p = self
             .app
-            .execute(Command::RegisterAmmoLot {
-                lot: r.lot,
-                rounds: r.rounds,
-            })
+            .execute_by(
+                &caller,
+                Command::RegisterAmmoLot {
+                    lot: r.lot,
+                    rounds: r.rounds,
+                },
+            )
             .await?;
         Ok(Response::new(write_result(p)))
     }
 
     async fn count_ammo_lot(&self, req: Request<pb::CountAmmoLotRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
         let p = self
             .app
-            .execute(Command::CountAmmoLot {
-                lot: r.lot,
-                counted: r.rounds_counted,
-                by: r.counted_by,
-            })
+            .execute_by(
+                &caller,
+                Command::CountAmmoLot {
+                    by: acting(
+                        &self.app,
+                        &caller,
+                        "/cit.v1.Armory/CountAmmoLot",
+                        "counted_by",
+                        &r.counted_by,
+                    )?,
+                    lot: r.lot,
+                    counted: r.rounds_counted,
+                },
+            )
             .await?;
         Ok(Response::new(write_result(p)))
     }
 
     async fn deliver_ammo(&self, req: Request<pb::DeliverAmmoRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
         let p = self
             .app
-            .execute(Command::DeliverAmmo {
-                lot: r.lot,
-                rounds: r.rounds,
-            })
+            .execute_by(
+                &caller,
+                Command::DeliverAmmo {
+                    lot: r.lot,
+                    rounds: r.rounds,
+                },
+            )
             .await?;
         Ok(Response::new(write_result(p)))
     }
 
     async fn issue_weapon(&self, req: Request<pb::IssueWeaponRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        let p = self
-            .app
-            .execute(Command::IssueWeapon {
-                run_id: r.run_id,
-                serial: r.serial,
-                lot: r.lot,
-                rounds: r.rounds,
-                to: r.to,
-                gun_custodian: r.gun_custodian,
-                ammo_custodian: r.ammo_custodian,
-                approver: r.approver,
-            })
-            .await?;
+        let cmd = Command::IssueWeapon {
+            run_id: r.run_id.clone(),
+            serial: r.serial.clone(),
+            lot: r.lot,
+            rounds: r.rounds,
+            to: r.to,
+            gun_custodian: r.gun_custodian.clone(),
+            ammo_custodian: r.ammo_custodian.clone(),
+            approver: r.approver.clone(),
+        };
+        // R3 by three credentials: each place proven by its own person's.
+        let places = [
+            Place {
+                field: "gun_custodian",
+                person: &r.gun_custodian,
+                role: Some(Role::GunCustodian),
+            },
+            Place {
+                field: "ammo_custodian",
+                person: &r.ammo_custodian,
+                role: Some(Role::AmmoCustodian),
+            },
+            Place {
+                field: "approver",
+                person: &r.approver,
+                role: Some(Role::Approver),
+            },
+        ];
+        two_person(
+            &self.app,
+            &caller,
+            "/cit.v1.Armory/IssueWeapon",
+            &cmd,
+            Rule::R3,
+            Some(&r.run_id),
+            &r.serial,
+            &places,
+        )
+        .await?;
+        let p = self.app.execute(cmd, &caller).await?;
         Ok(Response::new(write_result(p)))
     }
 
@@ -140,31 +192,90 @@ impl Armory for ArmoryService {
         &self,
         req: Request<pb::HandOverWeaponRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        let p = self
-            .app
-            .execute(Command::HandOverWeapon {
-                serial: r.serial,
-                from: r.from,
-                to: r.to,
-                witness: r.witness,
-            })
-            .await?;
+        let cmd = Command::HandOverWeapon {
+            serial: r.serial.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+            witness: r.witness.clone(),
+        };
+        // Custody moves only with the giver's and the taker's (and a named witness's) own
+        // credentials: nobody hands a gun to someone else in their name.
+        let places = [
+            Place {
+                field: "from",
+                person: &r.from,
+                role: None,
+            },
+            Place {
+                field: "to",
+                person: &r.to,
+                role: None,
+            },
+            Place {
+                field: "witness",
+                person: &r.witness,
+                role: None,
+            },
+        ];
+        two_person(
+            &self.app,
+            &caller,
+            "/cit.v1.Armory/HandOverWeapon",
+            &cmd,
+            Rule::R5,
+            None,
+            &r.serial,
+            &places,
+        )
+        .await?;
+        let p = self.app.execute(cmd, &caller).await?;
         Ok(Response::new(write_result(p)))
     }
 
     async fn return_weapon(&self, req: Request<pb::ReturnWeaponRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        let p = self
+        let cmd = Command::ReturnWeapon {
+            serial: r.serial.clone(),
+            by: r.by,
+            gun_custodian: r.gun_custodian.clone(),
+            ammo_custodian: r.ammo_custodian.clone(),
+            rounds_returned: r.rounds_returned,
+        };
+        // Both custodians take the gun and the rounds back, each with their own credential.
+        let places = [
+            Place {
+                field: "gun_custodian",
+                person: &r.gun_custodian,
+                role: Some(Role::GunCustodian),
+            },
+            Place {
+                field: "ammo_custodian",
+                person: &r.ammo_custodian,
+                role: Some(Role::AmmoCustodian),
+            },
+        ];
+        let run = self
             .app
-            .execute(Command::ReturnWeapon {
-                serial: r.serial,
-                by: r.by,
-                gun_custodian: r.gun_custodian,
-                ammo_custodian: r.ammo_custodian,
-                rounds_returned: r.rounds_returned,
+            .with_world(|w| match w.weapons.get(&r.serial).map(|wp| &wp.location) {
+                Some(WeaponLocation::Out { run_id, .. }) => Some(run_id.clone()),
+                _ => None,
             })
-            .await?;
+            .await;
+        two_person(
+            &self.app,
+            &caller,
+            "/cit.v1.Armory/ReturnWeapon",
+            &cmd,
+            Rule::R3,
+            run.as_deref(),
+            &r.serial,
+            &places,
+        )
+        .await?;
+        let p = self.app.execute(cmd, &caller).await?;
         Ok(Response::new(write_result(p)))
     }
 
@@ -200,7 +311,6 @@ impl Armory for ArmoryService {
     }
 
     async fn list_weapons(&self, req: Request<pb::ListPage>) -> Res<pb::ListWeaponsResponse> {
-        super::readback_allowed(&self.app, "ListWeapons")?;
         let page = req.into_inner();
         let (weapons, next_page_token) = self
             .app
@@ -220,7 +330,6 @@ impl Armory for ArmoryService {
     }
 
     async fn list_ammo_lots(&self, req: Request<pb::ListPage>) -> Res<pb::ListAmmoLotsResponse> {
-        super::readback_allowed(&self.app, "ListAmmoLots")?;
         let page = req.into_inner();
         let (lots, next_page_token) = self
             .app

@@ -236,7 +236,9 @@ impl Dispatch for DispatchService {
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::FleetEvent, Status>> + Send>>;
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Res<pb::RunView> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
+        super::run_access(&self.app, &caller, "/cit.v1.Dispatch/GetRun", &r.run_id).await?;
         self.caught_up(r.min_log_position).await?;
         self.fleet
             .view(&r.run_id, self.app.clock.now(), &self.anomalies)
@@ -320,16 +322,27 @@ impl Dispatch for DispatchService {
         &self,
         req: Request<pb::AcknowledgeAnomalyRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
+        let by = super::acting(
+            &self.app,
+            &caller,
+            "/cit.v1.Dispatch/AcknowledgeAnomaly",
+            "by",
+            &r.by,
+        )?;
         self.anomalies
             .until_recorded(&r.anomaly_id, RECORD_WAIT)
             .await?;
         let p = self
             .app
-            .execute(Command::AcknowledgeAnomaly {
-                anomaly_id: r.anomaly_id,
-                by: r.by,
-            })
+            .execute_by(
+                &caller,
+                Command::AcknowledgeAnomaly {
+                    anomaly_id: r.anomaly_id,
+                    by,
+                },
+            )
             .await?;
         Ok(Response::new(write_result(p)))
     }
@@ -338,18 +351,29 @@ impl Dispatch for DispatchService {
         &self,
         req: Request<pb::ResolveAnomalyRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
+        let by = super::acting(
+            &self.app,
+            &caller,
+            "/cit.v1.Dispatch/ResolveAnomaly",
+            "by",
+            &r.by,
+        )?;
         self.anomalies
             .until_recorded(&r.anomaly_id, RECORD_WAIT)
             .await?;
         let p = self
             .app
-            .execute(Command::ResolveAnomaly {
-                anomaly_id: r.anomaly_id,
-                by: r.by,
-                outcome: r.outcome,
-                note: r.note,
-            })
+            .execute_by(
+                &caller,
+                Command::ResolveAnomaly {
+                    anomaly_id: r.anomaly_id,
+                    by,
+                    outcome: r.outcome,
+                    note: r.note,
+                },
+            )
             .await?;
         Ok(Response::new(write_result(p)))
     }

@@ -22,6 +22,7 @@ impl PoliceLiaison for LiaisonService {
         &self,
         req: Request<pb::RegisterCheckpointRequest>,
     ) -> Result<Response<pb::WriteResult>, Status> {
+        let caller = super::caller(&req)?.clone();
         let cp = req
             .into_inner()
             .checkpoint
@@ -38,7 +39,7 @@ impl PoliceLiaison for LiaisonService {
         };
         let p = self
             .app
-            .execute(Command::RegisterCheckpoint(checkpoint))
+            .execute_by(&caller, Command::RegisterCheckpoint(checkpoint))
             .await?;
         Ok(Response::new(write_result(p)))
     }

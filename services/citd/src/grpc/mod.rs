@@ -6,6 +6,7 @@ pub mod armory;
 pub mod audit;
 pub mod clock;
 pub mod dispatch;
+pub mod identity;
 pub mod liaison;
 pub mod runs;
 pub mod telemetry;
@@ -15,6 +16,9 @@ use cit_domain::event::{Anomaly, Severity};
 use cit_domain::{InputError, LatLon, Millis};
 use cit_proto::v1 as pb;
 use prost_types::Timestamp;
+
+use crate::auth::Caller;
+use crate::auth::scope::{Place, Unproven};
 
 pub fn ts(m: Millis) -> Timestamp {
     Timestamp {
@@ -39,20 +43,85 @@ pub fn enum_value<E: TryFrom<i32>>(field: &str, v: i32) -> Result<E, InputError>
     E::try_from(v).map_err(|_| InputError::invalid(field, format!("unknown value {v}")))
 }
 
-/// The read-backs that disclose what no other call shows (people, the armory's inventory,
-/// vehicles' plates, positions off a run) are not widened to unauthenticated callers: citd does
-/// not authenticate anyone yet (issue 20), so they are served only where the operator turned
-/// `anonymous_readback` on.
-pub fn readback_allowed(app: &crate::app::App, rpc: &str) -> Result<(), tonic::Status> {
-    if app
-        .anonymous_readback
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        return Ok(());
+pub use crate::auth::layer::caller;
+
+/// A denial decided in a handler (a scope check), counted and recorded with the layer's.
+pub fn denied(
+    app: &crate::app::App,
+    caller: &Caller,
+    rpc: &str,
+    status: tonic::Status,
+) -> tonic::Status {
+    app.denials.record(
+        Some(&caller.principal),
+        rpc,
+        &crate::auth::layer::Denial {
+            code: status.code(),
+            cause: "scope",
+            message: status.message().to_string(),
+        },
+        None,
+    );
+    status
+}
+
+/// [`crate::auth::scope::run_access`], its denial recorded.
+pub async fn run_access(
+    app: &crate::app::App,
+    caller: &Caller,
+    rpc: &str,
+    run_id: &str,
+) -> Result<(), tonic::Status> {
+    crate::auth::scope::run_access(app, caller, run_id)
+        .await
+        .map_err(|s| denied(app, caller, rpc, s))
+}
+
+/// [`crate::auth::scope::acting`], its denial recorded.
+pub fn acting(
+    app: &crate::app::App,
+    caller: &Caller,
+    rpc: &str,
+    field: &str,
+    value: &str,
+) -> Result<String, tonic::Status> {
+    crate::auth::scope::acting(caller, field, value).map_err(|s| denied(app, caller, rpc, s))
+}
+
+/// A two-person rule's credentials ([`crate::auth::scope::prove`]): a person named without a
+/// credential is denied; a credential without the place's role is a refusal under `rule`,
+/// recorded like the rules' own.
+#[allow(clippy::too_many_arguments)]
+pub async fn two_person(
+    app: &crate::app::App,
+    caller: &Caller,
+    rpc: &str,
+    cmd: &cit_domain::Command,
+    rule: cit_domain::Rule,
+    run_id: Option<&str>,
+    subject: &str,
+    places: &[Place<'_>],
+) -> Result<(), tonic::Status> {
+    match crate::auth::scope::prove(caller, places) {
+        Ok(()) => Ok(()),
+        Err(Unproven::Missing(m)) => Err(denied(
+            app,
+            caller,
+            rpc,
+            tonic::Status::permission_denied(m),
+        )),
+        Err(Unproven::WrongRole(m)) => Err(app
+            .refuse(
+                cmd,
+                rule,
+                run_id,
+                subject,
+                format!("{}: {m}", rule.as_str()),
+                caller,
+            )
+            .await
+            .into()),
     }
-    Err(tonic::Status::permission_denied(format!(
-        "{rpc} discloses people, the armory or vehicles' whereabouts, and citd does not authenticate callers yet: an operator on a closed network may allow it with anonymous_readback (--anonymous-readback)"
-    )))
 }
 
 /// Most entries of one page of a list.

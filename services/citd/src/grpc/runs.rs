@@ -5,14 +5,18 @@ use std::sync::Arc;
 
 use cit_domain::{
     CheckInCode, Command, DetectionParams, IncidentKind, InputError, LatLon, MAX_ROUTE_POINTS,
-    PlannedStop, Role, RunPlan,
+    PlannedStop, Role, Rule, RunPlan,
 };
 use cit_proto::v1 as pb;
 use cit_proto::v1::runs_server::Runs;
 use tonic::{Request, Response, Status};
 
-use super::{enum_value, latlon, millis, paged, ts, write_result};
+use super::{
+    acting, caller, enum_value, latlon, millis, paged, run_access, ts, two_person, write_result,
+};
 use crate::app::App;
+use crate::auth::Caller;
+use crate::auth::scope::Place;
 use crate::error::AppError;
 
 #[derive(Debug)]
@@ -196,10 +200,55 @@ pub fn plan_command(req: pb::PlanRunRequest) -> Result<Command, InputError> {
 type Res<T> = Result<Response<T>, Status>;
 
 impl RunsService {
-    async fn exec(&self, cmd: Result<Command, InputError>) -> Res<pb::WriteResult> {
+    async fn exec(
+        &self,
+        caller: &Caller,
+        cmd: Result<Command, InputError>,
+    ) -> Res<pb::WriteResult> {
         let cmd = cmd.map_err(AppError::from)?;
-        let p = self.app.execute(cmd).await?;
+        let p = self.app.execute(cmd, caller).await?;
         Ok(Response::new(write_result(p)))
+    }
+
+    /// A crew call on `run_id`: the caller on that run's crew (or dispatch).
+    async fn crew(&self, caller: &Caller, rpc: &str, run_id: &str) -> Result<(), Status> {
+        run_access(&self.app, caller, rpc, run_id).await
+    }
+
+    /// R6's people ([`two_person`]): the handers (crew) and receivers each with a credential.
+    async fn r6(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        cmd: &Command,
+        run_id: &str,
+        handed_by: &[String],
+        received_by: &[String],
+    ) -> Result<(), Status> {
+        let places: Vec<Place> = handed_by
+            .iter()
+            .map(|p| Place {
+                field: "handed_by",
+                person: p,
+                role: None,
+            })
+            .chain(received_by.iter().map(|p| Place {
+                field: "received_by",
+                person: p,
+                role: None,
+            }))
+            .collect();
+        two_person(
+            &self.app,
+            caller,
+            rpc,
+            cmd,
+            Rule::R6,
+            Some(run_id),
+            run_id,
+            &places,
+        )
+        .await
     }
 }
 
@@ -209,12 +258,16 @@ impl Runs for RunsService {
         &self,
         req: Request<pb::RegisterVehicleRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(Ok(Command::RegisterVehicle {
-            vehicle_id: r.vehicle_id,
-            plate: r.plate,
-            armoured: r.armoured,
-        }))
+        self.exec(
+            &caller,
+            Ok(Command::RegisterVehicle {
+                vehicle_id: r.vehicle_id,
+                plate: r.plate,
+                armoured: r.armoured,
+            }),
+        )
         .await
     }
 
@@ -222,45 +275,70 @@ impl Runs for RunsService {
         &self,
         req: Request<pb::RegisterPersonRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(role(r.role).map(|role| Command::RegisterPerson {
-            person_id: r.person_id,
-            name: r.name,
-            role,
-        }))
+        self.exec(
+            &caller,
+            role(r.role).map(|role| Command::RegisterPerson {
+                person_id: r.person_id,
+                name: r.name,
+                role,
+            }),
+        )
         .await
     }
 
     async fn plan_run(&self, req: Request<pb::PlanRunRequest>) -> Res<pb::WriteResult> {
-        self.exec(plan_command(req.into_inner())).await
+        let caller = caller(&req)?.clone();
+        self.exec(&caller, plan_command(req.into_inner())).await
     }
 
     async fn amend_run(&self, req: Request<pb::PlanRunRequest>) -> Res<pb::WriteResult> {
-        self.exec(plan_command(req.into_inner()).map(Command::into_amendment))
-            .await
+        let caller = caller(&req)?.clone();
+        self.exec(
+            &caller,
+            plan_command(req.into_inner()).map(Command::into_amendment),
+        )
+        .await
     }
 
     async fn escort_ready(&self, req: Request<pb::EscortReadyRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(Ok(Command::EscortReady {
-            run_id: r.run_id,
-            person_id: r.person_id,
-            weapon: Some(r.weapon_serial).filter(|s| !s.is_empty()),
-            vest: r.vest,
-            helmet: r.helmet,
-        }))
+        const RPC: &str = "/cit.v1.Runs/EscortReady";
+        self.crew(&caller, RPC, &r.run_id).await?;
+        // Dispatch records an escort's readiness for them; crew record their own.
+        let person_id = if caller.principal.roles.crew_only() {
+            acting(&self.app, &caller, RPC, "person_id", &r.person_id)?
+        } else {
+            r.person_id
+        };
+        self.exec(
+            &caller,
+            Ok(Command::EscortReady {
+                run_id: r.run_id,
+                person_id,
+                weapon: Some(r.weapon_serial).filter(|s| !s.is_empty()),
+                vest: r.vest,
+                helmet: r.helmet,
+            }),
+        )
         .await
     }
 
     async fn depart(&self, req: Request<pb::DepartRequest>) -> Res<pb::WriteResult> {
-        self.exec(Ok(Command::Depart {
-            run_id: req.into_inner().run_id,
-        }))
-        .await
+        let caller = caller(&req)?.clone();
+        let run_id = req.into_inner().run_id;
+        self.crew(&caller, "/cit.v1.Runs/Depart", &run_id).await?;
+        self.exec(&caller, Ok(Command::Depart { run_id })).await
     }
 
     async fn check_in(&self, req: Request<pb::CheckInRequest>) -> Res<pb::CheckInResponse> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
+        const RPC: &str = "/cit.v1.Runs/CheckIn";
+        self.crew(&caller, RPC, &r.run_id).await?;
+        let person_id = acting(&self.app, &caller, RPC, "person_id", &r.person_id)?;
         let code = match enum_value::<pb::CheckInCode>("code", r.code).map_err(AppError::from)? {
             pb::CheckInCode::Ok => CheckInCode::Ok,
             pb::CheckInCode::Duress => CheckInCode::Duress,
@@ -270,11 +348,14 @@ impl Runs for RunsService {
         };
         let run_id = r.run_id.clone();
         self.app
-            .execute(Command::CheckIn {
-                run_id: r.run_id,
-                person_id: r.person_id,
-                code,
-            })
+            .execute_by(
+                &caller,
+                Command::CheckIn {
+                    run_id: r.run_id,
+                    person_id,
+                    code,
+                },
+            )
             .await?;
         // Same answer for ok and duress: the crew's screen must not reveal the alarm.
         let interval = self
@@ -291,14 +372,21 @@ impl Runs for RunsService {
         &self,
         req: Request<pb::ReportIncidentRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(incident(r.kind).map(|kind| Command::ReportIncident {
-            run_id: r.run_id,
-            person_id: r.person_id,
-            kind,
-            note: r.note,
-            rounds: r.rounds,
-        }))
+        const RPC: &str = "/cit.v1.Runs/ReportIncident";
+        self.crew(&caller, RPC, &r.run_id).await?;
+        let person_id = acting(&self.app, &caller, RPC, "person_id", &r.person_id)?;
+        self.exec(
+            &caller,
+            incident(r.kind).map(|kind| Command::ReportIncident {
+                run_id: r.run_id,
+                person_id,
+                kind,
+                note: r.note,
+                rounds: r.rounds,
+            }),
+        )
         .await
     }
 
@@ -306,42 +394,60 @@ impl Runs for RunsService {
         &self,
         req: Request<pb::HandOverCashBoxesRequest>,
     ) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(Ok(Command::HandOverCashBoxes {
-            run_id: r.run_id,
+        const RPC: &str = "/cit.v1.Runs/HandOverCashBoxes";
+        self.crew(&caller, RPC, &r.run_id).await?;
+        let cmd = Command::HandOverCashBoxes {
+            run_id: r.run_id.clone(),
             stop_id: r.stop_id,
             boxes: r.box_ids,
             seals: r.seals,
-            handed_by: r.handed_by,
-            received_by: r.received_by,
-        }))
-        .await
+            handed_by: r.handed_by.clone(),
+            received_by: r.received_by.clone(),
+        };
+        self.r6(&caller, RPC, &cmd, &r.run_id, &r.handed_by, &r.received_by)
+            .await?;
+        self.exec(&caller, Ok(cmd)).await
     }
 
     async fn swap_vehicle(&self, req: Request<pb::SwapVehicleRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(Ok(Command::SwapVehicle {
-            run_id: r.run_id,
+        let cmd = Command::SwapVehicle {
+            run_id: r.run_id.clone(),
             vehicle_id: r.vehicle_id,
             boxes: r.box_ids,
             seals: r.seals,
-            handed_by: r.handed_by,
-            received_by: r.received_by,
-        }))
-        .await
+            handed_by: r.handed_by.clone(),
+            received_by: r.received_by.clone(),
+        };
+        self.r6(
+            &caller,
+            "/cit.v1.Runs/SwapVehicle",
+            &cmd,
+            &r.run_id,
+            &r.handed_by,
+            &r.received_by,
+        )
+        .await?;
+        self.exec(&caller, Ok(cmd)).await
     }
 
     async fn cancel_run(&self, req: Request<pb::CancelRunRequest>) -> Res<pb::WriteResult> {
+        let caller = caller(&req)?.clone();
         let r = req.into_inner();
-        self.exec(Ok(Command::CancelRun {
-            run_id: r.run_id,
-            reason: r.reason,
-        }))
+        self.exec(
+            &caller,
+            Ok(Command::CancelRun {
+                run_id: r.run_id,
+                reason: r.reason,
+            }),
+        )
         .await
     }
 
     async fn get_vehicle(&self, req: Request<pb::GetVehicleRequest>) -> Res<pb::Vehicle> {
-        super::readback_allowed(&self.app, "GetVehicle")?;
         let id = req.into_inner().vehicle_id;
         self.app
             .with_world(|w| w.vehicles.get(&id).map(|v| vehicle_pb(w, &id, v)))
@@ -351,7 +457,6 @@ impl Runs for RunsService {
     }
 
     async fn get_person(&self, req: Request<pb::GetPersonRequest>) -> Res<pb::Person> {
-        super::readback_allowed(&self.app, "GetPerson")?;
         let id = req.into_inner().person_id;
         self.app
             .with_world(|w| w.people.get(&id).map(|p| person_pb(&id, p)))
@@ -361,7 +466,6 @@ impl Runs for RunsService {
     }
 
     async fn list_vehicles(&self, req: Request<pb::ListPage>) -> Res<pb::ListVehiclesResponse> {
-        super::readback_allowed(&self.app, "ListVehicles")?;
         let page = req.into_inner();
         let (vehicles, next_page_token) = self
             .app
@@ -381,7 +485,6 @@ impl Runs for RunsService {
     }
 
     async fn list_people(&self, req: Request<pb::ListPage>) -> Res<pb::ListPeopleResponse> {
-        super::readback_allowed(&self.app, "ListPeople")?;
         let page = req.into_inner();
         let (people, next_page_token) = self
             .app
@@ -401,7 +504,6 @@ impl Runs for RunsService {
     }
 
     async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Res<pb::ListRunsResponse> {
-        super::readback_allowed(&self.app, "ListRuns")?;
         let r = req.into_inner();
         let wanted = enum_value::<pb::RunStatus>("status", r.status).map_err(AppError::from)?;
         let (runs, next_page_token) = self
@@ -425,9 +527,13 @@ impl Runs for RunsService {
     }
 
     async fn close_run(&self, req: Request<pb::CloseRunRequest>) -> Res<pb::WriteResult> {
-        self.exec(Ok(Command::CloseRun {
-            run_id: req.into_inner().run_id,
-        }))
+        let caller = caller(&req)?.clone();
+        self.exec(
+            &caller,
+            Ok(Command::CloseRun {
+                run_id: req.into_inner().run_id,
+            }),
+        )
         .await
     }
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::millis;
 use crate::app::{App, Ingesting, MAX_FUTURE_MS};
+use crate::auth::Principal;
 
 /// Largest accepted message (also set on the server); a bigger one is RESOURCE_EXHAUSTED.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -131,7 +132,13 @@ pub struct PreparedBatch {
 /// The synchronous half of a batch: validation, and handing each vehicle's good fixes to
 /// ingest behind its earlier ones. Done in arrival order, so batches can then complete
 /// concurrently.
-pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatch, Status> {
+/// `unit` is the caller: a unit or gateway, which reports only for the vehicles it is bound
+/// to (a fix of another vehicle is rejected on its own).
+pub fn prepare_batch(
+    app: &Arc<App>,
+    unit: &Principal,
+    batch: pb::FixBatch,
+) -> Result<PreparedBatch, Status> {
     if batch.fixes.len() > MAX_BATCH_FIXES {
         return Err(Status::resource_exhausted(format!(
             "a batch holds at most {MAX_BATCH_FIXES} fixes, got {}",
@@ -147,6 +154,7 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
     // Per vehicle, in batch order, each fix with its place in the batch and its numbering epoch.
     let mut by_vehicle: Vec<(String, Vec<crate::app::Placed>)> = Vec::new();
     let mut slot: HashMap<String, usize> = HashMap::new();
+    let bound = crate::auth::scope::unit_vehicles(app, unit);
     for (index, f) in batch.fixes.iter().enumerate() {
         let reject = |field: &str, reason: String| pb::FixRejection {
             index: index as u32,
@@ -157,6 +165,15 @@ pub fn prepare_batch(app: &Arc<App>, batch: pb::FixBatch) -> Result<PreparedBatc
         };
         match validate(f, now, check_future) {
             Err((field, reason)) => ack.rejected.push(reject(field, reason)),
+            Ok(_) if !bound.contains(&f.vehicle_id) => ack.rejected.push(reject(
+                "vehicle_id",
+                format!(
+                    "{} {:?} is not bound to vehicle {:?}",
+                    unit.kind.as_str(),
+                    unit.id,
+                    f.vehicle_id
+                ),
+            )),
             Ok(_) if !app.vehicle_known(&f.vehicle_id) => ack.rejected.push(reject(
                 "vehicle_id",
                 format!(
@@ -234,7 +251,9 @@ impl Telemetry for TelemetryService {
         &self,
         req: Request<Streaming<pb::FixBatch>>,
     ) -> Result<Response<AckStream>, Status> {
+        let unit = super::caller(&req)?.principal.clone();
         let mut inbound = req.into_inner();
+        let mut units_changed = self.app.units_changed.subscribe();
         let (tx, mut rx) = mpsc::channel::<Result<pb::FixAck, Status>>(32);
         let app = self.app.clone();
         let stopping = crate::server::stopped(self.stopping.clone());
@@ -255,6 +274,19 @@ impl Telemetry for TelemetryService {
                             .await;
                         return;
                     }
+                    // A disabled unit's stream ends at once (within the second the issue asks).
+                    Ok(()) = units_changed.changed() => {
+                        if crate::auth::scope::unit_vehicles(&app, &unit).is_empty() {
+                            let _ = tx
+                                .send(Err(Status::unauthenticated(format!(
+                                    "{} {:?} is disabled or unbound",
+                                    unit.kind.as_str(),
+                                    unit.id
+                                ))))
+                                .await;
+                            return;
+                        }
+                    }
                     done = inflight.next(), if !inflight.is_empty() => {
                         let answered = match done {
                             Some(Ok(ack)) => tx.send(Ok(ack)).await.is_ok(),
@@ -272,7 +304,7 @@ impl Telemetry for TelemetryService {
                     }
                     msg = inbound.next(), if inbound_open && inflight.len() < PIPELINE => {
                         match msg {
-                            Some(Ok(batch)) => match prepare_batch(&app, batch) {
+                            Some(Ok(batch)) => match prepare_batch(&app, &unit, batch) {
                                 Ok(prepared) => {
                                     let app = app.clone();
                                     inflight.push_back(async move { prepared.finish(&app).await });

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use cit_proto::v1 as pb;
 use cit_scenario::{Scenario, score};
 use citd::config::{ClockMode, Config};
+use citd::credentials::Credentials;
 use citd::runner::{Clients, Play, play};
 
 pub fn scenario_dir() -> PathBuf {
@@ -32,6 +33,37 @@ pub async fn state_at(c: &Clients, run: &str, at: prost_types::Timestamp) -> pb:
         .into_inner()
 }
 
+/// The roles of the tests' own operator: everything but crew and units, so one client can
+/// register, plan, dispatch, audit and run the armory (two-person calls still need the other
+/// people's credentials, see `Clients::cosigned`).
+pub const OPERATOR_ROLES: &[&str] = &[
+    "admin",
+    "dispatcher",
+    "supervisor",
+    "auditor",
+    "police_liaison",
+    "gun_custodian",
+    "ammo_custodian",
+    "approver",
+];
+
+/// Credentials for the citd whose store (and development PKI) is in `dir`, speaking for the
+/// tests' operator.
+pub fn creds(dir: &Path) -> std::sync::Arc<Credentials> {
+    std::sync::Arc::new(
+        Credentials::from_pki_dir(&dir.join("pki"))
+            .expect("credentials")
+            .speaking_for("operator", OPERATOR_ROLES),
+    )
+}
+
+/// Clients of a running citd on `dir`'s PKI, as the operator.
+pub async fn connect(server: &citd::server::Running, dir: &Path) -> Clients {
+    Clients::connect(&server.endpoint(), creds(dir))
+        .await
+        .expect("connect")
+}
+
 /// Plays a scenario into a citd on `dir` (scenario clock), checks it scores as expected, and
 /// leaves the server running.
 pub async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients) {
@@ -40,31 +72,93 @@ pub async fn played(dir: &Path, s: &Scenario) -> (citd::server::Running, Clients
 
 /// [`played`] on a citd of the given configuration (scenario clock).
 pub async fn played_on(config: Config, s: &Scenario) -> (citd::server::Running, Clients) {
+    let dir = config.data_dir.clone();
     let server = citd::server::start(config).await.expect("start");
-    let out = play(&server.endpoint(), s, &Play::default(), |_| {})
-        .await
-        .expect("plays");
+    let out = play(
+        &server.endpoint(),
+        &creds(&dir),
+        s,
+        &Play::default(),
+        |_| {},
+    )
+    .await
+    .expect("plays");
     let sc = score(s, &out);
     assert!(sc.passed(), "{}: {sc:?}", s.name);
-    let c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let c = connect(&server, &dir).await;
     (server, c)
 }
 
+/// A private citd's configuration on `dir` (port 0, no metrics port), TLS and tokens from a
+/// development PKI in `dir/pki` (made once: a restart on the same directory keeps it).
 pub fn config(dir: &std::path::Path, clock: ClockMode) -> Config {
+    if !dir.join("pki/ca.pem").exists() {
+        citd::credentials::private_server(dir).expect("development PKI");
+    }
+    let pki = dir.join("pki");
     Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         metrics_listen: None,
         data_dir: dir.to_path_buf(),
         clock,
+        tls: Some(citd::auth::tls::TlsFiles {
+            cert: pki.join("server.pem"),
+            key: pki.join("server.key.pem"),
+            client_ca: Some(pki.join("ca.pem")),
+        }),
+        tokens: citd::auth::token::TokenConfig {
+            keys: vec![citd::auth::token::KeyConfig {
+                kid: citd::auth::devpki::DEV_KID.into(),
+                alg: "EdDSA".into(),
+                public_key: pki.join(format!("token-{}.pub.pem", citd::auth::devpki::DEV_KID)),
+            }],
+            ..Default::default()
+        },
         ..Config::default()
     }
 }
 
-/// A citd on `config` (port 0) and clients connected to it.
+/// A citd on `config` (port 0) and clients connected to it as the operator.
 pub async fn serve(config: Config) -> (citd::server::Running, Clients) {
+    let dir = config.data_dir.clone();
     let server = citd::server::start(config).await.expect("start");
-    let c = Clients::connect(&server.endpoint()).await.expect("connect");
+    let c = connect(&server, &dir).await;
     (server, c)
+}
+
+/// Binds the runner's gateway (the clients' certificate) to every registered vehicle, so the
+/// tests' fixes are accepted for each.
+pub async fn bind_gateway(c: &mut Clients) {
+    let vehicles = c
+        .runs
+        .list_vehicles(pb::ListPage {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("vehicles")
+        .into_inner()
+        .vehicles;
+    c.identity
+        .bind_unit(pb::BindUnitRequest {
+            unit_id: citd::credentials::SCENARIO_GATEWAY.into(),
+            gateway: true,
+            vehicle_ids: vehicles.into_iter().map(|v| v.vehicle_id).collect(),
+        })
+        .await
+        .expect("bind the gateway");
+}
+
+/// Clients for a two-person call: the operator's connection speaking for `people[0]` (a
+/// `gun_custodian`, ...), co-signed by the others, each with the role given.
+pub fn signed(c: &Clients, people: &[(&str, &str)]) -> Clients {
+    let roles: Vec<[&str; 1]> = people.iter().map(|(_, r)| [*r]).collect();
+    let cosigners: Vec<(&str, &[&str])> = people[1..]
+        .iter()
+        .zip(&roles[1..])
+        .map(|((p, _), r)| (*p, &r[..]))
+        .collect();
+    c.cosigned(people[0].0, &roles[0], &cosigners)
 }
 
 /// The metrics page of a citd started with a metrics port.
@@ -148,6 +242,7 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) -> u64 {
         })
         .await
         .expect("vehicle");
+    bind_gateway(c).await;
     register_people(
         c,
         &[
@@ -187,19 +282,27 @@ pub async fn departed_run(c: &mut Clients, run: &str, vehicle: &str) -> u64 {
             })
             .await
             .expect("weapon");
-        c.armory
-            .issue_weapon(pb::IssueWeaponRequest {
-                run_id: run.into(),
-                serial: serial.clone(),
-                lot: "A-1".into(),
-                rounds: 30,
-                to: escort.clone(),
-                gun_custodian: "GC-1".into(),
-                ammo_custodian: "AC-1".into(),
-                approver: "AP-1".into(),
-            })
-            .await
-            .expect("issue");
+        signed(
+            c,
+            &[
+                ("GC-1", "gun_custodian"),
+                ("AC-1", "ammo_custodian"),
+                ("AP-1", "approver"),
+            ],
+        )
+        .armory
+        .issue_weapon(pb::IssueWeaponRequest {
+            run_id: run.into(),
+            serial: serial.clone(),
+            lot: "A-1".into(),
+            rounds: 30,
+            to: escort.clone(),
+            gun_custodian: "GC-1".into(),
+            ammo_custodian: "AC-1".into(),
+            approver: "AP-1".into(),
+        })
+        .await
+        .expect("issue");
         c.runs
             .escort_ready(pb::EscortReadyRequest {
                 run_id: run.into(),
@@ -277,8 +380,9 @@ pub async fn read_run(c: &mut Clients, run: &str, custody: bool) -> Vec<pb::RunE
 
 /// Every fix seq recorded in a run's stream, in log order.
 pub async fn recorded_seqs(c: &mut Clients, endpoint: &str, run: &str) -> Vec<u64> {
-    let _ = c;
-    let mut fresh = Clients::connect(endpoint).await.expect("connect");
+    let mut fresh = Clients::connect(endpoint, c.creds.clone())
+        .await
+        .expect("connect");
     let mut seqs = Vec::new();
     for e in read_run(&mut fresh, run, false).await {
         if e.event_type == "FixesRecorded.v1" {
