@@ -96,10 +96,10 @@ fn probe_vehicle(k: usize) -> String {
 /// shows), not its first fraction of a second.
 async fn fix_to_anomaly(ports: &Ports, start: LatLon, phase: Duration) -> Probes {
     // The unit's fixes on the telemetry port, the dispatcher's watch on the consoles' port.
-    let mut c = Clients::connect(&ports.endpoint(), loadtest::creds())
+    let mut c = Clients::connect(&ports.endpoint(), cit_loadtest::creds())
         .await
         .expect("connect");
-    let mut console = Clients::connect(&ports.console(), loadtest::creds())
+    let mut console = Clients::connect(&ports.console(), cit_loadtest::creds())
         .await
         .expect("connect");
     let mut w = console
@@ -361,7 +361,7 @@ impl Ports {
 fn spawn_citd(dir: &std::path::Path, ports: &Ports) -> std::process::Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     std::process::Command::new(&exe)
-        .args(loadtest::pki_args(dir))
+        .args(cit_loadtest::pki_args(dir))
         .args([
             "--listen",
             &format!("127.0.0.1:{}", ports.grpc),
@@ -533,7 +533,7 @@ async fn watchers(
                 .into_inner()
                 .boxed()
         } else {
-            let mut c = Clients::connect(endpoint, loadtest::creds())
+            let mut c = Clients::connect(endpoint, cit_loadtest::creds())
                 .await
                 .expect("connect");
             c.dispatch
@@ -622,7 +622,7 @@ async fn main() {
     let mut child = spawn_citd(dir.path(), &ports);
     let endpoint = ports.endpoint();
     let (mut c, up) = ready(&endpoint).await;
-    loadtest::bind_gateway(&mut c).await;
+    cit_loadtest::bind_gateway(&mut c).await;
     let active = c
         .dispatch
         .list_active_runs(pb::ListActiveRunsRequest::default())
@@ -696,7 +696,7 @@ async fn main() {
     let probe = on_own_thread("getrun-probe", {
         let endpoint = ports.console();
         async move {
-            let mut c = Clients::connect(&endpoint, loadtest::creds())
+            let mut c = Clients::connect(&endpoint, cit_loadtest::creds())
                 .await
                 .expect("connect");
             let mut h = latency_us();
@@ -728,7 +728,7 @@ async fn main() {
     let checkin_probe = on_own_thread("checkin-probe", {
         let endpoint = endpoint.clone();
         async move {
-            let mut c = Clients::connect(&endpoint, loadtest::creds())
+            let c = Clients::connect(&endpoint, cit_loadtest::creds())
                 .await
                 .expect("connect");
             let mut h = latency_us();
@@ -1024,7 +1024,7 @@ async fn ready(endpoint: &str) -> (Clients, f64) {
     let mut n = 0u64;
     loop {
         n += 1;
-        if let Ok(mut c) = Clients::connect(endpoint, loadtest::creds()).await
+        if let Ok(mut c) = Clients::connect(endpoint, cit_loadtest::creds()).await
             && let Ok(w) = c
                 .runs
                 .register_vehicle(pb::RegisterVehicleRequest {

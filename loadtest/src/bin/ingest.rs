@@ -66,7 +66,7 @@ fn free_port() -> u16 {
 fn spawn_citd(dir: &std::path::Path, port: u16, metrics: u16) -> Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     Command::new(&exe)
-        .args(loadtest::pki_args(dir))
+        .args(cit_loadtest::pki_args(dir))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .arg("--data-dir")
@@ -225,7 +225,7 @@ async fn main() {
         }
     };
     let mut c = loop {
-        if let Ok(mut c) = Clients::connect(&endpoint, loadtest::creds()).await
+        if let Ok(mut c) = Clients::connect(&endpoint, cit_loadtest::creds()).await
             && c.liaison
                 .list_checkpoints(pb::ListCheckpointsRequest::default())
                 .await
@@ -246,7 +246,7 @@ async fn main() {
             .await
             .expect("register");
     }
-    loadtest::bind_gateway(&mut c).await;
+    cit_loadtest::bind_gateway(&mut c).await;
     println!(
         "ingest: {} vehicles on {} real routes, {} streams x {} batches of {} fixes in flight, {} s",
         args.vehicles,

@@ -393,7 +393,7 @@ impl App {
         let new_events = events
             .iter()
             // Time-ordered ids keep the store's id index growing at its right edge.
-            .map(|e| encode_by(e, Uuid::now_v7(), cmd.name(), actor.clone()))
+            .map(|e| encode_by(e, Uuid::now_v7(), cmd.name(), actor))
             .collect();
         let started = std::time::Instant::now();
         let result = self.store.append(&stream, expected, new_events).await?;

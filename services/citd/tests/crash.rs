@@ -180,7 +180,7 @@ async fn acked_fixes_survive_kill_9_exactly_once() {
         unit.unacked.len()
     );
     assert_eq!(unit.acked, sent);
-    let seqs = recorded_seqs(&mut c, &format!("http://127.0.0.1:{port}"), "R-1").await;
+    let seqs = recorded_seqs(&mut c, &format!("https://127.0.0.1:{port}"), "R-1").await;
     assert_eq!(seqs.len() as u64, sent, "every fix once");
     assert!(
         seqs.iter().copied().eq(1..=sent),
