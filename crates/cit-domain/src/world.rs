@@ -1015,7 +1015,8 @@ impl World {
                     refused(rule, cmd, run_ref, serial, message, vec![], now)
                 };
                 // R3 Guns and ammunition apart: two different custodians and an approver, none of
-                // them the recipient. A missing one is R3 too.
+                // them the recipient, and the approver neither custodian (one person never fills
+                // two places of a two-person rule). A missing one is R3 too.
                 let r3 = if gun_custodian.is_empty()
                     || ammo_custodian.is_empty()
                     || approver.is_empty()

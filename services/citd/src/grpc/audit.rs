@@ -45,6 +45,7 @@ fn run_event(e: &RecordedEvent) -> pb::RunEvent {
         event_type: e.event_type.clone(),
         recorded_at: Some(ts(recorded_at)),
         data_json: String::from_utf8_lossy(&e.data).into_owned(),
+        metadata_json: String::from_utf8_lossy(&e.metadata).into_owned(),
         chain_hash: to_hex(&e.chain),
     }
 }
