@@ -47,6 +47,13 @@ pub enum Command {
         gateway: bool,
         vehicle_ids: Vec<String>,
     },
+    /// A crew member's check-in and duress PINs, as argon2id hashes (PHC strings): citd keeps
+    /// nothing else of them.
+    SetCrewPins {
+        person_id: String,
+        checkin_hash: String,
+        duress_hash: String,
+    },
     /// A unit that may no longer report (lost, stolen, replaced): its open streams end.
     DisableUnit {
         unit_id: String,
@@ -170,6 +177,7 @@ impl Command {
             Command::RegisterCheckpoint(_) => "register_checkpoint",
             Command::BindUnit { .. } => "bind_unit",
             Command::DisableUnit { .. } => "disable_unit",
+            Command::SetCrewPins { .. } => "set_crew_pins",
             Command::DeliverAmmo { .. } => "deliver_ammo",
             Command::CountAmmoLot { .. } => "count_ammo_lot",
             Command::PlanRun(_) => "plan_run",

@@ -23,6 +23,8 @@ pub mod streams {
     pub const UNIT: &str = "unit-";
     /// Calls refused by authentication or the access policy, aggregated.
     pub const SECURITY: &str = "security";
+    /// A run's signed chain heads (`head-<run>`), apart from the run's own stream.
+    pub const HEAD: &str = "head-";
     /// Scenario clock ticks (only in `--clock scenario`).
     pub const CLOCK: &str = "clock";
     /// Refusals of commands that name no run.
@@ -249,6 +251,23 @@ pub enum Event {
         reason: String,
         at: Millis,
     },
+    /// A run's chain head signed (Ed25519): the version of the run stream's last event then,
+    /// its chain hash, the key's id and the signature (hex). On the `head-<run>` stream.
+    RunHeadSigned {
+        run_id: String,
+        version: u64,
+        chain_hash: String,
+        key_id: String,
+        signature: String,
+        at: Millis,
+    },
+    /// A person's check-in and duress PINs, as argon2id hashes; a later one replaces them.
+    CrewPinsSet {
+        person_id: String,
+        checkin_hash: String,
+        duress_hash: String,
+        at: Millis,
+    },
     /// Calls refused by authentication or the access policy in `[from, to)`, counted by who
     /// (empty: anonymous), what, why and from where; `dropped` counts refusals beyond the
     /// distinct entries one record holds (a flood cannot grow the log without bound).
@@ -446,6 +465,8 @@ impl Event {
             Event::UnitBound { .. } => "UnitBound.v1",
             Event::UnitDisabled { .. } => "UnitDisabled.v1",
             Event::AccessDenied { .. } => "AccessDenied.v1",
+            Event::CrewPinsSet { .. } => "CrewPinsSet.v1",
+            Event::RunHeadSigned { .. } => "RunHeadSigned.v1",
             Event::RunPlanned { .. } => "RunPlanned.v1",
             Event::RunAmended { .. } => "RunAmended.v1",
             Event::EscortReadied { .. } => "EscortReadied.v1",
@@ -479,7 +500,9 @@ impl Event {
                 Some(r) => format!("{RUN}{r}"),
                 None => format!("{VEHICLE}{vehicle_id}"),
             },
-            Event::PersonRegistered { person_id, .. } => format!("{PERSON}{person_id}"),
+            Event::PersonRegistered { person_id, .. } | Event::CrewPinsSet { person_id, .. } => {
+                format!("{PERSON}{person_id}")
+            }
             Event::WeaponRegistered { serial, .. }
             | Event::WeaponIssued { serial, .. }
             | Event::WeaponHandedOver { serial, .. }
@@ -494,6 +517,7 @@ impl Event {
                 format!("{UNIT}{unit_id}")
             }
             Event::AccessDenied { .. } => SECURITY.to_string(),
+            Event::RunHeadSigned { run_id, .. } => format!("{HEAD}{run_id}"),
             Event::RunPlanned { run_id, .. }
             | Event::RunAmended { run_id, .. }
             | Event::EscortReadied { run_id, .. }
@@ -549,6 +573,8 @@ impl Event {
             | Event::UnitBound { .. }
             | Event::UnitDisabled { .. }
             | Event::AccessDenied { .. }
+            | Event::CrewPinsSet { .. }
+            | Event::RunHeadSigned { .. }
             | Event::ClockTicked { .. } => None,
         }
     }
@@ -569,6 +595,8 @@ impl Event {
             | Event::UnitBound { at, .. }
             | Event::UnitDisabled { at, .. }
             | Event::AccessDenied { at, .. }
+            | Event::CrewPinsSet { at, .. }
+            | Event::RunHeadSigned { at, .. }
             | Event::RunPlanned { at, .. }
             | Event::RunAmended { at, .. }
             | Event::EscortReadied { at, .. }

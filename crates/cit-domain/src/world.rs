@@ -274,6 +274,9 @@ pub struct World {
     /// Telematics units and gateways by id, with what they may report for.
     #[serde(default)]
     pub units: HashMap<String, Unit>,
+    /// Crew members' check-in and duress PIN hashes (argon2id PHC strings), by person.
+    #[serde(default)]
+    pub pins: HashMap<String, (String, String)>,
 }
 
 fn refused(
@@ -630,6 +633,26 @@ impl World {
                     unit_id: unit_id.clone(),
                     gateway: *gateway,
                     vehicle_ids: vehicle_ids.clone(),
+                    at: now,
+                }))
+            }
+            Command::SetCrewPins {
+                person_id,
+                checkin_hash,
+                duress_hash,
+            } => {
+                self.person("person_id", person_id)?;
+                if checkin_hash.is_empty() || duress_hash.is_empty() || checkin_hash == duress_hash
+                {
+                    return Err(InputError::invalid(
+                        "pins",
+                        "two different PINs are required",
+                    ));
+                }
+                Ok(accepted(Event::CrewPinsSet {
+                    person_id: person_id.clone(),
+                    checkin_hash: checkin_hash.clone(),
+                    duress_hash: duress_hash.clone(),
                     at: now,
                 }))
             }
@@ -1469,7 +1492,18 @@ impl World {
                     u.disabled = true;
                 }
             }
-            Event::AccessDenied { .. } => {}
+            Event::AccessDenied { .. } | Event::RunHeadSigned { .. } => {}
+            Event::CrewPinsSet {
+                person_id,
+                checkin_hash,
+                duress_hash,
+                ..
+            } => {
+                self.pins.insert(
+                    person_id.clone(),
+                    (checkin_hash.clone(), duress_hash.clone()),
+                );
+            }
             Event::RunAmended {
                 run_id,
                 vehicle_id,

@@ -431,6 +431,43 @@ pub fn edit_record_for_tests(
     txn.commit().map_err(storage)
 }
 
+/// Rewrites a whole stream in place from version `from` on, each event changed by `edit` and
+/// its chain hash recomputed over the rewritten predecessor: the forgery a chain alone cannot
+/// show (signed run heads do). For tests; the store in `dir` must be closed.
+pub fn rewrite_stream_for_tests(
+    dir: impl AsRef<Path>,
+    stream: &str,
+    from: u64,
+    mut edit: impl FnMut(&mut RecordedEvent),
+) -> Result<()> {
+    let db = Database::create(dir.as_ref().join("events.redb")).map_err(storage)?;
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut mine = Vec::new();
+        for row in events.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let e = codec::decode(k.value(), v.value())?;
+            if e.stream == stream {
+                mine.push(e);
+            }
+        }
+        mine.sort_by_key(|e| e.version);
+        let mut prev = crate::chain::GENESIS;
+        for mut e in mine {
+            if e.version >= from {
+                edit(&mut e);
+                e.chain = crate::chain::expected(&prev, &e);
+                events
+                    .insert(e.position, codec::encode(&e).as_slice())
+                    .map_err(storage)?;
+            }
+            prev = e.chain;
+        }
+    }
+    txn.commit().map_err(storage)
+}
+
 fn last_position(db: &Database) -> Result<u64> {
     let txn = db.begin_read().map_err(storage)?;
     let table = txn.open_table(EVENTS).map_err(storage)?;

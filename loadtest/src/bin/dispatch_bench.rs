@@ -747,6 +747,7 @@ async fn main() {
                         run_id: format!("R-{k:05}"),
                         person_id: format!("E-{k}"),
                         code: pb::CheckInCode::Ok as i32,
+                        ..Default::default()
                     })
                     .await
                     .expect("check in");

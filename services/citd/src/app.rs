@@ -87,6 +87,8 @@ pub struct App {
     pub units_changed: watch::Sender<u64>,
     /// Calls denied by authentication, the policy or a scope check, counted and recorded.
     pub denials: crate::auth::denials::Denials,
+    /// The key run heads are signed with, when one is configured.
+    pub head_signer: std::sync::OnceLock<Arc<crate::heads::HeadSigner>>,
 }
 
 /// The default of `max_seq_jump`: a unit at 1 Hz numbers a million fixes in eleven days.
@@ -305,6 +307,7 @@ impl App {
             max_seq_jump: std::sync::atomic::AtomicU64::new(MAX_SEQ_JUMP),
             units_changed: watch::channel(0).0,
             denials: crate::auth::denials::Denials::new(metrics.clone()),
+            head_signer: std::sync::OnceLock::new(),
             metrics,
         }))
     }

@@ -215,6 +215,10 @@ pub async fn run(args: AuditArgs) -> Result<bool, String> {
                     "events_checked": v.events_checked,
                     "first_bad_stream_version": (!v.ok).then_some(v.first_bad_stream_version),
                     "first_bad_event_id": (!v.ok).then_some(v.first_bad_event_id),
+                    "signatures_checked": v.signatures_checked,
+                    "signing_key_id": v.signing_key_id,
+                    "signed_version": v.signed_version,
+                    "head_covered": v.head_covered,
                     "reason": v.reason,
                 })
             ));

@@ -81,6 +81,13 @@ pub struct Config {
     pub insecure: bool,
     /// People's bearer tokens (`[tokens]`: `issuer`, `audience`, `[[tokens.keys]]`).
     pub tokens: TokenConfig,
+    /// Ed25519 private key (PKCS#8 PEM) citd signs run heads with; keep it outside
+    /// `data_dir`. None: no signatures (VerifyRun then says no head is covered).
+    pub run_signing_key: Option<PathBuf>,
+    /// The id recorded with each signature (rotate by a new key under a new id).
+    pub run_signing_key_id: String,
+    /// Seconds between two rounds of signing the heads of runs that moved.
+    pub head_signing_interval_s: u64,
 }
 
 impl Default for Config {
@@ -105,6 +112,9 @@ impl Default for Config {
             tls: None,
             insecure: false,
             tokens: TokenConfig::default(),
+            run_signing_key: None,
+            run_signing_key_id: "run-1".into(),
+            head_signing_interval_s: 60,
         }
     }
 }
@@ -177,6 +187,9 @@ pub struct Overrides {
     /// Serve without TLS (loopback development only).
     #[arg(long, env = "CIT_INSECURE")]
     pub insecure: bool,
+    /// Ed25519 private key (PKCS#8 PEM) to sign run heads with, outside the data directory.
+    #[arg(long, env = "CIT_RUN_SIGNING_KEY")]
+    pub run_signing_key: Option<PathBuf>,
     /// A token verification key, `KID=PATH` (EdDSA public key, PEM); repeatable, added to the
     /// file's.
     #[arg(long = "token-key", env = "CIT_TOKEN_KEYS", value_delimiter = ',')]
@@ -205,6 +218,13 @@ impl Config {
 
     /// Defaults, then the file, then environment and flags; validated.
     pub fn load(o: &Overrides) -> Result<Config, ConfigError> {
+        let c = Config::merge(o)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// [`Config::load`] without the validation (the demo completes the configuration first).
+    pub fn merge(o: &Overrides) -> Result<Config, ConfigError> {
         let mut c = match &o.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -283,6 +303,9 @@ impl Config {
         if o.insecure {
             c.insecure = true;
         }
+        if let Some(k) = &o.run_signing_key {
+            c.run_signing_key = Some(k.clone());
+        }
         for k in &o.token_keys {
             let (kid, path) = k.split_once('=').ok_or_else(|| ConfigError::Invalid {
                 field: "token_keys",
@@ -294,7 +317,6 @@ impl Config {
                 public_key: path.into(),
             });
         }
-        c.validate()?;
         Ok(c)
     }
 
@@ -340,6 +362,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "insecure",
                 reason: format!("--insecure: console_listen {a} is not a loopback address"),
+            });
+        }
+        if self.head_signing_interval_s == 0 {
+            return Err(ConfigError::Invalid {
+                field: "head_signing_interval_s",
+                reason: "must be >= 1".into(),
             });
         }
         if self.max_seq_jump == 0 {

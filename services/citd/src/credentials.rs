@@ -176,6 +176,7 @@ pub fn private_server(dir: &Path) -> Result<(crate::config::Config, Credentials)
             keys: vec![pki.token_key.clone()],
             ..Default::default()
         },
+        run_signing_key: Some(pki.run_signing_key.clone()),
         ..crate::config::Config::default()
     };
     Ok((config, Credentials::from_pki(&pki)?))

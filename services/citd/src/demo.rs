@@ -67,6 +67,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), String> {
         config.tls = dev.tls;
         config.insecure = false;
         config.tokens = dev.tokens;
+        config.run_signing_key = dev.run_signing_key;
     }
     let creds = std::sync::Arc::new(creds);
     let server = crate::server::start(config.clone())

@@ -33,6 +33,7 @@ pub mod engine_worker;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod heads;
 pub mod metrics;
 pub mod runner;
 pub mod server;

@@ -309,6 +309,9 @@ pub struct Actors {
 }
 
 pub const ADMIN: (&str, &[&str]) = ("scenario-admin", &["admin"]);
+/// The PINs the runner sets for every crew member it registers.
+pub const CHECKIN_PIN: &str = "2468";
+pub const DURESS_PIN: &str = "1357";
 pub const LIAISON: (&str, &[&str]) = ("scenario-liaison", &["police_liaison"]);
 
 impl Actors {
@@ -355,6 +358,14 @@ impl Actors {
         };
         let cosigners: Vec<(&str, &[&str])> = rest.iter().map(|p| (*p, self.roles_of(p))).collect();
         c.cosigned(first, self.roles_of(first), &cosigners)
+    }
+
+    /// Whether the runner set `person`'s PINs (the crew it registers).
+    fn has_pins(&self, person: &str) -> bool {
+        matches!(
+            self.roles.get(person).map(String::as_str),
+            Some("driver" | "escort")
+        )
     }
 
     pub fn dispatch(&self, c: &Clients) -> Clients {
@@ -465,15 +476,22 @@ async fn send_op(c: &Clients, actors: &Actors, s: &Scenario, op: &Op) -> Result<
             .await?
             .into_inner(),
         Op::Checkin { run, person, code } => {
+            let duress = code == "duress";
+            // The crew the runner gave PINs type one; anyone else sends the code.
+            let (pin, code) = if actors.has_pins(person) {
+                let pin = if duress { DURESS_PIN } else { CHECKIN_PIN };
+                (pin.to_string(), pb::CheckInCode::Unspecified)
+            } else if duress {
+                (String::new(), pb::CheckInCode::Duress)
+            } else {
+                (String::new(), pb::CheckInCode::Ok)
+            };
             c.runs
                 .check_in(pb::CheckInRequest {
                     run_id: run.clone(),
                     person_id: person.clone(),
-                    code: if code == "duress" {
-                        pb::CheckInCode::Duress
-                    } else {
-                        pb::CheckInCode::Ok
-                    } as i32,
+                    code: code as i32,
+                    pin,
                 })
                 .await?;
             return Ok(0);
@@ -830,6 +848,22 @@ async fn register(admin: &Clients, s: &Scenario) -> Result<(), RunnerError> {
             })
             .await
             .map_err(call("BindUnit"))?;
+    }
+    // The crew's PINs: the runner types the check-in PIN for `ok` and the duress PIN for
+    // `duress`, and citd tells them apart (SCENARIOS.md's codes never travel).
+    for p in s
+        .people
+        .iter()
+        .filter(|p| p.role == "driver" || p.role == "escort")
+    {
+        c.identity
+            .set_crew_pins(pb::SetCrewPinsRequest {
+                person_id: p.id.clone(),
+                checkin_pin: CHECKIN_PIN.into(),
+                duress_pin: DURESS_PIN.into(),
+            })
+            .await
+            .map_err(call("SetCrewPins"))?;
     }
     let keeper = |role: &str, synthetic: &'static str| {
         let id = s

@@ -484,6 +484,18 @@ pub async fn serve(
         )),
         None => None,
     };
+    let head_signer = match &config.run_signing_key {
+        Some(path) => {
+            if path.starts_with(&config.data_dir) {
+                tracing::warn!(key = %path.display(), "the run signing key is inside the data directory: whoever can rewrite the record can also sign it; keep it elsewhere");
+            }
+            Some(
+                crate::heads::HeadSigner::load(path, &config.run_signing_key_id)
+                    .map_err(ServerError::Tls)?,
+            )
+        }
+        None => None,
+    };
     // The map first: a bad file fails the start before the store is opened.
     let map = match &config.map {
         Some(path) => Some(Arc::new(
@@ -588,6 +600,16 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(record_denials(app.clone(), stopped(stop_rx.clone())));
+    if let Some(signer) = head_signer {
+        let signer = Arc::new(signer);
+        let _ = app.head_signer.set(signer.clone());
+        tokio::spawn(crate::heads::sign_periodically(
+            app.clone(),
+            signer,
+            Duration::from_secs(config.head_signing_interval_s),
+            stopped(stop_rx.clone()),
+        ));
+    }
     let services = Services {
         auth,
         app: app.clone(),

@@ -167,25 +167,50 @@ async fn refusals_carry_their_rule_and_unknowns_are_not_found() {
 
 #[tokio::test]
 async fn duress_checkin_answers_exactly_like_ok() {
-    let (_dir, server, c) = setup().await;
+    let (_dir, server, mut c) = setup().await;
+    // The crew member's two PINs, set by an admin; citd keeps their hashes only.
+    c.identity
+        .set_crew_pins(pb::SetCrewPinsRequest {
+            person_id: "E-1".into(),
+            checkin_pin: "2468".into(),
+            duress_pin: "1357".into(),
+        })
+        .await
+        .expect("pins");
     let mut c = c.as_person("E-1", &["escort"]);
-    let ask = |code: pb::CheckInCode| pb::CheckInRequest {
+    let ask = |pin: &str| pb::CheckInRequest {
         run_id: "R-1".into(),
         person_id: "E-1".into(),
-        code: code as i32,
+        pin: pin.into(),
+        ..Default::default()
     };
-    let ok = c.runs.check_in(ask(pb::CheckInCode::Ok)).await.expect("ok");
-    let duress = c
-        .runs
-        .check_in(ask(pb::CheckInCode::Duress))
-        .await
-        .expect("duress");
-    assert_eq!(ok.get_ref(), duress.get_ref());
+    let ok = c.runs.check_in(ask("2468")).await.expect("ok");
+    let duress = c.runs.check_in(ask("1357")).await.expect("duress");
+    assert_eq!(
+        ok.get_ref().encode_to_vec(),
+        duress.get_ref().encode_to_vec(),
+        "byte-identical answers"
+    );
     assert_eq!(
         ok.metadata().keys().count(),
         duress.metadata().keys().count(),
         "no extra header betrays the alarm"
     );
+    let wrong = c.runs.check_in(ask("0000")).await.expect_err("wrong PIN");
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+    // Once PINs are set, a code in the clear is refused, naming the field to use.
+    let coded = c
+        .runs
+        .check_in(pb::CheckInRequest {
+            run_id: "R-1".into(),
+            person_id: "E-1".into(),
+            code: pb::CheckInCode::Duress as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a code");
+    assert_eq!(coded.code(), Code::InvalidArgument);
+    assert!(coded.message().contains("pin"), "{coded}");
     server.stop().await.expect("stop");
 }
 

@@ -268,6 +268,50 @@ async fn an_edited_byte_in_storage_is_named_by_verify_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_run_rewritten_with_recomputed_hashes_fails_its_signed_head() {
+    let s = common::scenario("gbg-r006-unplanned-stop.json");
+    let run = s.runs[0].id.clone();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (server, mut c) = common::played(dir.path(), &s).await;
+    let before = verify(&mut c, &run).await;
+    assert!(before.ok, "{}", before.reason);
+    assert!(
+        before.head_covered,
+        "closed: its head is signed: {before:?}"
+    );
+    assert_eq!(before.signing_key_id, "run-1");
+    server.stop().await.expect("stop");
+
+    // From the middle on, every event changed (a digit of each FixesRecorded moved) and every
+    // hash recomputed over the forged predecessor: the chain alone holds.
+    let middle = {
+        let store =
+            cit_store::embedded::EmbeddedStore::open(dir.path(), Default::default()).expect("open");
+        let n = store
+            .read_stream(&format!("run-{run}"), 0, Direction::Forwards, 100_000)
+            .await
+            .expect("read")
+            .len() as u64;
+        store.close();
+        n / 2
+    };
+    cit_store::embedded::rewrite_stream_for_tests(dir.path(), &format!("run-{run}"), middle, |e| {
+        if e.event_type == "FixesRecorded.v1" {
+            let text = String::from_utf8_lossy(&e.data).replace("\"lat\":57.", "\"lat\":58.");
+            e.data = text.into_bytes();
+        }
+    })
+    .expect("rewrite");
+
+    let (server, mut c) = common::serve(common::config(dir.path(), ClockMode::Scenario)).await;
+    let after = verify(&mut c, &run).await;
+    assert!(!after.ok, "the forgery is detected: {after:?}");
+    assert_eq!(after.first_bad_event_id, "", "the chain itself holds");
+    assert!(after.reason.contains("rewritten"), "{}", after.reason);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_at_the_exact_time_of_an_anomaly_shows_it() {
     let s = common::scenario("gbg-r006-unplanned-stop.json");
     let run = s.runs[0].id.clone();

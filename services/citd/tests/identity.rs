@@ -477,6 +477,7 @@ async fn two_person_rules_need_every_persons_own_credential_and_the_caller_is_re
             run_id: "R-1".into(),
             person_id: "E-3".into(),
             code: pb::CheckInCode::Ok as i32,
+            ..Default::default()
         })
         .await
         .expect_err("not R-1's crew");
@@ -488,6 +489,7 @@ async fn two_person_rules_need_every_persons_own_credential_and_the_caller_is_re
             run_id: "R-1".into(),
             person_id: "E-2".into(),
             code: pb::CheckInCode::Ok as i32,
+            ..Default::default()
         })
         .await
         .expect_err("in E-2's name");

@@ -120,7 +120,9 @@ async fn a_restart_resumes_from_the_snapshot_and_raises_nothing_twice() {
         .check_in(pb::CheckInRequest {
             run_id: run.clone(),
             person_id: s.runs[0].escorts[0].clone(),
-            code: pb::CheckInCode::Duress as i32,
+            // The runner gave the crew PINs: the duress one.
+            pin: citd::runner::DURESS_PIN.into(),
+            ..Default::default()
         })
         .await
         .expect("duress");

@@ -40,6 +40,7 @@ async fn duress(c: &mut Clients, w: &mut Streaming<pb::FleetEvent>, escort: &str
             run_id: "R-1".into(),
             person_id: escort.into(),
             code: pb::CheckInCode::Duress as i32,
+            ..Default::default()
         })
         .await
         .expect("check in");

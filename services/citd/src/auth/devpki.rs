@@ -24,6 +24,8 @@ pub struct DevPki {
     pub token_key: KeyConfig,
     /// The token signing key (Ed25519, PKCS#8 PEM).
     pub token_signing_key: PathBuf,
+    /// The run-head signing key (Ed25519, PKCS#8 PEM).
+    pub run_signing_key: PathBuf,
 }
 
 /// The key id of the development token key.
@@ -70,7 +72,10 @@ pub fn generate(dir: &Path) -> Result<DevPki, String> {
         vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
     let (token_key, token_signing_key) = token_key(dir, DEV_KID)?;
+    let run_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(err("run signing key"))?;
+    let run_signing_key = write(dir, "run-signing.key.pem", &run_key.serialize_pem())?;
     Ok(DevPki {
+        run_signing_key,
         dir: dir.to_path_buf(),
         ca,
         server_cert,

@@ -8,6 +8,7 @@
 pub mod denials;
 pub mod devpki;
 pub mod layer;
+pub mod pins;
 pub mod policy;
 pub mod scope;
 pub mod tls;

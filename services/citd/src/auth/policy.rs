@@ -96,6 +96,7 @@ pub const TABLE: &[(&str, &[Role])] = &[
     ("/cit.v1.ScenarioClock/AdvanceClock", &[Admin]),
     ("/cit.v1.Identity/BindUnit", &[Admin]),
     ("/cit.v1.Identity/DisableUnit", &[Admin]),
+    ("/cit.v1.Identity/SetCrewPins", &[Admin]),
     ("/cit.v1.Identity/WhoAmI", &Role::ALL),
 ];
 

@@ -32,7 +32,13 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.overrides) {
+    // The demo brings its own throwaway TLS and tokens unless configured (demo.rs): its
+    // configuration is validated with them, at the server's start.
+    let loaded = match cli.command {
+        Some(Cmd::Demo(_)) => Config::merge(&cli.overrides),
+        None => Config::load(&cli.overrides),
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("citd: {e}");

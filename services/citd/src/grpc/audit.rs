@@ -193,9 +193,31 @@ impl Audit for AuditService {
         let r = req.into_inner();
         let record = self.load(&r.run_id, false).await?;
         let report = audit::verify(&record);
+        let heads = self
+            .app
+            .read_stream(&crate::heads::stream(&record.run_id))
+            .await?;
+        let signer = self.app.head_signer.get().map(|s| s.as_ref());
+        let signed = crate::heads::check(signer, &record.run_id, &record.run, &heads);
+        let closed = self
+            .app
+            .with_world(|w| {
+                w.runs.get(&record.run_id).is_some_and(|r| {
+                    matches!(
+                        r.status,
+                        cit_domain::world::RunStatus::Closed
+                            | cit_domain::world::RunStatus::Cancelled
+                    )
+                })
+            })
+            .await;
         let mut out = pb::VerifyRunResponse {
             ok: report.first_break.is_none(),
             events_checked: report.checked,
+            signatures_checked: signed.checked,
+            signing_key_id: signed.key_id.clone(),
+            signed_version: signed.signed_version.unwrap_or_default(),
+            head_covered: signed.head_covered,
             ..Default::default()
         };
         match report.first_break {
@@ -208,7 +230,28 @@ impl Audit for AuditService {
                 );
             }
             None => {
-                out.reason = format!("chain intact; run stream head {}", to_hex(&report.head));
+                let signature = match (&signed.problem, signed.signed_version) {
+                    (Some(p), _) => {
+                        out.ok = false;
+                        p.clone()
+                    }
+                    (None, Some(v)) if signed.head_covered => {
+                        format!("head signed by key {:?} (version {v})", signed.key_id)
+                    }
+                    (None, Some(v)) => format!(
+                        "signed by key {:?} up to version {v}; later events not yet covered",
+                        signed.key_id
+                    ),
+                    (None, None) => "no signed head".to_string(),
+                };
+                // A closed run's record is final: its last event must be signed.
+                if closed && !signed.head_covered && signed.problem.is_none() && signer.is_some() {
+                    out.ok = false;
+                }
+                out.reason = format!(
+                    "chain intact; run stream head {}; {signature}",
+                    to_hex(&report.head)
+                );
             }
         }
         Ok(Response::new(out))

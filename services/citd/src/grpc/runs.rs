@@ -15,8 +15,8 @@ use super::{
     acting, caller, enum_value, latlon, millis, paged, run_access, ts, two_person, write_result,
 };
 use crate::app::App;
-use crate::auth::Caller;
 use crate::auth::scope::Place;
+use crate::auth::{Caller, pins};
 use crate::error::AppError;
 
 #[derive(Debug)]
@@ -339,11 +339,61 @@ impl Runs for RunsService {
         const RPC: &str = "/cit.v1.Runs/CheckIn";
         self.crew(&caller, RPC, &r.run_id).await?;
         let person_id = acting(&self.app, &caller, RPC, "person_id", &r.person_id)?;
-        let code = match enum_value::<pb::CheckInCode>("code", r.code).map_err(AppError::from)? {
-            pb::CheckInCode::Ok => CheckInCode::Ok,
-            pb::CheckInCode::Duress => CheckInCode::Duress,
-            pb::CheckInCode::Unspecified => {
-                return Err(AppError::from(InputError::invalid("code", "is required")).into());
+        let hashes = self
+            .app
+            .with_world(|w| w.pins.get(&person_id).cloned())
+            .await;
+        let code = match (hashes, r.pin.is_empty()) {
+            (Some((ok, duress)), false) => {
+                if r.code != 0 {
+                    return Err(AppError::from(InputError::invalid(
+                        "code",
+                        "send the PIN, not a code: citd tells ok from duress by the PIN",
+                    ))
+                    .into());
+                }
+                let pin = r.pin.clone();
+                let verdict = tokio::task::spawn_blocking(move || pins::decide(&pin, &ok, &duress))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                match verdict {
+                    pins::Verdict::Ok => CheckInCode::Ok,
+                    pins::Verdict::Duress => CheckInCode::Duress,
+                    pins::Verdict::Wrong => {
+                        return Err(super::denied(
+                            &self.app,
+                            &caller,
+                            RPC,
+                            Status::permission_denied(format!("pin: not a PIN of {person_id:?}")),
+                        ));
+                    }
+                }
+            }
+            (Some(_), true) => {
+                return Err(AppError::from(InputError::invalid(
+                    "pin",
+                    format!("is required: {person_id:?} checks in with a PIN"),
+                ))
+                .into());
+            }
+            (None, false) => {
+                return Err(AppError::from(InputError::invalid(
+                    "pin",
+                    format!("{person_id:?} has no PINs set (Identity.SetCrewPins)"),
+                ))
+                .into());
+            }
+            // Without PINs set, the code (the API before PINs).
+            (None, true) => {
+                match enum_value::<pb::CheckInCode>("code", r.code).map_err(AppError::from)? {
+                    pb::CheckInCode::Ok => CheckInCode::Ok,
+                    pb::CheckInCode::Duress => CheckInCode::Duress,
+                    pb::CheckInCode::Unspecified => {
+                        return Err(
+                            AppError::from(InputError::invalid("code", "is required")).into()
+                        );
+                    }
+                }
             }
         };
         let run_id = r.run_id.clone();
@@ -528,12 +578,21 @@ impl Runs for RunsService {
 
     async fn close_run(&self, req: Request<pb::CloseRunRequest>) -> Res<pb::WriteResult> {
         let caller = caller(&req)?.clone();
-        self.exec(
-            &caller,
-            Ok(Command::CloseRun {
-                run_id: req.into_inner().run_id,
-            }),
-        )
-        .await
+        let run_id = req.into_inner().run_id;
+        let written = self
+            .exec(
+                &caller,
+                Ok(Command::CloseRun {
+                    run_id: run_id.clone(),
+                }),
+            )
+            .await?;
+        // Close-out: the record is final, its head signed now rather than at the next round.
+        if let Some(signer) = self.app.head_signer.get()
+            && let Err(e) = crate::heads::sign_head(&self.app, signer, &run_id).await
+        {
+            tracing::error!(run = run_id, cause = %e, "cannot sign the closed run's head");
+        }
+        Ok(written)
     }
 }

@@ -114,6 +114,7 @@ pub fn config(dir: &std::path::Path, clock: ClockMode) -> Config {
             }],
             ..Default::default()
         },
+        run_signing_key: Some(pki.join("run-signing.key.pem")),
         ..Config::default()
     }
 }
