@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--scenario", default=str(SHARED / "scenarios" / "gbg-cit01-full.json"))
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="cit-audit-"))
     ap.add_argument("--browser", help="a Chromium binary: draw the SVG headless to a PNG")
+    ap.add_argument("--pki", required=True, help="the development PKI of the citd (cit pki init)")
     args = ap.parse_args()
     stubs = tempfile.mkdtemp(prefix="cit-py-")
     generate(stubs)
@@ -49,7 +50,13 @@ def main():
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ch = grpc.insecure_channel(args.addr)
+    # TLS trusting the PKI's CA; every call with the token of a dispatcher who also audits.
+    from api_check import token
+    tok = token(args.cit, args.pki, "py-dispatcher", "dispatcher", "supervisor", "auditor")
+    ca = (pathlib.Path(args.pki) / "ca.pem").read_bytes()
+    creds = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(root_certificates=ca),
+                                               grpc.access_token_call_credentials(tok))
+    ch = grpc.secure_channel(args.addr, creds)
     dispatch = dispatch_pb2_grpc.DispatchStub(ch)
     audit = audit_pb2_grpc.AuditStub(ch)
     scenario = json.loads(pathlib.Path(args.scenario).read_text())
@@ -71,7 +78,7 @@ def main():
     t.start()
 
     started = time.time()
-    played = subprocess.run([args.cit, "scenario", "run", args.scenario, "--addr", f"http://{args.addr}"],
+    played = subprocess.run([args.cit, "scenario", "run", args.scenario, "--addr", args.addr, "--pki", args.pki],
                             capture_output=True, text=True)
     if played.returncode != 0:
         fail(f"playing the scenario: {played.stderr}")

@@ -15,15 +15,19 @@ fi
 cargo build --release -q -p citd --bins
 data=$(mktemp -d /tmp/cit-audit-check.XXXXXX)
 port=$((40000 + RANDOM % 20000))
+# TLS and tokens from a development PKI beside the store.
+target/release/cit pki init "$data/pki" > /dev/null
 target/release/citd --data-dir "$data/store" --clock scenario --listen "127.0.0.1:$port" \
-  --metrics-listen off --log-level error &
+  --metrics-listen off --log-level error \
+  --tls-cert "$data/pki/server.pem" --tls-key "$data/pki/server.key.pem" --tls-client-ca "$data/pki/ca.pem" \
+  --token-key "local-1=$data/pki/token-local-1.pub.pem" --run-signing-key "$data/pki/run-signing.key.pem" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 # Ready when it answers.
 for _ in $(seq 1 100); do
-  if target/release/cit audit --addr "http://127.0.0.1:$port" verify none 2>&1 | grep -q NotFound; then break; fi
+  if target/release/cit audit --addr "127.0.0.1:$port" --pki "$data/pki" verify none 2>&1 | grep -q NotFound; then break; fi
   sleep 0.1
 done
-python3 loadtest/python/audit_check.py --addr "127.0.0.1:$port" --cit target/release/cit \
+python3 loadtest/python/audit_check.py --addr "127.0.0.1:$port" --cit target/release/cit --pki "$data/pki" \
   --out "$data/out" ${browser:+--browser "$browser"}
 echo "outputs: $data/out"

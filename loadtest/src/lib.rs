@@ -412,21 +412,29 @@ const OPERATOR_ROLES: &[&str] = &["admin", "dispatcher", "supervisor", "auditor"
 
 /// Makes a development PKI in `dir` for the citd a benchmark starts and returns the citd flags
 /// that use it (TLS with client certificates, the token key); [`creds`] then calls it as the
-/// benchmark's operator, and fixes go as the PKI's gateway.
-pub fn pki_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+/// benchmark's operator, and fixes go as the PKI's gateway. `insecure`: citd serves without
+/// TLS and the gateway sends with a token (the run to compare mutual TLS against).
+pub fn pki_args(dir: &std::path::Path, insecure: bool) -> Vec<std::ffi::OsString> {
     let pki = citd::auth::devpki::generate(&dir.join("pki")).expect("development PKI");
-    let creds = Credentials::from_pki(&pki)
+    let mut creds = Credentials::from_pki(&pki)
         .expect("credentials")
         .speaking_for("loadtest-operator", OPERATOR_ROLES);
+    if insecure {
+        creds.insecure_units();
+    }
     let _ = CREDS.set(Arc::new(creds));
     let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for (flag, path) in [
-        ("--tls-cert", &pki.server_cert),
-        ("--tls-key", &pki.server_key),
-        ("--tls-client-ca", &pki.ca),
-    ] {
-        args.push(flag.into());
-        args.push(path.into());
+    if insecure {
+        args.push("--insecure".into());
+    } else {
+        for (flag, path) in [
+            ("--tls-cert", &pki.server_cert),
+            ("--tls-key", &pki.server_key),
+            ("--tls-client-ca", &pki.ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
     }
     args.push("--token-key".into());
     args.push(

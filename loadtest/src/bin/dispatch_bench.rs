@@ -361,7 +361,7 @@ impl Ports {
 fn spawn_citd(dir: &std::path::Path, ports: &Ports) -> std::process::Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     std::process::Command::new(&exe)
-        .args(cit_loadtest::pki_args(dir))
+        .args(cit_loadtest::pki_args(dir, false))
         .args([
             "--listen",
             &format!("127.0.0.1:{}", ports.grpc),

@@ -49,6 +49,10 @@ struct Args {
     /// libpq-style connection string of a PostgreSQL to compare with.
     #[arg(long)]
     peer_postgres: Option<String>,
+    /// citd without TLS (`--insecure`, loopback): the gateway sends with a token instead of its
+    /// client certificate. For the cost of mutual TLS, against the default run.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[cfg(feature = "peers")]
@@ -63,10 +67,10 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn spawn_citd(dir: &std::path::Path, port: u16, metrics: u16) -> Child {
+fn spawn_citd(dir: &std::path::Path, port: u16, metrics: u16, insecure: bool) -> Child {
     let exe = std::env::current_exe().expect("exe").with_file_name("citd");
     Command::new(&exe)
-        .args(cit_loadtest::pki_args(dir))
+        .args(cit_loadtest::pki_args(dir, insecure))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .arg("--data-dir")
@@ -216,9 +220,10 @@ async fn main() {
         Some(a) => (a.clone(), args.metrics.clone(), None),
         None => {
             let (port, mport) = (free_port(), free_port());
-            let child = spawn_citd(dir.path(), port, mport);
+            let child = spawn_citd(dir.path(), port, mport, args.insecure);
+            let scheme = if args.insecure { "http" } else { "https" };
             (
-                format!("https://127.0.0.1:{port}"),
+                format!("{scheme}://127.0.0.1:{port}"),
                 Some(format!("127.0.0.1:{mport}")),
                 Some(child),
             )

@@ -36,8 +36,27 @@ pub struct Directory {
     pub vehicles: foldhash::HashSet<String>,
     pub active_run: foldhash::HashMap<String, String>,
     /// Units and gateways: what each may report for, and whether it is disabled (read by the
-    /// auth layer on every call of a unit).
-    pub units: HashMap<String, cit_domain::world::Unit>,
+    /// auth layer on every call of a unit, and by ingest for every batch).
+    pub units: HashMap<String, UnitEntry>,
+}
+
+/// A unit or gateway as ingest sees it: its vehicles as a set shared by reference, so a batch
+/// takes them without copying and checks each fix in constant time.
+#[derive(Debug, Clone)]
+pub struct UnitEntry {
+    pub gateway: bool,
+    pub disabled: bool,
+    pub vehicles: Arc<foldhash::HashSet<String>>,
+}
+
+impl From<&cit_domain::world::Unit> for UnitEntry {
+    fn from(u: &cit_domain::world::Unit) -> UnitEntry {
+        UnitEntry {
+            gateway: u.gateway,
+            disabled: u.disabled,
+            vehicles: Arc::new(u.vehicle_ids.iter().cloned().collect()),
+        }
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -280,7 +299,11 @@ impl App {
                 .iter()
                 .map(|(v, r)| (v.clone(), r.clone()))
                 .collect(),
-            units: world.units.clone(),
+            units: world
+                .units
+                .iter()
+                .map(|(id, u)| (id.clone(), UnitEntry::from(u)))
+                .collect(),
         };
         let ingest = hwm
             .into_iter()
@@ -438,10 +461,10 @@ impl App {
             } => {
                 dir.units.insert(
                     unit_id.clone(),
-                    cit_domain::world::Unit {
+                    UnitEntry {
                         gateway: *gateway,
-                        vehicle_ids: vehicle_ids.clone(),
                         disabled: false,
+                        vehicles: Arc::new(vehicle_ids.iter().cloned().collect()),
                     },
                 );
             }
@@ -503,10 +526,7 @@ impl App {
     }
 
     /// Reads the units' bindings (no await: the auth layer calls it for every unit's call).
-    pub fn with_units<T>(
-        &self,
-        f: impl FnOnce(&HashMap<String, cit_domain::world::Unit>) -> T,
-    ) -> T {
+    pub fn with_units<T>(&self, f: impl FnOnce(&HashMap<String, UnitEntry>) -> T) -> T {
         match self.directory.read() {
             Ok(d) => f(&d.units),
             Err(p) => f(&p.into_inner().units),

@@ -33,6 +33,8 @@ pub struct Credentials {
     pub token: Option<String>,
     /// Whom calls speak for by default, with the signer: id and roles.
     pub default_person: Option<(String, Vec<String>)>,
+    /// The token fixes go with to a citd serving `--insecure` (no client certificates there).
+    pub unit_token: Option<String>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -62,6 +64,7 @@ impl Credentials {
             signer: Some(Arc::new(signer)),
             token: None,
             default_person: None,
+            unit_token: None,
         })
     }
 
@@ -73,6 +76,16 @@ impl Credentials {
     pub fn speaking_for(mut self, person: &str, roles: &[&str]) -> Credentials {
         self.default_person = Some((person.into(), roles.iter().map(|r| r.to_string()).collect()));
         self
+    }
+
+    /// For a citd serving `--insecure`: no TLS, and fixes go with a gateway token instead of
+    /// the gateway's certificate.
+    pub fn insecure_units(&mut self) {
+        self.ca = None;
+        self.identity = None;
+        if let Some(g) = &self.gateway_id {
+            self.unit_token = self.mint(g, &["gateway"]);
+        }
     }
 
     /// A token for `person` with `roles` (None without a signer).
@@ -224,8 +237,7 @@ impl ConnectArgs {
             c.default_person = None;
         }
         if self.insecure {
-            c.ca = None;
-            c.identity = None;
+            c.insecure_units();
         } else if c.ca.is_none() {
             return Err(
                 "citd serves TLS: name its CA with --ca (or a development PKI with --pki), or pass --insecure for a citd started with --insecure".into(),

@@ -129,7 +129,10 @@ impl Clients {
             runs: RunsClient::with_interceptor(ch(), b.clone()),
             armory: ArmoryClient::with_interceptor(ch(), b.clone()),
             liaison: PoliceLiaisonClient::with_interceptor(ch(), b.clone()),
-            telemetry: TelemetryClient::with_interceptor(ch(), Bearer::default()),
+            telemetry: TelemetryClient::with_interceptor(
+                ch(),
+                Bearer::new(creds.unit_token.as_deref(), &[]),
+            ),
             dispatch: DispatchClient::with_interceptor(ch(), b.clone()),
             audit: AuditClient::with_interceptor(ch(), b.clone()),
             clock: ScenarioClockClient::with_interceptor(ch(), b.clone()),

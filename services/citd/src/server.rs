@@ -592,6 +592,7 @@ pub async fn serve(
         policy: crate::auth::policy::Policy::default(),
         tokens: std::sync::RwLock::new(Arc::new(verifier)),
         app: app.clone(),
+        insecure: config.insecure,
     });
     tokio::spawn(reload_credentials(
         auth.clone(),

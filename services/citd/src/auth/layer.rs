@@ -28,6 +28,8 @@ pub struct Auth {
     /// Swapped whole on reload.
     pub tokens: RwLock<Arc<Verifier>>,
     pub app: Arc<App>,
+    /// Serving `--insecure`: no client certificates, so units may use tokens (loopback only).
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -83,7 +85,7 @@ impl Auth {
                 })?;
             return self
                 .verifier()
-                .verify(token.trim())
+                .verify_as(token.trim(), self.insecure)
                 .map(Some)
                 .map_err(|e| Denial::unauthenticated("bad_token", e.to_string()));
         }

@@ -104,11 +104,9 @@ pub async fn run_access(app: &App, caller: &Caller, run_id: &str) -> Result<(), 
 }
 
 /// The vehicles a unit or gateway may report for (empty when unbound or disabled).
-pub fn unit_vehicles(app: &App, unit: &Principal) -> Vec<String> {
+pub fn unit_vehicles(app: &App, unit: &Principal) -> std::sync::Arc<foldhash::HashSet<String>> {
     app.with_units(|units| match units.get(&unit.id) {
-        Some(u) if !u.disabled && u.gateway == (unit.kind == Kind::Gateway) => {
-            u.vehicle_ids.clone()
-        }
-        _ => Vec::new(),
+        Some(u) if !u.disabled && u.gateway == (unit.kind == Kind::Gateway) => u.vehicles.clone(),
+        _ => Default::default(),
     })
 }
