@@ -16,7 +16,6 @@ use citd::config::ClockMode;
 use citd::credentials::{Bearer, Credentials};
 use citd::runner::Clients;
 use futures::StreamExt;
-use prost::Message;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -54,21 +53,6 @@ impl Decoder for Raw {
         src.copy_to_slice(&mut out);
         Ok(Some(out))
     }
-}
-
-/// Every RPC path of `cit.v1`, from the compiled descriptor set.
-fn rpcs() -> Vec<String> {
-    let set = prost_types::FileDescriptorSet::decode(cit_proto::FILE_DESCRIPTOR_SET)
-        .expect("descriptor set");
-    let mut out = Vec::new();
-    for f in &set.file {
-        for s in &f.service {
-            for m in &s.method {
-                out.push(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
-            }
-        }
-    }
-    out
 }
 
 /// Calls `path` with one empty message on `channel` (with `bearer`'s token); the status code
@@ -133,7 +117,7 @@ async fn the_role_by_rpc_matrix_holds_over_real_tls() {
     .expect("anonymous connects");
     let policy = Policy::default();
     let mut checked = 0;
-    let rpcs = rpcs();
+    let rpcs = citd::auth::policy::rpc_paths();
     for path in rpcs.clone() {
         let allowed = policy.allowed(&path).expect("every RPC has an entry");
         // People: one token per role.

@@ -114,6 +114,29 @@ impl Default for Policy {
     }
 }
 
+/// Every RPC path of `cit.v1` (`/cit.v1.Service/Method`), from the compiled descriptor set:
+/// the universe the table must cover.
+pub fn rpc_paths() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(cit_proto::FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                out.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    out
+}
+
 impl Policy {
     /// The roles that may call `path`; None when the table has no entry (denied).
     pub fn allowed(&self, path: &str) -> Option<Roles> {
@@ -124,27 +147,12 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
 
     /// Every RPC the API defines has an entry, and every entry names an RPC that exists: a new
     /// RPC without a policy fails here rather than being denied to everyone in production.
     #[test]
     fn every_rpc_of_the_api_has_exactly_one_policy_entry() {
-        let set = prost_types::FileDescriptorSet::decode(cit_proto::FILE_DESCRIPTOR_SET)
-            .expect("descriptor set");
-        let mut rpcs = Vec::new();
-        for file in &set.file {
-            for service in &file.service {
-                for method in &service.method {
-                    rpcs.push(format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    ));
-                }
-            }
-        }
+        let rpcs = rpc_paths();
         assert!(rpcs.len() > 50, "{rpcs:?}");
         let policy = Policy::default();
         let missing: Vec<_> = rpcs

@@ -22,6 +22,23 @@ pub struct ArmoryService {
 
 type Res<T> = Result<Response<T>, Status>;
 
+/// The custodians' places of R3 (an issue's and a return's): each proven by a credential with
+/// the custodian's role.
+fn custodians<'a>(gun: &'a str, ammo: &'a str) -> [Place<'a>; 2] {
+    [
+        Place {
+            field: "gun_custodian",
+            person: gun,
+            role: Some(Role::GunCustodian),
+        },
+        Place {
+            field: "ammo_custodian",
+            person: ammo,
+            role: Some(Role::AmmoCustodian),
+        },
+    ]
+}
+
 fn weapon_state(w: &World, serial: &str) -> Option<pb::WeaponState> {
     let weapon = w.weapons.get(serial)?;
     let mut s = pb::WeaponState {
@@ -156,17 +173,10 @@ impl Armory for ArmoryService {
             approver: r.approver.clone(),
         };
         // R3 by three credentials: each place proven by its own person's.
+        let [gun, ammo] = custodians(&r.gun_custodian, &r.ammo_custodian);
         let places = [
-            Place {
-                field: "gun_custodian",
-                person: &r.gun_custodian,
-                role: Some(Role::GunCustodian),
-            },
-            Place {
-                field: "ammo_custodian",
-                person: &r.ammo_custodian,
-                role: Some(Role::AmmoCustodian),
-            },
+            gun,
+            ammo,
             Place {
                 field: "approver",
                 person: &r.approver,
@@ -245,18 +255,7 @@ impl Armory for ArmoryService {
             rounds_returned: r.rounds_returned,
         };
         // Both custodians take the gun and the rounds back, each with their own credential.
-        let places = [
-            Place {
-                field: "gun_custodian",
-                person: &r.gun_custodian,
-                role: Some(Role::GunCustodian),
-            },
-            Place {
-                field: "ammo_custodian",
-                person: &r.ammo_custodian,
-                role: Some(Role::AmmoCustodian),
-            },
-        ];
+        let places = custodians(&r.gun_custodian, &r.ammo_custodian);
         let run = self
             .app
             .with_world(|w| match w.weapons.get(&r.serial).map(|wp| &wp.location) {

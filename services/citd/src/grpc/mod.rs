@@ -27,8 +27,15 @@ pub fn ts(m: Millis) -> Timestamp {
     }
 }
 
+/// A timestamp in milliseconds; out of range saturates (a client's seconds can be anything:
+/// found by tests/fuzz.rs, where `seconds * 1000` overflowed), so the validation that follows
+/// refuses it as a time, not as a crash.
 pub fn millis(t: &Timestamp) -> Millis {
-    Millis(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    Millis(
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000),
+    )
 }
 
 pub fn required_time(t: Option<&Timestamp>, field: &str) -> Result<Millis, InputError> {
