@@ -125,6 +125,29 @@ async fn main() {
     line("person: the same token again + policy", &person);
     line("unit: client certificate SAN + policy", &unit);
     line("anonymous: refused", &refused);
+    // Duress PINs: deciding ok or duress must take the same time (both hashes are always
+    // computed); 1,000 check-ins of each, interleaved.
+    let (ok_hash, duress_hash) = (
+        citd::auth::pins::hash("2468").expect("hash"),
+        citd::auth::pins::hash("1357").expect("hash"),
+    );
+    let (mut ok, mut duress) = (ns(), ns());
+    for _ in 0..1000 {
+        for (pin, h) in [("2468", &mut ok), ("1357", &mut duress)] {
+            let t = Instant::now();
+            std::hint::black_box(citd::auth::pins::decide(pin, &ok_hash, &duress_hash));
+            let _ = h.record(t.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+    line("check-in PIN decided: ok (1,000)", &ok);
+    line("check-in PIN decided: duress (1,000)", &duress);
+    for q in [0.1, 0.25, 0.5, 0.75, 0.9, 0.99] {
+        println!(
+            "  quantile {q:<4}  ok {:>9.1} us   duress {:>9.1} us",
+            ok.value_at_quantile(q) as f64 / 1000.0,
+            duress.value_at_quantile(q) as f64 / 1000.0
+        );
+    }
     println!(
         "ratio (token call / no layer, p50): +{:.2} us per call",
         (person.value_at_quantile(0.5) as f64 - none.value_at_quantile(0.5) as f64) / 1000.0
