@@ -23,6 +23,8 @@ pub mod streams {
     pub const UNIT: &str = "unit-";
     /// Calls refused by authentication or the access policy, aggregated.
     pub const SECURITY: &str = "security";
+    /// Auditors' reads of the record.
+    pub const READS: &str = "reads";
     /// A run's signed chain heads (`head-<run>`), apart from the run's own stream.
     pub const HEAD: &str = "head-";
     /// Scenario clock ticks (only in `--clock scenario`).
@@ -251,6 +253,15 @@ pub enum Event {
         reason: String,
         at: Millis,
     },
+    /// A run (or a vehicle's fixes) read by an auditor or supervisor: who read what, by which
+    /// call, when. On the `reads` stream.
+    RecordRead {
+        rpc: String,
+        run_id: String,
+        vehicle_id: String,
+        by: String,
+        at: Millis,
+    },
     /// A run's chain head signed (Ed25519): the version of the run stream's last event then,
     /// its chain hash, the key's id and the signature (hex). On the `head-<run>` stream.
     RunHeadSigned {
@@ -467,6 +478,7 @@ impl Event {
             Event::AccessDenied { .. } => "AccessDenied.v1",
             Event::CrewPinsSet { .. } => "CrewPinsSet.v1",
             Event::RunHeadSigned { .. } => "RunHeadSigned.v1",
+            Event::RecordRead { .. } => "RecordRead.v1",
             Event::RunPlanned { .. } => "RunPlanned.v1",
             Event::RunAmended { .. } => "RunAmended.v1",
             Event::EscortReadied { .. } => "EscortReadied.v1",
@@ -518,6 +530,7 @@ impl Event {
             }
             Event::AccessDenied { .. } => SECURITY.to_string(),
             Event::RunHeadSigned { run_id, .. } => format!("{HEAD}{run_id}"),
+            Event::RecordRead { .. } => READS.to_string(),
             Event::RunPlanned { run_id, .. }
             | Event::RunAmended { run_id, .. }
             | Event::EscortReadied { run_id, .. }
@@ -575,6 +588,7 @@ impl Event {
             | Event::AccessDenied { .. }
             | Event::CrewPinsSet { .. }
             | Event::RunHeadSigned { .. }
+            | Event::RecordRead { .. }
             | Event::ClockTicked { .. } => None,
         }
     }
@@ -597,6 +611,7 @@ impl Event {
             | Event::AccessDenied { at, .. }
             | Event::CrewPinsSet { at, .. }
             | Event::RunHeadSigned { at, .. }
+            | Event::RecordRead { at, .. }
             | Event::RunPlanned { at, .. }
             | Event::RunAmended { at, .. }
             | Event::EscortReadied { at, .. }

@@ -1492,7 +1492,8 @@ impl World {
                     u.disabled = true;
                 }
             }
-            Event::AccessDenied { .. } | Event::RunHeadSigned { .. } => {}
+            Event::AccessDenied { .. } | Event::RunHeadSigned { .. } | Event::RecordRead { .. } => {
+            }
             Event::CrewPinsSet {
                 person_id,
                 checkin_hash,

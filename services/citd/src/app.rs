@@ -513,13 +513,29 @@ impl App {
 
     /// Appends an event citd records of its own accord (not a command's), e.g. denied calls.
     pub async fn append_own(&self, event: &Event, source: &str) -> Result<u64, AppError> {
+        self.append_record(encode(event, Uuid::now_v7(), source), event)
+            .await
+    }
+
+    /// [`App::append_own`] for what a caller's call causes without a command (a read of the
+    /// record): the caller is recorded as its actor.
+    pub async fn append_own_by(
+        &self,
+        event: &Event,
+        source: &str,
+        caller: &Caller,
+    ) -> Result<u64, AppError> {
+        self.append_record(
+            encode_by(event, Uuid::now_v7(), source, Some(caller.actor())),
+            event,
+        )
+        .await
+    }
+
+    async fn append_record(&self, record: NewEvent, event: &Event) -> Result<u64, AppError> {
         let r = self
             .store
-            .append(
-                &event.stream(),
-                ExpectedVersion::Any,
-                vec![encode(event, Uuid::now_v7(), source)],
-            )
+            .append(&event.stream(), ExpectedVersion::Any, vec![record])
             .await?;
         self.note_written(r.position);
         Ok(r.position)

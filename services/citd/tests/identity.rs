@@ -506,5 +506,19 @@ async fn two_person_rules_need_every_persons_own_credential_and_the_caller_is_re
         }
     }
     assert_eq!(denied, 6, "{records:?}");
+    // And the auditor's reads: who read which run (the ReadRuns of actor_of above).
+    let reads = store
+        .read_stream("reads", 0, cit_store::Direction::Forwards, 100)
+        .await
+        .expect("read");
+    let read: serde_json::Value = serde_json::from_slice(&reads[0].data).expect("json");
+    assert_eq!(
+        (&read["rpc"], &read["run_id"], &read["by"]),
+        (
+            &serde_json::json!("ReadRun"),
+            &serde_json::json!("R-1"),
+            &serde_json::json!("operator")
+        )
+    );
     EventStore::close(&store).await;
 }

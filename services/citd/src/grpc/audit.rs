@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::{required_time, ts};
 use crate::app::{App, decode};
 use crate::audit::{self, RunDigest, RunRecord, export, render};
+use crate::auth::Caller;
 use crate::error::AppError;
 
 /// Longest pause a paced replay makes between two events; a gap of hours in the record should
@@ -58,8 +59,39 @@ fn run_id(id: &str) -> Result<&str, Status> {
 }
 
 impl AuditService {
-    async fn load(&self, id: &str, context: bool) -> Result<RunRecord, Status> {
-        Ok(audit::load(&self.app, run_id(id)?, context).await?)
+    /// A run's record, for `caller`'s call `rpc`; the read is recorded (who read which run,
+    /// when) before the record is handed out.
+    async fn load(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        id: &str,
+        context: bool,
+    ) -> Result<RunRecord, Status> {
+        let record = audit::load(&self.app, run_id(id)?, context).await?;
+        self.record_read(caller, rpc, &record.run_id, "").await?;
+        Ok(record)
+    }
+
+    async fn record_read(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        run_id: &str,
+        vehicle_id: &str,
+    ) -> Result<(), Status> {
+        let read = Event::RecordRead {
+            rpc: rpc.into(),
+            run_id: run_id.into(),
+            vehicle_id: vehicle_id.into(),
+            by: caller.principal.id.clone(),
+            at: self.app.clock.now(),
+        };
+        self.app
+            .append_own_by(&read, "audit", caller)
+            .await
+            .map(|_| ())
+            .map_err(Status::from)
     }
 }
 
@@ -70,6 +102,7 @@ impl Audit for AuditService {
         req: Request<pb::ReadVehicleFixesRequest>,
     ) -> Res<pb::ReadVehicleFixesResponse> {
         const MAX_FIXES: usize = 100_000;
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
         let from = required_time(r.from.as_ref(), "from").map_err(AppError::from)?;
         let to = required_time(r.to.as_ref(), "to").map_err(AppError::from)?;
@@ -127,6 +160,8 @@ impl Audit for AuditService {
             }
         }
         fixes.sort_by_key(|f| f.fix.as_ref().map(|f| f.seq));
+        self.record_read(&caller, "ReadVehicleFixes", "", &vehicle)
+            .await?;
         Ok(Response::new(pb::ReadVehicleFixesResponse { fixes }))
     }
 
@@ -134,8 +169,9 @@ impl Audit for AuditService {
     type ReplayRunStream = EventStream;
 
     async fn read_run(&self, req: Request<pb::ReadRunRequest>) -> Res<EventStream> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
-        let record = self.load(&r.run_id, false).await?;
+        let record = self.load(&caller, "ReadRun", &r.run_id, false).await?;
         let events: Vec<Result<pb::RunEvent, Status>> = record
             .timeline(r.include_custody)
             .into_iter()
@@ -145,6 +181,7 @@ impl Audit for AuditService {
     }
 
     async fn replay_run(&self, req: Request<pb::ReplayRunRequest>) -> Res<EventStream> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
         if !r.speed.is_finite() || r.speed < 0.0 {
             return Err(Status::invalid_argument(format!(
@@ -152,7 +189,7 @@ impl Audit for AuditService {
                 r.speed
             )));
         }
-        let record = self.load(&r.run_id, false).await?;
+        let record = self.load(&caller, "ReplayRun", &r.run_id, false).await?;
         let events: Vec<pb::RunEvent> = record
             .timeline(r.include_custody)
             .into_iter()
@@ -181,17 +218,19 @@ impl Audit for AuditService {
     }
 
     async fn state_at(&self, req: Request<pb::StateAtRequest>) -> Res<pb::RunView> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
         let at = required_time(r.at.as_ref(), "at").map_err(AppError::from)?;
-        let record = self.load(&r.run_id, true).await?;
+        let record = self.load(&caller, "StateAt", &r.run_id, true).await?;
         audit::state_at(&record, at)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("run {:?} was not planned by then", r.run_id)))
     }
 
     async fn verify_run(&self, req: Request<pb::VerifyRunRequest>) -> Res<pb::VerifyRunResponse> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
-        let record = self.load(&r.run_id, false).await?;
+        let record = self.load(&caller, "VerifyRun", &r.run_id, false).await?;
         let report = audit::verify(&record);
         let heads = self
             .app
@@ -261,8 +300,9 @@ impl Audit for AuditService {
         &self,
         req: Request<pb::RedetectRunRequest>,
     ) -> Res<pb::RedetectRunResponse> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
-        let record = self.load(&r.run_id, true).await?;
+        let record = self.load(&caller, "RedetectRun", &r.run_id, true).await?;
         // The engine is CPU work proportional to the run's length: off the async workers.
         let found = tokio::task::spawn_blocking(move || audit::redetect(&record))
             .await
@@ -276,6 +316,7 @@ impl Audit for AuditService {
     }
 
     async fn export_run(&self, req: Request<pb::ExportRunRequest>) -> Res<pb::ExportRunResponse> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
         let format =
             super::enum_value::<pb::ExportFormat>("format", r.format).map_err(AppError::from)?;
@@ -284,7 +325,7 @@ impl Audit for AuditService {
                 "format: one of EXPORT_FORMAT_GEOJSON, EXPORT_FORMAT_GPX, EXPORT_FORMAT_CSV",
             ));
         }
-        let digest = RunDigest::of(&self.load(&r.run_id, false).await?);
+        let digest = RunDigest::of(&self.load(&caller, "ExportRun", &r.run_id, false).await?);
         let (content_type, content) = match format {
             pb::ExportFormat::Gpx => ("application/gpx+xml", export::gpx(&digest)),
             pb::ExportFormat::Csv => ("text/csv", export::csv(&digest)),
@@ -297,6 +338,7 @@ impl Audit for AuditService {
     }
 
     async fn render_run(&self, req: Request<pb::RenderRunRequest>) -> Res<pb::RenderRunResponse> {
+        let caller = super::caller(&req)?.clone();
         let r = req.into_inner();
         if r.width_px != 0 && !(render::MIN_WIDTH_PX..=render::MAX_WIDTH_PX).contains(&r.width_px) {
             return Err(Status::invalid_argument(format!(
@@ -307,7 +349,7 @@ impl Audit for AuditService {
                 r.width_px
             )));
         }
-        let digest = RunDigest::of(&self.load(&r.run_id, false).await?);
+        let digest = RunDigest::of(&self.load(&caller, "RenderRun", &r.run_id, false).await?);
         Ok(Response::new(pb::RenderRunResponse {
             svg: render::svg(&digest, r.width_px, self.map.as_deref()),
         }))
