@@ -74,6 +74,63 @@ struct Args {
     /// Only the paced phase (GetRun, fix-to-anomaly, check-ins): to compare builds on it.
     #[arg(long)]
     paced_only: bool,
+    /// Unauthenticated calls per second sent during the paced phase (GetRun with no token on
+    /// connections with no certificate): what a flood of bad calls does to the probes.
+    #[arg(long, default_value_t = 0.0)]
+    flood: f64,
+}
+
+/// Sends `per_s` unauthenticated GetRun calls a second until `until`, on 8 connections with
+/// no certificate and no token; returns (sent, denied as UNAUTHENTICATED).
+async fn flood(endpoint: String, per_s: f64, until: Instant) -> (u64, u64) {
+    let creds = Arc::new(citd::credentials::Credentials {
+        ca: cit_loadtest::creds().ca.clone(),
+        ..Default::default()
+    });
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(
+            Clients::connect(&endpoint, creds.clone())
+                .await
+                .expect("connect"),
+        );
+    }
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let denied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // At most this many calls outstanding: a flood that outruns citd is dropped here, counted
+    // as not sent, rather than queued without bound in the client.
+    let slots = Arc::new(tokio::sync::Semaphore::new(1024));
+    let per_tick = (per_s / 100.0).round() as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut k = 0usize;
+    while Instant::now() < until {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            k += 1;
+            let mut d = clients[k % clients.len()].dispatch.clone();
+            let (sent, denied) = (sent.clone(), denied.clone());
+            tokio::spawn(async move {
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let r = d
+                    .get_run(pb::GetRunRequest {
+                        run_id: "R-00001".into(),
+                        min_log_position: 0,
+                    })
+                    .await;
+                if matches!(r, Err(ref s) if s.code() == tonic::Code::Unauthenticated) {
+                    denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                drop(slot);
+            });
+        }
+    }
+    (
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        denied.load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 const LONG_RUN: &str = "R-LONG";
@@ -762,6 +819,11 @@ async fn main() {
         ..drive
     };
     let start = latlons(&routes[0])[0];
+    let flooding = (args.flood > 0.0).then(|| {
+        let (endpoint, per_s) = (endpoint.clone(), args.flood);
+        let until = Instant::now() + Duration::from_secs(args.seconds);
+        on_own_thread("flood", flood(endpoint, per_s, until)).expect("flood thread")
+    });
     let anomaly_probe = on_own_thread("anomaly-probe", {
         let phase = Duration::from_secs(args.seconds);
         async move { fix_to_anomaly(&ports, start, phase).await }
@@ -780,6 +842,14 @@ async fn main() {
     #[cfg_attr(not(feature = "peers"), allow(unused_variables))]
     let get_run_p99_us = h.value_at_quantile(0.99);
     let f2a = anomaly_probe.await.expect("fix-to-anomaly probe");
+    if let Some(f) = flooding {
+        let (sent, denied) = f.await.expect("flood");
+        println!(
+            "flood: {sent} unauthenticated calls in {} s ({:.0}/s), {denied} answered UNAUTHENTICATED",
+            args.seconds,
+            sent as f64 / args.seconds as f64
+        );
+    }
     let checkins = checkin_probe.await.expect("check-in probe");
     let get_run_after = rpc_buckets(ports.metrics, "Dispatch/GetRun").await;
     let store_after = store_buckets(ports.metrics).await;
