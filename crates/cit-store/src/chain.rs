@@ -67,10 +67,10 @@ pub fn expected(prev: &Hash, e: &RecordedEvent) -> Hash {
     )
 }
 
-/// Lower-case hex, for APIs and logs.
-pub fn to_hex(h: &Hash) -> String {
+/// Lower-case hex, for APIs and logs (hashes, signatures, fingerprints).
+pub fn to_hex(h: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
+    let mut s = String::with_capacity(2 * h.len());
     for b in h {
         s.push(DIGITS[(b >> 4) as usize] as char);
         s.push(DIGITS[(b & 15) as usize] as char);

@@ -16,7 +16,7 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::app::App;
-use crate::auth::tls::hex;
+use cit_store::chain::to_hex as hex;
 
 /// The stream of a run's signed heads.
 pub fn stream(run_id: &str) -> String {

@@ -199,7 +199,7 @@ pub fn principal_of(cert: &CertificateDer<'_>) -> Result<Principal, String> {
     let sans = parsed
         .subject_alternative_name()
         .map_err(|_| "the client certificate's subject alternative names do not parse")?;
-    let fingerprint = hex(&sha2::Sha256::digest(cert.as_ref()));
+    let fingerprint = cit_store::chain::to_hex(&sha2::Sha256::digest(cert.as_ref()));
     for name in sans.iter().flat_map(|s| s.value.general_names.iter()) {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
             let (kind, id) = if let Some(id) = uri.strip_prefix(UNIT_URI) {
@@ -228,8 +228,4 @@ pub fn principal_of(cert: &CertificateDer<'_>) -> Result<Principal, String> {
     Err(format!(
         "the client certificate names no unit (a SAN URI {UNIT_URI}<id> or {GATEWAY_URI}<id>)"
     ))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
